@@ -1,0 +1,373 @@
+"""Load a class-balanced sample of an image-classification dataset.
+
+Rows are chosen from the label column alone (an Arrow column read without
+decoding any image); only the chosen images are decoded. The default dataset is
+the Hugging Face hub's ``zalando-datasets/fashion_mnist``; a local folder in the
+same layout (Parquet files with an ``image`` and a ``label`` column) works the same.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import DatasetError, InvalidParameterError
+from .validation import check_positive_int
+
+HUB_DATASET = "zalando-datasets/fashion_mnist"
+DATASET_ENV = "NTKDEMO_DATASET"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A balanced train/test sample, ready for a kernel.
+
+    Attributes
+    ----------
+    X_train : ndarray of shape (n_train, n_features)
+        Flattened images, float64 in [0, 1].
+    y_train : ndarray of shape (n_train,)
+        Labels re-indexed to ``0 .. n_classes - 1`` (the order of ``classes``).
+    X_test, y_test : ndarray
+        The same for the test split.
+    class_names : tuple of str
+        Name of each re-indexed class.
+    classes : tuple of int
+        Original label id of each re-indexed class.
+    train_indices, test_indices : ndarray of int
+        Row of each sample in its split, in sample order.
+    dataset : str
+        Hub id or folder the sample came from.
+    """
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+    classes: tuple[int, ...]
+    train_indices: np.ndarray
+    test_indices: np.ndarray
+    dataset: str
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes in the sample."""
+        return len(self.classes)
+
+
+def resolve_dataset(dataset: str | None) -> str:
+    """Return the dataset to use: ``dataset``, else ``$NTKDEMO_DATASET``, else the hub id."""
+    if dataset:
+        return dataset
+    return os.environ.get(DATASET_ENV) or HUB_DATASET
+
+
+def balanced_indices(
+    labels: np.ndarray,
+    per_class: int | None,
+    classes: Sequence[int],
+    rng: np.random.Generator,
+    *,
+    split: str = "train",
+    class_names: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Choose the same number of rows of every class, at random.
+
+    Each class's rows are put in a random order (one permutation per class, drawn
+    in the order of ``classes``) and the first ``per_class`` are kept. The result is
+    interleaved rank by rank: ``[c0 r0, c1 r0, ..., c0 r1, c1 r1, ...]``, so that its
+    first ``k * len(classes)`` entries are themselves a balanced sample of ``k`` per
+    class, and samples of different sizes drawn with the same generator state are
+    nested.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n_rows,)
+        Label of every row of the split.
+    per_class : int or None
+        Rows per class; None takes every row of every class (then unbalanced
+        if the classes differ in size, in label-then-permutation order).
+    classes : sequence of int
+        Label ids to sample.
+    rng : numpy.random.Generator
+        Source of randomness.
+    split, class_names : optional
+        Used in error messages only.
+
+    Returns
+    -------
+    ndarray of int64
+        Chosen row indices.
+
+    Raises
+    ------
+    InvalidParameterError
+        If a class has fewer than ``per_class`` rows.
+    """
+    chosen = []
+    for position, label in enumerate(classes):
+        rows = np.flatnonzero(labels == label)
+        if per_class is not None and len(rows) < per_class:
+            name = f" ({class_names[position]!r})" if class_names else ""
+            raise InvalidParameterError(
+                f"class {label}{name} has only {len(rows)} rows in the {split} split, "
+                f"but {per_class} per class were asked; use at most {len(rows)}"
+            )
+        chosen.append(rows[rng.permutation(len(rows))][:per_class])
+    if per_class is None:
+        return np.concatenate(chosen).astype(np.int64)
+    return np.stack(chosen, axis=1).reshape(-1).astype(np.int64)
+
+
+def load_sample(
+    dataset: str | None = None,
+    train_per_class: int | None = 100,
+    test_per_class: int | None = 50,
+    classes: Sequence[int] | None = None,
+    seed: int = 0,
+    *,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    train_split: str = "train",
+    test_split: str = "test",
+) -> Sample:
+    """Draw a class-balanced, seeded sample of train and test images.
+
+    Parameters
+    ----------
+    dataset : str, optional
+        Hugging Face hub id or local folder in the hub layout. Default:
+        ``$NTKDEMO_DATASET`` if set, else ``"zalando-datasets/fashion_mnist"``.
+    train_per_class, test_per_class : int or None, default=100 and 50
+        Images per class in each sample; None takes the whole split.
+    classes : sequence of int, optional
+        Label ids to keep (e.g. ``[1, 3]`` for Trouser vs Dress); they are
+        re-indexed to ``0 .. len(classes) - 1`` in the order given. Default: all.
+    seed : int, default=0
+        Seed of ``numpy.random.default_rng``; train and test rows come from two
+        independent child generators.
+    image_column, label_column : str, optional
+        Column names; found from the dataset's features (the ``Image`` and the
+        ``ClassLabel`` column) when omitted.
+    train_split, test_split : str, default="train" and "test"
+        Split names.
+
+    Returns
+    -------
+    Sample
+        Images scaled to [0, 1] by the maximum of their integer dtype.
+
+    Raises
+    ------
+    DatasetError
+        The dataset cannot be read or lacks a split or column.
+    InvalidParameterError
+        Bad sizes or class ids.
+    """
+    train_per_class = _check_per_class("train_per_class", train_per_class)
+    test_per_class = _check_per_class("test_per_class", test_per_class)
+    source = resolve_dataset(dataset)
+    splits = open_dataset(source)
+    train = _get_split(splits, train_split, source)
+    test = _get_split(splits, test_split, source)
+    image_column, label_column = find_columns(train, source, image_column, label_column)
+    names = _class_names(train, label_column)
+    labels_train = _label_array(train, label_column, source, train_split)
+    labels_test = _label_array(test, label_column, source, test_split)
+    n_labels = len(names) if names else int(labels_train.max()) + 1
+    chosen_classes = _check_classes(classes, n_labels)
+    class_names = tuple(names[c] if names else str(c) for c in chosen_classes)
+
+    rng_train, rng_test = np.random.default_rng(seed).spawn(2)
+    train_rows = balanced_indices(
+        labels_train, train_per_class, chosen_classes, rng_train,
+        split=train_split, class_names=class_names,
+    )
+    test_rows = balanced_indices(
+        labels_test, test_per_class, chosen_classes, rng_test,
+        split=test_split, class_names=class_names,
+    )
+    relabel = {label: position for position, label in enumerate(chosen_classes)}
+    return Sample(
+        X_train=decode_images(train, train_rows, image_column, source),
+        y_train=np.array([relabel[v] for v in labels_train[train_rows]], dtype=np.int64),
+        X_test=decode_images(test, test_rows, image_column, source),
+        y_test=np.array([relabel[v] for v in labels_test[test_rows]], dtype=np.int64),
+        class_names=class_names,
+        classes=tuple(chosen_classes),
+        train_indices=train_rows,
+        test_indices=test_rows,
+        dataset=source,
+    )
+
+
+def open_dataset(source: str):
+    """Open a hub dataset or local folder as a ``datasets.DatasetDict``.
+
+    A name that looks like a path (it exists, starts with ``.``, ``/`` or ``~``) is
+    read from disk; anything else is a hub id. Failures become one
+    :class:`DatasetError` that says what to do.
+    """
+    import datasets
+
+    looks_local = source.startswith((".", "/", "~")) or os.sep in source.strip("/").split("/", 1)[0]
+    path = Path(source).expanduser()
+    if looks_local and not path.exists():
+        raise DatasetError(
+            f"dataset folder {source!r} does not exist; pass --dataset PATH to a folder "
+            "in the Hugging Face layout (e.g. ../shared/fashion_mnist)"
+        )
+    if not path.exists():
+        _check_hub_reachable(source)
+    try:
+        loaded = datasets.load_dataset(str(path) if path.exists() else source)
+    except Exception as exc:  # datasets raises many types; the user needs one message
+        if path.exists():
+            raise DatasetError(
+                f"{source!r} is not a readable dataset folder ({type(exc).__name__}: "
+                f"{_first_line(exc)}); it needs Parquet files with an image and a label column"
+            ) from None
+        raise DatasetError(
+            f"cannot load {source!r} from the Hugging Face hub ({type(exc).__name__}: "
+            f"{_first_line(exc)}); with no network pass --dataset PATH to a local copy, "
+            "or set HF_HUB_OFFLINE=1 if the dataset is in your cache"
+        ) from None
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise DatasetError(f"{source!r} did not load as a dataset with named splits")
+    return loaded
+
+
+def find_columns(split, source: str, image_column: str | None, label_column: str | None):
+    """Find the image and label columns from the split's features.
+
+    Returns
+    -------
+    (str, str)
+        Image column (a ``datasets.Image`` feature) and label column (a
+        ``ClassLabel``, or an integer column named ``label``).
+    """
+    import datasets
+
+    features = split.features
+    if image_column is None:
+        found = [n for n, f in features.items() if isinstance(f, datasets.Image)]
+        image_column = found[0] if found else None
+    if label_column is None:
+        found = [n for n, f in features.items() if isinstance(f, datasets.ClassLabel)]
+        label_column = found[0] if found else ("label" if "label" in features else None)
+    for role, column in (("image", image_column), ("label", label_column)):
+        if column is None or column not in features:
+            flag = f"--{role}-column"
+            raise DatasetError(
+                f"{source!r} has no {role} column (columns: {', '.join(features)}); "
+                f"name it with {flag}"
+            )
+    return image_column, label_column
+
+
+def decode_images(split, rows: np.ndarray, image_column: str, source: str) -> np.ndarray:
+    """Decode the images of ``rows`` only and flatten them to float64 in [0, 1].
+
+    Returns
+    -------
+    ndarray of shape (len(rows), n_pixels)
+    """
+    images = split.select_columns([image_column]).with_format("numpy")[rows][image_column]
+    if isinstance(images, np.ndarray) and images.dtype != object:
+        stacked = images
+    else:
+        shapes = {np.shape(image) for image in images}
+        if len(shapes) > 1:
+            raise DatasetError(
+                f"images in {source!r} have different shapes {sorted(shapes)}; "
+                "the kernel needs one size: resize them first"
+            )
+        stacked = np.stack(list(images))
+    scale = np.iinfo(stacked.dtype).max if np.issubdtype(stacked.dtype, np.integer) else 1.0
+    return stacked.reshape(len(rows), -1).astype(np.float64) / scale
+
+
+def _check_per_class(name: str, value: int | str | None) -> int | None:
+    if value is None or value == "all":
+        return None
+    return check_positive_int(name, value)
+
+
+def _check_classes(classes: Sequence[int] | None, n_labels: int) -> list[int]:
+    if classes is None:
+        return list(range(n_labels))
+    chosen = [int(c) for c in classes]
+    unknown = [c for c in chosen if not 0 <= c < n_labels]
+    if unknown:
+        raise InvalidParameterError(
+            f"unknown class id(s) {unknown}; this dataset has classes 0..{n_labels - 1}"
+        )
+    if len(set(chosen)) != len(chosen):
+        raise InvalidParameterError(f"classes {chosen} repeat an id; list each class once")
+    if len(chosen) < 2:
+        raise InvalidParameterError(
+            f"classes {chosen} name a single class; classification needs at least two"
+        )
+    return chosen
+
+
+def _get_split(splits, name: str, source: str):
+    if name not in splits:
+        raise DatasetError(
+            f"{source!r} has no {name!r} split (splits: {', '.join(splits)}); "
+            "choose one with --train-split/--test-split"
+        )
+    split = splits[name]
+    if len(split) == 0:
+        raise DatasetError(f"the {name!r} split of {source!r} is empty")
+    return split
+
+
+def _class_names(split, label_column: str) -> list[str] | None:
+    import datasets
+
+    feature = split.features[label_column]
+    return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+
+
+def _label_array(split, label_column: str, source: str, split_name: str) -> np.ndarray:
+    labels = split.data.column(label_column).to_numpy()
+    if not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
+        raise DatasetError(
+            f"labels of the {split_name!r} split of {source!r} must be integers >= 0"
+        )
+    return labels
+
+
+def _check_hub_reachable(source: str, timeout: float = 5.0) -> None:
+    """Fail fast, instead of after a minute of retries, when the hub is unreachable.
+
+    Skipped when ``HF_HUB_OFFLINE`` is set: then ``datasets`` reads its cache.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        raise DatasetError(
+            f"cannot reach the Hugging Face hub at {constants.ENDPOINT} to load {source!r} "
+            f"({exc.strerror or exc}); with no network pass --dataset PATH to a local copy "
+            "(e.g. ../shared/fashion_mnist), or set HF_HUB_OFFLINE=1 if it is in your cache"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else "no details"

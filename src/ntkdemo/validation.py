@@ -1,0 +1,100 @@
+"""Checks of user-supplied parameters and arrays, with messages that say how to fix them."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import InvalidInputError, InvalidParameterError
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Return ``value`` as an int if it is a whole number >= 1.
+
+    Raises
+    ------
+    InvalidParameterError
+        If ``value`` is not an integer or is < 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidParameterError(
+            f"{name} must be a whole number >= 1, got {value!r}; pass e.g. {name}=10"
+        )
+    if value < 1:
+        raise InvalidParameterError(
+            f"{name} must be >= 1, got {value}; pass a positive count"
+        )
+    return int(value)
+
+
+def check_nonnegative_float(name: str, value: object) -> float:
+    """Return ``value`` as a float if it is finite and >= 0.
+
+    Raises
+    ------
+    InvalidParameterError
+        If ``value`` is not a real number, is NaN or infinite, or is negative.
+    """
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InvalidParameterError(
+            f"{name} must be a number >= 0, got {value!r}"
+        ) from None
+    if not math.isfinite(number) or number < 0:
+        raise InvalidParameterError(
+            f"{name} must be a finite number >= 0, got {value!r}; use 0 for none"
+        )
+    return number
+
+
+def check_matrix(name: str, array: object, *, n_features: int | None = None) -> np.ndarray:
+    """Return ``array`` as a 2-D float array with finite entries.
+
+    Parameters
+    ----------
+    name : str
+        Name used in error messages.
+    array : array-like of shape (n_samples, n_features)
+        Input; float32 is kept, other dtypes become float64.
+    n_features : int, optional
+        Required number of columns (e.g. that of the training data).
+
+    Raises
+    ------
+    InvalidInputError
+        If the array is not 2-D, is empty, has the wrong width, or holds NaN/inf.
+    """
+    matrix = np.asarray(array)
+    if matrix.dtype != np.float32:
+        try:
+            matrix = matrix.astype(np.float64, copy=False)
+        except (TypeError, ValueError):
+            raise InvalidInputError(
+                f"{name} must hold numbers, got dtype {matrix.dtype}"
+            ) from None
+    if matrix.ndim != 2:
+        raise InvalidInputError(
+            f"{name} must be 2-D (n_samples, n_features), got shape {matrix.shape}; "
+            "flatten each image into one row"
+        )
+    if matrix.shape[0] == 0 or matrix.shape[1] == 0:
+        raise InvalidInputError(f"{name} is empty (shape {matrix.shape})")
+    if n_features is not None and matrix.shape[1] != n_features:
+        raise InvalidInputError(
+            f"{name} has {matrix.shape[1]} features but {n_features} were expected "
+            "(the training data's width); use images of the same size"
+        )
+    if not np.isfinite(matrix).all():
+        bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+        raise InvalidInputError(
+            f"{name} holds NaN or inf in row(s) {list_rows(bad)}; remove or repair them"
+        )
+    return matrix
+
+
+def list_rows(rows: np.ndarray, limit: int = 10) -> str:
+    """Format row indices for an error message, eliding long lists."""
+    shown = ", ".join(str(int(r)) for r in rows[:limit])
+    return shown + (f", ... ({len(rows)} in all)" if len(rows) > limit else "")
