@@ -30,7 +30,7 @@ def prediction_grid(
     """
     count = min(n_shown, len(images))
     rows = -(-count // columns)
-    figure = Figure(figsize=(1.6 * columns, 1.9 * rows))
+    figure = Figure(figsize=(1.6 * columns, 2.2 * rows))
     shape = _picture_shape(images.shape[1])
     for index in range(count):
         axes = figure.add_subplot(rows, columns, index + 1)

@@ -84,11 +84,10 @@ def ntk(
     Y_unit = None if Y is None else unit_rows(Y, "Y", dtype=dtype, n_features=X_unit.shape[1])
 
     def fill(block_out: np.ndarray, rows: slice, cols: slice, diagonal: bool) -> None:
-        other = X_unit if Y_unit is None else Y_unit
-        np.matmul(X_unit[rows], other[cols].T, out=block_out)
+        _products(X_unit, X_unit if Y_unit is None else Y_unit, rows, cols, diagonal, block_out)
         if diagonal:
             np.fill_diagonal(block_out, 1.0)
-        _ntk_of_cosine_inplace(block_out, _snap_tolerance(dtype))
+        _ntk_of_cosine_inplace(block_out, _snap_tolerance(dtype), diagonal)
 
     return _assemble(fill, X_unit.shape[0], Y_unit, out, dtype, block_rows, progress)
 
@@ -96,7 +95,7 @@ def ntk(
 def ntk_of_cosine(k: np.ndarray) -> np.ndarray:
     """The mission's NTK as an elementwise function of cosines (a copy; see :func:`ntk`)."""
     values = np.array(k, dtype=np.float64, ndmin=2, copy=True)
-    _ntk_of_cosine_inplace(values, _snap_tolerance(np.float64))
+    _ntk_of_cosine_inplace(values, _snap_tolerance(np.float64), False)
     return values.reshape(np.shape(k))
 
 
@@ -127,17 +126,41 @@ def _snap_tolerance(dtype: type) -> float:
     return 4 * float(np.finfo(dtype).eps)
 
 
+@numba.njit(inline="always")
+def _balanced_order(position, count):  # pragma: no cover - compiled
+    """0, n-1, 1, n-2, ...: long and short triangular rows alternate across threads."""
+    half = position // 2
+    return half if position % 2 == 0 else count - 1 - half
+
+
 @numba.njit(parallel=True, cache=True)
-def _ntk_of_cosine_inplace(block, snap):  # pragma: no cover - compiled
+def _ntk_of_cosine_inplace(block, snap, upper_only):  # pragma: no cover - compiled
+    """Map cosines to NTK values in place; with ``upper_only`` skip columns j < i."""
     pi = np.pi
-    for i in numba.prange(block.shape[0]):
-        for j in range(block.shape[1]):
+    n_rows = block.shape[0]
+    for position in numba.prange(n_rows):
+        i = _balanced_order(position, n_rows)
+        for j in range(i if upper_only else 0, block.shape[1]):
             k = float(block[i, j])
             if k >= 1.0 - snap:
                 k = 1.0
             elif k <= -1.0 + snap:
                 k = -1.0
             block[i, j] = (2.0 * k * (pi - np.arccos(k)) + np.sqrt((1.0 - k) * (1.0 + k))) / pi
+
+
+@numba.njit(parallel=True, cache=True)
+def _mirror_upper(matrix, tile=64):  # pragma: no cover - compiled
+    """Copy the upper triangle of a square matrix onto the lower one, tile by tile."""
+    n = matrix.shape[0]
+    n_tiles = (n + tile - 1) // tile
+    for position in numba.prange(n_tiles):
+        start = _balanced_order(position, n_tiles) * tile
+        stop = min(start + tile, n)
+        for col_start in range(0, stop, tile):
+            for i in range(start, stop):
+                for j in range(col_start, min(col_start + tile, i)):
+                    matrix[i, j] = matrix[j, i]
 
 
 # --------------------------------------------------------------------------- deep kernels
@@ -253,7 +276,8 @@ def fc_kernels(
     nngp = np.empty((X_checked.shape[0], other.shape[0]))
 
     def fill(block_out: np.ndarray, rows: slice, cols: slice, diagonal: bool) -> None:
-        q12 = X_checked[rows] @ other[cols].T / n_features
+        q12 = _products(X_checked, other, rows, cols, diagonal, np.empty(block_out.shape))
+        q12 /= n_features
         if diagonal:
             np.fill_diagonal(q12, sq_x[rows])
         state = _PairState(sq_x[rows], sq_y[cols], q12, np.zeros_like(q12), diagonal)
@@ -265,7 +289,7 @@ def fc_kernels(
 
     ntk_matrix = _assemble(fill, X_checked.shape[0], Y_checked, None, np.float64, block_rows, progress)
     if Y_checked is None:
-        _mirror_upper(nngp, block_rows)
+        _mirror_upper(nngp)
     return nngp, ntk_matrix
 
 
@@ -278,7 +302,7 @@ def _assemble(fill, n_rows, Y, out, dtype, block_rows, progress):
     ``fill(block, rows, cols, diagonal)`` writes the kernel of ``rows`` against
     ``cols`` into ``block``. With ``Y is None`` the matrix is symmetric: block row
     ``rows`` covers columns ``rows.start:`` only, with the diagonal in its first
-    square, and the lower triangle is mirrored afterwards.
+    square; ``fill`` need not write below the diagonal, which is mirrored afterwards.
     """
     block_rows = check_positive_int("block_rows", block_rows)
     symmetric = Y is None
@@ -296,19 +320,24 @@ def _assemble(fill, n_rows, Y, out, dtype, block_rows, progress):
         cols = slice(start, n_cols) if symmetric else slice(0, n_cols)
         fill(out[rows, cols], rows, cols, symmetric)
     if symmetric:
-        _mirror_upper(out, block_rows)
+        _mirror_upper(out)
     return out
 
 
-def _mirror_upper(matrix: np.ndarray, block_rows: int) -> None:
-    """Copy the upper triangle onto the lower one, in blocks, in place."""
-    n = matrix.shape[0]
-    for start in range(0, n, block_rows):
-        stop = min(start + block_rows, n)
-        square = matrix[start:stop, start:stop]
-        lower = np.tril_indices(stop - start, -1)
-        square[lower] = square.T[lower]
-        matrix[stop:, start:stop] = matrix[start:stop, stop:].T
+def _products(X, other, rows, cols, diagonal, out):
+    """``out = X[rows] @ other[cols].T``.
+
+    In a diagonal block (``other is X`` and ``cols`` starts at ``rows.start``) the
+    leading square is ``A @ A.T``, which BLAS computes as a symmetric rank-k update
+    at half the cost.
+    """
+    if diagonal:
+        width = rows.stop - rows.start
+        np.matmul(X[rows], X[rows].T, out=out[:, :width])
+        np.matmul(X[rows], other[rows.stop:cols.stop].T, out=out[:, width:])
+    else:
+        np.matmul(X[rows], other[cols].T, out=out)
+    return out
 
 
 def kernel_matrix(

@@ -1,0 +1,88 @@
+"""Issue 2 benchmark: the NTK matrix and the balanced sampler against naive versions.
+
+Prints one table of times and ratios measured in this run:
+
+* kernel vs a Python double loop over pairs (n = 200 and 1,000, d = 784);
+* kernel vs the bare ``X @ X.T`` it cannot avoid (n = 2,000 / 5,000 / 10,000, float64);
+* ``load_sample`` vs iterating and decoding the whole split once per label.
+
+Usage: ``python benchmarks/bench_kernel.py [--dataset PATH] [--sizes 2000,5000,10000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from ntkdemo.data import load_sample, open_dataset
+from ntkdemo.kernels import ntk
+
+
+def best_time(function, repeats: int = 3) -> float:
+    """Smallest wall time of ``repeats`` calls."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def naive_double_loop(X: np.ndarray) -> np.ndarray:
+    """What a notebook does: the mission formula as written, one pair at a time."""
+    n = len(X)
+    K = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            x = X[i] / np.linalg.norm(X[i])
+            y = X[j] / np.linalg.norm(X[j])
+            k = np.clip(np.dot(x, y), -1.0, 1.0)
+            K[i, j] = (k + np.sqrt(1 - k**2) / np.pi
+                       + 2 * k / np.pi * (np.arcsin(np.sqrt((1 + k) / 2))
+                                          - np.arcsin(np.sqrt((1 - k) / 2))))
+    return K
+
+
+def naive_sampling(source: str, per_class: int) -> np.ndarray:
+    """Iterate the whole split once per label, decoding every image, keep the first rows."""
+    train = open_dataset(source)["train"]
+    chosen = []
+    for label in range(10):
+        rows = [np.asarray(r["image"]) for r in train if r["label"] == label]
+        chosen.extend(rows[:per_class])
+    return np.stack(chosen)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="../shared/fashion_mnist")
+    parser.add_argument("--sizes", default="2000,5000,10000")
+    options = parser.parse_args()
+    rng = np.random.default_rng(0)
+    X_full = rng.random((max(int(s) for s in options.sizes.split(",")), 784))
+    ntk(X_full[:50])  # compile the map once, outside the timings
+
+    rows = []
+    for n in (200, 1000):
+        X = X_full[:n]
+        slow = best_time(lambda: naive_double_loop(X), repeats=1)
+        fast = best_time(lambda: ntk(X))
+        rows.append((f"kernel vs double loop, n={n}", slow, fast, slow / fast))
+    for n in (int(s) for s in options.sizes.split(",")):
+        X = X_full[:n]
+        product = best_time(lambda: X @ X.T)
+        kernel = best_time(lambda: ntk(X))
+        rows.append((f"kernel / bare X @ X.T, n={n}", kernel, product, kernel / product))
+    slow = best_time(lambda: naive_sampling(options.dataset, 100), repeats=1)
+    fast = best_time(lambda: load_sample(options.dataset, 100, 50))
+    rows.append(("sampling: iterate+decode vs ours", slow, fast, slow / fast))
+
+    print(f"{'measurement':<36} {'A (s)':>9} {'B (s)':>9} {'A/B':>9}")
+    for name, a, b, ratio in rows:
+        print(f"{name:<36} {a:9.3f} {b:9.3f} {ratio:9.2f}")
+
+
+if __name__ == "__main__":
+    main()

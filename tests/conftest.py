@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny datasets in the hub's Parquet layout, and the shared real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_FASHION_MNIST = Path(__file__).resolve().parents[2] / "shared" / "fashion_mnist"
+
+
+def write_image_dataset(
+    folder: Path,
+    splits: dict[str, tuple[np.ndarray, np.ndarray]],
+    class_names: list[str],
+    *,
+    image_column: str = "image",
+    label_column: str = "label",
+) -> Path:
+    """Write ``{split: (images uint8 (n, h, w[, c]), labels)}`` as hub-style Parquet."""
+    import datasets
+
+    features = datasets.Features({
+        image_column: datasets.Image(),
+        label_column: datasets.ClassLabel(names=class_names),
+    })
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    for split, (images, labels) in splits.items():
+        table = datasets.Dataset.from_dict(
+            {image_column: list(images), label_column: labels.tolist()}, features=features
+        )
+        table.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return folder
+
+
+def random_images(rng: np.random.Generator, labels: np.ndarray, shape=(8, 8)) -> np.ndarray:
+    """Images whose brightest pixel encodes the label, so a kernel can learn them."""
+    images = rng.integers(0, 60, size=(len(labels), *shape), dtype=np.uint8)
+    flat = images.reshape(len(labels), -1)
+    flat[np.arange(len(labels)), labels * 3] = 255
+    return images
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """Three classes; train holds 12, 9, 15 images, test 5 of each; 8x8 grayscale."""
+    rng = np.random.default_rng(123)
+    train_labels = np.repeat([0, 1, 2], [12, 9, 15])
+    rng.shuffle(train_labels)
+    test_labels = np.repeat([0, 1, 2], 5)
+    return write_image_dataset(
+        tmp_path_factory.mktemp("tiny"),
+        {"train": (random_images(rng, train_labels), train_labels),
+         "test": (random_images(rng, test_labels), test_labels)},
+        ["alpha", "beta", "gamma"],
+    )
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist() -> Path:
+    """The local copy of the hub dataset; tests that need it skip where it is absent."""
+    if not (SHARED_FASHION_MNIST / "fashion_mnist").is_dir():
+        pytest.skip(f"real data absent: {SHARED_FASHION_MNIST} is not there")
+    return SHARED_FASHION_MNIST

@@ -1,0 +1,107 @@
+"""The command line end to end: real data, files written, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ntkdemo.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_demo_on_real_data(fashion_mnist, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "--dataset", str(fashion_mnist), "--out", str(tmp_path))
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    # 100 per class, 50 per class test, seed 0: 0.808 here; correct NTK code gives 0.80-0.85
+    assert 0.78 <= metrics["test_accuracy"] <= 0.87
+    assert metrics["train_accuracy"] == 1.0
+    assert metrics["sizes"] == {"train": 1000, "test": 500, "features": 784}
+    assert np.array(metrics["confusion"]).sum() == 500
+    assert len(metrics["train_indices"]) == 1000 and len(set(metrics["train_indices"])) == 1000
+    assert metrics["solver"]["smallest_eigenvalue"] > 0
+    assert set(metrics["timings_seconds"]) == {"load", "kernel", "solve", "predict"}
+    for name in ("predictions.png", "confusion.png", "spectrum.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "test accuracy:" in out and "Ankle boot" in out and "chance 0.1000" in out
+
+
+def test_two_class_task(fashion_mnist, tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "--dataset", str(fashion_mnist), "--out", str(tmp_path),
+                           "--classes", "1,3", "--quiet")
+    assert code == 0 and out == ""
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["class_names"] == ["Trouser", "Dress"]
+    assert 0.93 <= metrics["test_accuracy"] <= 0.99
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train-per-class", "900"], r"class 0 \('T - shirt / top'\) has only 766 rows"),
+    (["--classes", "1,12"], r"unknown class id\(s\) \[12\]"),
+    (["--train-per-class", "0"], "--train-per-class: must be >= 1, got 0"),
+    (["--test-per-class", "-5"], "--test-per-class: must be >= 1, got -5"),
+    (["--ridge", "-1"], "--ridge: must be a finite number >= 0"),
+    (["--ridge", "abc"], "--ridge: expected a number, got 'abc'"),
+])
+def test_user_errors_on_real_data(fashion_mnist, tmp_path, capsys, argv, message):
+    code, _, err = run_cli(capsys, "--dataset", str(fashion_mnist), "--out", str(tmp_path), *argv)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("ntkdemo: error:")
+    assert __import__("re").search(message, err), err
+
+
+def test_missing_dataset_folder(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "--dataset", str(tmp_path / "none"), "--out", str(tmp_path))
+    assert code == 2 and "does not exist; pass --dataset PATH" in err
+
+
+def test_dataset_without_label_column(tmp_path, capsys):
+    import datasets
+
+    (tmp_path / "bad" / "data").mkdir(parents=True)
+    for split in ("train", "test"):
+        datasets.Dataset.from_dict(
+            {"image": [np.zeros((2, 2), np.uint8)], "kind": ["x"]},
+            features=datasets.Features({"image": datasets.Image(), "kind": datasets.Value("string")}),
+        ).to_parquet(str(tmp_path / "bad" / "data" / f"{split}-00000-of-00001.parquet"))
+    code, _, err = run_cli(capsys, "--dataset", str(tmp_path / "bad"), "--out", str(tmp_path))
+    assert code == 2 and "has no label column (columns: image, kind)" in err
+
+
+def test_no_network_fails_fast_with_advice(tmp_path):
+    """The hub id path, pointed at a closed local port: one line, exit 2, well under 10 s."""
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "NTKDEMO_DATASET": ""}
+    env.pop("HF_HUB_OFFLINE", None)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "ntkdemo", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=60)
+    elapsed = time.perf_counter() - start
+    assert done.returncode == 2
+    assert elapsed < 10
+    assert "cannot reach the Hugging Face hub" in done.stderr
+    assert "--dataset PATH" in done.stderr and "HF_HUB_OFFLINE=1" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_tiny_dataset_run(tiny_dataset, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "--dataset", str(tiny_dataset), "--out", str(tmp_path),
+                             "--train-per-class", "9", "--test-per-class", "5")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["sizes"]["train"] == 27 and metrics["train_accuracy"] == 1.0
+
+
+def test_help_and_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("ntkdemo ")
