@@ -91,3 +91,100 @@ def _picture_shape(n_pixels: int) -> tuple[int, ...]:
         if side * side * channels == n_pixels:
             return (side, side) if channels == 1 else (side, side, 3)
     return (1, n_pixels)
+
+
+def learning_curve_figure(sizes: np.ndarray, accuracy: dict[str, np.ndarray], n_classes: int) -> Figure:
+    """Test accuracy against training images per class (log x axis), one line per model."""
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.add_subplot()
+    for name, values in accuracy.items():
+        style = "k--" if "SVC" in name else ("-" if name.startswith("NTK") else ":")
+        axes.semilogx(sizes, values, style, marker="o", markersize=3, label=name)
+    axes.axhline(1 / n_classes, color="gray", linewidth=0.8, label="chance")
+    axes.set_xlabel("training images per class")
+    axes.set_ylabel("test accuracy")
+    axes.set_title("Learning curves: infinite networks (kernel regression) vs RBF SVC")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8, ncol=2)
+    return figure
+
+
+def training_curve_figure(times: np.ndarray, loss: dict, accuracy: dict) -> Figure:
+    """Loss and accuracy against training time t (log x axis), train and test, NTK and NNGP."""
+    figure = Figure(figsize=(11, 4.2))
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    for name, color in (("NTK", "C0"), ("NNGP", "C1")):
+        for split, style in (("train", "--"), ("test", "-")):
+            label = f"{name} {split}"
+            loss_axes.loglog(times, loss[name][split], style, color=color, label=label)
+            accuracy_axes.semilogx(times, accuracy[name][split], style, color=color, label=label)
+    loss_axes.set_ylabel("loss 0.5 * mean (f - y)^2")
+    accuracy_axes.set_ylabel("accuracy")
+    for axes in (loss_axes, accuracy_axes):
+        axes.set_xlabel("training time t = learning rate x steps")
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(fontsize=8)
+    figure.suptitle("Infinite network trained by gradient descent, in closed form")
+    return figure
+
+
+def spectrum_panels_figure(
+    data_eigenvalues: np.ndarray, circle_eigenvalues: np.ndarray,
+    sizes: np.ndarray, bound: dict[str, np.ndarray],
+) -> Figure:
+    """Three panels: the data Gram spectrum, the unit-circle spectrum, and the norm bound."""
+    figure = Figure(figsize=(15, 4.2))
+    data_axes, circle_axes, bound_axes = figure.subplots(1, 3)
+    for axes, values, title in (
+        (data_axes, data_eigenvalues, f"Fashion-MNIST training Gram (n = {len(data_eigenvalues)})"),
+        (circle_axes, circle_eigenvalues, f"{len(circle_eigenvalues)} points on the unit circle"),
+    ):
+        ordered = np.sort(values)[::-1]
+        keep = ordered > 0
+        axes.loglog(np.flatnonzero(keep) + 1, ordered[keep], ".", markersize=3)
+        axes.set_xlabel("index i (decreasing order)")
+        axes.set_ylabel("eigenvalue lambda_i of the NTK Gram matrix")
+        axes.set_title(title, fontsize=10)
+        axes.grid(True, which="both", alpha=0.3)
+    for name, values in bound.items():
+        bound_axes.plot(sizes, values, marker="o", markersize=3, label=name)
+    bound_axes.set_xlabel("training set size n")
+    bound_axes.set_ylabel("sqrt(y' K^-1 y / n)")
+    bound_axes.set_title("Complexity measure on a two-class task", fontsize=10)
+    bound_axes.grid(True, alpha=0.3)
+    bound_axes.legend(fontsize=8)
+    return figure
+
+
+def monte_carlo_figure(widths: np.ndarray, errors: np.ndarray, slope: float) -> Figure:
+    """Relative error of the empirical NTK against width, log-log, with the fitted slope."""
+    figure = Figure(figsize=(6, 4.2))
+    axes = figure.add_subplot()
+    mean = errors.mean(axis=1)
+    axes.loglog(np.repeat(widths, errors.shape[1]), errors.ravel(), ".", color="C0", alpha=0.4,
+                label="one random network")
+    axes.loglog(widths, mean, "o-", color="C0", label="mean over draws")
+    intercept = np.log(mean).mean() - slope * np.log(widths).mean()
+    axes.loglog(widths, np.exp(intercept) * widths**slope, "k--", label=f"fit: slope {slope:.2f}")
+    axes.set_xlabel("hidden width m")
+    axes.set_ylabel("||empirical NTK - formula||_F / ||formula||_F")
+    axes.set_title("Finite-width NTK converges to the formula")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+    return figure
+
+
+def network_comparison_figure(widths: np.ndarray, agreement: np.ndarray,
+                              network_accuracy: np.ndarray, kernel_accuracy: float) -> Figure:
+    """Agreement and accuracy of trained networks against width, with the kernel's accuracy."""
+    figure = Figure(figsize=(6.5, 4.2))
+    axes = figure.add_subplot()
+    axes.semilogx(widths, agreement, "o-", label="agreement with the NTK prediction")
+    axes.semilogx(widths, network_accuracy, "s-", label="network test accuracy")
+    axes.axhline(kernel_accuracy, color="k", linestyle="--", label="NTK test accuracy (same t)")
+    axes.set_xlabel("hidden width m")
+    axes.set_ylabel("fraction of test images")
+    axes.set_title("Trained finite networks approach the kernel")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+    return figure

@@ -1,0 +1,131 @@
+r"""Predictions of the infinite network after gradient-descent time t, in closed form.
+
+Gradient flow on the loss :math:`\mathcal{L} = \frac{1}{2m}\sum_{i,c}(f_c(x_i) - y_{ic})^2`
+with learning rate :math:`\eta`, from a network whose mean output is zero, moves the mean
+prediction as (Lee et al. 2019, "Wide Neural Networks of Any Depth Evolve as Linear
+Models Under Gradient Descent")
+
+.. math::
+
+    f_t(x) = K(x, X)\, K^{-1}\big(I - e^{-\eta t K / m}\big)\, Y,
+
+where :math:`K = K(X, X)` and :math:`m` = ``y_train.size`` (training points times outputs),
+the convention of neural-tangents' ``predict.gradient_descent_mse_ensemble``. With the
+NTK this is the whole network trained; with the NNGP only its readout layer. ``t = 0``
+gives the zero function and ``t = inf`` kernel regression ``K(x,X) K^{-1} Y``.
+
+One eigendecomposition :math:`K = V \Lambda V^\top` serves every t:
+:math:`K^{-1}(I - e^{-\eta t K/m}) = V\,\mathrm{diag}\big(-\mathrm{expm1}(-\eta t \lambda/m)/\lambda\big)V^\top`,
+with eigenvalues clamped at 0 and a null eigenvalue contributing nothing (for a PSD
+kernel :math:`K(x, X)v = 0` when :math:`Kv = 0`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InvalidInputError, InvalidParameterError
+from .validation import check_nonnegative_float
+
+
+class GradientDescentDynamics:
+    """Closed-form gradient-descent predictions from one cached ``eigh`` of ``K(X, X)``.
+
+    Parameters
+    ----------
+    k_train_train : ndarray of shape (n_train, n_train)
+        Symmetric PSD kernel of the training inputs (NTK or NNGP).
+    y_train : ndarray of shape (n_train, n_outputs) or (n_train,)
+        Targets.
+    learning_rate : float, default=1.0
+        :math:`\\eta`.
+    """
+
+    def __init__(self, k_train_train: np.ndarray, y_train: np.ndarray, learning_rate: float = 1.0):
+        self.learning_rate = check_nonnegative_float("learning_rate", learning_rate)
+        y = np.asarray(y_train, dtype=np.float64)
+        k = np.asarray(k_train_train, dtype=np.float64)
+        if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] != len(y):
+            raise InvalidInputError(
+                f"k_train_train must be square and match y_train: got {k.shape} and "
+                f"{len(y)} targets"
+            )
+        eigenvalues, self.eigenvectors_ = np.linalg.eigh(k)
+        self.eigenvalues_ = np.maximum(eigenvalues, 0.0)
+        self.projected_targets_ = self.eigenvectors_.T @ y.reshape(len(y), -1)
+        self.normalisation_ = y.size
+        self._output_shape = y.shape[1:]
+
+    def dual_coefficients(self, t: float) -> np.ndarray:
+        r"""The weights :math:`A_t = K^{-1}(I - e^{-\eta t K/m})Y`, shape (n_train, n_outputs)."""
+        rate = self.learning_rate * self.eigenvalues_ / self.normalisation_
+        positive = self.eigenvalues_ > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            filtered = np.where(
+                positive, -np.expm1(-rate * t) / np.where(positive, self.eigenvalues_, 1.0), 0.0
+            )
+        return self.eigenvectors_ @ (filtered[:, None] * self.projected_targets_)
+
+    def predict(self, k_test_train: np.ndarray, t) -> np.ndarray:
+        """Mean predictions at time(s) ``t``.
+
+        Parameters
+        ----------
+        k_test_train : ndarray of shape (n_test, n_train)
+        t : float, None or array-like of float
+            Times >= 0; None or ``inf`` is the end of training.
+
+        Returns
+        -------
+        ndarray
+            Shape (n_test, *outputs) for a scalar t, (len(t), n_test, *outputs) for an array.
+        """
+        times = check_times(t)
+        outputs = np.stack([k_test_train @ self.dual_coefficients(time) for time in times.ravel()])
+        outputs = outputs.reshape(len(times.ravel()), k_test_train.shape[0], *self._output_shape)
+        return outputs[0] if times.ndim == 0 else outputs
+
+
+def gradient_descent_mean(
+    k_train_train: np.ndarray,
+    k_test_train: np.ndarray,
+    y_train: np.ndarray,
+    t=None,
+    learning_rate: float = 1.0,
+) -> np.ndarray:
+    """Mean prediction of the infinite network after training time ``t``.
+
+    Equals neural-tangents' ``predict.gradient_descent_mse_ensemble(kernel_fn, x_train,
+    y_train, learning_rate=learning_rate, diag_reg=0)(t, x_test, get=...)`` when the
+    kernels are that ``kernel_fn``'s (``get='ntk'`` or ``'nngp'``).
+
+    Parameters
+    ----------
+    k_train_train : ndarray of shape (n_train, n_train)
+    k_test_train : ndarray of shape (n_test, n_train)
+    y_train : ndarray of shape (n_train, n_outputs)
+    t : float, None or array-like, default=None
+        Training time(s); None or inf for the converged network.
+    learning_rate : float, default=1.0
+
+    Returns
+    -------
+    ndarray of shape (n_test, n_outputs), or (len(t), n_test, n_outputs) for several t
+    """
+    return GradientDescentDynamics(k_train_train, y_train, learning_rate).predict(k_test_train, t)
+
+
+def check_times(t) -> np.ndarray:
+    """Times as a float array (0-d for a scalar); None becomes inf.
+
+    Raises
+    ------
+    InvalidParameterError
+        If a time is negative or NaN.
+    """
+    times = np.asarray(np.inf if t is None else t, dtype=np.float64)
+    if np.isnan(times).any() or (times < 0).any():
+        raise InvalidParameterError(
+            f"training time t must be >= 0 (inf or None for convergence), got {t!r}"
+        )
+    return times

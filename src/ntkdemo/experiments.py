@@ -1,0 +1,268 @@
+"""The questions students ask after the demo, each one function returning arrays.
+
+* :func:`learning_curve` -- test accuracy against training-set size;
+* :func:`training_curve` -- loss and accuracy against gradient-descent time;
+* :func:`norm_bound_curve` -- the complexity :math:`\\sqrt{y^\\top K^{-1} y / n}` against n;
+* :func:`monte_carlo_error` -- empirical finite-width NTK against the formula;
+* :func:`compare_with_networks` -- trained finite networks against the kernel.
+
+They reuse the library's data, kernels, solver and dynamics; only the last builds a
+network (:mod:`ntkdemo.network`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .data import Sample
+from .dynamics import GradientDescentDynamics
+from .kernels import fc_kernels, ntk, unit_rows
+from .network import OneHiddenLayerNet, train_network
+from .regression import one_hot, predict, solve
+from .validation import check_positive_int
+
+
+def scaled_unit_rows(X: np.ndarray) -> np.ndarray:
+    """Rows rescaled to norm ``sqrt(n_features)``, so that ``x.x / d = 1`` (the kernels' input)."""
+    return unit_rows(X) * np.sqrt(X.shape[1])
+
+
+@dataclass
+class LearningCurve:
+    """Test accuracy of each model at each training-set size.
+
+    Attributes
+    ----------
+    sizes : ndarray of int
+        Training images per class.
+    accuracy : dict of str to ndarray
+        Model label (``"NTK depth 1"``, ``"NNGP depth 2"``, ``"RBF SVC"``) to accuracies.
+    """
+
+    sizes: np.ndarray
+    accuracy: dict[str, np.ndarray]
+
+
+def learning_curve(
+    sample: Sample,
+    sizes_per_class: Sequence[int],
+    *,
+    depths: Sequence[int] = (1, 2, 3),
+    svc_baseline: bool = True,
+) -> LearningCurve:
+    """Test accuracy of kernel regression (NTK and NNGP) and an RBF SVC against size.
+
+    The sample's training rows are interleaved class by class (see
+    :func:`ntkdemo.data.balanced_indices`), so its first ``k * n_classes`` rows hold ``k``
+    images of each class: one kernel matrix per depth serves every size, each size
+    solving its leading block.
+
+    Parameters
+    ----------
+    sample : Sample
+        With at least ``max(sizes_per_class)`` training images per class.
+    sizes_per_class : sequence of int
+    depths : sequence of int, default=(1, 2, 3)
+    svc_baseline : bool, default=True
+        Also fit ``sklearn.svm.SVC(kernel="rbf", gamma="scale")`` on the same samples.
+    """
+    sizes = np.array(sorted({check_positive_int("size", s) for s in sizes_per_class}))
+    X_train, X_test = scaled_unit_rows(sample.X_train), scaled_unit_rows(sample.X_test)
+    targets = one_hot(sample.y_train, sample.n_classes)
+    accuracy: dict[str, np.ndarray] = {}
+    for depth in depths:
+        train_kernels = fc_kernels(X_train, depth=depth)
+        test_kernels = fc_kernels(X_test, X_train, depth=depth)
+        for name, K, K_test in zip(("NNGP", "NTK"), train_kernels, test_kernels):
+            scores = []
+            for size in sizes:
+                n = size * sample.n_classes
+                solution = solve(K[:n, :n], targets[:n])
+                predicted = predict(K_test[:, :n], solution).argmax(axis=1)
+                scores.append(np.mean(predicted == sample.y_test))
+            accuracy[f"{name} depth {depth}"] = np.array(scores)
+    if svc_baseline:
+        from sklearn.svm import SVC
+
+        scores = []
+        for size in sizes:
+            n = size * sample.n_classes
+            model = SVC(kernel="rbf", gamma="scale").fit(sample.X_train[:n], sample.y_train[:n])
+            scores.append(model.score(sample.X_test, sample.y_test))
+        accuracy["RBF SVC"] = np.array(scores)
+    return LearningCurve(sizes, accuracy)
+
+
+@dataclass
+class TrainingCurve:
+    """Loss and accuracy against training time, per kernel ("NTK", "NNGP").
+
+    ``loss[name]`` and ``accuracy[name]`` are dicts with keys ``"train"`` and
+    ``"test"`` mapping to arrays over ``times``; the loss is
+    ``0.5 * mean((f - y)^2)`` over images and outputs.
+    """
+
+    times: np.ndarray
+    loss: dict[str, dict[str, np.ndarray]]
+    accuracy: dict[str, dict[str, np.ndarray]]
+
+
+def training_curve(
+    sample: Sample, times: np.ndarray, *, depth: int = 1, learning_rate: float = 1.0
+) -> TrainingCurve:
+    """Closed-form training dynamics of the infinite network on a sample.
+
+    One eigendecomposition per kernel serves every time (:mod:`ntkdemo.dynamics`).
+    """
+    X_train, X_test = scaled_unit_rows(sample.X_train), scaled_unit_rows(sample.X_test)
+    targets_train = one_hot(sample.y_train, sample.n_classes)
+    targets_test = one_hot(sample.y_test, sample.n_classes)
+    train_kernels = fc_kernels(X_train, depth=depth)
+    test_kernels = fc_kernels(X_test, X_train, depth=depth)
+    loss: dict[str, dict[str, np.ndarray]] = {}
+    accuracy: dict[str, dict[str, np.ndarray]] = {}
+    for name, K, K_test in zip(("NNGP", "NTK"), train_kernels, test_kernels):
+        dynamics = GradientDescentDynamics(K, targets_train, learning_rate)
+        loss[name], accuracy[name] = {}, {}
+        for split, kernel, targets, labels in (
+            ("train", K, targets_train, sample.y_train),
+            ("test", K_test, targets_test, sample.y_test),
+        ):
+            outputs = dynamics.predict(kernel, times)
+            loss[name][split] = 0.5 * ((outputs - targets) ** 2).mean(axis=(1, 2))
+            accuracy[name][split] = (outputs.argmax(axis=2) == labels).mean(axis=1)
+    return TrainingCurve(np.asarray(times, dtype=float), loss, accuracy)
+
+
+def circle_points(n: int) -> np.ndarray:
+    """``n`` equally spaced points on the unit circle, shape (n, 2)."""
+    angles = 2 * np.pi * np.arange(n) / n
+    return np.column_stack([np.cos(angles), np.sin(angles)])
+
+
+def norm_bound_curve(
+    X: np.ndarray, y: np.ndarray, sizes: Sequence[int], rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    r"""The complexity measure :math:`\sqrt{y^\top K^{-1} y / n}` of Arora et al. (2019).
+
+    Computed with the mission NTK on the first ``n`` rows, for labels ``y`` in {-1, +1}
+    and, for contrast, for the same labels randomly permuted (which a kernel finds
+    harder to fit: the measure grows).
+
+    Returns
+    -------
+    dict with keys "true labels" and "random labels", arrays over ``sizes``.
+    """
+    K = ntk(X)
+    shuffled = rng.permutation(y)
+    curves: dict[str, list[float]] = {"true labels": [], "random labels": []}
+    for n in sizes:
+        for name, labels in (("true labels", y), ("random labels", shuffled)):
+            coef = solve(K[:n, :n], labels[:n].astype(float)).coef
+            curves[name].append(float(np.sqrt(labels[:n] @ coef / n)))
+    return {name: np.array(values) for name, values in curves.items()}
+
+
+@dataclass
+class MonteCarloResult:
+    """Relative Frobenius error of the empirical NTK at each width.
+
+    ``errors`` has shape (len(widths), repeats); ``slope`` is the least-squares slope
+    of log(mean error) against log(width), about -1/2.
+    """
+
+    widths: np.ndarray
+    errors: np.ndarray
+    slope: float
+
+
+def monte_carlo_error(
+    X: np.ndarray, widths: Sequence[int], *, repeats: int, rng: np.random.Generator
+) -> MonteCarloResult:
+    r"""Empirical NTK of random width-m networks against the mission formula.
+
+    With inputs rescaled to norm :math:`\sqrt d`, the expected empirical NTK of
+    :class:`~ntkdemo.network.OneHiddenLayerNet` is ``ntk(X) / 2``; the error is
+    :math:`\|2\hat\Theta - \mathrm{NTK}\|_F / \|\mathrm{NTK}\|_F`.
+    """
+    exact = ntk(X)
+    inputs = scaled_unit_rows(X)
+    widths_array = np.array([check_positive_int("width", w) for w in widths])
+    errors = np.empty((len(widths_array), repeats))
+    for row, width in enumerate(widths_array):
+        for repeat in range(repeats):
+            net = OneHiddenLayerNet.initialise(inputs.shape[1], int(width), 1, rng)
+            empirical = 2 * net.empirical_ntk(inputs)
+            errors[row, repeat] = np.linalg.norm(empirical - exact) / np.linalg.norm(exact)
+    slope = float(np.polyfit(np.log(widths_array), np.log(errors.mean(axis=1)), 1)[0])
+    return MonteCarloResult(widths_array, errors, slope)
+
+
+@dataclass
+class NetworkComparison:
+    """Trained finite networks against the infinite network at the same time t.
+
+    Attributes
+    ----------
+    widths : ndarray of int
+    network_accuracy : ndarray
+        Test accuracy of each trained network.
+    agreement : ndarray
+        Fraction of test images where network and kernel predict the same class.
+    output_distance : ndarray
+        Relative distance of the network's test outputs to the kernel's.
+    kernel_accuracy : float
+        Test accuracy of the NTK prediction at time t.
+    time, learning_rate : float
+    steps : int
+    """
+
+    widths: np.ndarray
+    network_accuracy: np.ndarray
+    agreement: np.ndarray
+    output_distance: np.ndarray
+    kernel_accuracy: float
+    time: float
+    learning_rate: float
+    steps: int
+
+
+def compare_with_networks(
+    sample: Sample, widths: Sequence[int], *, steps: int, rng: np.random.Generator,
+    learning_rate: float | None = None,
+) -> NetworkComparison:
+    """Train one-hidden-layer networks by full-batch gradient descent and compare.
+
+    Each network starts with paired hidden units (initial output exactly 0, see
+    :meth:`OneHiddenLayerNet.initialise`) and takes ``steps`` steps of size
+    ``learning_rate`` on ``0.5 * sum((f - Y)^2) / Y.size``; the kernel prediction is
+    :mod:`ntkdemo.dynamics` at ``t = learning_rate * steps`` with the depth-1 NTK.
+    The default learning rate is ``Y.size / lambda_max(K)``, half the stability limit
+    of gradient descent on the linearised network.
+    """
+    X_train, X_test = scaled_unit_rows(sample.X_train), scaled_unit_rows(sample.X_test)
+    targets = one_hot(sample.y_train, sample.n_classes)
+    K = fc_kernels(X_train)[1]
+    K_test = fc_kernels(X_test, X_train)[1]
+    if learning_rate is None:
+        learning_rate = targets.size / float(np.linalg.eigvalsh(K)[-1])
+    time = learning_rate * steps
+    kernel_outputs = GradientDescentDynamics(K, targets, learning_rate).predict(K_test, time)
+    kernel_labels = kernel_outputs.argmax(axis=1)
+    widths_array = np.array([check_positive_int("width", w) for w in widths])
+    accuracy, agreement, distance = [], [], []
+    for width in widths_array:
+        net = OneHiddenLayerNet.initialise(X_train.shape[1], int(width), sample.n_classes, rng,
+                                           symmetric=True)
+        train_network(net, X_train, targets, learning_rate=learning_rate, steps=steps)
+        outputs = net(X_test)
+        accuracy.append(np.mean(outputs.argmax(axis=1) == sample.y_test))
+        agreement.append(np.mean(outputs.argmax(axis=1) == kernel_labels))
+        distance.append(np.linalg.norm(outputs - kernel_outputs) / np.linalg.norm(kernel_outputs))
+    return NetworkComparison(
+        widths_array, np.array(accuracy), np.array(agreement), np.array(distance),
+        float(np.mean(kernel_labels == sample.y_test)), time, learning_rate, steps,
+    )
