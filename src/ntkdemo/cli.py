@@ -1,4 +1,4 @@
-"""Command line: ``ntkdemo [run] [options]`` and the other subcommands.
+"""Command line: ``ntkdemo [run] [options]`` and the theory subcommands.
 
 Every error a user can cause ends in one line on stderr and exit code 2.
 """
@@ -6,15 +6,26 @@ Every error a user can cause ends in one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import platform
+import os
 import sys
-import time
 from importlib import metadata
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from . import cli_theory
+from .cli_common import (
+    Console,
+    Parser,
+    UsageError,
+    add_data_options,
+    add_kernel_options,
+    add_output_options,
+    load_from_options,
+    time_value,
+    versions,
+)
 from .errors import NTKDemoError
 
 DESCRIPTION = """\
@@ -26,122 +37,33 @@ gradient step is taken.
 """
 
 
-class UsageError(Exception):
-    """A command-line argument could not be parsed."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage block
-        raise UsageError(f"{self.prog}: {message} (see --help)")
-
-
-def per_class_count(text: str) -> int | str:
-    """Parse ``--*-per-class``: a whole number >= 1 or ``all``."""
-    if text == "all":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number or 'all', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def class_list(text: str) -> list[int]:
-    """Parse ``--classes 1,3``."""
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated class ids such as 1,3, got {text!r}"
-        ) from None
-
-
-def nonnegative_float(text: str) -> float:
-    """Parse a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not np.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """Parse a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _add_data_options(parser: argparse.ArgumentParser, train: int, test: int) -> None:
-    group = parser.add_argument_group("data")
-    group.add_argument("--dataset", default=None,
-                       help="hub id or local folder in the hub layout (default: $NTKDEMO_DATASET, "
-                            "else zalando-datasets/fashion_mnist)")
-    group.add_argument("--train-per-class", type=per_class_count, default=train,
-                       help=f"training images per class, or 'all' (default: {train})")
-    group.add_argument("--test-per-class", type=per_class_count, default=test,
-                       help=f"test images per class, or 'all' (default: {test})")
-    group.add_argument("--classes", type=class_list, default=None,
-                       help="comma-separated label ids to keep, e.g. 1,3 for Trouser vs Dress")
-    group.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    group.add_argument("--image-column", default=None, help="image column (default: found)")
-    group.add_argument("--label-column", default=None, help="label column (default: found)")
-    group.add_argument("--train-split", default="train", help="training split (default: train)")
-    group.add_argument("--test-split", default="test", help="test split (default: test)")
-
-
-def _add_kernel_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("kernel")
-    group.add_argument("--kernel", choices=("ntk", "nngp"), default="ntk",
-                       help="ntk: network trained by gradient descent; nngp: only its readout "
-                            "(default: ntk)")
-    group.add_argument("--depth", type=positive_int, default=1,
-                       help="hidden ReLU layers (default: 1, the mission formula)")
-    group.add_argument("--w-std", type=nonnegative_float, default=1.0,
-                       help="weight standard deviation (default: 1)")
-    group.add_argument("--b-std", type=nonnegative_float, default=0.0,
-                       help="bias standard deviation (default: 0)")
-    group.add_argument("--ridge", type=nonnegative_float, default=0.0,
-                       help="ridge added to K's diagonal (default: 0, interpolation)")
-
-
-def _add_output_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="ntkdemo-out",
-                        help="folder for metrics.json and figures (default: ntkdemo-out)")
-    parser.add_argument("--quiet", action="store_true", help="print only the errors")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    parser = _Parser(prog="ntkdemo", description=DESCRIPTION,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
+    """The argument parser of every subcommand, and the subcommand names."""
+    parser = Parser(prog="ntkdemo", description=DESCRIPTION,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version",
                         version=f"ntkdemo {metadata.version('ntkdemo')}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = commands.add_parser("run", help="the demo (the default command)",
                               description=DESCRIPTION,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_data_options(run, train=100, test=50)
-    _add_kernel_options(run)
-    _add_output_options(run)
+    add_data_options(run, train=100, test=50)
+    add_kernel_options(run)
+    run.add_argument("--time", type=time_value, default=None, metavar="T",
+                     help="predict with the infinite network after gradient-descent time T "
+                          "(neural-tangents' convention, learning rate 1) instead of at "
+                          "convergence; 'inf' is the converged network")
+    add_output_options(run)
     run.set_defaults(handler=command_run)
-    return parser
+    names = {"run", *cli_theory.add_commands(commands)}
+    return parser, names
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ntkdemo``; returns the exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    known = set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
-    if not arguments or (arguments[0] not in known and arguments[0] not in ("-h", "--help", "--version")):
+    parser, names = build_parser()
+    if not arguments or (arguments[0] not in names and arguments[0] not in ("-h", "--help", "--version")):
         arguments.insert(0, "run")
     try:
         options = parser.parse_args(arguments)
@@ -149,48 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, NTKDemoError) as exc:
         print(f"ntkdemo: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into a command that stopped reading (e.g. head)
+        sys.stdout = open(os.devnull, "w")
+        return 1
     except KeyboardInterrupt:
         print("ntkdemo: interrupted; files already written are complete", file=sys.stderr)
         return 130
-
-
-class Console:
-    """Prints progress lines and tables unless quiet."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-
-    def __call__(self, text: str = "") -> None:
-        if not self.quiet:
-            print(text, flush=True)
-
-    def progress(self, description: str):
-        """A tqdm factory for block loops, or None when quiet or not on a terminal."""
-        if self.quiet or not sys.stderr.isatty():
-            return None
-        from tqdm import tqdm
-
-        return lambda iterable: tqdm(iterable, desc=description, leave=False, unit="block")
-
-
-def load_from_options(options, say: Console):
-    """Load the sample the options describe, timing it."""
-    from .data import load_sample, resolve_dataset
-
-    source = resolve_dataset(options.dataset)
-    say(f"loading {source} ...")
-    start = time.perf_counter()
-    sample = load_sample(
-        source, _per_class(options.train_per_class), _per_class(options.test_per_class),
-        options.classes, options.seed,
-        image_column=options.image_column, label_column=options.label_column,
-        train_split=options.train_split, test_split=options.test_split,
-    )
-    elapsed = time.perf_counter() - start
-    say(f"dataset {sample.dataset}: {len(sample.y_train)} train x {len(sample.y_test)} test "
-        f"images, {sample.n_classes} classes, {sample.X_train.shape[1]} features "
-        f"(loaded in {elapsed:.2f} s)")
-    return sample, elapsed
 
 
 def command_run(options) -> int:
@@ -202,7 +88,8 @@ def command_run(options) -> int:
     out = prepare_out_dir(options.out)
     sample, load_seconds = load_from_options(options, say)
     result = run_demo(sample, ridge=options.ridge, kernel=options.kernel, depth=options.depth,
-                      w_std=options.w_std, b_std=options.b_std)
+                      w_std=options.w_std, b_std=options.b_std, time=options.time,
+                      progress=say.progress("kernel blocks"))
     result.timings = {"load": load_seconds, **result.timings}
     _print_run(say, sample, result)
     _write_run(out, options, sample, result)
@@ -213,7 +100,7 @@ def command_run(options) -> int:
 def _print_run(say: Console, sample, result) -> None:
     say("time: " + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items()))
     solution = result.solution
-    say(f"solve: Cholesky of K(X,X) + {solution.ridge:g} I, "
+    say(f"solve: {solution.method} of K(X,X) + {solution.ridge:g} I, "
         f"condition number ~ {solution.condition_number:.3g}")
     if solution.message:
         say(f"note: {solution.message}")
@@ -239,7 +126,8 @@ def _write_run(out: Path, options, sample, result) -> None:
     eigenvalues = np.linalg.eigvalsh(result.K_train)
     test, train = result.test_report, result.train_report
     write_json(out / "metrics.json", {
-        "arguments": {k: v for k, v in vars(options).items() if k != "handler"},
+        "arguments": {k: (str(v) if isinstance(v, float) and not np.isfinite(v) else v)
+                      for k, v in vars(options).items() if k != "handler"},
         "dataset": sample.dataset,
         "class_names": list(sample.class_names),
         "classes": list(sample.classes),
@@ -266,13 +154,3 @@ def _write_run(out: Path, options, sample, result) -> None:
     save_figure(spectrum_figure(eigenvalues), out / "spectrum.png")
 
 
-def versions() -> dict[str, str]:
-    """Versions of Python and of the packages behind the numbers."""
-    found = {"python": platform.python_version()}
-    for package in ("ntkdemo", "numpy", "scipy", "scikit-learn", "datasets", "numba"):
-        found[package] = metadata.version(package)
-    return found
-
-
-def _per_class(value: int | str) -> int | None:
-    return None if value == "all" else int(value)

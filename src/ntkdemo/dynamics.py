@@ -25,7 +25,8 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InvalidInputError, InvalidParameterError
-from .validation import check_nonnegative_float
+from .regression import KernelSolution
+from .validation import check_nonnegative_float, check_positive_int
 
 
 class GradientDescentDynamics:
@@ -65,6 +66,45 @@ class GradientDescentDynamics:
                 positive, -np.expm1(-rate * t) / np.where(positive, self.eigenvalues_, 1.0), 0.0
             )
         return self.eigenvectors_ @ (filtered[:, None] * self.projected_targets_)
+
+    def discrete_dual_coefficients(self, steps: int) -> np.ndarray:
+        r"""Weights after ``steps`` discrete gradient-descent steps of size :math:`\eta`.
+
+        The linearised network's gradient descent
+        :math:`f_{s+1}(X) = f_s(X) - \frac{\eta}{m} K (f_s(X) - Y)` gives
+        :math:`A_s = K^{-1}\big(I - (I - \eta K/m)^s\big) Y`, which tends to
+        :meth:`dual_coefficients` at ``t = eta * steps`` as :math:`\eta \to 0`.
+        This is what a finite network trained with that step size approaches as its
+        width grows.
+        """
+        steps = check_positive_int("steps", steps)
+        rate = self.learning_rate * self.eigenvalues_ / self.normalisation_
+        positive = self.eigenvalues_ > 0
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            stable = rate < 1
+            learned = np.where(
+                stable,
+                -np.expm1(steps * np.log1p(-np.where(stable, rate, 0.0))),
+                1.0 - (1.0 - rate) ** steps,
+            )
+            filtered = np.where(positive, learned / np.where(positive, self.eigenvalues_, 1.0), 0.0)
+        return self.eigenvectors_ @ (filtered[:, None] * self.projected_targets_)
+
+    def solution(self, t: float) -> KernelSolution:
+        """The weights at time ``t`` as a :class:`~ntkdemo.regression.KernelSolution`.
+
+        Its condition number is :math:`\\lambda_{max} / \\lambda_{min}` (inf when K is
+        singular, which gradient descent tolerates: null directions are never learned).
+        """
+        time = float(check_times(t))
+        smallest, largest = self.eigenvalues_[0], self.eigenvalues_[-1]
+        condition = float(largest / smallest) if smallest > 0 else float("inf")
+        return KernelSolution(
+            self.dual_coefficients(time), 0.0, 0.0, condition,
+            f"infinite network after gradient-descent time t = {time:g} "
+            f"(learning rate {self.learning_rate:g}, m = {self.normalisation_})",
+            method="eigendecomposition",
+        )
 
     def predict(self, k_test_train: np.ndarray, t) -> np.ndarray:
         """Mean predictions at time(s) ``t``.

@@ -215,7 +215,12 @@ class NetworkComparison:
     output_distance : ndarray
         Relative distance of the network's test outputs to the kernel's.
     kernel_accuracy : float
-        Test accuracy of the NTK prediction at time t.
+        Test accuracy of the infinite network after the same gradient-descent steps.
+    flow_accuracy : float
+        Test accuracy of the infinite network after gradient flow for the same time t.
+    discretisation : float
+        Relative distance between those two kernel predictions (the part of the
+        network's distance to the flow that is due to finite steps, not finite width).
     time, learning_rate : float
     steps : int
     """
@@ -225,6 +230,8 @@ class NetworkComparison:
     agreement: np.ndarray
     output_distance: np.ndarray
     kernel_accuracy: float
+    flow_accuracy: float
+    discretisation: float
     time: float
     learning_rate: float
     steps: int
@@ -238,10 +245,13 @@ def compare_with_networks(
 
     Each network starts with paired hidden units (initial output exactly 0, see
     :meth:`OneHiddenLayerNet.initialise`) and takes ``steps`` steps of size
-    ``learning_rate`` on ``0.5 * sum((f - Y)^2) / Y.size``; the kernel prediction is
-    :mod:`ntkdemo.dynamics` at ``t = learning_rate * steps`` with the depth-1 NTK.
-    The default learning rate is ``Y.size / lambda_max(K)``, half the stability limit
-    of gradient descent on the linearised network.
+    ``learning_rate`` on ``0.5 * sum((f - Y)^2) / Y.size``. The kernel prediction it
+    is compared with is the infinite network (depth-1 NTK) after the same steps
+    (:meth:`~ntkdemo.dynamics.GradientDescentDynamics.discrete_dual_coefficients`),
+    which the network approaches as its width grows; the gradient-flow prediction at
+    ``t = learning_rate * steps`` is reported beside it, with their distance. The
+    default learning rate is ``Y.size / lambda_max(K)``, half the stability limit of
+    gradient descent on the linearised network.
     """
     X_train, X_test = scaled_unit_rows(sample.X_train), scaled_unit_rows(sample.X_test)
     targets = one_hot(sample.y_train, sample.n_classes)
@@ -250,8 +260,10 @@ def compare_with_networks(
     if learning_rate is None:
         learning_rate = targets.size / float(np.linalg.eigvalsh(K)[-1])
     time = learning_rate * steps
-    kernel_outputs = GradientDescentDynamics(K, targets, learning_rate).predict(K_test, time)
+    dynamics = GradientDescentDynamics(K, targets, learning_rate)
+    kernel_outputs = K_test @ dynamics.discrete_dual_coefficients(steps)
     kernel_labels = kernel_outputs.argmax(axis=1)
+    flow_outputs = dynamics.predict(K_test, time)
     widths_array = np.array([check_positive_int("width", w) for w in widths])
     accuracy, agreement, distance = [], [], []
     for width in widths_array:
@@ -264,5 +276,8 @@ def compare_with_networks(
         distance.append(np.linalg.norm(outputs - kernel_outputs) / np.linalg.norm(kernel_outputs))
     return NetworkComparison(
         widths_array, np.array(accuracy), np.array(agreement), np.array(distance),
-        float(np.mean(kernel_labels == sample.y_test)), time, learning_rate, steps,
+        float(np.mean(kernel_labels == sample.y_test)),
+        float(np.mean(flow_outputs.argmax(axis=1) == sample.y_test)),
+        float(np.linalg.norm(flow_outputs - kernel_outputs) / np.linalg.norm(flow_outputs)),
+        time, learning_rate, steps,
     )

@@ -118,6 +118,8 @@ def training_curve_figure(times: np.ndarray, loss: dict, accuracy: dict) -> Figu
             label = f"{name} {split}"
             loss_axes.loglog(times, loss[name][split], style, color=color, label=label)
             accuracy_axes.semilogx(times, accuracy[name][split], style, color=color, label=label)
+    largest = max(float(np.max(loss[name][split])) for name in loss for split in loss[name])
+    loss_axes.set_ylim(bottom=1e-8 * largest)  # a converged train loss would flatten the rest
     loss_axes.set_ylabel("loss 0.5 * mean (f - y)^2")
     accuracy_axes.set_ylabel("accuracy")
     for axes in (loss_axes, accuracy_axes):
@@ -130,21 +132,27 @@ def training_curve_figure(times: np.ndarray, loss: dict, accuracy: dict) -> Figu
 
 def spectrum_panels_figure(
     data_eigenvalues: np.ndarray, circle_eigenvalues: np.ndarray,
-    sizes: np.ndarray, bound: dict[str, np.ndarray],
+    sizes: np.ndarray, bound: dict[str, np.ndarray], *, data_label: str = "training Gram",
 ) -> Figure:
-    """Three panels: the data Gram spectrum, the unit-circle spectrum, and the norm bound."""
-    figure = Figure(figsize=(15, 4.2))
+    """Three panels: the data Gram spectrum, the unit-circle spectrum, and the norm bound.
+
+    Eigenvalues below ``1e-12`` times the largest are zero to rounding (on the circle,
+    the ReLU NTK's odd Fourier coefficients above 1 vanish); they are counted in the
+    title, not drawn.
+    """
+    figure = Figure(figsize=(15, 4.2), layout="constrained")
     data_axes, circle_axes, bound_axes = figure.subplots(1, 3)
     for axes, values, title in (
-        (data_axes, data_eigenvalues, f"Fashion-MNIST training Gram (n = {len(data_eigenvalues)})"),
+        (data_axes, data_eigenvalues, f"{data_label} (n = {len(data_eigenvalues)})"),
         (circle_axes, circle_eigenvalues, f"{len(circle_eigenvalues)} points on the unit circle"),
     ):
         ordered = np.sort(values)[::-1]
-        keep = ordered > 0
+        keep = ordered > 1e-12 * ordered[0]
         axes.loglog(np.flatnonzero(keep) + 1, ordered[keep], ".", markersize=3)
         axes.set_xlabel("index i (decreasing order)")
         axes.set_ylabel("eigenvalue lambda_i of the NTK Gram matrix")
-        axes.set_title(title, fontsize=10)
+        zeros = int((~keep).sum())
+        axes.set_title(title + (f"; {zeros} zero to rounding" if zeros else ""), fontsize=10)
         axes.grid(True, which="both", alpha=0.3)
     for name, values in bound.items():
         bound_axes.plot(sizes, values, marker="o", markersize=3, label=name)
@@ -179,9 +187,9 @@ def network_comparison_figure(widths: np.ndarray, agreement: np.ndarray,
     """Agreement and accuracy of trained networks against width, with the kernel's accuracy."""
     figure = Figure(figsize=(6.5, 4.2))
     axes = figure.add_subplot()
-    axes.semilogx(widths, agreement, "o-", label="agreement with the NTK prediction")
+    axes.semilogx(widths, agreement, "o-", label="agreement with the infinite network")
     axes.semilogx(widths, network_accuracy, "s-", label="network test accuracy")
-    axes.axhline(kernel_accuracy, color="k", linestyle="--", label="NTK test accuracy (same t)")
+    axes.axhline(kernel_accuracy, color="k", linestyle="--", label="infinite network test accuracy (same steps)")
     axes.set_xlabel("hidden width m")
     axes.set_ylabel("fraction of test images")
     axes.set_title("Trained finite networks approach the kernel")

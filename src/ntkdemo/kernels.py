@@ -349,6 +349,7 @@ def kernel_matrix(
     w_std: float = 1.0,
     b_std: float = 0.0,
     dtype: type = np.float64,
+    reference_scale: bool = False,
     progress: Callable[[Iterator], Iterator] | None = None,
 ) -> np.ndarray:
     """The kernel a run uses, chosen by name.
@@ -367,6 +368,9 @@ def kernel_matrix(
         See :func:`fc_kernels`.
     dtype, progress
         See :func:`ntk` (mission formula only).
+    reference_scale : bool, default=False
+        Always use :func:`fc_kernels` (neural-tangents' scale, ``1/(2d)`` of the
+        mission formula at depth 1), as training-time dynamics require.
 
     Returns
     -------
@@ -374,7 +378,7 @@ def kernel_matrix(
     """
     if kernel not in ("ntk", "nngp"):
         raise InvalidParameterError(f"kernel must be 'ntk' or 'nngp', got {kernel!r}")
-    if kernel == "ntk" and (depth, w_std, b_std) == (1, 1.0, 0.0):
+    if kernel == "ntk" and (depth, w_std, b_std) == (1, 1.0, 0.0) and not reference_scale:
         return ntk(X, Y, dtype=dtype, progress=progress)
     X_unit = unit_rows(X, "X")
     Y_unit = None if Y is None else unit_rows(Y, "Y", n_features=X_unit.shape[1])

@@ -5,13 +5,15 @@ Returns arrays and timings; printing and files are the command line's business.
 
 from __future__ import annotations
 
-import time
+from time import perf_counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .data import Sample
 from .evaluate import ClassificationReport, evaluate
+from .dynamics import GradientDescentDynamics
+from .errors import InvalidParameterError
 from .kernels import kernel_matrix
 from .regression import KernelSolution, one_hot, predict, solve
 
@@ -54,6 +56,8 @@ def run_demo(
     depth: int = 1,
     w_std: float = 1.0,
     b_std: float = 0.0,
+    time: float | None = None,
+    progress=None,
 ) -> DemoResult:
     """Kernel regression with one-hot targets on a sample, timed stage by stage.
 
@@ -63,26 +67,43 @@ def run_demo(
     ridge : float, default=0.0
     kernel, depth, w_std, b_std
         Passed to :func:`ntkdemo.kernels.kernel_matrix`.
+    time : float, optional
+        If given, the infinite network after gradient-descent time ``time``
+        (:mod:`ntkdemo.dynamics`, learning rate 1) replaces the converged one. The
+        kernel is then in neural-tangents' scale (``reference_scale=True``), which
+        fixes what a unit of time means. Cannot be combined with a ridge.
+    progress : callable, optional
+        Wraps the kernel's block iterator (a progress bar).
 
     Returns
     -------
     DemoResult
     """
-    spec = dict(kernel=kernel, depth=depth, w_std=w_std, b_std=b_std)
+    if time is not None and ridge:
+        raise InvalidParameterError(
+            f"ridge={ridge:g} and time={time:g} cannot be combined: the time is that of "
+            "plain gradient descent; drop one of them"
+        )
+    spec = dict(kernel=kernel, depth=depth, w_std=w_std, b_std=b_std,
+                reference_scale=time is not None, progress=progress)
     timings = {}
-    start = time.perf_counter()
+    start = perf_counter()
     K_train = kernel_matrix(sample.X_train, **spec)
     K_test = kernel_matrix(sample.X_test, sample.X_train, **spec)
-    timings["kernel"] = time.perf_counter() - start
+    timings["kernel"] = perf_counter() - start
 
-    start = time.perf_counter()
-    solution = solve(K_train, one_hot(sample.y_train, sample.n_classes), ridge=ridge)
-    timings["solve"] = time.perf_counter() - start
+    start = perf_counter()
+    targets = one_hot(sample.y_train, sample.n_classes)
+    if time is None:
+        solution = solve(K_train, targets, ridge=ridge)
+    else:
+        solution = GradientDescentDynamics(K_train, targets).solution(time)
+    timings["solve"] = perf_counter() - start
 
-    start = time.perf_counter()
+    start = perf_counter()
     test_scores = predict(K_test, solution)
     train_scores = predict(K_train, solution)
-    timings["predict"] = time.perf_counter() - start
+    timings["predict"] = perf_counter() - start
     return DemoResult(
         K_train=K_train,
         test_scores=test_scores,

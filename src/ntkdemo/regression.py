@@ -37,6 +37,8 @@ class KernelSolution:
         LAPACK estimate of the 1-norm condition number of the factorised matrix.
     message : str
         Empty, or what the fallback did and why.
+    method : str, default="Cholesky"
+        How ``coef`` was computed (``"eigendecomposition"`` for finite training time).
     """
 
     coef: np.ndarray
@@ -44,6 +46,7 @@ class KernelSolution:
     jitter: float
     condition_number: float
     message: str
+    method: str = "Cholesky"
 
 
 def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:

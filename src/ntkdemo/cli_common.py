@@ -1,0 +1,190 @@
+"""Pieces every subcommand shares: argument types and groups, the console, loading, versions."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from importlib import metadata
+from typing import Sequence
+
+import numpy as np
+
+
+class UsageError(Exception):
+    """A command-line argument could not be parsed."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (raised as :class:`UsageError`)."""
+
+    def error(self, message: str):  # one line, no usage block
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def per_class_count(text: str) -> int | str:
+    """Parse ``--*-per-class``: a whole number >= 1 or ``all``."""
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'all', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def class_list(text: str) -> list[int]:
+    """Parse ``--classes 1,3``."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated class ids such as 1,3, got {text!r}"
+        ) from None
+
+
+def nonnegative_float(text: str) -> float:
+    """Parse a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def time_value(text: str) -> float:
+    """Parse a training time: a number >= 0 or ``inf``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'inf', got {text!r}") from None
+    if np.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (or inf), got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """Parse a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_data_options(parser: argparse.ArgumentParser, train: int, test: int) -> None:
+    """The options that choose the sample."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default=None,
+                       help="hub id or local folder in the hub layout (default: $NTKDEMO_DATASET, "
+                            "else zalando-datasets/fashion_mnist)")
+    group.add_argument("--train-per-class", type=per_class_count, default=train,
+                       help=f"training images per class, or 'all' (default: {train})")
+    group.add_argument("--test-per-class", type=per_class_count, default=test,
+                       help=f"test images per class, or 'all' (default: {test})")
+    group.add_argument("--classes", type=class_list, default=None,
+                       help="comma-separated label ids to keep, e.g. 1,3 for Trouser vs Dress")
+    group.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    group.add_argument("--image-column", default=None, help="image column (default: found)")
+    group.add_argument("--label-column", default=None, help="label column (default: found)")
+    group.add_argument("--train-split", default="train", help="training split (default: train)")
+    group.add_argument("--test-split", default="test", help="test split (default: test)")
+
+
+def add_kernel_options(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the kernel and the ridge."""
+    group = parser.add_argument_group("kernel")
+    group.add_argument("--kernel", choices=("ntk", "nngp"), default="ntk",
+                       help="ntk: network trained by gradient descent; nngp: only its readout "
+                            "(default: ntk)")
+    group.add_argument("--depth", type=positive_int, default=1,
+                       help="hidden ReLU layers (default: 1, the mission formula)")
+    group.add_argument("--w-std", type=nonnegative_float, default=1.0,
+                       help="weight standard deviation (default: 1)")
+    group.add_argument("--b-std", type=nonnegative_float, default=0.0,
+                       help="bias standard deviation (default: 0)")
+    group.add_argument("--ridge", type=nonnegative_float, default=0.0,
+                       help="ridge added to K's diagonal (default: 0, interpolation)")
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """``--out`` and ``--quiet``."""
+    parser.add_argument("--out", default="ntkdemo-out",
+                        help="folder for metrics.json and figures (default: ntkdemo-out)")
+    parser.add_argument("--quiet", action="store_true", help="print only the errors")
+
+
+class Console:
+    """Prints progress lines and tables unless quiet."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+    def __call__(self, text: str = "") -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
+    def progress(self, description: str):
+        """A tqdm factory for block loops, or None when quiet or not on a terminal."""
+        if self.quiet or not sys.stderr.isatty():
+            return None
+        from tqdm import tqdm
+
+        return lambda iterable: tqdm(iterable, desc=description, leave=False, unit="block")
+
+
+def load_from_options(options, say: Console, **overrides):
+    """Load the sample the options describe (``overrides`` replace options), timing it."""
+    from .data import load_sample, resolve_dataset
+
+    settings = {**vars(options), **overrides}
+    source = resolve_dataset(settings["dataset"])
+    say(f"loading {source} ...")
+    start = time.perf_counter()
+    sample = load_sample(
+        source, per_class_option(settings["train_per_class"]), per_class_option(settings["test_per_class"]),
+        settings["classes"], settings["seed"],
+        image_column=settings["image_column"], label_column=settings["label_column"],
+        train_split=settings["train_split"], test_split=settings["test_split"],
+    )
+    elapsed = time.perf_counter() - start
+    say(f"dataset {sample.dataset}: {len(sample.y_train)} train x {len(sample.y_test)} test "
+        f"images, {sample.n_classes} classes, {sample.X_train.shape[1]} features "
+        f"(loaded in {elapsed:.2f} s)")
+    return sample, elapsed
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the packages behind the numbers."""
+    found = {"python": platform.python_version()}
+    for package in ("ntkdemo", "numpy", "scipy", "scikit-learn", "datasets", "numba"):
+        found[package] = metadata.version(package)
+    return found
+
+
+def per_class_option(value: int | str) -> int | None:
+    return None if value == "all" else int(value)
+
+
+def write_outputs(out, name: str, payload: dict, figure) -> None:
+    """Write ``name.json`` (payload plus versions) and ``name.png`` into ``out``."""
+    from .outputs import save_figure, write_json
+
+    write_json(out / f"{name}.json", {**payload, "versions": versions()})
+    save_figure(figure, out / f"{name}.png")
+
+
+def print_table(say: Console, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Print a left-aligned text table; floats with 4 decimals."""
+    cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    say("  ".join(f"{h:<{w}}" for h, w in zip(header, widths)))
+    for row in cells:
+        say("  ".join(f"{c:<{w}}" for c, w in zip(row, widths)))

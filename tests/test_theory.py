@@ -1,0 +1,120 @@
+"""The theory toolkit: Monte-Carlo check, network evidence, discrete steps, and its subcommands."""
+
+import dataclasses
+import json
+import re
+
+import numpy as np
+import pytest
+
+from ntkdemo.cli import main
+from ntkdemo.data import load_sample
+from ntkdemo.dynamics import GradientDescentDynamics
+from ntkdemo.experiments import compare_with_networks, learning_curve, monte_carlo_error
+from ntkdemo.kernels import ntk
+from ntkdemo.pipeline import run_demo
+
+
+def test_monte_carlo_error_falls_like_inverse_square_root():
+    X = np.random.default_rng(0).normal(size=(40, 30))
+    result = monte_carlo_error(X, [16, 256, 4096], repeats=4, rng=np.random.default_rng(1))
+    means = result.errors.mean(axis=1)
+    assert means[0] > means[1] > means[2]
+    assert -0.65 < result.slope < -0.35
+    assert means[2] < 0.05
+
+
+def test_discrete_steps_tend_to_the_flow_and_match_iteration():
+    rng = np.random.default_rng(4)
+    X, Y = rng.normal(size=(20, 6)), rng.normal(size=(20, 2))
+    K = ntk(X)
+    dynamics = GradientDescentDynamics(K, Y, learning_rate=0.5)
+    outputs = np.zeros_like(Y)                       # f_{s+1} = f_s - eta/m K (f_s - Y)
+    for _ in range(37):
+        outputs = outputs - 0.5 / Y.size * K @ (outputs - Y)
+    np.testing.assert_allclose(K @ dynamics.discrete_dual_coefficients(37), outputs, rtol=0, atol=1e-12)
+    fine = GradientDescentDynamics(K, Y, learning_rate=0.5 / 1000)
+    np.testing.assert_allclose(K @ fine.discrete_dual_coefficients(37_000),
+                               K @ dynamics.dual_coefficients(37.0), rtol=0, atol=1e-4)
+
+
+def test_networks_agree_more_with_the_kernel_as_width_grows(fashion_mnist):
+    sample = load_sample(str(fashion_mnist), 10, 20, seed=1)
+    result = compare_with_networks(sample, [16, 4096], steps=60, rng=np.random.default_rng(0))
+    assert result.output_distance[1] < 0.5 * result.output_distance[0]
+    assert result.agreement[1] > result.agreement[0]
+    assert result.agreement[1] >= 0.9
+
+
+def test_learning_curve_uses_nested_samples_and_improves(tiny_dataset):
+    sample = load_sample(str(tiny_dataset), 9, 5)
+    curve = learning_curve(sample, [1, 3, 9], depths=[1, 2])
+    assert list(curve.accuracy) == ["NNGP depth 1", "NTK depth 1", "NNGP depth 2", "NTK depth 2",
+                                    "RBF SVC"]
+    assert all(values.shape == (3,) for values in curve.accuracy.values())
+    whole = run_demo(sample)                    # the largest size is the whole sample
+    assert curve.accuracy["NTK depth 1"][-1] == whole.test_report.accuracy
+    small = dataclasses.replace(sample, X_train=sample.X_train[:3], y_train=sample.y_train[:3])
+    assert curve.accuracy["NTK depth 1"][0] == run_demo(small).test_report.accuracy
+
+
+@pytest.mark.parametrize("command, options, keys", [
+    ("curve", ["--train-per-class", "20", "--depths", "1,2"], {"accuracy", "sizes_per_class"}),
+    ("dynamics", ["--train-per-class", "10", "--points", "5"], {"loss", "accuracy", "times"}),
+    ("spectrum", ["--train-per-class", "10", "--bound-per-class", "30"],
+     {"train_eigenvalues", "circle_eigenvalues", "bound"}),
+    ("verify", ["--train-per-class", "3", "--widths", "16,256,4096", "--repeats", "2"],
+     {"widths", "errors", "slope"}),
+    ("compare-network", ["--train-per-class", "5", "--widths", "16,512", "--steps", "20"],
+     {"agreement", "network_accuracy", "kernel_accuracy"}),
+])
+def test_subcommands_on_real_data(fashion_mnist, tmp_path, capsys, command, options, keys):
+    code = main([command, "--dataset", str(fashion_mnist), "--out", str(tmp_path), *options])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    payload = json.loads((tmp_path / f"{command}.json").read_text())
+    assert keys <= set(payload) and "versions" in payload
+    assert (tmp_path / f"{command}.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"wrote {command}.json" in out
+
+
+def test_curve_values_on_real_data(fashion_mnist, tmp_path, capsys):
+    main(["curve", "--dataset", str(fashion_mnist), "--out", str(tmp_path), "--quiet",
+          "--train-per-class", "100", "--sizes", "5,100", "--depths", "1"])
+    accuracy = json.loads((tmp_path / "curve.json").read_text())["accuracy"]
+    # at 100 per class the depth-1 NTK is the demo itself: 0.808 for seed 0
+    assert accuracy["NTK depth 1"][1] == pytest.approx(0.808, abs=1e-12)
+    assert accuracy["NTK depth 1"][0] < accuracy["NTK depth 1"][1]
+    assert 0.7 < accuracy["RBF SVC"][1] < 0.85
+
+
+def test_run_with_time_moves_from_zero_to_regression(fashion_mnist, tmp_path, capsys):
+    accuracies = {}
+    for t in ("1", "1e9"):
+        assert main(["--dataset", str(fashion_mnist), "--out", str(tmp_path), "--quiet",
+                     "--time", t]) == 0
+        accuracies[t] = json.loads((tmp_path / "metrics.json").read_text())["test_accuracy"]
+    assert accuracies["1e9"] == pytest.approx(0.808, abs=1e-12)   # converged: the demo's number
+    assert accuracies["1"] < 0.7
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["curve", "--train-per-class", "5", "--test-per-class", "5", "--sizes", "2,9"],
+     "asks for 9 images per class"),
+    (["curve", "--depths", "0"], "--depths: expected whole numbers >= 1"),
+    (["dynamics", "--t-min", "10", "--t-max", "1"], r"--t-min \(10\) must be below --t-max"),
+    (["dynamics", "--t-max", "-3"], "--t-max: must be a finite number >= 0"),
+    (["spectrum", "--bound-classes", "1"], "needs exactly two class ids"),
+    (["verify", "--widths", "16,x"], "--widths: expected comma-separated whole numbers"),
+    (["compare-network", "--learning-rate", "0"], "--learning-rate: must be > 0"),
+    (["run", "--time", "-1"], r"--time: must be >= 0 \(or inf\)"),
+    (["run", "--time", "nan"], r"--time: must be >= 0 \(or inf\)"),
+    (["run", "--time", "5", "--ridge", "1", "--train-per-class", "5", "--test-per-class", "5"],
+     "cannot be combined"),
+])
+def test_theory_errors_are_one_line(tiny_dataset, tmp_path, capsys, argv, message):
+    code = main([*argv, "--dataset", str(tiny_dataset), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("ntkdemo: error:")
+    assert re.search(message, err), err
