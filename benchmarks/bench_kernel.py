@@ -21,7 +21,7 @@ from ntkdemo.kernels import ntk
 
 
 def best_time(function, repeats: int = 3) -> float:
-    """Smallest wall time of ``repeats`` calls."""
+    """Smallest wall time of ``repeats`` calls (the least disturbed by other work)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -68,7 +68,7 @@ def main() -> None:
     for n in (200, 1000):
         X = X_full[:n]
         slow = best_time(lambda: naive_double_loop(X), repeats=1)
-        fast = best_time(lambda: ntk(X))
+        fast = best_time(lambda: ntk(X), repeats=10)
         rows.append((f"kernel vs double loop, n={n}", slow, fast, slow / fast))
     for n in (int(s) for s in options.sizes.split(",")):
         X = X_full[:n]
