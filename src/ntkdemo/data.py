@@ -9,6 +9,7 @@ same layout (Parquet files with an ``image`` and a ``label`` column) works the s
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -16,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import DatasetError, InvalidParameterError
-from .validation import check_positive_int
+from .validation import check_positive_int, list_rows
 
 HUB_DATASET = "zalando-datasets/fashion_mnist"
 DATASET_ENV = "NTKDEMO_DATASET"
@@ -174,11 +175,11 @@ def load_sample(
     source = resolve_dataset(dataset)
     splits = open_dataset(source)
     train = _get_split(splits, train_split, source)
-    test = _get_split(splits, test_split, source)
     image_column, label_column = find_columns(train, source, image_column, label_column)
+    test = _get_split(splits, test_split, source)
     names = _class_names(train, label_column)
-    labels_train = _label_array(train, label_column, source, train_split)
-    labels_test = _label_array(test, label_column, source, test_split)
+    labels_train = _label_array(train, label_column, source, train_split, names)
+    labels_test = _label_array(test, label_column, source, test_split, names)
     n_labels = len(names) if names else int(labels_train.max()) + 1
     chosen_classes = _check_classes(classes, n_labels)
     class_names = tuple(names[c] if names else str(c) for c in chosen_classes)
@@ -193,10 +194,17 @@ def load_sample(
         split=test_split, class_names=class_names,
     )
     relabel = {label: position for position, label in enumerate(chosen_classes)}
+    X_train = decode_images(train, train_rows, image_column, source, train_split)
+    X_test = decode_images(test, test_rows, image_column, source, test_split)
+    if X_train.shape[1] != X_test.shape[1]:
+        raise DatasetError(
+            f"{source!r}: {train_split!r} images have {X_train.shape[1]} values but "
+            f"{test_split!r} images {X_test.shape[1]}; both splits need one image size"
+        )
     return Sample(
-        X_train=decode_images(train, train_rows, image_column, source),
+        X_train=X_train,
         y_train=np.array([relabel[v] for v in labels_train[train_rows]], dtype=np.int64),
-        X_test=decode_images(test, test_rows, image_column, source),
+        X_test=X_test,
         y_test=np.array([relabel[v] for v in labels_test[test_rows]], dtype=np.int64),
         class_names=class_names,
         classes=tuple(chosen_classes),
@@ -224,9 +232,17 @@ def open_dataset(source: str):
         )
     if not path.exists():
         _check_hub_reachable(source)
+    bars_were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # "Generating train split" bars would garble one-line errors
     try:
         loaded = datasets.load_dataset(str(path) if path.exists() else source)
     except Exception as exc:  # datasets raises many types; the user needs one message
+        empty = re.search(r'Instruction "(.+)" corresponds to no data', str(exc))
+        if path.exists() and empty:
+            raise DatasetError(
+                f"the {empty.group(1)!r} split of {source!r} is empty; every split needs at "
+                "least one image"
+            ) from None
         if path.exists():
             raise DatasetError(
                 f"{source!r} is not a readable dataset folder ({type(exc).__name__}: "
@@ -237,6 +253,9 @@ def open_dataset(source: str):
             f"{_first_line(exc)}); with no network pass --dataset PATH to a local copy, "
             "or set HF_HUB_OFFLINE=1 if the dataset is in your cache"
         ) from None
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
     if not isinstance(loaded, datasets.DatasetDict):
         raise DatasetError(f"{source!r} did not load as a dataset with named splits")
     return loaded
@@ -270,12 +289,20 @@ def find_columns(split, source: str, image_column: str | None, label_column: str
     return image_column, label_column
 
 
-def decode_images(split, rows: np.ndarray, image_column: str, source: str) -> np.ndarray:
+def decode_images(
+    split, rows: np.ndarray, image_column: str, source: str, split_name: str = "train"
+) -> np.ndarray:
     """Decode the images of ``rows`` only and flatten them to float64 in [0, 1].
 
     Returns
     -------
     ndarray of shape (len(rows), n_pixels)
+
+    Raises
+    ------
+    DatasetError
+        If the images differ in shape, or one is blank (all zero): a blank image has
+        no direction, so the normalised NTK is undefined for it.
     """
     images = split.select_columns([image_column]).with_format("numpy")[rows][image_column]
     if isinstance(images, np.ndarray) and images.dtype != object:
@@ -289,7 +316,15 @@ def decode_images(split, rows: np.ndarray, image_column: str, source: str) -> np
             )
         stacked = np.stack(list(images))
     scale = np.iinfo(stacked.dtype).max if np.issubdtype(stacked.dtype, np.integer) else 1.0
-    return stacked.reshape(len(rows), -1).astype(np.float64) / scale
+    flat = stacked.reshape(len(rows), -1).astype(np.float64) / scale
+    blank = rows[~flat.any(axis=1)]
+    if blank.size:
+        raise DatasetError(
+            f"row(s) {list_rows(np.sort(blank))} of the {split_name!r} split of {source!r} "
+            "are blank (all zero): a blank image has no direction, so the normalised NTK is "
+            "undefined; remove them from the dataset or draw another sample with --seed"
+        )
+    return flat
 
 
 def _check_per_class(name: str, value: int | str | None) -> int | None:
@@ -324,7 +359,9 @@ def _get_split(splits, name: str, source: str):
         )
     split = splits[name]
     if len(split) == 0:
-        raise DatasetError(f"the {name!r} split of {source!r} is empty")
+        raise DatasetError(
+            f"the {name!r} split of {source!r} is empty; every split needs at least one image"
+        )
     return split
 
 
@@ -335,11 +372,21 @@ def _class_names(split, label_column: str) -> list[str] | None:
     return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
 
 
-def _label_array(split, label_column: str, source: str, split_name: str) -> np.ndarray:
+def _label_array(
+    split, label_column: str, source: str, split_name: str, names: list[str] | None
+) -> np.ndarray:
     labels = split.data.column(label_column).to_numpy()
     if not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
         raise DatasetError(
-            f"labels of the {split_name!r} split of {source!r} must be integers >= 0"
+            f"labels of the {split_name!r} split of {source!r} must be integers >= 0 "
+            "with no missing values"
+        )
+    if names and labels.max() >= len(names):
+        bad = np.flatnonzero(labels >= len(names))
+        raise DatasetError(
+            f"label(s) {sorted(set(labels[bad].tolist()))[:5]} in row(s) {list_rows(bad)} of the "
+            f"{split_name!r} split of {source!r} are out of range: its ClassLabel has "
+            f"{len(names)} names (0..{len(names) - 1}); fix the labels or the names"
         )
     return labels
 
