@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run, so CI cannot turn red by chance;
+# HYPOTHESIS_PROFILE=explore searches afresh (and longer) on a developer machine.
+settings.register_profile("ci", derandomize=True, deadline=None, max_examples=50)
+settings.register_profile("explore", max_examples=500, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 SHARED_FASHION_MNIST = Path(__file__).resolve().parents[2] / "shared" / "fashion_mnist"
 

@@ -43,6 +43,15 @@ def test_map_matches_arcsin_form_on_a_grid():
     np.testing.assert_allclose(ntk_of_cosine(k), expected, rtol=0, atol=1e-12)
 
 
+def test_range_minimum():
+    """NTK(k) dips below 0 for negative k: min -0.1367898 at k = -0.7941 (not [0, 2])."""
+    k = np.linspace(-1, 1, 200001)
+    values = ntk_of_cosine(k)
+    assert values.min() == pytest.approx(-0.13678979673805547, abs=1e-10)
+    assert k[values.argmin()] == pytest.approx(-0.7941, abs=1e-4)
+    assert values.max() == 2.0
+
+
 def test_known_values():
     np.testing.assert_array_equal(ntk_of_cosine(np.array([1.0, -1.0])), [2.0, 0.0])
     assert ntk_of_cosine(np.array([0.0]))[0] == pytest.approx(1 / math.pi, abs=1e-16)

@@ -9,9 +9,22 @@ gradient step.
 from importlib import metadata
 
 from .data import Sample, load_sample
+from .dynamics import gradient_descent_mean
+from .estimators import NTKClassifier, NTKRegressor
 from .kernels import fc_kernels, kernel_matrix, ntk
 from .regression import solve
 
 __version__ = metadata.version("ntkdemo")
 
-__all__ = ["Sample", "load_sample", "ntk", "fc_kernels", "kernel_matrix", "solve", "__version__"]
+__all__ = [
+    "NTKClassifier",
+    "NTKRegressor",
+    "Sample",
+    "__version__",
+    "fc_kernels",
+    "gradient_descent_mean",
+    "kernel_matrix",
+    "load_sample",
+    "ntk",
+    "solve",
+]

@@ -56,7 +56,8 @@ def ntk(
     .. math:: K_{ij} = \mathrm{NTK}(\langle x_i/\|x_i\|, y_j/\|y_j\| \rangle),
               \quad \mathrm{NTK}(k) = \frac{2k(\pi - \arccos k) + \sqrt{(1-k)(1+k)}}{\pi}
 
-    Values lie in [0, 2]: ``NTK(1) = 2`` (every diagonal entry of ``ntk(X)`` is exactly
+    Values lie in [-0.136790, 2] (the minimum is at k = -0.794; the kernel is PSD, not
+    positive): ``NTK(1) = 2`` (every diagonal entry of ``ntk(X)`` is exactly
     2.0), ``NTK(-1) = 0`` (x against -x), ``NTK(0) = 1/pi``. A computed cosine within
     four units in the last place of +-1 (``4 * finfo(dtype).eps``) cannot be told from
     +-1 after the rounding of a dot product and is set to +-1, so parallel and
@@ -217,12 +218,13 @@ def _relu(state: _PairState) -> _PairState:
         K' = \frac{\sqrt{q_{11}q_{22} - q_{12}^2} + (\pi - \theta) q_{12}}{2\pi},\qquad
         \dot K = \frac{\pi - \theta}{2\pi},\qquad \Theta' = \Theta \dot K,
 
-    and on the diagonal :math:`q' = q/2` exactly.
+    and on the diagonal :math:`q' = q/2` exactly; :math:`K' \ge 0` is enforced.
     """
     product = state.q11[:, None] * state.q22[None, :]
     sine_term = np.sqrt(np.maximum(product - state.q12**2, 0.0))
     theta = np.arctan2(sine_term, state.q12)
-    q12 = (sine_term + (np.pi - theta) * state.q12) / (2 * np.pi)
+    # >= 0 in exact arithmetic; rounding at antipodes could leave -1e-32
+    q12 = np.maximum((sine_term + (np.pi - theta) * state.q12) / (2 * np.pi), 0.0)
     ntk_values = state.ntk * ((np.pi - theta) / (2 * np.pi))
     q11, q22 = state.q11 / 2, state.q22 / 2
     if state.diagonal:  # the same input on both sides: theta = 0 and q' = q / 2 exactly
