@@ -39,9 +39,14 @@ def naive_double_loop(X: np.ndarray) -> np.ndarray:
             x = X[i] / np.linalg.norm(X[i])
             y = X[j] / np.linalg.norm(X[j])
             k = np.clip(np.dot(x, y), -1.0, 1.0)
-            K[i, j] = (k + np.sqrt(1 - k**2) / np.pi
-                       + 2 * k / np.pi * (np.arcsin(np.sqrt((1 + k) / 2))
-                                          - np.arcsin(np.sqrt((1 - k) / 2))))
+            K[i, j] = (
+                k
+                + np.sqrt(1 - k**2) / np.pi
+                + 2
+                * k
+                / np.pi
+                * (np.arcsin(np.sqrt((1 + k) / 2)) - np.arcsin(np.sqrt((1 - k) / 2)))
+            )
     return K
 
 
@@ -67,13 +72,13 @@ def main() -> None:
     rows = []
     for n in (200, 1000):
         X = X_full[:n]
-        slow = best_time(lambda: naive_double_loop(X), repeats=1)
-        fast = best_time(lambda: ntk(X), repeats=10)
+        slow = best_time(lambda X=X: naive_double_loop(X), repeats=1)
+        fast = best_time(lambda X=X: ntk(X), repeats=10)
         rows.append((f"kernel vs double loop, n={n}", slow, fast, slow / fast))
     for n in (int(s) for s in options.sizes.split(",")):
         X = X_full[:n]
-        product = best_time(lambda: X @ X.T)
-        kernel = best_time(lambda: ntk(X))
+        product = best_time(lambda X=X: X @ X.T)
+        kernel = best_time(lambda X=X: ntk(X))
         rows.append((f"kernel / bare X @ X.T, n={n}", kernel, product, kernel / product))
     slow = best_time(lambda: naive_sampling(options.dataset, 100), repeats=1)
     fast = best_time(lambda: load_sample(options.dataset, 100, 50))

@@ -29,10 +29,12 @@ def write_image_dataset(
     """Write ``{split: (images uint8 (n, h, w[, c]), labels)}`` as hub-style Parquet."""
     import datasets
 
-    features = datasets.Features({
-        image_column: datasets.Image(),
-        label_column: datasets.ClassLabel(names=class_names),
-    })
+    features = datasets.Features(
+        {
+            image_column: datasets.Image(),
+            label_column: datasets.ClassLabel(names=class_names),
+        }
+    )
     (folder / "data").mkdir(parents=True, exist_ok=True)
     for split, (images, labels) in splits.items():
         table = datasets.Dataset.from_dict(
@@ -59,8 +61,10 @@ def tiny_dataset(tmp_path_factory) -> Path:
     test_labels = np.repeat([0, 1, 2], 5)
     return write_image_dataset(
         tmp_path_factory.mktemp("tiny"),
-        {"train": (random_images(rng, train_labels), train_labels),
-         "test": (random_images(rng, test_labels), test_labels)},
+        {
+            "train": (random_images(rng, train_labels), train_labels),
+            "test": (random_images(rng, test_labels), test_labels),
+        },
         ["alpha", "beta", "gamma"],
     )
 

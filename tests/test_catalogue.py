@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -32,13 +32,17 @@ def write_with_label_metadata(folder: Path, labels: list[int], names: list[str])
 
     rng = np.random.default_rng(0)
     good = np.zeros(len(labels), dtype=int)
-    write_image_dataset(folder, {s: (random_images(rng, good), good) for s in ("train", "test")},
-                        names)
+    write_image_dataset(
+        folder, {s: (random_images(rng, good), good) for s in ("train", "test")}, names
+    )
     for split in ("train", "test"):
         path = folder / "data" / f"{split}-00000-of-00001.parquet"
         table = pq.read_table(path)
-        table = table.set_column(table.schema.get_field_index("label"), "label",
-                                 datasets.Dataset.from_dict({"l": labels}).data.column("l"))
+        table = table.set_column(
+            table.schema.get_field_index("label"),
+            "label",
+            datasets.Dataset.from_dict({"l": labels}).data.column("l"),
+        )
         pq.write_table(table.replace_schema_metadata(pq.read_schema(path).metadata), path)
     return folder
 
@@ -50,40 +54,66 @@ def bad_datasets(tmp_path_factory) -> dict[str, Path]:
     rng = np.random.default_rng(1)
     labels = np.repeat([0, 1], 6)
     made = {}
-    mixed = [random_images(rng, labels[:1], (8, 8))[0] if i % 2 else
-             random_images(rng, labels[:1], (6, 6))[0] for i in range(12)]
+    mixed = [
+        random_images(rng, labels[:1], (8, 8))[0]
+        if i % 2
+        else random_images(rng, labels[:1], (6, 6))[0]
+        for i in range(12)
+    ]
     import datasets
-    features = datasets.Features({"image": datasets.Image(),
-                                  "label": datasets.ClassLabel(names=["a", "b"])})
+
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}
+    )
     (root / "mixed" / "data").mkdir(parents=True)
     for split in ("train", "test"):
-        datasets.Dataset.from_dict({"image": mixed, "label": labels.tolist()},
-                                   features=features).to_parquet(
-            str(root / "mixed" / "data" / f"{split}-00000-of-00001.parquet"))
+        datasets.Dataset.from_dict(
+            {"image": mixed, "label": labels.tolist()}, features=features
+        ).to_parquet(str(root / "mixed" / "data" / f"{split}-00000-of-00001.parquet"))
     made["mixed"] = root / "mixed"
     blank = random_images(rng, labels)
     blank[:] = 0
-    made["blank"] = write_image_dataset(root / "blank", {
-        "train": (blank, labels), "test": (random_images(rng, labels), labels)}, ["a", "b"])
-    made["sizes"] = write_image_dataset(root / "sizes", {
-        "train": (random_images(rng, labels, (8, 8)), labels),
-        "test": (random_images(rng, labels, (10, 10)), labels)}, ["a", "b"])
-    made["range"] = write_with_label_metadata(root / "range", [0, 1, 0, 1, 5, 0, 1, 0, 1, 0, 1, 1],
-                                              ["a", "b"])
-    made["empty"] = write_image_dataset(root / "empty", {
-        "train": (random_images(rng, labels), labels),
-        "test": (np.zeros((0, 8, 8), np.uint8), np.zeros(0, int))}, ["a", "b"])
+    made["blank"] = write_image_dataset(
+        root / "blank",
+        {"train": (blank, labels), "test": (random_images(rng, labels), labels)},
+        ["a", "b"],
+    )
+    made["sizes"] = write_image_dataset(
+        root / "sizes",
+        {
+            "train": (random_images(rng, labels, (8, 8)), labels),
+            "test": (random_images(rng, labels, (10, 10)), labels),
+        },
+        ["a", "b"],
+    )
+    made["range"] = write_with_label_metadata(
+        root / "range", [0, 1, 0, 1, 5, 0, 1, 0, 1, 0, 1, 1], ["a", "b"]
+    )
+    made["empty"] = write_image_dataset(
+        root / "empty",
+        {
+            "train": (random_images(rng, labels), labels),
+            "test": (np.zeros((0, 8, 8), np.uint8), np.zeros(0, int)),
+        },
+        ["a", "b"],
+    )
     made["notads"] = root / "notads"
     made["notads"].mkdir()
     (made["notads"] / "notes.txt").write_text("not a dataset\n")
-    made["good"] = write_image_dataset(root / "good", {
-        "train": (random_images(rng, labels), labels),
-        "test": (random_images(rng, labels), labels)}, ["a", "b"])
+    made["good"] = write_image_dataset(
+        root / "good",
+        {
+            "train": (random_images(rng, labels), labels),
+            "test": (random_images(rng, labels), labels),
+        },
+        ["a", "b"],
+    )
     made["noimage"] = root / "noimage"
     (made["noimage"] / "data").mkdir(parents=True)
     for split in ("train", "test"):
         datasets.Dataset.from_dict({"pixels": [[1, 2]] * 4, "label": [0, 1, 0, 1]}).to_parquet(
-            str(made["noimage"] / "data" / f"{split}-00000-of-00001.parquet"))
+            str(made["noimage"] / "data" / f"{split}-00000-of-00001.parquet")
+        )
     return made
 
 
@@ -103,74 +133,163 @@ def good(data):
 
 
 CASES = [
-    Case("size zero", ["--train-per-class", "0"],
-         lambda d: load_sample(good(d), 0), errors.InvalidParameterError, "must be >= 1, got 0"),
-    Case("size above a class", ["--train-per-class", "7"],
-         lambda d: load_sample(good(d), 7), errors.InvalidParameterError,
-         r"class 0 \('a'\) has only 6 rows in the train split.*use at most 6"),
-    Case("unknown class", ["--classes", "0,4"],
-         lambda d: load_sample(good(d), 2, 2, classes=[0, 4]), errors.InvalidParameterError,
-         r"unknown class id\(s\) \[4\]; this dataset has classes 0..1"),
-    Case("repeated class", ["--classes", "1,1"],
-         lambda d: load_sample(good(d), 2, 2, classes=[1, 1]), errors.InvalidParameterError,
-         "repeat an id; list each class once"),
-    Case("single class", ["--classes", "1"],
-         lambda d: load_sample(good(d), 2, 2, classes=[1]), errors.InvalidParameterError,
-         "single class; classification needs at least two"),
-    Case("non-numeric option", ["--seed", "abc"],
-         lambda d: load_sample(good(d), "abc"), errors.InvalidParameterError,
-         "(invalid int value: 'abc'|must be a whole number)"),
-    Case("negative ridge", ["--ridge", "-1"],
-         lambda d: solve(np.eye(2), np.ones(2), ridge=-1), errors.InvalidParameterError,
-         "ridge must be a finite number >= 0|--ridge: must be a finite number >= 0"),
-    Case("depth below 1", ["--depth", "0"],
-         lambda d: fc_kernels(np.ones((2, 2)), depth=0), errors.InvalidParameterError,
-         "depth must be >= 1, got 0|--depth: must be >= 1"),
-    Case("negative time", ["--time", "-2"],
-         lambda d: gradient_descent_mean(np.eye(2), np.eye(2), np.ones(2), -2.0),
-         errors.InvalidParameterError, r"t must be >= 0|--time: must be >= 0"),
-    Case("NaN time", ["--time", "nan"],
-         lambda d: gradient_descent_mean(np.eye(2), np.eye(2), np.ones(2), float("nan")),
-         errors.InvalidParameterError, r"t must be >= 0|--time: must be >= 0"),
-    Case("dataset path missing", ["--dataset", "./no/such/folder"],
-         lambda d: load_sample("./no/such/folder"), errors.DatasetError,
-         "does not exist; pass --dataset PATH"),
-    Case("not a dataset", ["--dataset", "{notads}"],
-         lambda d: load_sample(str(d["notads"])), errors.DatasetError,
-         r"has no image column \(columns: text\); name it with --image-column"),
-    Case("no image column", ["--dataset", "{noimage}"],
-         lambda d: load_sample(str(d["noimage"])), errors.DatasetError,
-         r"has no image column \(columns: pixels, label\); name it with --image-column"),
-    Case("labels out of range", ["--dataset", "{range}"],
-         lambda d: load_sample(str(d["range"]), 2, 2), errors.DatasetError,
-         r"label\(s\) \[5\] in row\(s\) 4 of the 'train' split .* out of range"),
-    Case("images of mixed shapes", ["--dataset", "{mixed}"],
-         lambda d: load_sample(str(d["mixed"]), 2, 2), errors.DatasetError,
-         "have different shapes .*resize them first"),
-    Case("train and test sizes differ", ["--dataset", "{sizes}"],
-         lambda d: load_sample(str(d["sizes"]), 2, 2), errors.DatasetError,
-         "'train' images have 64 values but 'test' images 100"),
-    Case("blank image (zero norm)", ["--dataset", "{blank}"],
-         lambda d: load_sample(str(d["blank"]), 2, 2), errors.DatasetError,
-         "are blank \\(all zero\\).*no direction"),
-    Case("empty split", ["--dataset", "{empty}"],
-         lambda d: load_sample(str(d["empty"]), 2, 2), errors.DatasetError,
-         "the 'test' split of .* is empty; every split needs at least one image"),
-    Case("unwritable --out", ["--out", "/proc/ntkdemo-out"],
-         lambda d: prepare_out_dir("/proc/ntkdemo-out"), errors.InvalidParameterError,
-         "cannot write to --out '/proc/ntkdemo-out'.*choose a writable folder"),
-    Case("unknown split", ["--test-split", "validation"],
-         lambda d: load_sample(good(d), 2, 2, test_split="validation"), errors.DatasetError,
-         r"has no 'validation' split \(splits: train, test\)"),
+    Case(
+        "size zero",
+        ["--train-per-class", "0"],
+        lambda d: load_sample(good(d), 0),
+        errors.InvalidParameterError,
+        "must be >= 1, got 0",
+    ),
+    Case(
+        "size above a class",
+        ["--train-per-class", "7"],
+        lambda d: load_sample(good(d), 7),
+        errors.InvalidParameterError,
+        r"class 0 \('a'\) has only 6 rows in the train split.*use at most 6",
+    ),
+    Case(
+        "unknown class",
+        ["--classes", "0,4"],
+        lambda d: load_sample(good(d), 2, 2, classes=[0, 4]),
+        errors.InvalidParameterError,
+        r"unknown class id\(s\) \[4\]; this dataset has classes 0..1",
+    ),
+    Case(
+        "repeated class",
+        ["--classes", "1,1"],
+        lambda d: load_sample(good(d), 2, 2, classes=[1, 1]),
+        errors.InvalidParameterError,
+        "repeat an id; list each class once",
+    ),
+    Case(
+        "single class",
+        ["--classes", "1"],
+        lambda d: load_sample(good(d), 2, 2, classes=[1]),
+        errors.InvalidParameterError,
+        "single class; classification needs at least two",
+    ),
+    Case(
+        "non-numeric option",
+        ["--seed", "abc"],
+        lambda d: load_sample(good(d), "abc"),
+        errors.InvalidParameterError,
+        "(invalid int value: 'abc'|must be a whole number)",
+    ),
+    Case(
+        "negative ridge",
+        ["--ridge", "-1"],
+        lambda d: solve(np.eye(2), np.ones(2), ridge=-1),
+        errors.InvalidParameterError,
+        "ridge must be a finite number >= 0|--ridge: must be a finite number >= 0",
+    ),
+    Case(
+        "depth below 1",
+        ["--depth", "0"],
+        lambda d: fc_kernels(np.ones((2, 2)), depth=0),
+        errors.InvalidParameterError,
+        "depth must be >= 1, got 0|--depth: must be >= 1",
+    ),
+    Case(
+        "negative time",
+        ["--time", "-2"],
+        lambda d: gradient_descent_mean(np.eye(2), np.eye(2), np.ones(2), -2.0),
+        errors.InvalidParameterError,
+        r"t must be >= 0|--time: must be >= 0",
+    ),
+    Case(
+        "NaN time",
+        ["--time", "nan"],
+        lambda d: gradient_descent_mean(np.eye(2), np.eye(2), np.ones(2), float("nan")),
+        errors.InvalidParameterError,
+        r"t must be >= 0|--time: must be >= 0",
+    ),
+    Case(
+        "dataset path missing",
+        ["--dataset", "./no/such/folder"],
+        lambda d: load_sample("./no/such/folder"),
+        errors.DatasetError,
+        "does not exist; pass --dataset PATH",
+    ),
+    Case(
+        "not a dataset",
+        ["--dataset", "{notads}"],
+        lambda d: load_sample(str(d["notads"])),
+        errors.DatasetError,
+        r"has no image column \(columns: text\); name it with --image-column",
+    ),
+    Case(
+        "no image column",
+        ["--dataset", "{noimage}"],
+        lambda d: load_sample(str(d["noimage"])),
+        errors.DatasetError,
+        r"has no image column \(columns: pixels, label\); name it with --image-column",
+    ),
+    Case(
+        "labels out of range",
+        ["--dataset", "{range}"],
+        lambda d: load_sample(str(d["range"]), 2, 2),
+        errors.DatasetError,
+        r"label\(s\) \[5\] in row\(s\) 4 of the 'train' split .* out of range",
+    ),
+    Case(
+        "images of mixed shapes",
+        ["--dataset", "{mixed}"],
+        lambda d: load_sample(str(d["mixed"]), 2, 2),
+        errors.DatasetError,
+        "have different shapes .*resize them first",
+    ),
+    Case(
+        "train and test sizes differ",
+        ["--dataset", "{sizes}"],
+        lambda d: load_sample(str(d["sizes"]), 2, 2),
+        errors.DatasetError,
+        "'train' images have 64 values but 'test' images 100",
+    ),
+    Case(
+        "blank image (zero norm)",
+        ["--dataset", "{blank}"],
+        lambda d: load_sample(str(d["blank"]), 2, 2),
+        errors.DatasetError,
+        "are blank \\(all zero\\).*no direction",
+    ),
+    Case(
+        "empty split",
+        ["--dataset", "{empty}"],
+        lambda d: load_sample(str(d["empty"]), 2, 2),
+        errors.DatasetError,
+        "the 'test' split of .* is empty; every split needs at least one image",
+    ),
+    Case(
+        "unwritable --out",
+        ["--out", "/proc/ntkdemo-out"],
+        lambda d: prepare_out_dir("/proc/ntkdemo-out"),
+        errors.InvalidParameterError,
+        "cannot write to --out '/proc/ntkdemo-out'.*choose a writable folder",
+    ),
+    Case(
+        "unknown split",
+        ["--test-split", "validation"],
+        lambda d: load_sample(good(d), 2, 2, test_split="validation"),
+        errors.DatasetError,
+        r"has no 'validation' split \(splits: train, test\)",
+    ),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_command_line_says_one_line_and_exits_2(case, bad_datasets, tmp_path, capsys):
     argv = [a.format(**{k: str(v) for k, v in bad_datasets.items()}) for a in case.argv]
-    defaults = ["--dataset", str(bad_datasets["good"]), "--out", str(tmp_path / "out"),
-                "--train-per-class", "2", "--test-per-class", "2"]
-    code = main([*defaults, *argv])       # later options win
+    defaults = [
+        "--dataset",
+        str(bad_datasets["good"]),
+        "--out",
+        str(tmp_path / "out"),
+        "--train-per-class",
+        "2",
+        "--test-per-class",
+        "2",
+    ]
+    code = main([*defaults, *argv])  # later options win
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("ntkdemo: error: ") and err.count("\n") == 1, err
@@ -178,18 +297,48 @@ def test_command_line_says_one_line_and_exits_2(case, bad_datasets, tmp_path, ca
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.name != "non-numeric option"] + [
-    Case("NaN in an array", [], lambda d: ntk(np.array([[1.0, np.nan], [1.0, 2.0]])),
-         errors.InvalidInputError, r"NaN or inf in row\(s\) 0"),
-    Case("inf in an array", [], lambda d: fc_kernels(np.array([[1.0, 2.0], [np.inf, 2.0]])),
-         errors.InvalidInputError, r"NaN or inf in row\(s\) 1"),
-    Case("zero-norm row", [], lambda d: ntk(np.array([[1.0, 2.0], [0.0, 0.0]])),
-         errors.InvalidInputError, r"zero-norm row\(s\) 1"),
-    Case("feature counts differ", [], lambda d: ntk(np.ones((2, 3)), np.ones((2, 4))),
-         errors.InvalidInputError, "has 4 features but 3"),
-    Case("non-numeric size", [], lambda d: load_sample(good(d), "abc"),
-         errors.InvalidParameterError, "train_per_class must be a whole number"),
-], ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "case",
+    [c for c in CASES if c.name != "non-numeric option"]
+    + [
+        Case(
+            "NaN in an array",
+            [],
+            lambda d: ntk(np.array([[1.0, np.nan], [1.0, 2.0]])),
+            errors.InvalidInputError,
+            r"NaN or inf in row\(s\) 0",
+        ),
+        Case(
+            "inf in an array",
+            [],
+            lambda d: fc_kernels(np.array([[1.0, 2.0], [np.inf, 2.0]])),
+            errors.InvalidInputError,
+            r"NaN or inf in row\(s\) 1",
+        ),
+        Case(
+            "zero-norm row",
+            [],
+            lambda d: ntk(np.array([[1.0, 2.0], [0.0, 0.0]])),
+            errors.InvalidInputError,
+            r"zero-norm row\(s\) 1",
+        ),
+        Case(
+            "feature counts differ",
+            [],
+            lambda d: ntk(np.ones((2, 3)), np.ones((2, 4))),
+            errors.InvalidInputError,
+            "has 4 features but 3",
+        ),
+        Case(
+            "non-numeric size",
+            [],
+            lambda d: load_sample(good(d), "abc"),
+            errors.InvalidParameterError,
+            "train_per_class must be a whole number",
+        ),
+    ],
+    ids=lambda c: c.name,
+)
 def test_library_raises_a_specific_error(case, bad_datasets):
     with pytest.raises(case.error, match=case.message):
         case.library(bad_datasets)
@@ -197,8 +346,17 @@ def test_library_raises_a_specific_error(case, bad_datasets):
 
 def test_every_theory_command_rejects_bad_sizes(bad_datasets, tmp_path, capsys):
     for command in ("curve", "dynamics", "spectrum", "verify", "compare-network"):
-        code = main([command, "--dataset", str(bad_datasets["good"]), "--out", str(tmp_path),
-                     "--train-per-class", "0"])
+        code = main(
+            [
+                command,
+                "--dataset",
+                str(bad_datasets["good"]),
+                "--out",
+                str(tmp_path),
+                "--train-per-class",
+                "0",
+            ]
+        )
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and "must be >= 1, got 0" in err, err
 

@@ -36,22 +36,33 @@ def test_demo_on_real_data(fashion_mnist, tmp_path, capsys):
 
 
 def test_two_class_task(fashion_mnist, tmp_path, capsys):
-    code, out, _ = run_cli(capsys, "--dataset", str(fashion_mnist), "--out", str(tmp_path),
-                           "--classes", "1,3", "--quiet")
+    code, out, _ = run_cli(
+        capsys,
+        "--dataset",
+        str(fashion_mnist),
+        "--out",
+        str(tmp_path),
+        "--classes",
+        "1,3",
+        "--quiet",
+    )
     assert code == 0 and out == ""
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["class_names"] == ["Trouser", "Dress"]
     assert 0.93 <= metrics["test_accuracy"] <= 0.99
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--train-per-class", "900"], r"class 0 \('T - shirt / top'\) has only 766 rows"),
-    (["--classes", "1,12"], r"unknown class id\(s\) \[12\]"),
-    (["--train-per-class", "0"], "--train-per-class: must be >= 1, got 0"),
-    (["--test-per-class", "-5"], "--test-per-class: must be >= 1, got -5"),
-    (["--ridge", "-1"], "--ridge: must be a finite number >= 0"),
-    (["--ridge", "abc"], "--ridge: expected a number, got 'abc'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--train-per-class", "900"], r"class 0 \('T - shirt / top'\) has only 766 rows"),
+        (["--classes", "1,12"], r"unknown class id\(s\) \[12\]"),
+        (["--train-per-class", "0"], "--train-per-class: must be >= 1, got 0"),
+        (["--test-per-class", "-5"], "--test-per-class: must be >= 1, got -5"),
+        (["--ridge", "-1"], "--ridge: must be a finite number >= 0"),
+        (["--ridge", "abc"], "--ridge: expected a number, got 'abc'"),
+    ],
+)
 def test_user_errors_on_real_data(fashion_mnist, tmp_path, capsys, argv, message):
     code, _, err = run_cli(capsys, "--dataset", str(fashion_mnist), "--out", str(tmp_path), *argv)
     assert code == 2
@@ -71,7 +82,9 @@ def test_dataset_without_label_column(tmp_path, capsys):
     for split in ("train", "test"):
         datasets.Dataset.from_dict(
             {"image": [np.zeros((2, 2), np.uint8)], "kind": ["x"]},
-            features=datasets.Features({"image": datasets.Image(), "kind": datasets.Value("string")}),
+            features=datasets.Features(
+                {"image": datasets.Image(), "kind": datasets.Value("string")}
+            ),
         ).to_parquet(str(tmp_path / "bad" / "data" / f"{split}-00000-of-00001.parquet"))
     code, _, err = run_cli(capsys, "--dataset", str(tmp_path / "bad"), "--out", str(tmp_path))
     assert code == 2 and "has no label column (columns: image, kind)" in err
@@ -82,8 +95,13 @@ def test_no_network_fails_fast_with_advice(tmp_path):
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "NTKDEMO_DATASET": ""}
     env.pop("HF_HUB_OFFLINE", None)
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "ntkdemo", "--out", str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "ntkdemo", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     elapsed = time.perf_counter() - start
     assert done.returncode == 2
     assert elapsed < 10
@@ -93,8 +111,17 @@ def test_no_network_fails_fast_with_advice(tmp_path):
 
 
 def test_tiny_dataset_run(tiny_dataset, tmp_path, capsys):
-    code, out, err = run_cli(capsys, "--dataset", str(tiny_dataset), "--out", str(tmp_path),
-                             "--train-per-class", "9", "--test-per-class", "5")
+    code, out, err = run_cli(
+        capsys,
+        "--dataset",
+        str(tiny_dataset),
+        "--out",
+        str(tmp_path),
+        "--train-per-class",
+        "9",
+        "--test-per-class",
+        "5",
+    )
     assert code == 0, err
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["sizes"]["train"] == 27 and metrics["train_accuracy"] == 1.0

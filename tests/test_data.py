@@ -62,15 +62,20 @@ def test_all_takes_every_row(tiny_dataset):
 
 
 def test_too_many_per_class_names_class_and_count(tiny_dataset):
-    with pytest.raises(InvalidParameterError, match=r"class 1 \('beta'\) has only 9 rows in the train split"):
+    with pytest.raises(
+        InvalidParameterError, match=r"class 1 \('beta'\) has only 9 rows in the train split"
+    ):
         load_sample(str(tiny_dataset), train_per_class=10)
 
 
-@pytest.mark.parametrize("classes, message", [
-    ([0, 7], r"unknown class id\(s\) \[7\]; this dataset has classes 0..2"),
-    ([1, 1], "repeat an id"),
-    ([1], "single class"),
-])
+@pytest.mark.parametrize(
+    "classes, message",
+    [
+        ([0, 7], r"unknown class id\(s\) \[7\]; this dataset has classes 0..2"),
+        ([1, 1], "repeat an id"),
+        ([1], "single class"),
+    ],
+)
 def test_bad_classes(tiny_dataset, classes, message):
     with pytest.raises(InvalidParameterError, match=message):
         load_sample(str(tiny_dataset), 2, 1, classes=classes)
@@ -93,7 +98,8 @@ def test_folder_without_image_column(tmp_path):
     (tmp_path / "data").mkdir()
     for split in ("train", "test"):
         datasets.Dataset.from_dict({"pixels": [[1, 2]], "label": [0]}).to_parquet(
-            str(tmp_path / "data" / f"{split}-00000-of-00001.parquet"))
+            str(tmp_path / "data" / f"{split}-00000-of-00001.parquet")
+        )
     with pytest.raises(DatasetError, match=r"has no image column \(columns: pixels, label\)"):
         load_sample(str(tmp_path))
 

@@ -10,7 +10,9 @@ import pytest
 from ntkdemo.errors import InvalidParameterError
 from ntkdemo.kernels import fc_kernels, ntk
 
-REFERENCE = json.loads((Path(__file__).parent / "data" / "neural_tangents_reference.json").read_text())
+REFERENCE = json.loads(
+    (Path(__file__).parent / "data" / "neural_tangents_reference.json").read_text()
+)
 SETTINGS = [(1, 1.0, 0.0), (2, 1.5, 0.1), (3, 0.8, 0.4)]
 
 
@@ -33,7 +35,9 @@ def exact_pair(x, y, depth, w_std, b_std):
         for _ in range(depth):
             k11, k22, k12, theta_ntk = dense(k11, k22, k12, theta_ntk)
             norms = mpmath.sqrt(k11 * k22)
-            cosine = max(min(k12 / norms, mpmath.mpf(1)), mpmath.mpf(-1)) if norms else mpmath.mpf(0)
+            cosine = (
+                max(min(k12 / norms, mpmath.mpf(1)), mpmath.mpf(-1)) if norms else mpmath.mpf(0)
+            )
             angle = mpmath.acos(cosine)
             k12 = norms * (mpmath.sin(angle) + (mpmath.pi - angle) * cosine) / (2 * mpmath.pi)
             theta_ntk = theta_ntk * (mpmath.pi - angle) / (2 * mpmath.pi)
@@ -91,8 +95,12 @@ def test_same_numbers_as_neural_tangents(case):
     options = dict(depth=case["depth"], w_std=case["w_std"], b_std=case["b_std"])
     nngp, ntk_train = fc_kernels(x_train, **options)
     cross_nngp, cross_ntk = fc_kernels(x_test, x_train, **options)
-    for computed, key in ((nngp, "train_nngp"), (ntk_train, "train_ntk"),
-                          (cross_nngp, "cross_nngp"), (cross_ntk, "cross_ntk")):
+    for computed, key in (
+        (nngp, "train_nngp"),
+        (ntk_train, "train_ntk"),
+        (cross_nngp, "cross_nngp"),
+        (cross_ntk, "cross_ntk"),
+    ):
         np.testing.assert_allclose(computed, case[key], rtol=1e-12, atol=1e-15)
 
 

@@ -11,7 +11,9 @@ from ntkdemo.errors import InvalidParameterError
 from ntkdemo.kernels import fc_kernels, ntk
 from ntkdemo.regression import predict, solve
 
-REFERENCE = json.loads((Path(__file__).parent / "data" / "neural_tangents_reference.json").read_text())
+REFERENCE = json.loads(
+    (Path(__file__).parent / "data" / "neural_tangents_reference.json").read_text()
+)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +84,9 @@ def test_same_numbers_as_neural_tangents(case, get):
     index = 0 if get == "nngp" else 1
     K, K_test = fc_kernels(x_train, **options)[index], fc_kernels(x_test, x_train, **options)[index]
     times = [np.inf if t is None else t for t in REFERENCE["times"]]
-    outputs = gradient_descent_mean(K, K_test, y_train, times, learning_rate=REFERENCE["learning_rate"])
+    outputs = gradient_descent_mean(
+        K, K_test, y_train, times, learning_rate=REFERENCE["learning_rate"]
+    )
     np.testing.assert_allclose(outputs, case["dynamics"][get], rtol=0, atol=1e-10)
 
 

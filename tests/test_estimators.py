@@ -12,18 +12,21 @@ from ntkdemo.data import load_sample
 from ntkdemo.errors import InvalidParameterError
 from ntkdemo.pipeline import run_demo
 
-
 # Integer inputs drawn by this check contain all-zero rows; a zero row has no direction,
 # so the normalised NTK rejects it (InvalidInputError) by design instead of inventing a value.
 EXPECTED_FAILURES = {
     "check_estimators_dtypes": "integer test data has all-zero rows, which the normalised "
-                               "NTK rejects by design (a zero vector has no direction)",
+    "NTK rejects by design (a zero vector has no direction)",
 }
 
 
 @parametrize_with_checks(
-    [NTKClassifier(), NTKRegressor(), NTKClassifier(kernel="nngp", depth=2),
-     NTKRegressor(time=1e6)],
+    [
+        NTKClassifier(),
+        NTKRegressor(),
+        NTKClassifier(kernel="nngp", depth=2),
+        NTKRegressor(time=1e6),
+    ],
     expected_failed_checks=lambda estimator: EXPECTED_FAILURES,
 )
 def test_scikit_learn_compatible(estimator, check):
@@ -34,10 +37,13 @@ def test_classifier_reproduces_the_demo(tiny_dataset):
     sample = load_sample(str(tiny_dataset), 9, 5)
     model = NTKClassifier().fit(sample.X_train, np.array(sample.class_names)[sample.y_train])
     demo = run_demo(sample)
-    np.testing.assert_allclose(model.decision_function(sample.X_test), demo.test_scores,
-                               rtol=0, atol=1e-12)
-    assert model.score(sample.X_test, np.array(sample.class_names)[sample.y_test]) == \
-        demo.test_report.accuracy
+    np.testing.assert_allclose(
+        model.decision_function(sample.X_test), demo.test_scores, rtol=0, atol=1e-12
+    )
+    assert (
+        model.score(sample.X_test, np.array(sample.class_names)[sample.y_test])
+        == demo.test_report.accuracy
+    )
     assert list(model.classes_) == ["alpha", "beta", "gamma"]
 
 
@@ -45,7 +51,7 @@ def test_regressor_time_limits():
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(15, 4)), rng.normal(size=15)
     converged = NTKRegressor().fit(X, y).predict(X)
-    np.testing.assert_allclose(converged, y, atol=1e-9)              # interpolation
+    np.testing.assert_allclose(converged, y, atol=1e-9)  # interpolation
     np.testing.assert_array_equal(NTKRegressor(time=0.0).fit(X, y).predict(X), 0.0)
     late = NTKRegressor(time=1e14).fit(X, y).predict(X)
     np.testing.assert_allclose(late, y, atol=1e-6)
@@ -54,20 +60,24 @@ def test_regressor_time_limits():
 def test_pipeline_and_grid_search(tiny_dataset):
     sample = load_sample(str(tiny_dataset), 9, 5)
     pipeline = make_pipeline(FunctionTransformer(np.sqrt), NTKClassifier())
-    search = GridSearchCV(pipeline, {"ntkclassifier__ridge": [0.0, 0.1],
-                                     "ntkclassifier__depth": [1, 2]}, cv=3)
+    search = GridSearchCV(
+        pipeline, {"ntkclassifier__ridge": [0.0, 0.1], "ntkclassifier__depth": [1, 2]}, cv=3
+    )
     search.fit(sample.X_train, sample.y_train)
     assert set(search.best_params_) == {"ntkclassifier__ridge", "ntkclassifier__depth"}
     assert search.score(sample.X_test, sample.y_test) >= 0.8
 
 
-@pytest.mark.parametrize("params, message", [
-    (dict(depth=0), "depth must be >= 1"),
-    (dict(ridge=-1.0), "ridge must be a finite number >= 0"),
-    (dict(time=-1.0), "t must be >= 0"),
-    (dict(time=1.0, ridge=0.5), "cannot be combined"),
-    (dict(kernel="rbf"), "kernel must be 'ntk' or 'nngp'"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (dict(depth=0), "depth must be >= 1"),
+        (dict(ridge=-1.0), "ridge must be a finite number >= 0"),
+        (dict(time=-1.0), "t must be >= 0"),
+        (dict(time=1.0, ridge=0.5), "cannot be combined"),
+        (dict(kernel="rbf"), "kernel must be 'ntk' or 'nngp'"),
+    ],
+)
 def test_bad_parameters(params, message):
     X = np.random.default_rng(0).normal(size=(6, 3))
     with pytest.raises(InvalidParameterError, match=message):

@@ -11,8 +11,11 @@ from ntkdemo.kernels import ntk, ntk_of_cosine
 
 def arcsin_form(k: float) -> float:
     """The mission formula exactly as written, in scalar math."""
-    return (k + math.sqrt(1 - k * k) / math.pi
-            + 2 * k / math.pi * (math.asin(math.sqrt((1 + k) / 2)) - math.asin(math.sqrt((1 - k) / 2))))
+    return (
+        k
+        + math.sqrt(1 - k * k) / math.pi
+        + 2 * k / math.pi * (math.asin(math.sqrt((1 + k) / 2)) - math.asin(math.sqrt((1 - k) / 2)))
+    )
 
 
 def naive_ntk(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
@@ -63,8 +66,8 @@ def test_diagonal_exactly_two_and_antipodes_zero(points):
     K = ntk(both)
     n = len(X)
     np.testing.assert_array_equal(np.diagonal(K), 2.0)
-    np.testing.assert_array_equal(np.diagonal(K[:n, n:2 * n]), 0.0)   # x vs -x
-    np.testing.assert_array_equal(np.diagonal(K[:n, 2 * n:]), 2.0)   # x vs 3.7 x
+    np.testing.assert_array_equal(np.diagonal(K[:n, n : 2 * n]), 0.0)  # x vs -x
+    np.testing.assert_array_equal(np.diagonal(K[:n, 2 * n :]), 2.0)  # x vs 3.7 x
     assert np.isfinite(K).all()
 
 
@@ -87,8 +90,8 @@ def test_listing_bug_would_be_caught(points):
     K = ntk(np.vstack([X, X[:1] * 1.0001]))
     buggy = K.copy()
     np.fill_diagonal(buggy, 1.0)
-    assert np.linalg.eigvalsh(buggy)[0] < 0          # the bug makes K indefinite
-    assert np.linalg.eigvalsh(K)[0] > -1e-12         # ours stays PSD
+    assert np.linalg.eigvalsh(buggy)[0] < 0  # the bug makes K indefinite
+    assert np.linalg.eigvalsh(K)[0] > -1e-12  # ours stays PSD
 
 
 def test_blocks_and_cross_agree_with_auto(points):

@@ -15,8 +15,7 @@ from ntkdemo import outputs
 from ntkdemo.cli import main
 from ntkdemo.kernels import fc_kernels, ntk
 
-
-NTK_MINIMUM = -0.13678979673805547   # at k = -0.7941 (scipy minimize_scalar; see test_kernels)
+NTK_MINIMUM = -0.13678979673805547  # at k = -0.7941 (scipy minimize_scalar; see test_kernels)
 
 
 def inputs(min_rows=1, max_rows=10):
@@ -73,7 +72,7 @@ def test_deep_kernel_properties(X, depth, w_std, b_std):
         # Cauchy-Schwarz: |K_ij| <= sqrt(K_ii K_jj), the range a covariance allows
         diagonal = np.sqrt(np.diagonal(K))
         assert (np.abs(K) <= (1 + 1e-12) * np.outer(diagonal, diagonal)).all()
-    assert (nngp >= 0).all()        # ReLU outputs are never anti-correlated
+    assert (nngp >= 0).all()  # ReLU outputs are never anti-correlated
 
 
 def test_float32_inputs_keep_float32_and_agree():
@@ -97,19 +96,32 @@ def duplicated_dataset(tmp_path_factory):
     labels = np.repeat([0, 1, 2], 5)
     images = random_images(rng, labels)
     twice = np.concatenate([images, images]), np.concatenate([labels, labels])
-    return write_image_dataset(tmp_path_factory.mktemp("dup"), {
-        "train": twice, "test": (random_images(rng, labels), labels)}, ["a", "b", "c"])
+    return write_image_dataset(
+        tmp_path_factory.mktemp("dup"),
+        {"train": twice, "test": (random_images(rng, labels), labels)},
+        ["a", "b", "c"],
+    )
 
 
 def test_duplicated_images_fall_back_with_a_message(duplicated_dataset, tmp_path, capsys):
-    code = main(["--dataset", str(duplicated_dataset), "--out", str(tmp_path),
-                 "--train-per-class", "10", "--test-per-class", "5"])
+    code = main(
+        [
+            "--dataset",
+            str(duplicated_dataset),
+            "--out",
+            str(tmp_path),
+            "--train-per-class",
+            "10",
+            "--test-per-class",
+            "5",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "note: K + ridge*I is not numerically positive definite" in out
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["solver"]["jitter"] > 0
-    assert metrics["train_accuracy"] == 1.0            # duplicates share labels: still fitted
+    assert metrics["train_accuracy"] == 1.0  # duplicates share labels: still fitted
     assert np.isfinite(metrics["test_accuracy"])
 
 
@@ -121,8 +133,19 @@ def _without_run_specifics(path):
 
 
 def test_same_arguments_give_byte_identical_metrics(tiny_dataset, tmp_path, capsys):
-    argv = ["--dataset", str(tiny_dataset), "--out", str(tmp_path), "--quiet",
-            "--train-per-class", "6", "--test-per-class", "4", "--seed", "11"]
+    argv = [
+        "--dataset",
+        str(tiny_dataset),
+        "--out",
+        str(tmp_path),
+        "--quiet",
+        "--train-per-class",
+        "6",
+        "--test-per-class",
+        "4",
+        "--seed",
+        "11",
+    ]
     assert main(argv) == 0
     first = _without_run_specifics(tmp_path / "metrics.json")
     first_lines = (tmp_path / "metrics.json").read_text().splitlines()
@@ -131,7 +154,7 @@ def test_same_arguments_give_byte_identical_metrics(tiny_dataset, tmp_path, caps
     assert _without_run_specifics(tmp_path / "metrics.json") == first
     differing = {a.split(":")[0].strip() for a, b in zip(first_lines, second_lines) if a != b}
     assert differing <= {'"kernel"', '"load"', '"predict"', '"solve"'}
-    assert main([*argv[:-1], "12"]) == 0                # another seed: other rows
+    assert main([*argv[:-1], "12"]) == 0  # another seed: other rows
     assert _without_run_specifics(tmp_path / "metrics.json") != first
 
 
@@ -146,15 +169,26 @@ def test_interrupted_write_leaves_the_previous_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         outputs.write_json(target, {"run": 2})
     assert json.loads(target.read_text()) == {"run": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]   # no temporary left
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary left
 
 
 def test_second_run_replaces_cleanly(tiny_dataset, tmp_path, capsys):
-    base = ["--dataset", str(tiny_dataset), "--out", str(tmp_path), "--quiet",
-            "--test-per-class", "4"]
+    base = [
+        "--dataset",
+        str(tiny_dataset),
+        "--out",
+        str(tmp_path),
+        "--quiet",
+        "--test-per-class",
+        "4",
+    ]
     assert main([*base, "--train-per-class", "6"]) == 0
     assert main([*base, "--train-per-class", "3"]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["sizes"]["train"] == 9
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "confusion.png", "metrics.json", "predictions.png", "spectrum.png"]
+        "confusion.png",
+        "metrics.json",
+        "predictions.png",
+        "spectrum.png",
+    ]

@@ -29,13 +29,19 @@ def test_discrete_steps_tend_to_the_flow_and_match_iteration():
     X, Y = rng.normal(size=(20, 6)), rng.normal(size=(20, 2))
     K = ntk(X)
     dynamics = GradientDescentDynamics(K, Y, learning_rate=0.5)
-    outputs = np.zeros_like(Y)                       # f_{s+1} = f_s - eta/m K (f_s - Y)
+    outputs = np.zeros_like(Y)  # f_{s+1} = f_s - eta/m K (f_s - Y)
     for _ in range(37):
         outputs = outputs - 0.5 / Y.size * K @ (outputs - Y)
-    np.testing.assert_allclose(K @ dynamics.discrete_dual_coefficients(37), outputs, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        K @ dynamics.discrete_dual_coefficients(37), outputs, rtol=0, atol=1e-12
+    )
     fine = GradientDescentDynamics(K, Y, learning_rate=0.5 / 1000)
-    np.testing.assert_allclose(K @ fine.discrete_dual_coefficients(37_000),
-                               K @ dynamics.dual_coefficients(37.0), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(
+        K @ fine.discrete_dual_coefficients(37_000),
+        K @ dynamics.dual_coefficients(37.0),
+        rtol=0,
+        atol=1e-4,
+    )
 
 
 def test_networks_agree_more_with_the_kernel_as_width_grows(fashion_mnist):
@@ -49,25 +55,42 @@ def test_networks_agree_more_with_the_kernel_as_width_grows(fashion_mnist):
 def test_learning_curve_uses_nested_samples_and_improves(tiny_dataset):
     sample = load_sample(str(tiny_dataset), 9, 5)
     curve = learning_curve(sample, [1, 3, 9], depths=[1, 2])
-    assert list(curve.accuracy) == ["NNGP depth 1", "NTK depth 1", "NNGP depth 2", "NTK depth 2",
-                                    "RBF SVC"]
+    assert list(curve.accuracy) == [
+        "NNGP depth 1",
+        "NTK depth 1",
+        "NNGP depth 2",
+        "NTK depth 2",
+        "RBF SVC",
+    ]
     assert all(values.shape == (3,) for values in curve.accuracy.values())
-    whole = run_demo(sample)                    # the largest size is the whole sample
+    whole = run_demo(sample)  # the largest size is the whole sample
     assert curve.accuracy["NTK depth 1"][-1] == whole.test_report.accuracy
     small = dataclasses.replace(sample, X_train=sample.X_train[:3], y_train=sample.y_train[:3])
     assert curve.accuracy["NTK depth 1"][0] == run_demo(small).test_report.accuracy
 
 
-@pytest.mark.parametrize("command, options, keys", [
-    ("curve", ["--train-per-class", "20", "--depths", "1,2"], {"accuracy", "sizes_per_class"}),
-    ("dynamics", ["--train-per-class", "10", "--points", "5"], {"loss", "accuracy", "times"}),
-    ("spectrum", ["--train-per-class", "10", "--bound-per-class", "30"],
-     {"train_eigenvalues", "circle_eigenvalues", "bound"}),
-    ("verify", ["--train-per-class", "3", "--widths", "16,256,4096", "--repeats", "2"],
-     {"widths", "errors", "slope"}),
-    ("compare-network", ["--train-per-class", "5", "--widths", "16,512", "--steps", "20"],
-     {"agreement", "network_accuracy", "kernel_accuracy"}),
-])
+@pytest.mark.parametrize(
+    "command, options, keys",
+    [
+        ("curve", ["--train-per-class", "20", "--depths", "1,2"], {"accuracy", "sizes_per_class"}),
+        ("dynamics", ["--train-per-class", "10", "--points", "5"], {"loss", "accuracy", "times"}),
+        (
+            "spectrum",
+            ["--train-per-class", "10", "--bound-per-class", "30"],
+            {"train_eigenvalues", "circle_eigenvalues", "bound"},
+        ),
+        (
+            "verify",
+            ["--train-per-class", "3", "--widths", "16,256,4096", "--repeats", "2"],
+            {"widths", "errors", "slope"},
+        ),
+        (
+            "compare-network",
+            ["--train-per-class", "5", "--widths", "16,512", "--steps", "20"],
+            {"agreement", "network_accuracy", "kernel_accuracy"},
+        ),
+    ],
+)
 def test_subcommands_on_real_data(fashion_mnist, tmp_path, capsys, command, options, keys):
     code = main([command, "--dataset", str(fashion_mnist), "--out", str(tmp_path), *options])
     out, err = capsys.readouterr()
@@ -79,8 +102,22 @@ def test_subcommands_on_real_data(fashion_mnist, tmp_path, capsys, command, opti
 
 
 def test_curve_values_on_real_data(fashion_mnist, tmp_path, capsys):
-    main(["curve", "--dataset", str(fashion_mnist), "--out", str(tmp_path), "--quiet",
-          "--train-per-class", "100", "--sizes", "5,100", "--depths", "1"])
+    main(
+        [
+            "curve",
+            "--dataset",
+            str(fashion_mnist),
+            "--out",
+            str(tmp_path),
+            "--quiet",
+            "--train-per-class",
+            "100",
+            "--sizes",
+            "5,100",
+            "--depths",
+            "1",
+        ]
+    )
     accuracy = json.loads((tmp_path / "curve.json").read_text())["accuracy"]
     # at 100 per class the depth-1 NTK is the demo itself: 0.808 for seed 0
     assert accuracy["NTK depth 1"][1] == pytest.approx(0.808, abs=1e-12)
@@ -91,27 +128,46 @@ def test_curve_values_on_real_data(fashion_mnist, tmp_path, capsys):
 def test_run_with_time_moves_from_zero_to_regression(fashion_mnist, tmp_path, capsys):
     accuracies = {}
     for t in ("1", "1e9"):
-        assert main(["--dataset", str(fashion_mnist), "--out", str(tmp_path), "--quiet",
-                     "--time", t]) == 0
+        assert (
+            main(["--dataset", str(fashion_mnist), "--out", str(tmp_path), "--quiet", "--time", t])
+            == 0
+        )
         accuracies[t] = json.loads((tmp_path / "metrics.json").read_text())["test_accuracy"]
-    assert accuracies["1e9"] == pytest.approx(0.808, abs=1e-12)   # converged: the demo's number
+    assert accuracies["1e9"] == pytest.approx(0.808, abs=1e-12)  # converged: the demo's number
     assert accuracies["1"] < 0.7
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["curve", "--train-per-class", "5", "--test-per-class", "5", "--sizes", "2,9"],
-     "asks for 9 images per class"),
-    (["curve", "--depths", "0"], "--depths: expected whole numbers >= 1"),
-    (["dynamics", "--t-min", "10", "--t-max", "1"], r"--t-min \(10\) must be below --t-max"),
-    (["dynamics", "--t-max", "-3"], "--t-max: must be a finite number >= 0"),
-    (["spectrum", "--bound-classes", "1"], "needs exactly two class ids"),
-    (["verify", "--widths", "16,x"], "--widths: expected comma-separated whole numbers"),
-    (["compare-network", "--learning-rate", "0"], "--learning-rate: must be > 0"),
-    (["run", "--time", "-1"], r"--time: must be >= 0 \(or inf\)"),
-    (["run", "--time", "nan"], r"--time: must be >= 0 \(or inf\)"),
-    (["run", "--time", "5", "--ridge", "1", "--train-per-class", "5", "--test-per-class", "5"],
-     "cannot be combined"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["curve", "--train-per-class", "5", "--test-per-class", "5", "--sizes", "2,9"],
+            "asks for 9 images per class",
+        ),
+        (["curve", "--depths", "0"], "--depths: expected whole numbers >= 1"),
+        (["dynamics", "--t-min", "10", "--t-max", "1"], r"--t-min \(10\) must be below --t-max"),
+        (["dynamics", "--t-max", "-3"], "--t-max: must be a finite number >= 0"),
+        (["spectrum", "--bound-classes", "1"], "needs exactly two class ids"),
+        (["verify", "--widths", "16,x"], "--widths: expected comma-separated whole numbers"),
+        (["compare-network", "--learning-rate", "0"], "--learning-rate: must be > 0"),
+        (["run", "--time", "-1"], r"--time: must be >= 0 \(or inf\)"),
+        (["run", "--time", "nan"], r"--time: must be >= 0 \(or inf\)"),
+        (
+            [
+                "run",
+                "--time",
+                "5",
+                "--ridge",
+                "1",
+                "--train-per-class",
+                "5",
+                "--test-per-class",
+                "5",
+            ],
+            "cannot be combined",
+        ),
+    ],
+)
 def test_theory_errors_are_one_line(tiny_dataset, tmp_path, capsys, argv, message):
     code = main([*argv, "--dataset", str(tiny_dataset), "--out", str(tmp_path)])
     err = capsys.readouterr().err

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -39,20 +39,32 @@ gradient step is taken.
 
 def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
     """The argument parser of every subcommand, and the subcommand names."""
-    parser = Parser(prog="ntkdemo", description=DESCRIPTION,
-                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version",
-                        version=f"ntkdemo {metadata.version('ntkdemo')}")
+    parser = Parser(
+        prog="ntkdemo",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"ntkdemo {metadata.version('ntkdemo')}"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = commands.add_parser("run", help="the demo (the default command)",
-                              description=DESCRIPTION,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = commands.add_parser(
+        "run",
+        help="the demo (the default command)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_data_options(run, train=100, test=50)
     add_kernel_options(run)
-    run.add_argument("--time", type=time_value, default=None, metavar="T",
-                     help="predict with the infinite network after gradient-descent time T "
-                          "(neural-tangents' convention, learning rate 1) instead of at "
-                          "convergence; 'inf' is the converged network")
+    run.add_argument(
+        "--time",
+        type=time_value,
+        default=None,
+        metavar="T",
+        help="predict with the infinite network after gradient-descent time T "
+        "(neural-tangents' convention, learning rate 1) instead of at "
+        "convergence; 'inf' is the converged network",
+    )
     add_output_options(run)
     run.set_defaults(handler=command_run)
     names = {"run", *cli_theory.add_commands(commands)}
@@ -63,7 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ntkdemo``; returns the exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     parser, names = build_parser()
-    if not arguments or (arguments[0] not in names and arguments[0] not in ("-h", "--help", "--version")):
+    if not arguments or (
+        arguments[0] not in names and arguments[0] not in ("-h", "--help", "--version")
+    ):
         arguments.insert(0, "run")
     try:
         options = parser.parse_args(arguments)
@@ -87,9 +101,16 @@ def command_run(options) -> int:
     say = Console(options.quiet)
     out = prepare_out_dir(options.out)
     sample, load_seconds = load_from_options(options, say)
-    result = run_demo(sample, ridge=options.ridge, kernel=options.kernel, depth=options.depth,
-                      w_std=options.w_std, b_std=options.b_std, time=options.time,
-                      progress=say.progress("kernel blocks"))
+    result = run_demo(
+        sample,
+        ridge=options.ridge,
+        kernel=options.kernel,
+        depth=options.depth,
+        w_std=options.w_std,
+        b_std=options.b_std,
+        time=options.time,
+        progress=say.progress("kernel blocks"),
+    )
     result.timings = {"load": load_seconds, **result.timings}
     _print_run(say, sample, result)
     _write_run(out, options, sample, result)
@@ -98,22 +119,31 @@ def command_run(options) -> int:
 
 
 def _print_run(say: Console, sample, result) -> None:
-    say("time: " + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items()))
+    say(
+        "time: "
+        + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items())
+    )
     solution = result.solution
-    say(f"solve: {solution.method} of K(X,X) + {solution.ridge:g} I, "
-        f"condition number ~ {solution.condition_number:.3g}")
+    say(
+        f"solve: {solution.method} of K(X,X) + {solution.ridge:g} I, "
+        f"condition number ~ {solution.condition_number:.3g}"
+    )
     if solution.message:
         say(f"note: {solution.message}")
     test, train = result.test_report, result.train_report
     say(f"train accuracy: {train.accuracy:.4f} ({train.n_correct}/{train.n_total})")
-    say(f"test accuracy:  {test.accuracy:.4f} ({test.n_correct}/{test.n_total}); "
-        f"chance {test.chance:.4f}")
+    say(
+        f"test accuracy:  {test.accuracy:.4f} ({test.n_correct}/{test.n_total}); "
+        f"chance {test.chance:.4f}"
+    )
     width = max(len(name) for name in sample.class_names)
     say(f"\n{'class':<{width}}  accuracy  correct/total")
     totals = test.confusion.sum(axis=1)
     for index, name in enumerate(sample.class_names):
-        say(f"{name:<{width}}  {test.per_class_accuracy[index]:8.4f}  "
-            f"{test.confusion[index, index]}/{totals[index]}")
+        say(
+            f"{name:<{width}}  {test.per_class_accuracy[index]:8.4f}  "
+            f"{test.confusion[index, index]}/{totals[index]}"
+        )
     say("\nconfusion matrix (rows: true class, columns: predicted class)")
     for index, name in enumerate(sample.class_names):
         say(f"{name:<{width}}  " + " ".join(f"{v:4d}" for v in test.confusion[index]))
@@ -125,32 +155,44 @@ def _write_run(out: Path, options, sample, result) -> None:
 
     eigenvalues = np.linalg.eigvalsh(result.K_train)
     test, train = result.test_report, result.train_report
-    write_json(out / "metrics.json", {
-        "arguments": {k: (str(v) if isinstance(v, float) and not np.isfinite(v) else v)
-                      for k, v in vars(options).items() if k != "handler"},
-        "dataset": sample.dataset,
-        "class_names": list(sample.class_names),
-        "classes": list(sample.classes),
-        "sizes": {"train": len(sample.y_train), "test": len(sample.y_test),
-                  "features": int(sample.X_train.shape[1])},
-        "test_accuracy": test.accuracy,
-        "train_accuracy": train.accuracy,
-        "test_correct": test.n_correct,
-        "chance": test.chance,
-        "per_class_accuracy": dict(zip(sample.class_names, test.per_class_accuracy.tolist())),
-        "confusion": test.confusion.tolist(),
-        "solver": {"ridge": result.solution.ridge, "jitter": result.solution.jitter,
-                   "condition_number": result.solution.condition_number,
-                   "smallest_eigenvalue": float(eigenvalues[0]),
-                   "message": result.solution.message},
-        "timings_seconds": result.timings,
-        "versions": versions(),
-        "train_indices": sample.train_indices.tolist(),
-        "test_indices": sample.test_indices.tolist(),
-    })
-    save_figure(prediction_grid(sample.X_test, sample.y_test, result.test_predictions,
-                                sample.class_names), out / "predictions.png")
+    write_json(
+        out / "metrics.json",
+        {
+            "arguments": {
+                k: (str(v) if isinstance(v, float) and not np.isfinite(v) else v)
+                for k, v in vars(options).items()
+                if k != "handler"
+            },
+            "dataset": sample.dataset,
+            "class_names": list(sample.class_names),
+            "classes": list(sample.classes),
+            "sizes": {
+                "train": len(sample.y_train),
+                "test": len(sample.y_test),
+                "features": int(sample.X_train.shape[1]),
+            },
+            "test_accuracy": test.accuracy,
+            "train_accuracy": train.accuracy,
+            "test_correct": test.n_correct,
+            "chance": test.chance,
+            "per_class_accuracy": dict(zip(sample.class_names, test.per_class_accuracy.tolist())),
+            "confusion": test.confusion.tolist(),
+            "solver": {
+                "ridge": result.solution.ridge,
+                "jitter": result.solution.jitter,
+                "condition_number": result.solution.condition_number,
+                "smallest_eigenvalue": float(eigenvalues[0]),
+                "message": result.solution.message,
+            },
+            "timings_seconds": result.timings,
+            "versions": versions(),
+            "train_indices": sample.train_indices.tolist(),
+            "test_indices": sample.test_indices.tolist(),
+        },
+    )
+    save_figure(
+        prediction_grid(sample.X_test, sample.y_test, result.test_predictions, sample.class_names),
+        out / "predictions.png",
+    )
     save_figure(confusion_figure(test.confusion, sample.class_names), out / "confusion.png")
     save_figure(spectrum_figure(eigenvalues), out / "spectrum.png")
-
-

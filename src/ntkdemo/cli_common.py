@@ -6,8 +6,8 @@ import argparse
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from importlib import metadata
-from typing import Sequence
 
 import numpy as np
 
@@ -30,7 +30,9 @@ def per_class_count(text: str) -> int | str:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number or 'all', got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number or 'all', got {text!r}"
+        ) from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
@@ -82,15 +84,30 @@ def positive_int(text: str) -> int:
 def add_data_options(parser: argparse.ArgumentParser, train: int, test: int) -> None:
     """The options that choose the sample."""
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", default=None,
-                       help="hub id or local folder in the hub layout (default: $NTKDEMO_DATASET, "
-                            "else zalando-datasets/fashion_mnist)")
-    group.add_argument("--train-per-class", type=per_class_count, default=train,
-                       help=f"training images per class, or 'all' (default: {train})")
-    group.add_argument("--test-per-class", type=per_class_count, default=test,
-                       help=f"test images per class, or 'all' (default: {test})")
-    group.add_argument("--classes", type=class_list, default=None,
-                       help="comma-separated label ids to keep, e.g. 1,3 for Trouser vs Dress")
+    group.add_argument(
+        "--dataset",
+        default=None,
+        help="hub id or local folder in the hub layout (default: $NTKDEMO_DATASET, "
+        "else zalando-datasets/fashion_mnist)",
+    )
+    group.add_argument(
+        "--train-per-class",
+        type=per_class_count,
+        default=train,
+        help=f"training images per class, or 'all' (default: {train})",
+    )
+    group.add_argument(
+        "--test-per-class",
+        type=per_class_count,
+        default=test,
+        help=f"test images per class, or 'all' (default: {test})",
+    )
+    group.add_argument(
+        "--classes",
+        type=class_list,
+        default=None,
+        help="comma-separated label ids to keep, e.g. 1,3 for Trouser vs Dress",
+    )
     group.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     group.add_argument("--image-column", default=None, help="image column (default: found)")
     group.add_argument("--label-column", default=None, help="label column (default: found)")
@@ -101,23 +118,42 @@ def add_data_options(parser: argparse.ArgumentParser, train: int, test: int) -> 
 def add_kernel_options(parser: argparse.ArgumentParser) -> None:
     """The options that choose the kernel and the ridge."""
     group = parser.add_argument_group("kernel")
-    group.add_argument("--kernel", choices=("ntk", "nngp"), default="ntk",
-                       help="ntk: network trained by gradient descent; nngp: only its readout "
-                            "(default: ntk)")
-    group.add_argument("--depth", type=positive_int, default=1,
-                       help="hidden ReLU layers (default: 1, the mission formula)")
-    group.add_argument("--w-std", type=nonnegative_float, default=1.0,
-                       help="weight standard deviation (default: 1)")
-    group.add_argument("--b-std", type=nonnegative_float, default=0.0,
-                       help="bias standard deviation (default: 0)")
-    group.add_argument("--ridge", type=nonnegative_float, default=0.0,
-                       help="ridge added to K's diagonal (default: 0, interpolation)")
+    group.add_argument(
+        "--kernel",
+        choices=("ntk", "nngp"),
+        default="ntk",
+        help="ntk: network trained by gradient descent; nngp: only its readout (default: ntk)",
+    )
+    group.add_argument(
+        "--depth",
+        type=positive_int,
+        default=1,
+        help="hidden ReLU layers (default: 1, the mission formula)",
+    )
+    group.add_argument(
+        "--w-std",
+        type=nonnegative_float,
+        default=1.0,
+        help="weight standard deviation (default: 1)",
+    )
+    group.add_argument(
+        "--b-std", type=nonnegative_float, default=0.0, help="bias standard deviation (default: 0)"
+    )
+    group.add_argument(
+        "--ridge",
+        type=nonnegative_float,
+        default=0.0,
+        help="ridge added to K's diagonal (default: 0, interpolation)",
+    )
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
     """``--out`` and ``--quiet``."""
-    parser.add_argument("--out", default="ntkdemo-out",
-                        help="folder for metrics.json and figures (default: ntkdemo-out)")
+    parser.add_argument(
+        "--out",
+        default="ntkdemo-out",
+        help="folder for metrics.json and figures (default: ntkdemo-out)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the errors")
 
 
@@ -149,15 +185,22 @@ def load_from_options(options, say: Console, **overrides):
     say(f"loading {source} ...")
     start = time.perf_counter()
     sample = load_sample(
-        source, per_class_option(settings["train_per_class"]), per_class_option(settings["test_per_class"]),
-        settings["classes"], settings["seed"],
-        image_column=settings["image_column"], label_column=settings["label_column"],
-        train_split=settings["train_split"], test_split=settings["test_split"],
+        source,
+        per_class_option(settings["train_per_class"]),
+        per_class_option(settings["test_per_class"]),
+        settings["classes"],
+        settings["seed"],
+        image_column=settings["image_column"],
+        label_column=settings["label_column"],
+        train_split=settings["train_split"],
+        test_split=settings["test_split"],
     )
     elapsed = time.perf_counter() - start
-    say(f"dataset {sample.dataset}: {len(sample.y_train)} train x {len(sample.y_test)} test "
+    say(
+        f"dataset {sample.dataset}: {len(sample.y_train)} train x {len(sample.y_test)} test "
         f"images, {sample.n_classes} classes, {sample.X_train.shape[1]} features "
-        f"(loaded in {elapsed:.2f} s)")
+        f"(loaded in {elapsed:.2f} s)"
+    )
     return sample, elapsed
 
 

@@ -50,80 +50,126 @@ def positive_float(text: str) -> float:
 def add_commands(commands) -> list[str]:
     """Register the theory subcommands on an ``add_subparsers`` object; return their names."""
     curve = commands.add_parser(
-        "curve", help="test accuracy against training-set size (NTK, NNGP, RBF SVC)",
+        "curve",
+        help="test accuracy against training-set size (NTK, NNGP, RBF SVC)",
         description="Test accuracy of kernel regression with the NTK and the NNGP of depth "
-                    "1-3 against training images per class, with an RBF SVC on the same "
-                    "nested samples. One kernel per depth serves every size.")
+        "1-3 against training images per class, with an RBF SVC on the same "
+        "nested samples. One kernel per depth serves every size.",
+    )
     add_data_options(curve, train=200, test=50)
-    curve.add_argument("--sizes", type=int_list, default=None,
-                       help="training images per class to evaluate (default: about 10 sizes "
-                            "from 1 to --train-per-class, evenly spaced in log)")
-    curve.add_argument("--depths", type=int_list, default=[1, 2, 3],
-                       help="hidden-layer counts (default: 1,2,3)")
+    curve.add_argument(
+        "--sizes",
+        type=int_list,
+        default=None,
+        help="training images per class to evaluate (default: about 10 sizes "
+        "from 1 to --train-per-class, evenly spaced in log)",
+    )
+    curve.add_argument(
+        "--depths", type=int_list, default=[1, 2, 3], help="hidden-layer counts (default: 1,2,3)"
+    )
     curve.add_argument("--no-svc", action="store_true", help="skip the RBF SVC baseline")
     add_output_options(curve)
     curve.set_defaults(handler=command_curve)
 
     dynamics = commands.add_parser(
-        "dynamics", help="loss and accuracy against gradient-descent time t, in closed form",
+        "dynamics",
+        help="loss and accuracy against gradient-descent time t, in closed form",
         description="Train and test loss and accuracy of the infinite network against "
-                    "training time t (f_t = K(x,X) K^-1 (I - exp(-t K/m)) Y, learning rate 1, "
-                    "m = number of targets), for the NTK (whole network trained) and the NNGP "
-                    "(readout only). One eigendecomposition per kernel serves every t.")
+        "training time t (f_t = K(x,X) K^-1 (I - exp(-t K/m)) Y, learning rate 1, "
+        "m = number of targets), for the NTK (whole network trained) and the NNGP "
+        "(readout only). One eigendecomposition per kernel serves every t.",
+    )
     add_data_options(dynamics, train=100, test=50)
-    dynamics.add_argument("--depth", type=positive_int, default=1, help="hidden layers (default: 1)")
-    dynamics.add_argument("--t-min", type=positive_float, default=1.0,
-                          help="first time (default: 1)")
-    dynamics.add_argument("--t-max", type=positive_float, default=1e7,
-                          help="last time (default: 1e7)")
-    dynamics.add_argument("--points", type=positive_int, default=29,
-                          help="times, evenly spaced in log (default: 29)")
+    dynamics.add_argument(
+        "--depth", type=positive_int, default=1, help="hidden layers (default: 1)"
+    )
+    dynamics.add_argument(
+        "--t-min", type=positive_float, default=1.0, help="first time (default: 1)"
+    )
+    dynamics.add_argument(
+        "--t-max", type=positive_float, default=1e7, help="last time (default: 1e7)"
+    )
+    dynamics.add_argument(
+        "--points", type=positive_int, default=29, help="times, evenly spaced in log (default: 29)"
+    )
     add_output_options(dynamics)
     dynamics.set_defaults(handler=command_dynamics)
 
     spectrum = commands.add_parser(
-        "spectrum", help="eigenvalues of the NTK Gram matrix and the norm bound",
+        "spectrum",
+        help="eigenvalues of the NTK Gram matrix and the norm bound",
         description="Eigenvalues of the NTK Gram matrix of the training sample and of "
-                    "equally spaced points on the unit circle, and the complexity measure "
-                    "sqrt(y' K^-1 y / n) against n on a two-class task, for true and "
-                    "permuted labels.")
+        "equally spaced points on the unit circle, and the complexity measure "
+        "sqrt(y' K^-1 y / n) against n on a two-class task, for true and "
+        "permuted labels.",
+    )
     add_data_options(spectrum, train=100, test=1)
-    spectrum.add_argument("--circle-points", type=positive_int, default=256,
-                          help="points on the unit circle (default: 256)")
-    spectrum.add_argument("--bound-classes", type=class_list, default=[1, 3],
-                          help="the two classes of the bound's task (default: 1,3)")
-    spectrum.add_argument("--bound-per-class", type=positive_int, default=300,
-                          help="largest images per class for the bound (default: 300)")
+    spectrum.add_argument(
+        "--circle-points",
+        type=positive_int,
+        default=256,
+        help="points on the unit circle (default: 256)",
+    )
+    spectrum.add_argument(
+        "--bound-classes",
+        type=class_list,
+        default=[1, 3],
+        help="the two classes of the bound's task (default: 1,3)",
+    )
+    spectrum.add_argument(
+        "--bound-per-class",
+        type=positive_int,
+        default=300,
+        help="largest images per class for the bound (default: 300)",
+    )
     add_output_options(spectrum)
     spectrum.set_defaults(handler=command_spectrum)
 
     verify = commands.add_parser(
-        "verify", help="the formula against random finite networks (Monte Carlo)",
+        "verify",
+        help="the formula against random finite networks (Monte Carlo)",
         description="The analytic one-layer NTK against the empirical NTK (exact inner "
-                    "products of parameter gradients) of randomly initialised networks of "
-                    "width m; the relative error falls like m^-1/2.")
+        "products of parameter gradients) of randomly initialised networks of "
+        "width m; the relative error falls like m^-1/2.",
+    )
     add_data_options(verify, train=20, test=1)
-    verify.add_argument("--widths", type=int_list, default=[16, 64, 256, 1024, 4096, 16384],
-                        help="hidden widths (default: 16,64,...,16384)")
-    verify.add_argument("--repeats", type=positive_int, default=3,
-                        help="random networks per width (default: 3)")
+    verify.add_argument(
+        "--widths",
+        type=int_list,
+        default=[16, 64, 256, 1024, 4096, 16384],
+        help="hidden widths (default: 16,64,...,16384)",
+    )
+    verify.add_argument(
+        "--repeats", type=positive_int, default=3, help="random networks per width (default: 3)"
+    )
     add_output_options(verify)
     verify.set_defaults(handler=command_verify)
 
     compare = commands.add_parser(
-        "compare-network", help="trained finite networks against the NTK prediction",
+        "compare-network",
+        help="trained finite networks against the NTK prediction",
         description="The only place a network exists, as evidence: one-hidden-layer ReLU "
-                    "networks in NTK parameterisation trained by full-batch gradient descent "
-                    "on 0.5*sum((f-Y)^2)/Y.size, compared with the infinite network at the "
-                    "same time t = learning rate x steps.")
+        "networks in NTK parameterisation trained by full-batch gradient descent "
+        "on 0.5*sum((f-Y)^2)/Y.size, compared with the infinite network at the "
+        "same time t = learning rate x steps.",
+    )
     add_data_options(compare, train=20, test=50)
-    compare.add_argument("--widths", type=int_list, default=[16, 64, 256, 1024, 4096],
-                         help="hidden widths (default: 16,64,256,1024,4096)")
-    compare.add_argument("--steps", type=positive_int, default=200,
-                         help="gradient-descent steps (default: 200)")
-    compare.add_argument("--learning-rate", type=positive_float, default=None,
-                         help="step size (default: Y.size / largest eigenvalue of the NTK "
-                              "Gram matrix, half the stability limit)")
+    compare.add_argument(
+        "--widths",
+        type=int_list,
+        default=[16, 64, 256, 1024, 4096],
+        help="hidden widths (default: 16,64,256,1024,4096)",
+    )
+    compare.add_argument(
+        "--steps", type=positive_int, default=200, help="gradient-descent steps (default: 200)"
+    )
+    compare.add_argument(
+        "--learning-rate",
+        type=positive_float,
+        default=None,
+        help="step size (default: Y.size / largest eigenvalue of the NTK "
+        "Gram matrix, half the stability limit)",
+    )
     add_output_options(compare)
     compare.set_defaults(handler=command_compare_network)
     return ["curve", "dynamics", "spectrum", "verify", "compare-network"]
@@ -148,14 +194,25 @@ def command_curve(options) -> int:
     say(f"kernels at depths {options.depths}, sizes per class {sizes} ...")
     curve = learning_curve(sample, sizes, depths=options.depths, svc_baseline=not options.no_svc)
     models = list(curve.accuracy)
-    print_table(say, ["per class", *models],
-                [[int(size), *(float(curve.accuracy[m][i]) for m in models)]
-                 for i, size in enumerate(curve.sizes)])
-    write_outputs(out, "curve", {
-        "dataset": sample.dataset, "sizes_per_class": curve.sizes.tolist(),
-        "test_images": len(sample.y_test),
-        "accuracy": {name: values.tolist() for name, values in curve.accuracy.items()},
-    }, learning_curve_figure(curve.sizes, curve.accuracy, sample.n_classes))
+    print_table(
+        say,
+        ["per class", *models],
+        [
+            [int(size), *(float(curve.accuracy[m][i]) for m in models)]
+            for i, size in enumerate(curve.sizes)
+        ],
+    )
+    write_outputs(
+        out,
+        "curve",
+        {
+            "dataset": sample.dataset,
+            "sizes_per_class": curve.sizes.tolist(),
+            "test_images": len(sample.y_test),
+            "accuracy": {name: values.tolist() for name, values in curve.accuracy.items()},
+        },
+        learning_curve_figure(curve.sizes, curve.accuracy, sample.n_classes),
+    )
     say(f"wrote curve.json and curve.png to {out}/")
     return 0
 
@@ -175,8 +232,12 @@ def command_dynamics(options) -> int:
     sample, _ = load_from_options(options, say)
     times = np.geomspace(options.t_min, options.t_max, options.points)
     curve = training_curve(sample, times, depth=options.depth)
-    header = ["t"] + [f"{name} {split} {what}" for name in ("NTK", "NNGP")
-                      for what in ("loss", "acc") for split in ("train", "test")]
+    header = ["t"] + [
+        f"{name} {split} {what}"
+        for name in ("NTK", "NNGP")
+        for what in ("loss", "acc")
+        for split in ("train", "test")
+    ]
     rows = []
     for i, t in enumerate(curve.times):
         row: list[object] = [f"{t:.3g}"]
@@ -185,13 +246,22 @@ def command_dynamics(options) -> int:
             row += [float(curve.accuracy[name][s][i]) for s in ("train", "test")]
         rows.append(row)
     print_table(say, header, rows)
-    write_outputs(out, "dynamics", {
-        "dataset": sample.dataset, "depth": options.depth, "learning_rate": 1.0,
-        "normalisation_m": int(len(sample.y_train) * sample.n_classes),
-        "times": curve.times.tolist(),
-        "loss": {k: {s: v.tolist() for s, v in d.items()} for k, d in curve.loss.items()},
-        "accuracy": {k: {s: v.tolist() for s, v in d.items()} for k, d in curve.accuracy.items()},
-    }, training_curve_figure(curve.times, curve.loss, curve.accuracy))
+    write_outputs(
+        out,
+        "dynamics",
+        {
+            "dataset": sample.dataset,
+            "depth": options.depth,
+            "learning_rate": 1.0,
+            "normalisation_m": int(len(sample.y_train) * sample.n_classes),
+            "times": curve.times.tolist(),
+            "loss": {k: {s: v.tolist() for s, v in d.items()} for k, d in curve.loss.items()},
+            "accuracy": {
+                k: {s: v.tolist() for s, v in d.items()} for k, d in curve.accuracy.items()
+            },
+        },
+        training_curve_figure(curve.times, curve.loss, curve.accuracy),
+    )
     say(f"wrote dynamics.json and dynamics.png to {out}/")
     return 0
 
@@ -212,26 +282,50 @@ def command_spectrum(options) -> int:
     sample, _ = load_from_options(options, say)
     data_eigenvalues = np.linalg.eigvalsh(ntk(sample.X_train))[::-1]
     circle_eigenvalues = np.linalg.eigvalsh(ntk(circle_points(options.circle_points)))[::-1]
-    pair, _ = load_from_options(options, say, classes=options.bound_classes,
-                                train_per_class=options.bound_per_class, test_per_class=1)
+    pair, _ = load_from_options(
+        options,
+        say,
+        classes=options.bound_classes,
+        train_per_class=options.bound_per_class,
+        test_per_class=1,
+    )
     signs = np.where(pair.y_train == 0, -1.0, 1.0)
     n_max = len(signs)
     sizes = np.unique(np.geomspace(10, n_max, 8).round().astype(int))
     bound = norm_bound_curve(pair.X_train, signs, sizes, np.random.default_rng([options.seed, 1]))
     say("eigenvalues of the training NTK Gram matrix (decreasing):")
-    picks = sorted({i for i in (1, 2, 10, 100, 1000) if i <= len(data_eigenvalues)}
-                   | {len(data_eigenvalues)})
-    print_table(say, ["index", "eigenvalue"], [[i, f"{data_eigenvalues[i - 1]:.4g}"] for i in picks])
+    picks = sorted(
+        {i for i in (1, 2, 10, 100, 1000) if i <= len(data_eigenvalues)} | {len(data_eigenvalues)}
+    )
+    print_table(
+        say, ["index", "eigenvalue"], [[i, f"{data_eigenvalues[i - 1]:.4g}"] for i in picks]
+    )
     say(f"\nsqrt(y' K^-1 y / n) on {pair.class_names[0]} vs {pair.class_names[1]}:")
-    print_table(say, ["n", *bound], [[int(n), *(float(v[i]) for v in bound.values())]
-                                     for i, n in enumerate(sizes)])
-    write_outputs(out, "spectrum", {
-        "dataset": sample.dataset, "train_eigenvalues": data_eigenvalues.tolist(),
-        "circle_points": options.circle_points, "circle_eigenvalues": circle_eigenvalues.tolist(),
-        "bound_classes": list(pair.class_names), "bound_sizes": sizes.tolist(),
-        "bound": {name: values.tolist() for name, values in bound.items()},
-    }, spectrum_panels_figure(data_eigenvalues, circle_eigenvalues, sizes, bound,
-                              data_label=f"{Path(sample.dataset).name} training Gram"))
+    print_table(
+        say,
+        ["n", *bound],
+        [[int(n), *(float(v[i]) for v in bound.values())] for i, n in enumerate(sizes)],
+    )
+    write_outputs(
+        out,
+        "spectrum",
+        {
+            "dataset": sample.dataset,
+            "train_eigenvalues": data_eigenvalues.tolist(),
+            "circle_points": options.circle_points,
+            "circle_eigenvalues": circle_eigenvalues.tolist(),
+            "bound_classes": list(pair.class_names),
+            "bound_sizes": sizes.tolist(),
+            "bound": {name: values.tolist() for name, values in bound.items()},
+        },
+        spectrum_panels_figure(
+            data_eigenvalues,
+            circle_eigenvalues,
+            sizes,
+            bound,
+            data_label=f"{Path(sample.dataset).name} training Gram",
+        ),
+    )
     say(f"wrote spectrum.json and spectrum.png to {out}/")
     return 0
 
@@ -246,16 +340,30 @@ def command_verify(options) -> int:
     out = prepare_out_dir(options.out)
     sample, _ = load_from_options(options, say)
     say(f"empirical NTK of random networks on {len(sample.y_train)} images ...")
-    result = monte_carlo_error(sample.X_train, options.widths, repeats=options.repeats,
-                               rng=np.random.default_rng([options.seed, 1]))
-    print_table(say, ["width", "mean rel. error", "std"],
-                [[int(w), float(e.mean()), float(e.std())]
-                 for w, e in zip(result.widths, result.errors)])
+    result = monte_carlo_error(
+        sample.X_train,
+        options.widths,
+        repeats=options.repeats,
+        rng=np.random.default_rng([options.seed, 1]),
+    )
+    print_table(
+        say,
+        ["width", "mean rel. error", "std"],
+        [[int(w), float(e.mean()), float(e.std())] for w, e in zip(result.widths, result.errors)],
+    )
     say(f"fitted slope of log(error) against log(width): {result.slope:.3f} (theory: -0.5)")
-    write_outputs(out, "verify", {
-        "dataset": sample.dataset, "images": len(sample.y_train),
-        "widths": result.widths.tolist(), "errors": result.errors.tolist(), "slope": result.slope,
-    }, monte_carlo_figure(result.widths, result.errors, result.slope))
+    write_outputs(
+        out,
+        "verify",
+        {
+            "dataset": sample.dataset,
+            "images": len(sample.y_train),
+            "widths": result.widths.tolist(),
+            "errors": result.errors.tolist(),
+            "slope": result.slope,
+        },
+        monte_carlo_figure(result.widths, result.errors, result.slope),
+    )
     say(f"wrote verify.json and verify.png to {out}/")
     return 0
 
@@ -270,25 +378,48 @@ def command_compare_network(options) -> int:
     out = prepare_out_dir(options.out)
     sample, _ = load_from_options(options, say)
     say(f"training networks of widths {options.widths} for {options.steps} steps ...")
-    result = compare_with_networks(sample, options.widths, steps=options.steps,
-                                   rng=np.random.default_rng([options.seed, 1]),
-                                   learning_rate=options.learning_rate)
-    say(f"learning rate {result.learning_rate:.4g}, {result.steps} steps (t = {result.time:.4g}): "
+    result = compare_with_networks(
+        sample,
+        options.widths,
+        steps=options.steps,
+        rng=np.random.default_rng([options.seed, 1]),
+        learning_rate=options.learning_rate,
+    )
+    say(
+        f"learning rate {result.learning_rate:.4g}, {result.steps} steps (t = {result.time:.4g}): "
         f"infinite network test accuracy {result.kernel_accuracy:.4f} after the same steps, "
         f"{result.flow_accuracy:.4f} after gradient flow to t "
-        f"(distance {result.discretisation:.3f}, from finite steps)")
-    print_table(say, ["width", "network acc", "agreement", "output distance"],
-                [[int(w), float(a), float(g), float(d)] for w, a, g, d in zip(
-                    result.widths, result.network_accuracy, result.agreement,
-                    result.output_distance)])
-    write_outputs(out, "compare-network", {
-        "dataset": sample.dataset, "widths": result.widths.tolist(),
-        "network_accuracy": result.network_accuracy.tolist(),
-        "agreement": result.agreement.tolist(), "output_distance": result.output_distance.tolist(),
-        "kernel_accuracy": result.kernel_accuracy, "flow_accuracy": result.flow_accuracy,
-        "discretisation": result.discretisation, "time": result.time,
-        "learning_rate": result.learning_rate, "steps": result.steps,
-    }, network_comparison_figure(result.widths, result.agreement, result.network_accuracy,
-                                 result.kernel_accuracy))
+        f"(distance {result.discretisation:.3f}, from finite steps)"
+    )
+    print_table(
+        say,
+        ["width", "network acc", "agreement", "output distance"],
+        [
+            [int(w), float(a), float(g), float(d)]
+            for w, a, g, d in zip(
+                result.widths, result.network_accuracy, result.agreement, result.output_distance
+            )
+        ],
+    )
+    write_outputs(
+        out,
+        "compare-network",
+        {
+            "dataset": sample.dataset,
+            "widths": result.widths.tolist(),
+            "network_accuracy": result.network_accuracy.tolist(),
+            "agreement": result.agreement.tolist(),
+            "output_distance": result.output_distance.tolist(),
+            "kernel_accuracy": result.kernel_accuracy,
+            "flow_accuracy": result.flow_accuracy,
+            "discretisation": result.discretisation,
+            "time": result.time,
+            "learning_rate": result.learning_rate,
+            "steps": result.steps,
+        },
+        network_comparison_figure(
+            result.widths, result.agreement, result.network_accuracy, result.kernel_accuracy
+        ),
+    )
     say(f"wrote compare-network.json and compare-network.png to {out}/")
     return 0

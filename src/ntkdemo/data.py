@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -186,12 +186,20 @@ def load_sample(
 
     rng_train, rng_test = np.random.default_rng(seed).spawn(2)
     train_rows = balanced_indices(
-        labels_train, train_per_class, chosen_classes, rng_train,
-        split=train_split, class_names=class_names,
+        labels_train,
+        train_per_class,
+        chosen_classes,
+        rng_train,
+        split=train_split,
+        class_names=class_names,
     )
     test_rows = balanced_indices(
-        labels_test, test_per_class, chosen_classes, rng_test,
-        split=test_split, class_names=class_names,
+        labels_test,
+        test_per_class,
+        chosen_classes,
+        rng_test,
+        split=test_split,
+        class_names=class_names,
     )
     relabel = {label: position for position, label in enumerate(chosen_classes)}
     X_train = decode_images(train, train_rows, image_column, source, train_split)

@@ -15,7 +15,12 @@ NTK this is the whole network trained; with the NNGP only its readout layer. ``t
 gives the zero function and ``t = inf`` kernel regression ``K(x,X) K^{-1} Y``.
 
 One eigendecomposition :math:`K = V \Lambda V^\top` serves every t:
-:math:`K^{-1}(I - e^{-\eta t K/m}) = V\,\mathrm{diag}\big(-\mathrm{expm1}(-\eta t \lambda/m)/\lambda\big)V^\top`,
+
+.. math::
+
+    K^{-1}(I - e^{-\eta t K/m})
+    = V\,\mathrm{diag}\big(-\mathrm{expm1}(-\eta t \lambda/m)/\lambda\big)V^\top,
+
 with eigenvalues clamped at 0 and a null eigenvalue contributing nothing (for a PSD
 kernel :math:`K(x, X)v = 0` when :math:`Kv = 0`).
 """
@@ -100,7 +105,10 @@ class GradientDescentDynamics:
         smallest, largest = self.eigenvalues_[0], self.eigenvalues_[-1]
         condition = float(largest / smallest) if smallest > 0 else float("inf")
         return KernelSolution(
-            self.dual_coefficients(time), 0.0, 0.0, condition,
+            self.dual_coefficients(time),
+            0.0,
+            0.0,
+            condition,
             f"infinite network after gradient-descent time t = {time:g} "
             f"(learning rate {self.learning_rate:g}, m = {self.normalisation_})",
             method="eigendecomposition",

@@ -24,4 +24,3 @@ class DatasetError(NTKDemoError, ValueError):
 
 class MemoryPlanError(NTKDemoError, MemoryError):
     """The requested problem does not fit in the memory allowed."""
-

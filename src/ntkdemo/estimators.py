@@ -42,8 +42,15 @@ class _KernelModel(BaseEstimator):
         self.time = time
 
     def _kernel(self, X, Y=None):
-        return kernel_matrix(X, Y, kernel=self.kernel, depth=self.depth, w_std=self.w_std,
-                             b_std=self.b_std, reference_scale=self.time is not None)
+        return kernel_matrix(
+            X,
+            Y,
+            kernel=self.kernel,
+            depth=self.depth,
+            w_std=self.w_std,
+            b_std=self.b_std,
+            reference_scale=self.time is not None,
+        )
 
     def _fit_targets(self, X, targets):
         check_positive_int("depth", self.depth)

@@ -12,8 +12,8 @@ network (:mod:`ntkdemo.network`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -144,7 +144,7 @@ def circle_points(n: int) -> np.ndarray:
 
 
 def norm_bound_curve(
-    X: np.ndarray, y: np.ndarray, sizes: Sequence[int], rng: np.random.Generator
+    X: np.ndarray, y: np.ndarray, sizes: Sequence[int] | np.ndarray, rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
     r"""The complexity measure :math:`\sqrt{y^\top K^{-1} y / n}` of Arora et al. (2019).
 
@@ -238,7 +238,11 @@ class NetworkComparison:
 
 
 def compare_with_networks(
-    sample: Sample, widths: Sequence[int], *, steps: int, rng: np.random.Generator,
+    sample: Sample,
+    widths: Sequence[int],
+    *,
+    steps: int,
+    rng: np.random.Generator,
     learning_rate: float | None = None,
 ) -> NetworkComparison:
     """Train one-hidden-layer networks by full-batch gradient descent and compare.
@@ -267,17 +271,23 @@ def compare_with_networks(
     widths_array = np.array([check_positive_int("width", w) for w in widths])
     accuracy, agreement, distance = [], [], []
     for width in widths_array:
-        net = OneHiddenLayerNet.initialise(X_train.shape[1], int(width), sample.n_classes, rng,
-                                           symmetric=True)
+        net = OneHiddenLayerNet.initialise(
+            X_train.shape[1], int(width), sample.n_classes, rng, symmetric=True
+        )
         train_network(net, X_train, targets, learning_rate=learning_rate, steps=steps)
         outputs = net(X_test)
         accuracy.append(np.mean(outputs.argmax(axis=1) == sample.y_test))
         agreement.append(np.mean(outputs.argmax(axis=1) == kernel_labels))
         distance.append(np.linalg.norm(outputs - kernel_outputs) / np.linalg.norm(kernel_outputs))
     return NetworkComparison(
-        widths_array, np.array(accuracy), np.array(agreement), np.array(distance),
+        widths_array,
+        np.array(accuracy),
+        np.array(agreement),
+        np.array(distance),
         float(np.mean(kernel_labels == sample.y_test)),
         float(np.mean(flow_outputs.argmax(axis=1) == sample.y_test)),
         float(np.linalg.norm(flow_outputs - kernel_outputs) / np.linalg.norm(flow_outputs)),
-        time, learning_rate, steps,
+        time,
+        learning_rate,
+        steps,
     )

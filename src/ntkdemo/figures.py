@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -38,7 +38,8 @@ def prediction_grid(
         wrong = y_true[index] != y_pred[index]
         axes.set_title(
             f"true: {class_names[y_true[index]]}\npred: {class_names[y_pred[index]]}",
-            fontsize=7, color="crimson" if wrong else "black",
+            fontsize=7,
+            color="crimson" if wrong else "black",
         )
         axes.set_xticks([])
         axes.set_yticks([])
@@ -63,8 +64,15 @@ def confusion_figure(confusion: np.ndarray, class_names: Sequence[str]) -> Figur
     axes.set_ylabel("true class")
     threshold = confusion.max() / 2
     for (row, col), value in np.ndenumerate(confusion):
-        axes.text(col, row, str(value), ha="center", va="center", fontsize=7,
-                  color="white" if value > threshold else "black")
+        axes.text(
+            col,
+            row,
+            str(value),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if value > threshold else "black",
+        )
     axes.set_title("Confusion matrix")
     return figure
 
@@ -93,7 +101,9 @@ def _picture_shape(n_pixels: int) -> tuple[int, ...]:
     return (1, n_pixels)
 
 
-def learning_curve_figure(sizes: np.ndarray, accuracy: dict[str, np.ndarray], n_classes: int) -> Figure:
+def learning_curve_figure(
+    sizes: np.ndarray, accuracy: dict[str, np.ndarray], n_classes: int
+) -> Figure:
     """Test accuracy against training images per class (log x axis), one line per model."""
     figure = Figure(figsize=(7, 4.5))
     axes = figure.add_subplot()
@@ -131,8 +141,12 @@ def training_curve_figure(times: np.ndarray, loss: dict, accuracy: dict) -> Figu
 
 
 def spectrum_panels_figure(
-    data_eigenvalues: np.ndarray, circle_eigenvalues: np.ndarray,
-    sizes: np.ndarray, bound: dict[str, np.ndarray], *, data_label: str = "training Gram",
+    data_eigenvalues: np.ndarray,
+    circle_eigenvalues: np.ndarray,
+    sizes: np.ndarray,
+    bound: dict[str, np.ndarray],
+    *,
+    data_label: str = "training Gram",
 ) -> Figure:
     """Three panels: the data Gram spectrum, the unit-circle spectrum, and the norm bound.
 
@@ -169,8 +183,14 @@ def monte_carlo_figure(widths: np.ndarray, errors: np.ndarray, slope: float) -> 
     figure = Figure(figsize=(6, 4.2))
     axes = figure.add_subplot()
     mean = errors.mean(axis=1)
-    axes.loglog(np.repeat(widths, errors.shape[1]), errors.ravel(), ".", color="C0", alpha=0.4,
-                label="one random network")
+    axes.loglog(
+        np.repeat(widths, errors.shape[1]),
+        errors.ravel(),
+        ".",
+        color="C0",
+        alpha=0.4,
+        label="one random network",
+    )
     axes.loglog(widths, mean, "o-", color="C0", label="mean over draws")
     intercept = np.log(mean).mean() - slope * np.log(widths).mean()
     axes.loglog(widths, np.exp(intercept) * widths**slope, "k--", label=f"fit: slope {slope:.2f}")
@@ -182,14 +202,20 @@ def monte_carlo_figure(widths: np.ndarray, errors: np.ndarray, slope: float) -> 
     return figure
 
 
-def network_comparison_figure(widths: np.ndarray, agreement: np.ndarray,
-                              network_accuracy: np.ndarray, kernel_accuracy: float) -> Figure:
+def network_comparison_figure(
+    widths: np.ndarray, agreement: np.ndarray, network_accuracy: np.ndarray, kernel_accuracy: float
+) -> Figure:
     """Agreement and accuracy of trained networks against width, with the kernel's accuracy."""
     figure = Figure(figsize=(6.5, 4.2))
     axes = figure.add_subplot()
     axes.semilogx(widths, agreement, "o-", label="agreement with the infinite network")
     axes.semilogx(widths, network_accuracy, "s-", label="network test accuracy")
-    axes.axhline(kernel_accuracy, color="k", linestyle="--", label="infinite network test accuracy (same steps)")
+    axes.axhline(
+        kernel_accuracy,
+        color="k",
+        linestyle="--",
+        label="infinite network test accuracy (same steps)",
+    )
     axes.set_xlabel("hidden width m")
     axes.set_ylabel("fraction of test images")
     axes.set_title("Trained finite networks approach the kernel")

@@ -29,14 +29,14 @@ slower with them).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator
 
 import numba
 import numpy as np
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+    numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
 
 from .errors import InvalidInputError, InvalidParameterError
 from .validation import check_matrix, check_nonnegative_float, check_positive_int, list_rows
@@ -99,8 +99,9 @@ def ntk(
 
     # All products first, then one map over the whole output: BLAS and numba threads
     # then take turns once instead of once per block (their idle spinning collides).
-    cosines = _assemble(fill, X_unit.shape[0], Y_unit, out, dtype, block_rows, progress,
-                        mirror=False)
+    cosines = _assemble(
+        fill, X_unit.shape[0], Y_unit, out, dtype, block_rows, progress, mirror=False
+    )
     if symmetric:
         np.fill_diagonal(cosines, 1.0)
     _ntk_of_cosine_inplace(cosines, _snap_tolerance(dtype), symmetric)
@@ -200,7 +201,10 @@ class _PairState:
 
 
 def _dense(state: _PairState, w_std: float, b_std: float) -> _PairState:
-    r"""Dense layer: :math:`K' = \sigma_w^2 K + \sigma_b^2`, :math:`\Theta' = K' + \sigma_w^2 \Theta`."""
+    r"""Dense layer on the pair and both diagonals.
+
+    :math:`K' = \sigma_w^2 K + \sigma_b^2` and :math:`\Theta' = K' + \sigma_w^2\Theta`.
+    """
     w2, b2 = w_std**2, b_std**2
     q12 = w2 * state.q12 + b2
     return replace(
@@ -284,9 +288,11 @@ def fc_kernels(
     w_std = check_nonnegative_float("w_std", w_std)
     b_std = check_nonnegative_float("b_std", b_std)
     X_checked = check_matrix("X", X).astype(np.float64, copy=False)
-    Y_checked = None if Y is None else check_matrix(
-        "Y", Y, n_features=X_checked.shape[1]
-    ).astype(np.float64, copy=False)
+    Y_checked = (
+        None
+        if Y is None
+        else check_matrix("Y", Y, n_features=X_checked.shape[1]).astype(np.float64, copy=False)
+    )
     other = X_checked if Y_checked is None else Y_checked
     n_features = X_checked.shape[1]
     sq_x = np.einsum("ij,ij->i", X_checked, X_checked) / n_features
@@ -305,7 +311,9 @@ def fc_kernels(
         block_out[...] = state.ntk
         nngp[rows, cols] = state.q12
 
-    ntk_matrix = _assemble(fill, X_checked.shape[0], Y_checked, None, np.float64, block_rows, progress)
+    ntk_matrix = _assemble(
+        fill, X_checked.shape[0], Y_checked, None, np.float64, block_rows, progress
+    )
     if Y_checked is None:
         _mirror_upper(nngp)
     return nngp, ntk_matrix
@@ -353,7 +361,7 @@ def _products(X, other, rows, cols, diagonal, out):
     if diagonal:
         width = rows.stop - rows.start
         np.matmul(X[rows], X[rows].T, out=out[:, :width])
-        np.matmul(X[rows], other[rows.stop:cols.stop].T, out=out[:, width:])
+        np.matmul(X[rows], other[rows.stop : cols.stop].T, out=out[:, width:])
     else:
         np.matmul(X[rows], other[cols].T, out=out)
     return out
@@ -403,7 +411,11 @@ def kernel_matrix(
     Y_unit = None if Y is None else unit_rows(Y, "Y", n_features=X_unit.shape[1])
     scale = np.sqrt(X_unit.shape[1])
     nngp, ntk_matrix = fc_kernels(
-        X_unit * scale, None if Y_unit is None else Y_unit * scale,
-        depth=depth, w_std=w_std, b_std=b_std, progress=progress,
+        X_unit * scale,
+        None if Y_unit is None else Y_unit * scale,
+        depth=depth,
+        w_std=w_std,
+        b_std=b_std,
+        progress=progress,
     )
     return ntk_matrix if kernel == "ntk" else nngp

@@ -40,8 +40,15 @@ class OneHiddenLayerNet:
     readout: np.ndarray
 
     @classmethod
-    def initialise(cls, n_features: int, width: int, n_outputs: int,
-                   rng: np.random.Generator, *, symmetric: bool = False) -> "OneHiddenLayerNet":
+    def initialise(
+        cls,
+        n_features: int,
+        width: int,
+        n_outputs: int,
+        rng: np.random.Generator,
+        *,
+        symmetric: bool = False,
+    ) -> OneHiddenLayerNet:
         """Standard normal parameters.
 
         With ``symmetric=True`` hidden units come in pairs with equal input weights and
@@ -52,10 +59,12 @@ class OneHiddenLayerNet:
         if symmetric:
             half = rng.standard_normal((n_features, (width + 1) // 2))
             readout_half = rng.standard_normal((half.shape[1], n_outputs))
-            return cls(np.hstack([half, half])[:, :width],
-                       np.vstack([readout_half, -readout_half])[:width])
-        return cls(rng.standard_normal((n_features, width)),
-                   rng.standard_normal((width, n_outputs)))
+            return cls(
+                np.hstack([half, half])[:, :width], np.vstack([readout_half, -readout_half])[:width]
+            )
+        return cls(
+            rng.standard_normal((n_features, width)), rng.standard_normal((width, n_outputs))
+        )
 
     @property
     def width(self) -> int:

@@ -5,15 +5,15 @@ Returns arrays and timings; printing and files are the command line's business.
 
 from __future__ import annotations
 
-from time import perf_counter
 from dataclasses import dataclass, field
+from time import perf_counter
 
 import numpy as np
 
 from .data import Sample
-from .evaluate import ClassificationReport, evaluate
 from .dynamics import GradientDescentDynamics
 from .errors import InvalidParameterError
+from .evaluate import ClassificationReport, evaluate
 from .kernels import kernel_matrix
 from .regression import KernelSolution, one_hot, predict, solve
 
@@ -84,8 +84,14 @@ def run_demo(
             f"ridge={ridge:g} and time={time:g} cannot be combined: the time is that of "
             "plain gradient descent; drop one of them"
         )
-    spec = dict(kernel=kernel, depth=depth, w_std=w_std, b_std=b_std,
-                reference_scale=time is not None, progress=progress)
+    spec = dict(
+        kernel=kernel,
+        depth=depth,
+        w_std=w_std,
+        b_std=b_std,
+        reference_scale=time is not None,
+        progress=progress,
+    )
     timings = {}
     start = perf_counter()
     K_train = kernel_matrix(sample.X_train, **spec)

@@ -22,9 +22,7 @@ def check_positive_int(name: str, value: object) -> int:
             f"{name} must be a whole number >= 1, got {value!r}; pass e.g. {name}=10"
         )
     if value < 1:
-        raise InvalidParameterError(
-            f"{name} must be >= 1, got {value}; pass a positive count"
-        )
+        raise InvalidParameterError(f"{name} must be >= 1, got {value}; pass a positive count")
     return int(value)
 
 
@@ -39,9 +37,7 @@ def check_nonnegative_float(name: str, value: object) -> float:
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise InvalidParameterError(
-            f"{name} must be a number >= 0, got {value!r}"
-        ) from None
+        raise InvalidParameterError(f"{name} must be a number >= 0, got {value!r}") from None
     if not math.isfinite(number) or number < 0:
         raise InvalidParameterError(
             f"{name} must be a finite number >= 0, got {value!r}; use 0 for none"
@@ -71,9 +67,7 @@ def check_matrix(name: str, array: object, *, n_features: int | None = None) -> 
         try:
             matrix = matrix.astype(np.float64, copy=False)
         except (TypeError, ValueError):
-            raise InvalidInputError(
-                f"{name} must hold numbers, got dtype {matrix.dtype}"
-            ) from None
+            raise InvalidInputError(f"{name} must hold numbers, got dtype {matrix.dtype}") from None
     if matrix.ndim != 2:
         raise InvalidInputError(
             f"{name} must be 2-D (n_samples, n_features), got shape {matrix.shape}; "
