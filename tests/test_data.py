@@ -107,3 +107,61 @@ def test_folder_without_image_column(tmp_path):
 def test_environment_variable_sets_default(tiny_dataset, monkeypatch):
     monkeypatch.setenv("NTKDEMO_DATASET", str(tiny_dataset))
     assert load_sample(None, 2, 1).dataset == str(tiny_dataset)
+
+
+def test_other_shapes_columns_and_splits(tmp_path, capsys):
+    """An RGB, CIFAR-like dataset with other column and split names runs unchanged."""
+    import json
+
+    from conftest import random_images, write_image_dataset
+    from ntkdemo.cli import main
+
+    rng = np.random.default_rng(8)
+    labels = np.repeat([0, 1, 2, 3], 6)
+    folder = write_image_dataset(
+        tmp_path / "rgb",
+        {
+            "fit": (random_images(rng, labels, (6, 5, 3)), labels),
+            "holdout": (random_images(rng, labels, (6, 5, 3)), labels),
+        },
+        ["plane", "car", "bird", "cat"],
+        image_column="img",
+        label_column="fine_label",
+    )
+    sample = load_sample(str(folder), 4, 2, train_split="fit", test_split="holdout")
+    assert sample.X_train.shape == (16, 90) and sample.image_shape == (6, 5, 3)
+    assert sample.class_names == ("plane", "car", "bird", "cat")
+    out = tmp_path / "out"
+    code = main(
+        [
+            "--dataset",
+            str(folder),
+            "--train-split",
+            "fit",
+            "--test-split",
+            "holdout",
+            "--train-per-class",
+            "5",
+            "--test-per-class",
+            "3",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["sizes"] == {"train": 20, "test": 12, "features": 90}
+    assert metrics["train_accuracy"] == 1.0
+
+
+def test_dataset_without_a_test_split_says_so(tmp_path):
+    from conftest import random_images, write_image_dataset
+
+    rng = np.random.default_rng(9)
+    labels = np.repeat([0, 1], 4)
+    folder = write_image_dataset(
+        tmp_path / "only", {"train": (random_images(rng, labels), labels)}, ["a", "b"]
+    )
+    with pytest.raises(DatasetError, match=r"has no 'test' split \(splits: train\); choose one"):
+        load_sample(str(folder), 2, 2)

@@ -191,7 +191,13 @@ def _write_run(out: Path, options, sample, result) -> None:
         },
     )
     save_figure(
-        prediction_grid(sample.X_test, sample.y_test, result.test_predictions, sample.class_names),
+        prediction_grid(
+            sample.X_test,
+            sample.y_test,
+            result.test_predictions,
+            sample.class_names,
+            image_shape=sample.image_shape,
+        ),
         out / "predictions.png",
     )
     save_figure(confusion_figure(test.confusion, sample.class_names), out / "confusion.png")

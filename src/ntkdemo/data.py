@@ -43,6 +43,9 @@ class Sample:
         Row of each sample in its split, in sample order.
     dataset : str
         Hub id or folder the sample came from.
+    image_shape : tuple of int
+        Shape of one decoded image, ``(height, width)`` or ``(height, width, channels)``;
+        ``X_train[i].reshape(image_shape)`` is the picture.
     """
 
     X_train: np.ndarray
@@ -54,6 +57,7 @@ class Sample:
     train_indices: np.ndarray
     test_indices: np.ndarray
     dataset: str
+    image_shape: tuple[int, ...] = ()
 
     @property
     def n_classes(self) -> int:
@@ -202,8 +206,8 @@ def load_sample(
         class_names=class_names,
     )
     relabel = {label: position for position, label in enumerate(chosen_classes)}
-    X_train = decode_images(train, train_rows, image_column, source, train_split)
-    X_test = decode_images(test, test_rows, image_column, source, test_split)
+    X_train, image_shape = decode_images(train, train_rows, image_column, source, train_split)
+    X_test, _ = decode_images(test, test_rows, image_column, source, test_split)
     if X_train.shape[1] != X_test.shape[1]:
         raise DatasetError(
             f"{source!r}: {train_split!r} images have {X_train.shape[1]} values but "
@@ -219,6 +223,7 @@ def load_sample(
         train_indices=train_rows,
         test_indices=test_rows,
         dataset=source,
+        image_shape=image_shape,
     )
 
 
@@ -299,12 +304,16 @@ def find_columns(split, source: str, image_column: str | None, label_column: str
 
 def decode_images(
     split, rows: np.ndarray, image_column: str, source: str, split_name: str = "train"
-) -> np.ndarray:
+) -> tuple[np.ndarray, tuple[int, ...]]:
     """Decode the images of ``rows`` only and flatten them to float64 in [0, 1].
+
+    Grayscale, RGB or any other mode: the pixel array is flattened as it is decoded.
 
     Returns
     -------
-    ndarray of shape (len(rows), n_pixels)
+    images : ndarray of shape (len(rows), n_values)
+    image_shape : tuple of int
+        Shape of one image before flattening.
 
     Raises
     ------
@@ -332,7 +341,7 @@ def decode_images(
             "are blank (all zero): a blank image has no direction, so the normalised NTK is "
             "undefined; remove them from the dataset or draw another sample with --seed"
         )
-    return flat
+    return flat, tuple(stacked.shape[1:])
 
 
 def _check_per_class(name: str, value: int | str | None) -> int | None:

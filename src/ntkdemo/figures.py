@@ -14,6 +14,7 @@ def prediction_grid(
     y_pred: np.ndarray,
     class_names: Sequence[str],
     *,
+    image_shape: tuple[int, ...] = (),
     n_shown: int = 40,
     columns: int = 8,
 ) -> Figure:
@@ -21,20 +22,29 @@ def prediction_grid(
 
     Parameters
     ----------
-    images : ndarray of shape (n_samples, n_pixels)
-        Flattened square grayscale images (or RGB, ``n_pixels = 3 s^2``).
+    images : ndarray of shape (n_samples, n_values)
+        Flattened images with values in [0, 1].
     y_true, y_pred : ndarray of shape (n_samples,)
     class_names : sequence of str
+    image_shape : tuple of int, optional
+        Shape of one image (``Sample.image_shape``): (h, w) is drawn in gray, (h, w, 3)
+        in colour. Default: a one-pixel-high strip.
     n_shown, columns : int
         How many images, and how many per row.
     """
     count = min(n_shown, len(images))
     rows = -(-count // columns)
     figure = Figure(figsize=(1.6 * columns, 2.2 * rows))
-    shape = _picture_shape(images.shape[1])
+    shape = image_shape or (1, images.shape[1])
     for index in range(count):
         axes = figure.add_subplot(rows, columns, index + 1)
-        axes.imshow(images[index].reshape(shape), cmap="gray_r", vmin=0, vmax=1, aspect="auto")
+        axes.imshow(
+            images[index].reshape(shape),
+            cmap="gray_r",
+            vmin=0,
+            vmax=1,
+            aspect="equal" if image_shape else "auto",
+        )
         wrong = y_true[index] != y_pred[index]
         axes.set_title(
             f"true: {class_names[y_true[index]]}\npred: {class_names[y_pred[index]]}",
@@ -90,15 +100,6 @@ def spectrum_figure(eigenvalues: np.ndarray, *, label: str = "K(X, X)") -> Figur
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
     return figure
-
-
-def _picture_shape(n_pixels: int) -> tuple[int, ...]:
-    """Shape of a flattened square image: (s, s), (s, s, 3), or a strip (1, n)."""
-    for channels in (1, 3):
-        side = int(round(np.sqrt(n_pixels / channels)))
-        if side * side * channels == n_pixels:
-            return (side, side) if channels == 1 else (side, side, 3)
-    return (1, n_pixels)
 
 
 def learning_curve_figure(
