@@ -54,3 +54,47 @@ def test_negative_ridge_rejected(problem):
 
 def test_one_hot():
     np.testing.assert_array_equal(one_hot(np.array([2, 0]), 3), [[0, 0, 1], [1, 0, 0]])
+
+
+def test_in_place_factorisation_matches_and_survives_a_failed_attempt(problem):
+    K, Y = problem
+    X = np.random.default_rng(3).normal(size=(40, 9))
+    for matrix, targets in ((K, Y), (ntk(np.vstack([X, X])), np.vstack([Y, Y]))):
+        original = matrix.copy()
+        copied = solve(matrix, targets, ridge=0.0)
+        np.testing.assert_array_equal(matrix, original)  # default: K untouched
+        in_place = solve(matrix, targets, overwrite_k=True)
+        assert in_place.jitter == copied.jitter  # the failed try was undone
+        np.testing.assert_allclose(in_place.coef, copied.coef, rtol=0, atol=1e-12)
+        assert in_place.condition_number == pytest.approx(copied.condition_number)
+
+
+def test_refined_cg_from_float32_storage_reaches_float64_quality():
+    from ntkdemo.iterative import solve_refined
+    from ntkdemo.kernels import ntk_times
+
+    rng = np.random.default_rng(4)
+    X = rng.random((600, 50)) ** 3  # image-like: positive, correlated
+    Y = one_hot(rng.integers(0, 4, 600), 4)
+    K = ntk(X)
+    exact = solve(K, Y)
+    refined, fitted = solve_refined(
+        ntk(X, dtype=np.float32), Y, lambda V: ntk_times(X, X, V), rank=100
+    )
+    np.testing.assert_allclose(fitted, K @ refined.coef, rtol=0, atol=1e-12)
+    assert np.linalg.norm(Y - K @ refined.coef) <= 1e-6 * np.linalg.norm(Y)
+    np.testing.assert_allclose(
+        refined.coef, exact.coef, rtol=0, atol=1e-4 * np.abs(exact.coef).max()
+    )
+    plain32 = np.linalg.solve(ntk(X, dtype=np.float32).astype(float), Y)
+    assert np.linalg.norm(Y - K @ plain32) > 10 * np.linalg.norm(Y - K @ refined.coef)
+    assert "refinement" in refined.message and "CG" in refined.method
+
+
+def test_ntk_times_streams_the_product():
+    from ntkdemo.kernels import ntk_times
+
+    rng = np.random.default_rng(5)
+    X, Z, V = rng.normal(size=(37, 6)), rng.normal(size=(23, 6)), rng.normal(size=(23, 3))
+    np.testing.assert_allclose(ntk_times(X, Z, V, block_rows=8), ntk(X, Z) @ V, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ntk_times(Z, Z, V), ntk(Z) @ V, rtol=0, atol=1e-12)

@@ -23,6 +23,7 @@ from .cli_common import (
     add_kernel_options,
     add_output_options,
     load_from_options,
+    memory_size,
     time_value,
     versions,
 )
@@ -56,6 +57,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
     )
     add_data_options(run, train=100, test=50)
     add_kernel_options(run)
+    run.add_argument(
+        "--max-memory",
+        type=memory_size,
+        default=None,
+        metavar="SIZE",
+        help="cap on the memory the run may plan for, e.g. 16GB (default: 90%% of free memory)",
+    )
+    run.add_argument(
+        "--solver",
+        choices=("auto", "cholesky", "cg"),
+        default="auto",
+        help="cholesky: float64 kernel factorised in place; cg: float32 kernel, "
+        "preconditioned conjugate gradients refined to float64 quality; auto (default): "
+        "cholesky when it fits the memory plan",
+    )
     run.add_argument(
         "--time",
         type=time_value,
@@ -95,12 +111,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def command_run(options) -> int:
     """``ntkdemo run``: the end-to-end demo."""
+    from .memory import plan_memory
     from .outputs import prepare_out_dir
     from .pipeline import run_demo
 
     say = Console(options.quiet)
     out = prepare_out_dir(options.out)
-    sample, load_seconds = load_from_options(options, say)
+    plans = []
+
+    def check_memory(n_train: int, n_test: int, n_values: int, n_classes: int) -> None:
+        plan = plan_memory(
+            n_train,
+            n_test,
+            n_values,
+            n_classes,
+            max_memory=options.max_memory,
+            solver=options.solver,
+        )
+        say(plan.describe())
+        plans.append(plan)
+
+    sample, load_seconds = load_from_options(options, say, before_decoding=check_memory)
     result = run_demo(
         sample,
         ridge=options.ridge,
@@ -109,7 +140,9 @@ def command_run(options) -> int:
         w_std=options.w_std,
         b_std=options.b_std,
         time=options.time,
-        progress=say.progress("kernel blocks"),
+        plan=plans[0],
+        progress=say.progress,
+        report=say,
     )
     result.timings = {"load": load_seconds, **result.timings}
     _print_run(say, sample, result)
@@ -124,10 +157,12 @@ def _print_run(say: Console, sample, result) -> None:
         + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items())
     )
     solution = result.solution
-    say(
-        f"solve: {solution.method} of K(X,X) + {solution.ridge:g} I, "
+    condition = (
         f"condition number ~ {solution.condition_number:.3g}"
+        if np.isfinite(solution.condition_number) or solution.condition_number == np.inf
+        else "condition number not estimated by the iterative solver"
     )
+    say(f"solve: {solution.method} of K(X,X) + {solution.ridge:g} I, {condition}")
     if solution.message:
         say(f"note: {solution.message}")
     test, train = result.test_report, result.train_report
@@ -153,7 +188,7 @@ def _write_run(out: Path, options, sample, result) -> None:
     from .figures import confusion_figure, prediction_grid, spectrum_figure
     from .outputs import save_figure, write_json
 
-    eigenvalues = np.linalg.eigvalsh(result.K_train)
+    eigenvalues = result.eigenvalues
     test, train = result.test_report, result.train_report
     write_json(
         out / "metrics.json",
@@ -178,11 +213,18 @@ def _write_run(out: Path, options, sample, result) -> None:
             "per_class_accuracy": dict(zip(sample.class_names, test.per_class_accuracy.tolist())),
             "confusion": test.confusion.tolist(),
             "solver": {
+                "method": result.solution.method,
                 "ridge": result.solution.ridge,
                 "jitter": result.solution.jitter,
-                "condition_number": result.solution.condition_number,
+                "condition_number": _json_number(result.solution.condition_number),
                 "smallest_eigenvalue": float(eigenvalues[0]),
+                "spectrum_rows": result.spectrum_rows,
                 "message": result.solution.message,
+            },
+            "memory_plan": {
+                "solver": result.plan.solver,
+                "kernel_bytes": result.plan.kernel_bytes,
+                "estimated_peak_bytes": result.plan.total_bytes,
             },
             "timings_seconds": result.timings,
             "versions": versions(),
@@ -201,4 +243,14 @@ def _write_run(out: Path, options, sample, result) -> None:
         out / "predictions.png",
     )
     save_figure(confusion_figure(test.confusion, sample.class_names), out / "confusion.png")
-    save_figure(spectrum_figure(eigenvalues), out / "spectrum.png")
+    label = (
+        "K(X, X)"
+        if result.spectrum_rows == len(sample.y_train)
+        else f"K of the first {result.spectrum_rows} training images"
+    )
+    save_figure(spectrum_figure(eigenvalues, label=label), out / "spectrum.png")
+
+
+def _json_number(value: float) -> float | str:
+    """Finite floats as they are; inf and NaN as strings (JSON has no such numbers)."""
+    return value if np.isfinite(value) else str(value)

@@ -70,6 +70,17 @@ def time_value(text: str) -> float:
     return value
 
 
+def memory_size(text: str) -> int:
+    """Parse ``--max-memory``: bytes, or a number with KB/MB/GB/TB."""
+    from .errors import InvalidParameterError
+    from .memory import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except InvalidParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def positive_int(text: str) -> int:
     """Parse a whole number >= 1."""
     try:
@@ -176,8 +187,11 @@ class Console:
         return lambda iterable: tqdm(iterable, desc=description, leave=False, unit="block")
 
 
-def load_from_options(options, say: Console, **overrides):
-    """Load the sample the options describe (``overrides`` replace options), timing it."""
+def load_from_options(options, say: Console, before_decoding=None, **overrides):
+    """Load the sample the options describe (``overrides`` replace options), timing it.
+
+    ``before_decoding`` is passed to :func:`ntkdemo.data.load_sample`.
+    """
     from .data import load_sample, resolve_dataset
 
     settings = {**vars(options), **overrides}
@@ -194,6 +208,7 @@ def load_from_options(options, say: Console, **overrides):
         label_column=settings["label_column"],
         train_split=settings["train_split"],
         test_split=settings["test_split"],
+        before_decoding=before_decoding,
     )
     elapsed = time.perf_counter() - start
     say(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,6 +140,7 @@ def load_sample(
     label_column: str | None = None,
     train_split: str = "train",
     test_split: str = "test",
+    before_decoding: Callable[[int, int, int, int], None] | None = None,
 ) -> Sample:
     """Draw a class-balanced, seeded sample of train and test images.
 
@@ -161,6 +162,10 @@ def load_sample(
         ``ClassLabel`` column) when omitted.
     train_split, test_split : str, default="train" and "test"
         Split names.
+    before_decoding : callable, optional
+        Called as ``before_decoding(n_train, n_test, n_values, n_classes)`` once rows are
+        chosen and before the images are decoded (e.g. to check a memory plan); it
+        may raise to stop.
 
     Returns
     -------
@@ -206,6 +211,9 @@ def load_sample(
         class_names=class_names,
     )
     relabel = {label: position for position, label in enumerate(chosen_classes)}
+    if before_decoding is not None:
+        first, _ = decode_images(train, train_rows[:1], image_column, source, train_split)
+        before_decoding(len(train_rows), len(test_rows), first.shape[1], len(chosen_classes))
     X_train, image_shape = decode_images(train, train_rows, image_column, source, train_split)
     X_test, _ = decode_images(test, test_rows, image_column, source, test_split)
     if X_train.shape[1] != X_test.shape[1]:

@@ -106,8 +106,50 @@ def ntk(
         np.fill_diagonal(cosines, 1.0)
     _ntk_of_cosine_inplace(cosines, _snap_tolerance(dtype), symmetric)
     if symmetric:
-        _mirror_upper(cosines)
+        mirror_upper(cosines)
     return cosines
+
+
+def ntk_times(
+    X: np.ndarray,
+    Y: np.ndarray,
+    V: np.ndarray,
+    *,
+    block_rows: int = 1024,
+    progress: Callable[[Iterator], Iterator] | None = None,
+) -> np.ndarray:
+    """``ntk(X, Y) @ V`` in float64, without ever holding ``ntk(X, Y)``.
+
+    Row blocks of ``block_rows`` are computed (one product, one map), multiplied by
+    ``V`` and dropped: memory is one block of ``block_rows * len(Y)`` entries. This
+    streams test predictions and the float64 residuals of :mod:`ntkdemo.iterative`.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples_X, n_features)
+    Y : array-like of shape (n_samples_Y, n_features)
+    V : ndarray of shape (n_samples_Y, n_columns)
+    block_rows : int, default=1024
+    progress : callable, optional
+        Wraps the block iterator.
+
+    Returns
+    -------
+    ndarray of shape (n_samples_X, n_columns)
+    """
+    X_unit = unit_rows(X, "X")
+    Y_unit = unit_rows(Y, "Y", n_features=X_unit.shape[1])
+    block_rows = check_positive_int("block_rows", block_rows)
+    result = np.empty((X_unit.shape[0], V.shape[1]))
+    workspace = np.empty((min(block_rows, X_unit.shape[0]), Y_unit.shape[0]))
+    starts = range(0, X_unit.shape[0], block_rows)
+    for start in progress(starts) if progress else starts:
+        rows = slice(start, min(start + block_rows, X_unit.shape[0]))
+        block = workspace[: rows.stop - rows.start]
+        np.matmul(X_unit[rows], Y_unit.T, out=block)
+        _ntk_of_cosine_inplace(block, _snap_tolerance(np.float64), False)
+        np.matmul(block, V, out=result[rows])
+    return result
 
 
 def ntk_of_cosine(k: np.ndarray) -> np.ndarray:
@@ -168,8 +210,12 @@ def _ntk_of_cosine_inplace(block, snap, upper_only):  # pragma: no cover - compi
 
 
 @numba.njit(parallel=True, cache=True)
-def _mirror_upper(matrix, tile=64):  # pragma: no cover - compiled
-    """Copy the upper triangle of a square matrix onto the lower one, tile by tile."""
+def mirror_upper(matrix, tile=64):  # pragma: no cover - compiled
+    """Copy the strict upper triangle of a square matrix onto the lower one, in tiles.
+
+    Two threads, no temporary: used to finish symmetric kernels and to undo a failed
+    in-place Cholesky (:func:`ntkdemo.regression.solve`).
+    """
     n = matrix.shape[0]
     n_tiles = (n + tile - 1) // tile
     for position in numba.prange(n_tiles):
@@ -315,7 +361,7 @@ def fc_kernels(
         fill, X_checked.shape[0], Y_checked, None, np.float64, block_rows, progress
     )
     if Y_checked is None:
-        _mirror_upper(nngp)
+        mirror_upper(nngp)
     return nngp, ntk_matrix
 
 
@@ -347,7 +393,7 @@ def _assemble(fill, n_rows, Y, out, dtype, block_rows, progress, *, mirror=True)
         cols = slice(start, n_cols) if symmetric else slice(0, n_cols)
         fill(out[rows, cols], rows, cols, symmetric)
     if symmetric and mirror:
-        _mirror_upper(out)
+        mirror_upper(out)
     return out
 
 

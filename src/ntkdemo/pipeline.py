@@ -1,10 +1,13 @@
 """The demo as one call: kernel, solve and predict on a :class:`~ntkdemo.data.Sample`.
 
-Returns arrays and timings; printing and files are the command line's business.
+Returns arrays and timings; printing and files are the command line's business. The
+memory plan (:mod:`ntkdemo.memory`) decides how the training kernel is stored and
+solved; test predictions are always streamed in blocks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import perf_counter
 
@@ -12,10 +15,12 @@ import numpy as np
 
 from .data import Sample
 from .dynamics import GradientDescentDynamics
-from .errors import InvalidParameterError
+from .errors import InvalidParameterError, MemoryPlanError
 from .evaluate import ClassificationReport, evaluate
-from .kernels import kernel_matrix
-from .regression import KernelSolution, one_hot, predict, solve
+from .iterative import solve_refined
+from .kernels import kernel_matrix, ntk_times
+from .memory import MemoryPlan, plan_memory
+from .regression import KernelSolution, one_hot, solve
 
 
 @dataclass
@@ -24,22 +29,28 @@ class DemoResult:
 
     Attributes
     ----------
-    K_train : ndarray of shape (n_train, n_train)
-        Training Gram matrix.
     test_scores, train_scores : ndarray of shape (n, n_classes)
         Kernel-regression outputs.
     solution : KernelSolution
     test_report, train_report : ClassificationReport
+    eigenvalues : ndarray
+        Eigenvalues of the training Gram matrix (ascending), or of its leading
+        ``spectrum_rows`` rows and columns when the sample is larger.
+    spectrum_rows : int
+        Size of the matrix behind ``eigenvalues``.
+    plan : MemoryPlan
     timings : dict of str to float
-        Seconds spent in each stage (``kernel``, ``solve``, ``predict``).
+        Seconds spent in each stage (``spectrum``, ``kernel``, ``solve``, ``predict``).
     """
 
-    K_train: np.ndarray
     test_scores: np.ndarray
     train_scores: np.ndarray
     solution: KernelSolution
     test_report: ClassificationReport
     train_report: ClassificationReport
+    eigenvalues: np.ndarray
+    spectrum_rows: int
+    plan: MemoryPlan
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -57,7 +68,10 @@ def run_demo(
     w_std: float = 1.0,
     b_std: float = 0.0,
     time: float | None = None,
-    progress=None,
+    plan: MemoryPlan | None = None,
+    spectrum_rows: int = 2000,
+    progress: Callable[[str], Callable | None] | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> DemoResult:
     """Kernel regression with one-hot targets on a sample, timed stage by stage.
 
@@ -72,8 +86,16 @@ def run_demo(
         (:mod:`ntkdemo.dynamics`, learning rate 1) replaces the converged one. The
         kernel is then in neural-tangents' scale (``reference_scale=True``), which
         fixes what a unit of time means. Cannot be combined with a ridge.
+    plan : MemoryPlan, optional
+        Default: :func:`ntkdemo.memory.plan_memory` for this sample and free memory.
+        With ``plan.solver == "cg"`` (float32 storage) only the default kernel and
+        ``time=None`` are available.
+    spectrum_rows : int, default=2000
+        Largest Gram matrix whose eigenvalues are computed for the spectrum.
     progress : callable, optional
-        Wraps the kernel's block iterator (a progress bar).
+        ``progress(description)`` returns a wrapper for a block iterator, or None.
+    report : callable, optional
+        Receives progress lines of the iterative solver.
 
     Returns
     -------
@@ -84,38 +106,81 @@ def run_demo(
             f"ridge={ridge:g} and time={time:g} cannot be combined: the time is that of "
             "plain gradient descent; drop one of them"
         )
+    n_train, n_features = sample.X_train.shape
+    plan = plan or plan_memory(n_train, len(sample.y_test), n_features, sample.n_classes)
+    mission = kernel == "ntk" and (depth, w_std, b_std) == (1, 1.0, 0.0) and time is None
+    if plan.solver == "cg" and not mission:
+        raise MemoryPlanError(
+            f"{n_train} training images need the float32 iterative path, which serves the "
+            "default kernel at convergence only (no --kernel/--depth/--w-std/--b-std/--time); "
+            "use fewer images or the default kernel"
+        )
     spec = dict(
-        kernel=kernel,
-        depth=depth,
-        w_std=w_std,
-        b_std=b_std,
-        reference_scale=time is not None,
-        progress=progress,
+        kernel=kernel, depth=depth, w_std=w_std, b_std=b_std, reference_scale=time is not None
     )
-    timings = {}
+    targets = one_hot(sample.y_train, sample.n_classes)
+    timings: dict[str, float] = {}
+
     start = perf_counter()
-    K_train = kernel_matrix(sample.X_train, **spec)
-    K_test = kernel_matrix(sample.X_test, sample.X_train, **spec)
+    eigenvalues, shown = _spectrum(sample.X_train, spectrum_rows, spec)
+    timings["spectrum"] = perf_counter() - start
+
+    start = perf_counter()
+    K_train = kernel_matrix(
+        sample.X_train, dtype=plan.kernel_dtype, progress=_wrap(progress, "kernel blocks"), **spec
+    )
     timings["kernel"] = perf_counter() - start
 
     start = perf_counter()
-    targets = one_hot(sample.y_train, sample.n_classes)
-    if time is None:
-        solution = solve(K_train, targets, ridge=ridge)
+    if plan.solver == "cg":
+        solution, train_scores = solve_refined(
+            K_train,
+            targets,
+            lambda V: ntk_times(sample.X_train, sample.X_train, V),
+            ridge=ridge,
+            report=report,
+        )
+        del K_train
+    elif time is None:
+        solution = solve(K_train, targets, ridge=ridge, overwrite_k=True)
+        del K_train  # now the Cholesky factor
+        # K A = Y - (ridge + jitter) A exactly, so the train outputs need no second kernel
+        train_scores = targets - (solution.ridge + solution.jitter) * solution.coef
     else:
         solution = GradientDescentDynamics(K_train, targets).solution(time)
+        train_scores = K_train @ solution.coef
+        del K_train
     timings["solve"] = perf_counter() - start
 
     start = perf_counter()
-    test_scores = predict(K_test, solution)
-    train_scores = predict(K_train, solution)
+    if mission:
+        test_scores = ntk_times(
+            sample.X_test,
+            sample.X_train,
+            solution.coef,
+            progress=_wrap(progress, "prediction blocks"),
+        )
+    else:
+        test_scores = kernel_matrix(sample.X_test, sample.X_train, **spec) @ solution.coef
     timings["predict"] = perf_counter() - start
     return DemoResult(
-        K_train=K_train,
         test_scores=test_scores,
         train_scores=train_scores,
         solution=solution,
         test_report=evaluate(sample.y_test, test_scores.argmax(axis=1), sample.n_classes),
         train_report=evaluate(sample.y_train, train_scores.argmax(axis=1), sample.n_classes),
+        eigenvalues=eigenvalues,
+        spectrum_rows=shown,
+        plan=plan,
         timings=timings,
     )
+
+
+def _spectrum(X: np.ndarray, rows: int, spec: dict) -> tuple[np.ndarray, int]:
+    """Eigenvalues of the Gram matrix of the first ``rows`` training images."""
+    shown = min(rows, len(X))
+    return np.linalg.eigvalsh(kernel_matrix(X[:shown], **spec)), shown
+
+
+def _wrap(progress, description: str):
+    return progress(description) if progress else None

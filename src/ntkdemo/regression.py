@@ -17,6 +17,7 @@ import numpy as np
 from scipy import linalg
 
 from .errors import InvalidInputError
+from .kernels import mirror_upper
 from .validation import check_nonnegative_float
 
 
@@ -62,7 +63,12 @@ def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def solve(
-    K: np.ndarray, Y: np.ndarray, *, ridge: float = 0.0, max_jitter_tries: int = 8
+    K: np.ndarray,
+    Y: np.ndarray,
+    *,
+    ridge: float = 0.0,
+    max_jitter_tries: int = 8,
+    overwrite_k: bool = False,
 ) -> KernelSolution:
     r"""Solve :math:`(K + \lambda I) A = Y` by Cholesky, with a jitter fallback.
 
@@ -74,13 +80,17 @@ def solve(
     Parameters
     ----------
     K : ndarray of shape (n_train, n_train)
-        Symmetric kernel matrix; not modified.
+        Symmetric kernel matrix.
     Y : ndarray of shape (n_train, n_outputs) or (n_train,)
         Targets.
     ridge : float, default=0.0
         :math:`\lambda \ge 0`.
     max_jitter_tries : int, default=8
         Give up after this many jitters (the largest is ``1e-5 tr(K)/n``).
+    overwrite_k : bool, default=False
+        Factorise ``K`` in place (no second n x n array: what lets the largest kernels
+        fit); ``K`` then holds the factor afterwards. A failed attempt is undone from
+        the triangle LAPACK does not touch, so the jitter fallback still works.
 
     Returns
     -------
@@ -97,14 +107,19 @@ def solve(
         raise InvalidInputError(
             f"K must be square and match Y: got K {K.shape} and Y with {len(Y)} rows"
         )
-    scale = float(np.trace(K)) / n
+    diagonal = np.diagonal(K).copy()
+    scale = float(diagonal.sum()) / n
+    # K is symmetric: its transpose is the same matrix, Fortran-ordered when K is
+    # C-ordered, which LAPACK factorises in place (its lower triangle = K's upper one).
+    work = (K if overwrite_k else K.copy()).T
+    norm_1 = _column_abs_sum_max(work) + ridge
     jitter, message = 0.0, ""
     for attempt in range(max_jitter_tries + 1):
-        system = K + (ridge + jitter) * np.eye(n, dtype=K.dtype)
-        norm_1 = float(np.abs(system).sum(axis=0).max())
+        np.fill_diagonal(work, diagonal + ridge + jitter)
         try:
-            factor = linalg.cho_factor(system, lower=True, overwrite_a=True, check_finite=False)
+            factor = linalg.cho_factor(work, lower=True, overwrite_a=True, check_finite=False)
         except linalg.LinAlgError:
+            mirror_upper(work)  # potrf wrote only the lower triangle
             jitter = scale * 10.0 ** (attempt - 12)
             message = (
                 f"K + ridge*I is not numerically positive definite (ridge={ridge:g}); "
@@ -113,11 +128,20 @@ def solve(
             )
             continue
         coef = linalg.cho_solve(factor, Y, check_finite=False)
-        return KernelSolution(coef, ridge, jitter, _condition_number(factor[0], norm_1), message)
+        condition = _condition_number(factor[0], norm_1 + jitter)
+        return KernelSolution(coef, ridge, jitter, condition, message)
     raise InvalidInputError(
         f"K is not positive definite even with jitter {jitter:.3g}; "
         "check it for NaN or a wrong sign, or pass a larger ridge"
     )
+
+
+def _column_abs_sum_max(matrix: np.ndarray, block: int = 1024) -> float:
+    """``max_j sum_i |matrix[i, j]|`` (the 1-norm) in row blocks, without an n x n temporary."""
+    sums = np.zeros(matrix.shape[1])
+    for start in range(0, matrix.shape[0], block):
+        sums += np.abs(matrix[start : start + block]).sum(axis=0)
+    return float(sums.max())
 
 
 def predict(K_test_train: np.ndarray, solution: KernelSolution) -> np.ndarray:

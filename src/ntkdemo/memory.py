@@ -1,0 +1,196 @@
+"""The memory plan of a run: which solver and storage fit, decided before any allocation.
+
+A run holds the training kernel ``K(X, X)`` (``n^2`` entries) and small workspaces.
+Two strategies:
+
+* ``cholesky`` -- ``K`` in float64, factorised in place (``8 n^2`` bytes);
+* ``cg`` -- ``K`` stored in float32 (``4 n^2`` bytes) and solved by preconditioned
+  conjugate gradients, refined against float64 kernel products recomputed in blocks
+  (:mod:`ntkdemo.iterative`), so the answer keeps float64 quality.
+
+The plan picks ``cholesky`` when it fits the budget, else ``cg``; if neither fits it
+raises :class:`~ntkdemo.errors.MemoryPlanError` naming the largest training set that
+would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InvalidParameterError, MemoryPlanError
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1e3,
+    "KB": 1e3,
+    "M": 1e6,
+    "MB": 1e6,
+    "G": 1e9,
+    "GB": 1e9,
+    "T": 1e12,
+    "TB": 1e12,
+}
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How a run will store and solve its kernel.
+
+    Attributes
+    ----------
+    solver : {"cholesky", "cg"}
+    n_train, n_test : int
+    kernel_bytes : int
+        Bytes of the training kernel.
+    total_bytes : int
+        Estimated peak bytes of the run (kernel, inputs, workspaces).
+    budget_bytes : int
+        The limit the plan had to respect.
+    """
+
+    solver: str
+    n_train: int
+    n_test: int
+    kernel_bytes: int
+    total_bytes: int
+    budget_bytes: int
+
+    @property
+    def kernel_dtype(self) -> type:
+        """Storage type of the training kernel."""
+        return np.float64 if self.solver == "cholesky" else np.float32
+
+    def describe(self) -> str:
+        """One line for the console."""
+        how = (
+            "float64 kernel, Cholesky in place"
+            if self.solver == "cholesky"
+            else "float32 kernel storage, preconditioned conjugate gradients refined in float64"
+        )
+        return (
+            f"memory plan: {how}; kernel {format_bytes(self.kernel_bytes)}, peak about "
+            f"{format_bytes(self.total_bytes)} of {format_bytes(self.budget_bytes)} allowed"
+        )
+
+
+def parse_bytes(text: str) -> int:
+    """Parse a size such as ``"16GB"``, ``"500M"`` or ``"2e9"`` into bytes."""
+    cleaned = text.strip().upper().replace(" ", "")
+    number = cleaned.rstrip("KMGTB")
+    unit = cleaned[len(number) :]
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise InvalidParameterError(
+            f"cannot read the memory size {text!r}; write e.g. 16GB, 500MB or 2e9"
+        ) from None
+    if not np.isfinite(value) or value <= 0:
+        raise InvalidParameterError(f"the memory size must be > 0, got {text!r}")
+    return int(value)
+
+
+def format_bytes(count: float) -> str:
+    """``1.5e9`` -> ``"1.50 GB"``."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if count >= size:
+            return f"{count / size:.2f} {unit}"
+    return f"{int(count)} B"
+
+
+def estimate_bytes(
+    solver: str,
+    n_train: int,
+    n_test: int,
+    n_features: int,
+    n_outputs: int,
+    *,
+    block_rows: int = 1024,
+    rank: int = 1000,
+) -> int:
+    """Estimated peak bytes of a run with ``solver``.
+
+    Kernel (8 or 4 bytes per entry), inputs and their unit-norm copies (float64), a
+    block of ``block_rows`` streamed kernel rows, and for ``cg`` the rank-``rank``
+    preconditioner and the iteration vectors.
+    """
+    inputs = 2 * 8 * (n_train + n_test) * n_features
+    block = 8 * min(block_rows, max(n_train, n_test)) * n_train
+    vectors = 8 * 10 * n_train * n_outputs
+    if solver == "cholesky":
+        return 8 * n_train**2 + inputs + block + vectors
+    rank = min(rank, n_train)
+    preconditioner = 3 * 8 * n_train * rank + 8 * rank * rank
+    return 4 * n_train**2 + inputs + block + vectors + preconditioner
+
+
+def plan_memory(
+    n_train: int,
+    n_test: int,
+    n_features: int,
+    n_outputs: int,
+    *,
+    max_memory: int | None = None,
+    available: int | None = None,
+    solver: str = "auto",
+) -> MemoryPlan:
+    """Choose the solver and storage for a run, before anything large is allocated.
+
+    Parameters
+    ----------
+    n_train, n_test, n_features, n_outputs : int
+    max_memory : int, optional
+        Cap in bytes (``--max-memory``).
+    available : int, optional
+        Free memory in bytes; default ``psutil.virtual_memory().available``. The plan
+        keeps 10% of it in reserve.
+    solver : {"auto", "cholesky", "cg"}
+        ``auto`` takes ``cholesky`` when it fits, else ``cg``.
+
+    Raises
+    ------
+    MemoryPlanError
+        If the chosen (or every) solver needs more than the budget.
+    """
+    if solver not in ("auto", "cholesky", "cg"):
+        raise InvalidParameterError(f"solver must be 'auto', 'cholesky' or 'cg', got {solver!r}")
+    if available is None:
+        import psutil
+
+        available = int(psutil.virtual_memory().available)
+    budget = int(0.9 * available)
+    if max_memory is not None:
+        budget = min(budget, int(max_memory))
+    candidates = ["cholesky", "cg"] if solver == "auto" else [solver]
+    for candidate in candidates:
+        total = estimate_bytes(candidate, n_train, n_test, n_features, n_outputs)
+        if total <= budget:
+            kernel = (8 if candidate == "cholesky" else 4) * n_train**2
+            return MemoryPlan(candidate, n_train, n_test, kernel, total, budget)
+    cheapest = candidates[-1]
+    needed = estimate_bytes(cheapest, n_train, n_test, n_features, n_outputs)
+    largest = largest_training_set(budget, n_test, n_features, n_outputs, cheapest)
+    raise MemoryPlanError(
+        f"{n_train} training images need about {format_bytes(needed)} "
+        f"({'float64' if cheapest == 'cholesky' else 'float32'} kernel), more than the "
+        f"{format_bytes(budget)} allowed (free memory or --max-memory); the largest training "
+        f"set that fits is {largest} images"
+    )
+
+
+def largest_training_set(
+    budget: int, n_test: int, n_features: int, n_outputs: int, solver: str
+) -> int:
+    """Largest ``n_train`` whose estimate fits ``budget`` (bisection; 0 if none)."""
+    low, high = 0, 1
+    while estimate_bytes(solver, high, n_test, n_features, n_outputs) <= budget:
+        low, high = high, 2 * high
+    while high - low > 1:
+        middle = (low + high) // 2
+        if estimate_bytes(solver, middle, n_test, n_features, n_outputs) <= budget:
+            low = middle
+        else:
+            high = middle
+    return low
