@@ -29,7 +29,7 @@ slower with them).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 import numba
@@ -49,7 +49,7 @@ def ntk(
     dtype: type = np.float64,
     block_rows: int = 1024,
     out: np.ndarray | None = None,
-    progress: Callable[[Iterator], Iterator] | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
 ) -> np.ndarray:
     r"""One-hidden-layer ReLU NTK of the mission, on L2-normalised rows.
 
@@ -116,7 +116,7 @@ def ntk_times(
     V: np.ndarray,
     *,
     block_rows: int = 1024,
-    progress: Callable[[Iterator], Iterator] | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
 ) -> np.ndarray:
     """``ntk(X, Y) @ V`` in float64, without ever holding ``ntk(X, Y)``.
 
@@ -291,7 +291,7 @@ def fc_kernels(
     w_std: float = 1.0,
     b_std: float = 0.0,
     block_rows: int = 1024,
-    progress: Callable[[Iterator], Iterator] | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     r"""NNGP and NTK of an infinitely wide fully-connected ReLU network.
 
@@ -423,7 +423,7 @@ def kernel_matrix(
     b_std: float = 0.0,
     dtype: type = np.float64,
     reference_scale: bool = False,
-    progress: Callable[[Iterator], Iterator] | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
 ) -> np.ndarray:
     """The kernel a run uses, chosen by name.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from time import perf_counter
 
 import numpy as np
@@ -115,19 +116,25 @@ def run_demo(
             "default kernel at convergence only (no --kernel/--depth/--w-std/--b-std/--time); "
             "use fewer images or the default kernel"
         )
-    spec = dict(
-        kernel=kernel, depth=depth, w_std=w_std, b_std=b_std, reference_scale=time is not None
+    kernel_of = partial(
+        kernel_matrix,
+        kernel=kernel,
+        depth=depth,
+        w_std=w_std,
+        b_std=b_std,
+        reference_scale=time is not None,
     )
     targets = one_hot(sample.y_train, sample.n_classes)
     timings: dict[str, float] = {}
 
     start = perf_counter()
-    eigenvalues, shown = _spectrum(sample.X_train, spectrum_rows, spec)
+    shown = min(spectrum_rows, n_train)
+    eigenvalues = np.linalg.eigvalsh(kernel_of(sample.X_train[:shown]))
     timings["spectrum"] = perf_counter() - start
 
     start = perf_counter()
-    K_train = kernel_matrix(
-        sample.X_train, dtype=plan.kernel_dtype, progress=_wrap(progress, "kernel blocks"), **spec
+    K_train = kernel_of(
+        sample.X_train, dtype=plan.kernel_dtype, progress=_wrap(progress, "kernel blocks")
     )
     timings["kernel"] = perf_counter() - start
 
@@ -161,7 +168,7 @@ def run_demo(
             progress=_wrap(progress, "prediction blocks"),
         )
     else:
-        test_scores = kernel_matrix(sample.X_test, sample.X_train, **spec) @ solution.coef
+        test_scores = kernel_of(sample.X_test, sample.X_train) @ solution.coef
     timings["predict"] = perf_counter() - start
     return DemoResult(
         test_scores=test_scores,
@@ -174,12 +181,6 @@ def run_demo(
         plan=plan,
         timings=timings,
     )
-
-
-def _spectrum(X: np.ndarray, rows: int, spec: dict) -> tuple[np.ndarray, int]:
-    """Eigenvalues of the Gram matrix of the first ``rows`` training images."""
-    shown = min(rows, len(X))
-    return np.linalg.eigvalsh(kernel_matrix(X[:shown], **spec)), shown
 
 
 def _wrap(progress, description: str):
