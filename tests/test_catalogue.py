@@ -21,6 +21,7 @@ from ntkdemo.cli import main
 from ntkdemo.data import load_sample
 from ntkdemo.dynamics import gradient_descent_mean
 from ntkdemo.kernels import fc_kernels, ntk
+from ntkdemo.memory import plan_memory
 from ntkdemo.outputs import prepare_out_dir
 from ntkdemo.regression import solve
 
@@ -265,6 +266,13 @@ CASES = [
         lambda d: prepare_out_dir("/proc/ntkdemo-out"),
         errors.InvalidParameterError,
         "cannot write to --out '/proc/ntkdemo-out'.*choose a writable folder",
+    ),
+    Case(
+        "more than fits in memory",
+        ["--max-memory", "1KB"],
+        lambda d: plan_memory(12, 12, 64, 2, max_memory=1000),
+        errors.MemoryPlanError,
+        r"12 training images need about .* more than the 1000 B allowed|1.00 KB allowed",
     ),
     Case(
         "unknown split",

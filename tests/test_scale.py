@@ -1,0 +1,134 @@
+"""Scale: the memory plan, the float32 iterative path, whole splits."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from ntkdemo.cli import main
+from ntkdemo.errors import InvalidParameterError, MemoryPlanError
+from ntkdemo.memory import estimate_bytes, largest_training_set, parse_bytes, plan_memory
+
+
+@pytest.mark.parametrize(
+    "text, value", [("16GB", 16e9), ("500M", 5e8), ("2e9", 2e9), ("1.5 kb", 1500)]
+)
+def test_parse_bytes(text, value):
+    assert parse_bytes(text) == int(value)
+
+
+@pytest.mark.parametrize("text", ["lots", "-1GB", "0", "3XB"])
+def test_parse_bytes_rejects(text):
+    with pytest.raises(InvalidParameterError):
+        parse_bytes(text)
+
+
+def test_plan_prefers_cholesky_then_float32_then_refuses():
+    gb = 10**9
+    assert plan_memory(60_000, 10_000, 784, 10, available=100 * gb).solver == "cholesky"
+    plan = plan_memory(60_000, 10_000, 784, 10, available=24 * gb)
+    assert plan.solver == "cg" and plan.kernel_bytes == 4 * 60_000**2
+    assert plan.total_bytes < 18 * gb  # the issue's peak-memory target
+    with pytest.raises(MemoryPlanError, match=r"the largest training set that fits is \d+"):
+        plan_memory(60_000, 10_000, 784, 10, available=24 * gb, max_memory=10 * gb)
+
+
+def test_largest_training_set_is_tight():
+    budget = 10**9
+    n = largest_training_set(budget, 100, 784, 10, "cg")
+    assert (
+        estimate_bytes("cg", n, 100, 784, 10) <= budget < estimate_bytes("cg", n + 1, 100, 784, 10)
+    )
+
+
+def test_too_big_fails_fast_naming_the_limit(fashion_mnist, tmp_path, capsys):
+    start = time.perf_counter()
+    code = main(
+        [
+            "--dataset",
+            str(fashion_mnist),
+            "--train-per-class",
+            "all",
+            "--max-memory",
+            "100MB",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    elapsed = time.perf_counter() - start
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "8226 training images need about" in err and "100.00 MB allowed" in err
+    assert "largest training set that fits is" in err
+    assert elapsed < 3  # no image decoded: dataset opening and the label column only
+
+
+def test_cg_path_agrees_with_cholesky(tiny_dataset, tmp_path, capsys):
+    outputs = {}
+    for solver in ("cholesky", "cg"):
+        out = tmp_path / solver
+        assert (
+            main(
+                [
+                    "--dataset",
+                    str(tiny_dataset),
+                    "--train-per-class",
+                    "9",
+                    "--test-per-class",
+                    "5",
+                    "--solver",
+                    solver,
+                    "--out",
+                    str(out),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
+        outputs[solver] = json.loads((out / "metrics.json").read_text())
+    assert outputs["cg"]["memory_plan"]["solver"] == "cg"
+    assert outputs["cg"]["confusion"] == outputs["cholesky"]["confusion"]
+    assert "relative residual" in outputs["cg"]["solver"]["message"]
+
+
+def test_whole_local_split(fashion_mnist, tmp_path, capsys):
+    code = main(
+        [
+            "--dataset",
+            str(fashion_mnist),
+            "--train-per-class",
+            "all",
+            "--test-per-class",
+            "all",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["sizes"] == {"train": 8226, "test": 3000, "features": 784}
+    assert 0.86 <= metrics["test_accuracy"] <= 0.89  # 0.8767 measured
+    assert metrics["train_accuracy"] == 1.0
+    assert np.array(metrics["confusion"]).sum() == 3000
+
+
+def test_other_kernels_refuse_the_float32_path(tiny_dataset, tmp_path, capsys):
+    code = main(
+        [
+            "--dataset",
+            str(tiny_dataset),
+            "--train-per-class",
+            "9",
+            "--test-per-class",
+            "5",
+            "--solver",
+            "cg",
+            "--depth",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 2 and "serves the default kernel" in capsys.readouterr().err
