@@ -132,3 +132,29 @@ def test_help_and_version(capsys):
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith("ntkdemo ")
+
+
+def test_unexpected_failure_is_one_line(tiny_dataset, tmp_path, capsys, monkeypatch):
+    """A bug must not print a traceback either; NTKDEMO_DEBUG=1 shows it."""
+    import ntkdemo.pipeline
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(ntkdemo.pipeline, "run_demo", broken)
+    argv = [
+        "--dataset",
+        str(tiny_dataset),
+        "--out",
+        str(tmp_path),
+        "--train-per-class",
+        "3",
+        "--test-per-class",
+        "2",
+    ]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error: RuntimeError: simulated bug" in err
+    monkeypatch.setenv("NTKDEMO_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="simulated bug"):
+        main(argv)

@@ -107,6 +107,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ntkdemo: interrupted; files already written are complete", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(
+            "ntkdemo: error: ran out of memory; lower --max-memory below the free memory, "
+            "or use fewer images",
+            file=sys.stderr,
+        )
+        return 2
+    except Exception as exc:  # a bug, not a user error: one line, the traceback on request
+        if os.environ.get("NTKDEMO_DEBUG"):
+            raise
+        print(
+            f"ntkdemo: internal error: {type(exc).__name__}: {exc}; please report it "
+            "(NTKDEMO_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def command_run(options) -> int:
