@@ -184,7 +184,8 @@ class Console:
             return None
         from tqdm import tqdm
 
-        return lambda iterable: tqdm(iterable, desc=description, leave=False, unit="block")
+        unit = "iteration" if "iteration" in description else "block"
+        return lambda iterable: tqdm(iterable, desc=description, leave=False, unit=unit)
 
 
 def load_from_options(options, say: Console, before_decoding=None, **overrides):

@@ -28,7 +28,7 @@ two or three suffice for a relative residual of :math:`10^{-6}`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from scipy import linalg
@@ -82,12 +82,13 @@ def conjugate_gradients(
     tol: float,
     max_iter: int,
     ridge: float = 0.0,
+    progress: Callable[[Iterable], Iterable] | None = None,
 ) -> tuple[np.ndarray, int, float]:
     r"""Preconditioned CG on :math:`(K + \lambda I) X = B`, one column per right-hand side.
 
     Products with ``K`` run in its own dtype (float32 storage); vectors and scalars are
     float64. Stops when every column's residual, relative to its ``B`` column, is
-    below ``tol``.
+    below ``tol``. ``progress`` wraps the iteration counter (a progress bar).
 
     Returns
     -------
@@ -103,7 +104,8 @@ def conjugate_gradients(
     direction = preconditioned.copy()
     rho = np.einsum("ij,ij->j", residual, preconditioned)
     relative = 1.0
-    for iteration in range(1, max_iter + 1):
+    counter = range(1, max_iter + 1)
+    for iteration in progress(counter) if progress else counter:
         product = (K @ direction.astype(K.dtype)).astype(np.float64) + ridge * direction
         step = rho / np.einsum("ij,ij->j", direction, product)
         solution += step * direction
@@ -131,6 +133,7 @@ def solve_refined(
     max_iter: int = 1000,
     rng: np.random.Generator | None = None,
     report: Callable[[str], None] | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
 ) -> tuple[KernelSolution, np.ndarray]:
     r"""Solve :math:`(K + \lambda I) A = Y` to float64 quality from float32 storage.
 
@@ -154,6 +157,8 @@ def solve_refined(
         Draws the landmarks (default: seed 0).
     report : callable, optional
         Receives a line per refinement (the command line prints them).
+    progress : callable, optional
+        Wraps the CG iteration counter (a progress bar).
 
     Returns
     -------
@@ -172,7 +177,13 @@ def solve_refined(
     relative, total_iterations = 1.0, 0
     for refinement in range(1, max_refinements + 1):
         correction, iterations, _ = conjugate_gradients(
-            K32, residual, precondition, tol=inner_tol, max_iter=max_iter, ridge=ridge
+            K32,
+            residual,
+            precondition,
+            tol=inner_tol,
+            max_iter=max_iter,
+            ridge=ridge,
+            progress=progress,
         )
         total_iterations += iterations
         coef += correction

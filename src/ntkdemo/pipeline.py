@@ -143,9 +143,12 @@ def run_demo(
         solution, train_scores = solve_refined(
             K_train,
             targets,
-            lambda V: ntk_times(sample.X_train, sample.X_train, V),
+            lambda V: ntk_times(
+                sample.X_train, sample.X_train, V, progress=_wrap(progress, "residual blocks")
+            ),
             ridge=ridge,
             report=report,
+            progress=_wrap(progress, "CG iterations"),
         )
         del K_train
     elif time is None:
