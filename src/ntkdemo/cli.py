@@ -73,6 +73,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
         "cholesky when it fits the memory plan",
     )
     run.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: kernel, solve and predictions on a CUDA GPU through CuPy (installed "
+        "separately); default kernel at convergence only (default: cpu)",
+    )
+    run.add_argument(
         "--time",
         type=time_value,
         default=None,
@@ -127,15 +134,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def command_run(options) -> int:
     """``ntkdemo run``: the end-to-end demo."""
-    from .memory import plan_memory
+    from .memory import MemoryPlan, plan_memory
     from .outputs import prepare_out_dir
     from .pipeline import run_demo
 
     say = Console(options.quiet)
     out = prepare_out_dir(options.out)
-    plans = []
+    plans: list[MemoryPlan | None] = []
 
     def check_memory(n_train: int, n_test: int, n_values: int, n_classes: int) -> None:
+        if options.device == "cuda":
+            from .gpu import check_gpu_memory
+
+            needed = check_gpu_memory(n_train, n_values)
+            say(
+                f"memory plan: float64 kernel and Cholesky factor on the GPU, about "
+                f"{needed / 1e9:.2f} GB of GPU memory"
+            )
+            plans.append(None)
+            return
         plan = plan_memory(
             n_train,
             n_test,
@@ -157,6 +174,7 @@ def command_run(options) -> int:
         b_std=options.b_std,
         time=options.time,
         plan=plans[0],
+        device=options.device,
         progress=say.progress,
         report=say,
     )
@@ -176,7 +194,7 @@ def _print_run(say: Console, sample, result) -> None:
     condition = (
         f"condition number ~ {solution.condition_number:.3g}"
         if np.isfinite(solution.condition_number) or solution.condition_number == np.inf
-        else "condition number not estimated by the iterative solver"
+        else f"condition number not estimated ({solution.method})"
     )
     say(f"solve: {solution.method} of K(X,X) + {solution.ridge:g} I, {condition}")
     if solution.message:
@@ -237,7 +255,9 @@ def _write_run(out: Path, options, sample, result) -> None:
                 "spectrum_rows": result.spectrum_rows,
                 "message": result.solution.message,
             },
-            "memory_plan": {
+            "memory_plan": None
+            if result.plan is None
+            else {
                 "solver": result.plan.solver,
                 "kernel_bytes": result.plan.kernel_bytes,
                 "estimated_peak_bytes": result.plan.total_bytes,

@@ -39,7 +39,8 @@ class DemoResult:
         ``spectrum_rows`` rows and columns when the sample is larger.
     spectrum_rows : int
         Size of the matrix behind ``eigenvalues``.
-    plan : MemoryPlan
+    plan : MemoryPlan or None
+        None for a GPU run.
     timings : dict of str to float
         Seconds spent in each stage (``spectrum``, ``kernel``, ``solve``, ``predict``).
     """
@@ -51,7 +52,7 @@ class DemoResult:
     train_report: ClassificationReport
     eigenvalues: np.ndarray
     spectrum_rows: int
-    plan: MemoryPlan
+    plan: MemoryPlan | None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -71,6 +72,7 @@ def run_demo(
     time: float | None = None,
     plan: MemoryPlan | None = None,
     spectrum_rows: int = 2000,
+    device: str = "cpu",
     progress: Callable[[str], Callable | None] | None = None,
     report: Callable[[str], None] | None = None,
 ) -> DemoResult:
@@ -93,6 +95,9 @@ def run_demo(
         ``time=None`` are available.
     spectrum_rows : int, default=2000
         Largest Gram matrix whose eigenvalues are computed for the spectrum.
+    device : {"cpu", "cuda"}, default="cpu"
+        ``"cuda"`` computes kernel, solve and predictions on a GPU through CuPy
+        (:mod:`ntkdemo.gpu`; default kernel at convergence only).
     progress : callable, optional
         ``progress(description)`` returns a wrapper for a block iterator, or None.
     report : callable, optional
@@ -107,9 +112,13 @@ def run_demo(
             f"ridge={ridge:g} and time={time:g} cannot be combined: the time is that of "
             "plain gradient descent; drop one of them"
         )
+    if device not in ("cpu", "cuda"):
+        raise InvalidParameterError(f"device must be 'cpu' or 'cuda', got {device!r}")
     n_train, n_features = sample.X_train.shape
-    plan = plan or plan_memory(n_train, len(sample.y_test), n_features, sample.n_classes)
     mission = kernel == "ntk" and (depth, w_std, b_std) == (1, 1.0, 0.0) and time is None
+    if device == "cuda":
+        return _run_on_gpu(sample, ridge, mission, spectrum_rows)
+    plan = plan or plan_memory(n_train, len(sample.y_test), n_features, sample.n_classes)
     if plan.solver == "cg" and not mission:
         raise MemoryPlanError(
             f"{n_train} training images need the float32 iterative path, which serves the "
@@ -182,6 +191,38 @@ def run_demo(
         eigenvalues=eigenvalues,
         spectrum_rows=shown,
         plan=plan,
+        timings=timings,
+    )
+
+
+def _run_on_gpu(sample: Sample, ridge: float, mission: bool, spectrum_rows: int) -> DemoResult:
+    """The default kernel at convergence, on a CUDA GPU (:mod:`ntkdemo.gpu`)."""
+    from .gpu import solve_and_predict_cuda
+
+    if not mission:
+        raise InvalidParameterError(
+            "--device cuda serves the default kernel at convergence only (no --kernel, "
+            "--depth, --w-std, --b-std or --time)"
+        )
+    timings: dict[str, float] = {}
+    start = perf_counter()
+    shown = min(spectrum_rows, len(sample.y_train))
+    eigenvalues = np.linalg.eigvalsh(kernel_matrix(sample.X_train[:shown]))
+    timings["spectrum"] = perf_counter() - start
+    start = perf_counter()
+    solution, train_scores, test_scores = solve_and_predict_cuda(
+        sample.X_train, one_hot(sample.y_train, sample.n_classes), sample.X_test, ridge=ridge
+    )
+    timings["kernel+solve+predict on GPU"] = perf_counter() - start
+    return DemoResult(
+        test_scores=test_scores,
+        train_scores=train_scores,
+        solution=solution,
+        test_report=evaluate(sample.y_test, test_scores.argmax(axis=1), sample.n_classes),
+        train_report=evaluate(sample.y_train, train_scores.argmax(axis=1), sample.n_classes),
+        eigenvalues=eigenvalues,
+        spectrum_rows=shown,
+        plan=None,
         timings=timings,
     )
 

@@ -1,0 +1,56 @@
+"""``--device cuda``: the same numbers on a GPU (skipped without CuPy and a GPU)."""
+
+import numpy as np
+import pytest
+
+from ntkdemo.errors import InvalidParameterError
+from ntkdemo.kernels import ntk
+from ntkdemo.regression import one_hot, solve
+
+
+def _gpu_available() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, or no driver
+        return False
+
+
+needs_gpu = pytest.mark.skipif(not _gpu_available(), reason="needs CuPy and a CUDA GPU")
+
+
+@needs_gpu
+def test_gpu_matches_cpu():
+    from ntkdemo.gpu import solve_and_predict_cuda
+
+    rng = np.random.default_rng(0)
+    X, X_test = rng.random((500, 64)) ** 2, rng.random((130, 64)) ** 2
+    Y = one_hot(rng.integers(0, 5, 500), 5)
+    solution, train_scores, test_scores = solve_and_predict_cuda(X, Y, X_test, block_rows=64)
+    reference = solve(ntk(X), Y)
+    np.testing.assert_allclose(
+        solution.coef, reference.coef, rtol=1e-6, atol=1e-8 * np.abs(reference.coef).max()
+    )
+    np.testing.assert_allclose(test_scores, ntk(X_test, X) @ reference.coef, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(train_scores, Y, atol=1e-8)
+
+
+@needs_gpu
+def test_gpu_duplicates_fall_back_to_jitter():
+    from ntkdemo.gpu import solve_and_predict_cuda
+
+    rng = np.random.default_rng(1)
+    X = rng.random((50, 16))
+    doubled, Y = np.vstack([X, X]), one_hot(np.tile(rng.integers(0, 3, 50), 2), 3)
+    solution, _, _ = solve_and_predict_cuda(doubled, Y, X)
+    assert solution.jitter > 0 and "not numerically positive definite" in solution.message
+
+
+def test_without_gpu_the_message_says_what_to_do():
+    if _gpu_available():
+        pytest.skip("a GPU is present")
+    from ntkdemo.gpu import require_cupy
+
+    with pytest.raises(InvalidParameterError, match="--device cuda"):
+        require_cupy()
