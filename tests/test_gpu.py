@@ -54,3 +54,26 @@ def test_without_gpu_the_message_says_what_to_do():
 
     with pytest.raises(InvalidParameterError, match="--device cuda"):
         require_cupy()
+
+
+def test_command_line_without_gpu_is_one_line(tiny_dataset, tmp_path, capsys):
+    if _gpu_available():
+        pytest.skip("a GPU is present")
+    from ntkdemo.cli import main
+
+    code = main(
+        [
+            "--dataset",
+            str(tiny_dataset),
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cuda",
+            "--train-per-class",
+            "3",
+            "--test-per-class",
+            "2",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--device cuda needs CuPy" in err
