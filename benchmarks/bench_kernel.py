@@ -73,7 +73,7 @@ def main() -> None:
     for n in (200, 1000):
         X = X_full[:n]
         slow = best_time(lambda X=X: naive_double_loop(X), repeats=1)
-        fast = best_time(lambda X=X: ntk(X), repeats=10)
+        fast = best_time(lambda X=X: ntk(X), repeats=30)
         rows.append((f"kernel vs double loop, n={n}", slow, fast, slow / fast))
     for n in (int(s) for s in options.sizes.split(",")):
         X = X_full[:n]
