@@ -179,8 +179,8 @@ def command_run(options) -> int:
         report=say,
     )
     result.timings = {"load": load_seconds, **result.timings}
+    _write_run(out, options, sample, result)  # files first: a closed pipe cannot lose them
     _print_run(say, sample, result)
-    _write_run(out, options, sample, result)
     say(f"wrote metrics.json, predictions.png, confusion.png, spectrum.png to {out}/")
     return 0
 
