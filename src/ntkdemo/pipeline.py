@@ -116,10 +116,14 @@ def run_demo(
         raise InvalidParameterError(f"device must be 'cpu' or 'cuda', got {device!r}")
     n_train, n_features = sample.X_train.shape
     mission = kernel == "ntk" and (depth, w_std, b_std) == (1, 1.0, 0.0) and time is None
-    if device == "cuda":
-        return _run_on_gpu(sample, ridge, mission, spectrum_rows)
-    plan = plan or plan_memory(n_train, len(sample.y_test), n_features, sample.n_classes)
-    if plan.solver == "cg" and not mission:
+    if device == "cuda" and not mission:
+        raise InvalidParameterError(
+            "--device cuda serves the default kernel at convergence only (no --kernel, "
+            "--depth, --w-std, --b-std or --time)"
+        )
+    if device == "cpu":
+        plan = plan or plan_memory(n_train, len(sample.y_test), n_features, sample.n_classes)
+    if plan is not None and plan.solver == "cg" and not mission:
         raise MemoryPlanError(
             f"{n_train} training images need the float32 iterative path, which serves the "
             "default kernel at convergence only (no --kernel/--depth/--w-std/--b-std/--time); "
@@ -140,6 +144,19 @@ def run_demo(
     shown = min(spectrum_rows, n_train)
     eigenvalues = np.linalg.eigvalsh(kernel_of(sample.X_train[:shown]))
     timings["spectrum"] = perf_counter() - start
+
+    if device == "cuda":
+        from .gpu import solve_and_predict_cuda
+
+        start = perf_counter()
+        solution, train_scores, test_scores = solve_and_predict_cuda(
+            sample.X_train, targets, sample.X_test, ridge=ridge
+        )
+        timings["kernel+solve+predict on GPU"] = perf_counter() - start
+        return _result(
+            sample, solution, train_scores, test_scores, eigenvalues, shown, None, timings
+        )
+    assert plan is not None  # set above for the CPU
 
     start = perf_counter()
     K_train = kernel_of(
@@ -182,6 +199,20 @@ def run_demo(
     else:
         test_scores = kernel_of(sample.X_test, sample.X_train) @ solution.coef
     timings["predict"] = perf_counter() - start
+    return _result(sample, solution, train_scores, test_scores, eigenvalues, shown, plan, timings)
+
+
+def _result(
+    sample: Sample,
+    solution: KernelSolution,
+    train_scores: np.ndarray,
+    test_scores: np.ndarray,
+    eigenvalues: np.ndarray,
+    spectrum_rows: int,
+    plan: MemoryPlan | None,
+    timings: dict[str, float],
+) -> DemoResult:
+    """Evaluate the outputs and gather everything into a :class:`DemoResult`."""
     return DemoResult(
         test_scores=test_scores,
         train_scores=train_scores,
@@ -189,40 +220,8 @@ def run_demo(
         test_report=evaluate(sample.y_test, test_scores.argmax(axis=1), sample.n_classes),
         train_report=evaluate(sample.y_train, train_scores.argmax(axis=1), sample.n_classes),
         eigenvalues=eigenvalues,
-        spectrum_rows=shown,
+        spectrum_rows=spectrum_rows,
         plan=plan,
-        timings=timings,
-    )
-
-
-def _run_on_gpu(sample: Sample, ridge: float, mission: bool, spectrum_rows: int) -> DemoResult:
-    """The default kernel at convergence, on a CUDA GPU (:mod:`ntkdemo.gpu`)."""
-    from .gpu import solve_and_predict_cuda
-
-    if not mission:
-        raise InvalidParameterError(
-            "--device cuda serves the default kernel at convergence only (no --kernel, "
-            "--depth, --w-std, --b-std or --time)"
-        )
-    timings: dict[str, float] = {}
-    start = perf_counter()
-    shown = min(spectrum_rows, len(sample.y_train))
-    eigenvalues = np.linalg.eigvalsh(kernel_matrix(sample.X_train[:shown]))
-    timings["spectrum"] = perf_counter() - start
-    start = perf_counter()
-    solution, train_scores, test_scores = solve_and_predict_cuda(
-        sample.X_train, one_hot(sample.y_train, sample.n_classes), sample.X_test, ridge=ridge
-    )
-    timings["kernel+solve+predict on GPU"] = perf_counter() - start
-    return DemoResult(
-        test_scores=test_scores,
-        train_scores=train_scores,
-        solution=solution,
-        test_report=evaluate(sample.y_test, test_scores.argmax(axis=1), sample.n_classes),
-        train_report=evaluate(sample.y_train, train_scores.argmax(axis=1), sample.n_classes),
-        eigenvalues=eigenvalues,
-        spectrum_rows=shown,
-        plan=None,
         timings=timings,
     )
 
