@@ -19,15 +19,21 @@ import numpy as np
 
 from .data import Sample
 from .dynamics import GradientDescentDynamics
-from .kernels import fc_kernels, ntk, unit_rows
+from .kernels import fc_kernels, ntk, scaled_unit_rows
 from .network import OneHiddenLayerNet, train_network
 from .regression import one_hot, predict, solve
 from .validation import check_positive_int
 
 
-def scaled_unit_rows(X: np.ndarray) -> np.ndarray:
-    """Rows rescaled to norm ``sqrt(n_features)``, so that ``x.x / d = 1`` (the kernels' input)."""
-    return unit_rows(X) * np.sqrt(X.shape[1])
+def sample_kernels(sample: Sample, depth: int = 1) -> tuple[tuple, tuple]:
+    """``fc_kernels`` of the sample's train and test-vs-train rows, inputs at ``x.x/d = 1``.
+
+    Returns
+    -------
+    (nngp, ntk) of K(X_train, X_train), and (nngp, ntk) of K(X_test, X_train).
+    """
+    X_train, X_test = scaled_unit_rows(sample.X_train), scaled_unit_rows(sample.X_test)
+    return fc_kernels(X_train, depth=depth), fc_kernels(X_test, X_train, depth=depth)
 
 
 @dataclass
@@ -70,12 +76,10 @@ def learning_curve(
         Also fit ``sklearn.svm.SVC(kernel="rbf", gamma="scale")`` on the same samples.
     """
     sizes = np.array(sorted({check_positive_int("size", s) for s in sizes_per_class}))
-    X_train, X_test = scaled_unit_rows(sample.X_train), scaled_unit_rows(sample.X_test)
     targets = one_hot(sample.y_train, sample.n_classes)
     accuracy: dict[str, np.ndarray] = {}
     for depth in depths:
-        train_kernels = fc_kernels(X_train, depth=depth)
-        test_kernels = fc_kernels(X_test, X_train, depth=depth)
+        train_kernels, test_kernels = sample_kernels(sample, depth)
         for name, K, K_test in zip(("NNGP", "NTK"), train_kernels, test_kernels):
             scores = []
             for size in sizes:
@@ -117,11 +121,9 @@ def training_curve(
 
     One eigendecomposition per kernel serves every time (:mod:`ntkdemo.dynamics`).
     """
-    X_train, X_test = scaled_unit_rows(sample.X_train), scaled_unit_rows(sample.X_test)
     targets_train = one_hot(sample.y_train, sample.n_classes)
     targets_test = one_hot(sample.y_test, sample.n_classes)
-    train_kernels = fc_kernels(X_train, depth=depth)
-    test_kernels = fc_kernels(X_test, X_train, depth=depth)
+    train_kernels, test_kernels = sample_kernels(sample, depth)
     loss: dict[str, dict[str, np.ndarray]] = {}
     accuracy: dict[str, dict[str, np.ndarray]] = {}
     for name, K, K_test in zip(("NNGP", "NTK"), train_kernels, test_kernels):
@@ -259,8 +261,7 @@ def compare_with_networks(
     """
     X_train, X_test = scaled_unit_rows(sample.X_train), scaled_unit_rows(sample.X_test)
     targets = one_hot(sample.y_train, sample.n_classes)
-    K = fc_kernels(X_train)[1]
-    K_test = fc_kernels(X_test, X_train)[1]
+    K, K_test = fc_kernels(X_train)[1], fc_kernels(X_test, X_train)[1]  # rows the network sees
     if learning_rate is None:
         learning_rate = targets.size / float(np.linalg.eigvalsh(K)[-1])
     time = learning_rate * steps

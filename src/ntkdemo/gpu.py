@@ -14,7 +14,7 @@ import numpy as np
 from .errors import InvalidParameterError, MemoryPlanError
 from .kernels import unit_rows
 from .memory import format_bytes
-from .regression import KernelSolution
+from .regression import KernelSolution, jitter_after_failure, not_positive_definite
 
 _MAP_SOURCE = """
 double c = k;
@@ -124,16 +124,9 @@ def solve_and_predict_cuda(
                 factor = cupy.linalg.cholesky(K)
                 break
             except np.linalg.LinAlgError:
-                jitter = scale * 10.0 ** (attempt - 12)
-                message = (
-                    f"K + ridge*I is not numerically positive definite (ridge={ridge:g}); "
-                    f"added jitter {jitter:.3g} = {10.0 ** (attempt - 12):.0e} * trace(K)/n "
-                    "to the diagonal"
-                )
+                jitter, message = jitter_after_failure(attempt, scale, ridge)
     if factor is None:
-        raise InvalidParameterError(
-            f"K is not positive definite even with jitter {jitter:.3g}; pass a larger ridge"
-        )
+        raise not_positive_definite(jitter)
     del K
     half = cupyx.scipy.linalg.solve_triangular(factor, targets, lower=True)
     coef = cupyx.scipy.linalg.solve_triangular(factor.T, half, lower=False)

@@ -181,6 +181,21 @@ def unit_rows(
     return (matrix / norms[:, None]).astype(dtype, copy=False)
 
 
+def scaled_unit_rows(
+    X: np.ndarray, name: str = "X", *, n_features: int | None = None
+) -> np.ndarray:
+    """Rows rescaled to norm ``sqrt(n_features)``, so ``x.x / d = 1``: the input scale of
+    :func:`fc_kernels` at which its depth-1 NTK is the mission formula over ``2d``.
+
+    Raises
+    ------
+    InvalidInputError
+        As :func:`unit_rows`.
+    """
+    unit = unit_rows(X, name, n_features=n_features)
+    return unit * np.sqrt(unit.shape[1])
+
+
 def _snap_tolerance(dtype: type) -> float:
     """Cosines within this of +-1 are taken as +-1: four units in the last place."""
     return 4 * float(np.finfo(dtype).eps)
@@ -453,12 +468,10 @@ def kernel_matrix(
         raise InvalidParameterError(f"kernel must be 'ntk' or 'nngp', got {kernel!r}")
     if kernel == "ntk" and (depth, w_std, b_std) == (1, 1.0, 0.0) and not reference_scale:
         return ntk(X, Y, dtype=dtype, progress=progress)
-    X_unit = unit_rows(X, "X")
-    Y_unit = None if Y is None else unit_rows(Y, "Y", n_features=X_unit.shape[1])
-    scale = np.sqrt(X_unit.shape[1])
+    X_scaled = scaled_unit_rows(X, "X")
     nngp, ntk_matrix = fc_kernels(
-        X_unit * scale,
-        None if Y_unit is None else Y_unit * scale,
+        X_scaled,
+        None if Y is None else scaled_unit_rows(Y, "Y", n_features=X_scaled.shape[1]),
         depth=depth,
         w_std=w_std,
         b_std=b_std,

@@ -120,17 +120,31 @@ def solve(
             factor = linalg.cho_factor(work, lower=True, overwrite_a=True, check_finite=False)
         except linalg.LinAlgError:
             mirror_upper(work)  # potrf wrote only the lower triangle
-            jitter = scale * 10.0 ** (attempt - 12)
-            message = (
-                f"K + ridge*I is not numerically positive definite (ridge={ridge:g}); "
-                f"added jitter {jitter:.3g} = {10.0 ** (attempt - 12):.0e} * trace(K)/n "
-                "to the diagonal"
-            )
+            jitter, message = jitter_after_failure(attempt, scale, ridge)
             continue
         coef = linalg.cho_solve(factor, Y, check_finite=False)
         condition = _condition_number(factor[0], norm_1 + jitter)
         return KernelSolution(coef, ridge, jitter, condition, message)
-    raise InvalidInputError(
+    raise not_positive_definite(jitter)
+
+
+def jitter_after_failure(attempt: int, scale: float, ridge: float) -> tuple[float, str]:
+    r"""The jitter to try after failed attempt ``attempt`` (0, 1, ...), and what to say.
+
+    :math:`\epsilon = 10^{j-12}\,s` with ``s = trace(K)/n``.
+    """
+    jitter = scale * 10.0 ** (attempt - 12)
+    message = (
+        f"K + ridge*I is not numerically positive definite (ridge={ridge:g}); "
+        f"added jitter {jitter:.3g} = {10.0 ** (attempt - 12):.0e} * trace(K)/n "
+        "to the diagonal"
+    )
+    return jitter, message
+
+
+def not_positive_definite(jitter: float) -> InvalidInputError:
+    """The error raised when even the largest jitter leaves ``K`` indefinite."""
+    return InvalidInputError(
         f"K is not positive definite even with jitter {jitter:.3g}; "
         "check it for NaN or a wrong sign, or pass a larger ridge"
     )
