@@ -18,6 +18,7 @@ def _gpu_available() -> bool:
 
 
 needs_gpu = pytest.mark.skipif(not _gpu_available(), reason="needs CuPy and a CUDA GPU")
+without_gpu = pytest.mark.skipif(_gpu_available(), reason="a GPU is present")
 
 
 @needs_gpu
@@ -47,18 +48,16 @@ def test_gpu_duplicates_fall_back_to_jitter():
     assert solution.jitter > 0 and "not numerically positive definite" in solution.message
 
 
+@without_gpu
 def test_without_gpu_the_message_says_what_to_do():
-    if _gpu_available():
-        pytest.skip("a GPU is present")
     from ntkdemo.gpu import require_cupy
 
     with pytest.raises(InvalidParameterError, match="--device cuda"):
         require_cupy()
 
 
+@without_gpu
 def test_command_line_without_gpu_is_one_line(tiny_dataset, tmp_path, capsys):
-    if _gpu_available():
-        pytest.skip("a GPU is present")
     from ntkdemo.cli import main
 
     code = main(
