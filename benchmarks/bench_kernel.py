@@ -20,14 +20,19 @@ from ntkdemo.data import load_sample, open_dataset
 from ntkdemo.kernels import ntk
 
 
-def best_time(function, repeats: int = 3) -> float:
-    """Smallest wall time of ``repeats`` calls (the least disturbed by other work)."""
-    times = []
+def best_times(functions, repeats: int = 3) -> list[float]:
+    """Smallest wall time of each function over ``repeats`` rounds.
+
+    The functions take turns within each round, so a burst of other work on this
+    shared machine slows both sides of a ratio rather than one.
+    """
+    times = [[] for _ in functions]
     for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for function, record in zip(functions, times):
+            start = time.perf_counter()
+            function()
+            record.append(time.perf_counter() - start)
+    return [min(record) for record in times]
 
 
 def naive_double_loop(X: np.ndarray) -> np.ndarray:
@@ -72,16 +77,15 @@ def main() -> None:
     rows = []
     for n in (200, 1000):
         X = X_full[:n]
-        slow = best_time(lambda X=X: naive_double_loop(X), repeats=1)
-        fast = best_time(lambda X=X: ntk(X), repeats=30)
+        (slow,) = best_times([lambda X=X: naive_double_loop(X)], repeats=1)
+        (fast,) = best_times([lambda X=X: ntk(X)], repeats=30)
         rows.append((f"kernel vs double loop, n={n}", slow, fast, slow / fast))
     for n in (int(s) for s in options.sizes.split(",")):
         X = X_full[:n]
-        product = best_time(lambda X=X: X @ X.T)
-        kernel = best_time(lambda X=X: ntk(X))
+        kernel, product = best_times([lambda X=X: ntk(X), lambda X=X: X @ X.T], repeats=5)
         rows.append((f"kernel / bare X @ X.T, n={n}", kernel, product, kernel / product))
-    slow = best_time(lambda: naive_sampling(options.dataset, 100), repeats=1)
-    fast = best_time(lambda: load_sample(options.dataset, 100, 50))
+    (slow,) = best_times([lambda: naive_sampling(options.dataset, 100)], repeats=1)
+    (fast,) = best_times([lambda: load_sample(options.dataset, 100, 50)])
     rows.append(("sampling: iterate+decode vs ours", slow, fast, slow / fast))
 
     print(f"{'measurement':<36} {'A (s)':>9} {'B (s)':>9} {'A/B':>9}")
