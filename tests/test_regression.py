@@ -98,3 +98,7 @@ def test_ntk_times_streams_the_product():
     X, Z, V = rng.normal(size=(37, 6)), rng.normal(size=(23, 6)), rng.normal(size=(23, 3))
     np.testing.assert_allclose(ntk_times(X, Z, V, block_rows=8), ntk(X, Z) @ V, rtol=0, atol=1e-12)
     np.testing.assert_allclose(ntk_times(Z, Z, V), ntk(Z) @ V, rtol=0, atol=1e-12)
+    for block_rows in (1, 7, 1024):  # the symmetric half, strips of every width
+        np.testing.assert_allclose(
+            ntk_times(Z, None, V, block_rows=block_rows), ntk(Z) @ V, rtol=0, atol=1e-12
+        )

@@ -113,22 +113,27 @@ def ntk(
 
 def ntk_times(
     X: np.ndarray,
-    Y: np.ndarray,
+    Y: np.ndarray | None,
     V: np.ndarray,
     *,
     block_rows: int = 1024,
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> np.ndarray:
-    """``ntk(X, Y) @ V`` in float64, without ever holding ``ntk(X, Y)``.
+    r"""``ntk(X, Y) @ V`` in float64, without ever holding ``ntk(X, Y)``.
 
     Row blocks of ``block_rows`` are computed (one product, one map), multiplied by
     ``V`` and dropped: memory is one block of ``block_rows * len(Y)`` entries. This
     streams test predictions and the float64 residuals of :mod:`ntkdemo.iterative`.
+    With ``Y=None`` (``ntk(X) @ V``) only the upper block triangle is computed: a
+    strip :math:`S = K_{r, r_0:}` of rows :math:`r` from the diagonal on serves twice,
+    :math:`(KV)_r \mathrel{+}= S V_{r_0:}` and
+    :math:`(KV)_{r_1:} \mathrel{+}= S_{:, r_1:}^\top V_r`, at half the cost.
 
     Parameters
     ----------
     X : array-like of shape (n_samples_X, n_features)
-    Y : array-like of shape (n_samples_Y, n_features)
+    Y : array-like of shape (n_samples_Y, n_features) or None
+        ``None`` for ``X`` itself (symmetric, half the work).
     V : ndarray of shape (n_samples_Y, n_columns)
     block_rows : int, default=1024
     progress : callable, optional
@@ -139,17 +144,25 @@ def ntk_times(
     ndarray of shape (n_samples_X, n_columns)
     """
     X_unit = unit_rows(X, "X")
-    Y_unit = unit_rows(Y, "Y", n_features=X_unit.shape[1])
+    symmetric = Y is None
+    Y_unit = X_unit if Y is None else unit_rows(Y, "Y", n_features=X_unit.shape[1])
     block_rows = check_positive_int("block_rows", block_rows)
-    result = np.empty((X_unit.shape[0], V.shape[1]))
+    V = np.asarray(V, dtype=np.float64)
+    result = np.zeros((X_unit.shape[0], V.shape[1]))
     workspace = np.empty((min(block_rows, X_unit.shape[0]), Y_unit.shape[0]))
     starts = range(0, X_unit.shape[0], block_rows)
     for start in progress(starts) if progress else starts:
         rows = slice(start, min(start + block_rows, X_unit.shape[0]))
-        block = workspace[: rows.stop - rows.start]
-        np.matmul(X_unit[rows], Y_unit.T, out=block)
-        _ntk_of_cosine_inplace(block, _snap_tolerance(np.float64), False)
-        np.matmul(block, V, out=result[rows])
+        first = start if symmetric else 0
+        strip = workspace[: rows.stop - rows.start, : Y_unit.shape[0] - first]
+        np.matmul(X_unit[rows], Y_unit[first:].T, out=strip)
+        if symmetric:
+            np.fill_diagonal(strip, 1.0)
+        _ntk_of_cosine_inplace(strip, _snap_tolerance(np.float64), False)
+        result[rows] += strip @ V[first:]
+        if symmetric:
+            width = rows.stop - rows.start
+            result[rows.stop :] += strip[:, width:].T @ V[rows]
     return result
 
 
@@ -174,7 +187,7 @@ def unit_rows(
         anything is undefined. Remove the row (a blank image) or add a bias pixel.
     """
     matrix = check_matrix(name, X, n_features=n_features).astype(np.float64, copy=False)
-    unit = np.empty(matrix.shape, dtype=dtype)
+    unit: np.ndarray = np.empty(matrix.shape, dtype=dtype)
     norms = _normalise_rows(matrix, unit)
     zero = np.flatnonzero(norms == 0)
     if zero.size:

@@ -8,7 +8,7 @@ solved; test predictions are always streamed in blocks.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from time import perf_counter
 
@@ -18,8 +18,8 @@ from .data import Sample
 from .dynamics import GradientDescentDynamics
 from .errors import InvalidParameterError, MemoryPlanError
 from .evaluate import ClassificationReport, evaluate
-from .iterative import solve_refined
-from .kernels import kernel_matrix, ntk_times
+from .iterative import cluster_order, solve_refined
+from .kernels import kernel_matrix, ntk, ntk_times
 from .memory import MemoryPlan, plan_memory
 from .regression import KernelSolution, one_hot, solve
 
@@ -158,36 +158,27 @@ def run_demo(
         )
     assert plan is not None  # set above for the CPU
 
-    start = perf_counter()
-    K_train = kernel_of(
-        sample.X_train, dtype=plan.kernel_dtype, progress=_wrap(progress, "kernel blocks")
-    )
-    timings["kernel"] = perf_counter() - start
-
-    start = perf_counter()
     if plan.solver == "cg":
-        solution, train_scores = solve_refined(
-            K_train,
-            targets,
-            lambda V: ntk_times(
-                sample.X_train, sample.X_train, V, progress=_wrap(progress, "residual blocks")
-            ),
-            ridge=ridge,
-            report=report,
-            progress=_wrap(progress, "CG iterations"),
+        solution, train_scores = _solve_iteratively(
+            sample.X_train, targets, ridge, plan.kernel_dtype, timings, progress, report
         )
-        del K_train
-    elif time is None:
-        solution = solve(K_train, targets, ridge=ridge, overwrite_k=True)
-        del K_train  # now the Cholesky factor
-        # K A = Y - (ridge + jitter) A exactly, so the train outputs need no second kernel
-        train_scores = targets - (solution.ridge + solution.jitter) * solution.coef
     else:
-        solution = GradientDescentDynamics(K_train, targets).solution(time)
-        train_scores = K_train @ solution.coef
-        del K_train
-    timings["solve"] = perf_counter() - start
-
+        start = perf_counter()
+        K_train = kernel_of(
+            sample.X_train, dtype=plan.kernel_dtype, progress=_wrap(progress, "kernel blocks")
+        )
+        timings["kernel"] = perf_counter() - start
+        start = perf_counter()
+        if time is None:
+            solution = solve(K_train, targets, ridge=ridge, overwrite_k=True)
+            del K_train  # now the Cholesky factor
+            # K A = Y - (ridge + jitter) A exactly, so the train outputs need no second kernel
+            train_scores = targets - (solution.ridge + solution.jitter) * solution.coef
+        else:
+            solution = GradientDescentDynamics(K_train, targets).solution(time)
+            train_scores = K_train @ solution.coef
+            del K_train
+        timings["solve"] = perf_counter() - start
     start = perf_counter()
     if mission:
         test_scores = ntk_times(
@@ -200,6 +191,54 @@ def run_demo(
         test_scores = kernel_of(sample.X_test, sample.X_train) @ solution.coef
     timings["predict"] = perf_counter() - start
     return _result(sample, solution, train_scores, test_scores, eigenvalues, shown, plan, timings)
+
+
+def _solve_iteratively(
+    X_train: np.ndarray,
+    targets: np.ndarray,
+    ridge: float,
+    dtype: type,
+    timings: dict[str, float],
+    progress: Callable | None,
+    report: Callable[[str], None] | None,
+) -> tuple[KernelSolution, np.ndarray]:
+    """The float32 path of the memory plan: cluster, build ``K`` in that order, solve.
+
+    Rows are ordered by k-means clusters (:func:`ntkdemo.iterative.cluster_order`) so
+    that the preconditioner's blocks are contiguous; coefficients and training outputs
+    are returned in the original order.
+    """
+    start = perf_counter()
+    order, blocks = cluster_order(X_train, block_size=1500)
+    timings["clusters"] = perf_counter() - start
+    start = perf_counter()
+    K_train = ntk(X_train[order], dtype=dtype, progress=_wrap(progress, "kernel blocks"))
+    timings["kernel"] = perf_counter() - start
+
+    def exact_product(V_ordered: np.ndarray) -> np.ndarray:
+        """``K @ V`` in the clusters' order, from float64 kernel rows in the original
+        order (no reordered copy of the inputs is kept; strips of 256 rows keep the
+        workspace at 256 n entries)."""
+        V = np.empty_like(V_ordered)
+        V[order] = V_ordered
+        strips = _wrap(progress, "residual blocks")
+        return ntk_times(X_train, None, V, block_rows=256, progress=strips)[order]
+
+    start = perf_counter()
+    solution, fitted = solve_refined(
+        K_train,
+        targets[order],
+        exact_product,
+        ridge=ridge,
+        blocks=blocks,
+        report=report,
+        progress=_wrap(progress, "CG iterations"),
+    )
+    del K_train
+    coef, train_scores = np.empty_like(solution.coef), np.empty_like(fitted)
+    coef[order], train_scores[order] = solution.coef, fitted
+    timings["solve"] = perf_counter() - start
+    return replace(solution, coef=coef), train_scores
 
 
 def _result(
