@@ -72,7 +72,7 @@ def test_block_preconditioner_with_one_block_inverts_the_matrix(near_duplicates)
     ridged = block_nystrom_preconditioner(
         K, [slice(0, 200)], 20, np.random.default_rng(0), ridge=0.5
     )
-    np.testing.assert_allclose(ridged(K @ R + 0.5 * R), R, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ridged(K @ R + 0.5 * R), R, rtol=0, atol=1e-5)
 
 
 def test_blocks_of_near_duplicates_cut_the_iterations(near_duplicates):

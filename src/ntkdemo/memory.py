@@ -111,7 +111,7 @@ def estimate_bytes(
     rank: int = 1000,
     cluster_size: int = 1500,
 ) -> int:
-    """Estimated peak bytes of a run with ``solver``.
+    r"""Estimated peak bytes of a run with ``solver``.
 
     Kernel (8 or 4 bytes per entry), inputs and their unit-norm copies (float64) and
     the iteration vectors; for ``cholesky`` a block of ``block_rows`` streamed
