@@ -25,9 +25,9 @@ def near_duplicates():
     return rows, labels, len(base)
 
 
-@pytest.mark.parametrize("shape", [(7, 5000), (6, 3), (1, 1)])
+@pytest.mark.parametrize("shape", [(7, 5000), (9, 1100), (6, 3), (1, 1)])
 def test_times_in_float64_sums_float32_entries_in_float64(shape):
-    """Odd and even row counts, rows longer than one 2,048-entry stretch: the float32
+    """Row counts around multiples of four, rows longer than one 512-entry stretch: the float32
     entries, summed in float64, agree with float64 BLAS to rounding, and beat the
     float32 BLAS product (which sums in float32) by orders of magnitude."""
     rng = np.random.default_rng(3)
