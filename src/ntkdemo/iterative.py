@@ -65,7 +65,6 @@ def nystrom_preconditioner(
     callable
         Takes and returns float64 arrays of shape (n, k).
     """
-    rank = min(check_positive_int("rank", rank), K.shape[0])
     factor = _nystrom_factor(K, rank, rng)
     basis, singular_values, _ = linalg.svd(factor, full_matrices=False, check_finite=False)
     eigenvalues = np.maximum(singular_values**2, 1e-10 * singular_values[0] ** 2)
@@ -145,7 +144,7 @@ def block_nystrom_preconditioner(
         faster than two triangular solves with few right-hand sides. (Float32 storage
         would not do: the Woodbury identity subtracts nearly equal large terms.)
     """
-    factor = _nystrom_factor(K, min(check_positive_int("rank", rank), K.shape[0]), rng)
+    factor = _nystrom_factor(K, rank, rng)
     block_inverses = []
     solved = np.empty_like(factor)  # D^{-1} F
     for block in blocks:
@@ -172,7 +171,9 @@ def block_nystrom_preconditioner(
 
 
 def _nystrom_factor(K: np.ndarray, rank: int, rng: np.random.Generator) -> np.ndarray:
-    r"""``F`` (n, rank) with :math:`F F^\top = K_{:S} K_{SS}^{-1} K_{S:}` for random landmarks S."""
+    r"""``F`` (n, r) with :math:`F F^\top = K_{:S} K_{SS}^{-1} K_{S:}` for ``r`` random
+    landmarks S, ``r = min(rank, n)``."""
+    rank = min(check_positive_int("rank", rank), K.shape[0])
     landmarks = np.sort(rng.choice(K.shape[0], rank, replace=False))
     columns = K[:, landmarks].astype(np.float64)
     core = columns[landmarks]

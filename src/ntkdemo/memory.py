@@ -21,6 +21,10 @@ import numpy as np
 
 from .errors import InvalidParameterError, MemoryPlanError
 
+# Sizes the float32 path runs with (ntkdemo.pipeline) and that its estimate assumes.
+CG_CLUSTER_SIZE = 1500  # rows per k-means cluster, the preconditioner's blocks
+CG_RESIDUAL_STRIP_ROWS = 256  # float64 kernel rows per strip of a residual product
+
 _UNITS = {
     "": 1,
     "B": 1,
@@ -109,17 +113,17 @@ def estimate_bytes(
     *,
     block_rows: int = 1024,
     rank: int = 1000,
-    cluster_size: int = 1500,
+    cluster_size: int = CG_CLUSTER_SIZE,
 ) -> int:
     r"""Estimated peak bytes of a run with ``solver``.
 
     Kernel (8 or 4 bytes per entry), inputs and their unit-norm copies (float64) and
     the iteration vectors; for ``cholesky`` a block of ``block_rows`` streamed
-    kernel rows; for ``cg`` (whose peak is during the solve) a strip of 256 float64
-    kernel rows and the preconditioner: the Nystrom factor :math:`F` and
-    :math:`D^{-1}F` (``rank`` columns each) and the inverted cluster blocks, whose
-    squared sizes sum to about :math:`1.2\, n \cdot` ``cluster_size`` for k-means
-    clusters (measured on Fashion-MNIST; 1.25 is used).
+    kernel rows; for ``cg`` (whose peak is during the solve) a strip of
+    ``CG_RESIDUAL_STRIP_ROWS`` float64 kernel rows and the preconditioner: the Nystrom
+    factor :math:`F` and :math:`D^{-1}F` (``rank`` columns each) and the inverted
+    cluster blocks, whose squared sizes sum to about :math:`1.2\, n \cdot`
+    ``cluster_size`` for k-means clusters (measured on Fashion-MNIST; 1.25 is used).
     """
     inputs = 2 * 8 * (n_train + n_test) * n_features
     vectors = 8 * 10 * n_train * n_outputs
@@ -127,7 +131,7 @@ def estimate_bytes(
         block = 8 * min(block_rows, max(n_train, n_test)) * n_train
         return 8 * n_train**2 + inputs + block + vectors
     rank = min(rank, n_train)
-    strip = 8 * min(256, n_train) * n_train
+    strip = 8 * min(CG_RESIDUAL_STRIP_ROWS, n_train) * n_train
     blocks = int(8 * 1.25 * n_train * min(cluster_size, n_train))
     preconditioner = 2 * 8 * n_train * rank + 8 * rank * rank + blocks
     return 4 * n_train**2 + inputs + strip + vectors + preconditioner

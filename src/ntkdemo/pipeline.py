@@ -20,7 +20,7 @@ from .errors import InvalidParameterError, MemoryPlanError
 from .evaluate import ClassificationReport, evaluate
 from .iterative import cluster_order, solve_refined
 from .kernels import kernel_matrix, ntk, ntk_times
-from .memory import MemoryPlan, plan_memory
+from .memory import CG_CLUSTER_SIZE, CG_RESIDUAL_STRIP_ROWS, MemoryPlan, plan_memory
 from .regression import KernelSolution, one_hot, solve
 
 
@@ -209,7 +209,7 @@ def _solve_iteratively(
     are returned in the original order.
     """
     start = perf_counter()
-    order, blocks = cluster_order(X_train, block_size=1500)
+    order, blocks = cluster_order(X_train, block_size=CG_CLUSTER_SIZE)
     timings["clusters"] = perf_counter() - start
     start = perf_counter()
     K_train = ntk(X_train[order], dtype=dtype, progress=_wrap(progress, "kernel blocks"))
@@ -217,12 +217,14 @@ def _solve_iteratively(
 
     def exact_product(V_ordered: np.ndarray) -> np.ndarray:
         """``K @ V`` in the clusters' order, from float64 kernel rows in the original
-        order (no reordered copy of the inputs is kept; strips of 256 rows keep the
-        workspace at 256 n entries)."""
+        order (no reordered copy of the inputs is kept; short strips keep the
+        workspace small, as the memory plan assumes)."""
         V = np.empty_like(V_ordered)
         V[order] = V_ordered
         strips = _wrap(progress, "residual blocks")
-        return ntk_times(X_train, None, V, block_rows=256, progress=strips)[order]
+        return ntk_times(X_train, None, V, block_rows=CG_RESIDUAL_STRIP_ROWS, progress=strips)[
+            order
+        ]
 
     start = perf_counter()
     solution, fitted = solve_refined(
