@@ -1,4 +1,4 @@
-"""The float32 iterative solver's pieces: clustering, preconditioners, refinement."""
+"""The iterative solver's pieces: clustering, the preconditioner, conjugate gradients."""
 
 import numpy as np
 import pytest
@@ -7,11 +7,9 @@ from ntkdemo.iterative import (
     block_nystrom_preconditioner,
     cluster_order,
     conjugate_gradients,
-    nystrom_preconditioner,
-    solve_refined,
-    times_in_float64,
+    solve_cg,
 )
-from ntkdemo.kernels import ntk, ntk_times
+from ntkdemo.kernels import ntk, ntk_strips
 from ntkdemo.regression import one_hot, solve
 
 
@@ -23,22 +21,6 @@ def near_duplicates():
     rows = np.tile(base, (4, 1)) + rng.uniform(0, 0.01, size=(600, 40))
     labels = np.tile(rng.integers(0, 5, 150), 4)
     return rows, labels, len(base)
-
-
-@pytest.mark.parametrize("shape", [(7, 5000), (9, 1100), (6, 3), (1, 1)])
-def test_times_in_float64_sums_float32_entries_in_float64(shape):
-    """Row counts around multiples of four, rows longer than one 512-entry stretch: the float32
-    entries, summed in float64, agree with float64 BLAS to rounding, and beat the
-    float32 BLAS product (which sums in float32) by orders of magnitude."""
-    rng = np.random.default_rng(3)
-    K32 = rng.random(shape).astype(np.float32)
-    V = rng.normal(size=(shape[1], 3))
-    exact = K32.astype(np.float64) @ V
-    scale = np.abs(K32).astype(np.float64) @ np.abs(V)
-    np.testing.assert_allclose(times_in_float64(K32, V), exact, rtol=0, atol=1e-14 * scale.max())
-    if shape[1] > 1000:
-        float32_sums = (K32 @ V.astype(np.float32)).astype(np.float64)
-        assert np.abs(float32_sums - exact).max() > 1e-8 * scale.max()
 
 
 def test_cluster_order_keeps_near_duplicates_together(near_duplicates):
@@ -65,47 +47,80 @@ def test_cluster_order_single_block_when_small():
 def test_block_preconditioner_with_one_block_inverts_the_matrix(near_duplicates):
     """One block makes D = K - F F^T exactly, so P = K (plus a 1e-7 relative shift)."""
     X, _, _ = near_duplicates
-    K = ntk(X[:200])
+    K = ntk_strips(X[:200], strip_rows=64)
+    dense = K.to_dense()
     R = np.random.default_rng(2).normal(size=(200, 3))
     apply = block_nystrom_preconditioner(K, [slice(0, 200)], 20, np.random.default_rng(0))
-    np.testing.assert_allclose(apply(K @ R), R, rtol=0, atol=1e-3 * np.abs(R).max())
+    np.testing.assert_allclose(apply(dense @ R), R, rtol=0, atol=1e-3 * np.abs(R).max())
     ridged = block_nystrom_preconditioner(
         K, [slice(0, 200)], 20, np.random.default_rng(0), ridge=0.5
     )
-    np.testing.assert_allclose(ridged(K @ R + 0.5 * R), R, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(ridged(dense @ R + 0.5 * R), R, rtol=0, atol=1e-5)
 
 
 def test_blocks_of_near_duplicates_cut_the_iterations(near_duplicates):
+    """Against the same low rank plus only the diagonal (blocks of one row)."""
     X, labels, _ = near_duplicates
     order, blocks = cluster_order(X, block_size=100)
-    K = ntk(X[order], dtype=np.float32)
+    K = ntk_strips(X[order], strip_rows=64)
     Y = one_hot(labels[order], 5)
-    rng = np.random.default_rng(0)
-    low_rank = nystrom_preconditioner(K, 50, rng)
-    blocked = block_nystrom_preconditioner(K, blocks, 50, np.random.default_rng(0))
-    _, plain_iterations, _ = conjugate_gradients(K, Y, low_rank, tol=1e-5, max_iter=2000)
-    _, block_iterations, relative = conjugate_gradients(K, Y, blocked, tol=1e-5, max_iter=2000)
-    assert relative < 1e-5
-    assert 2 * block_iterations <= plain_iterations
+    diagonal = [slice(i, i + 1) for i in range(len(X))]
+    runs = {}
+    for name, chosen in (("diagonal", diagonal), ("clusters", blocks)):
+        precondition = block_nystrom_preconditioner(K, chosen, 50, np.random.default_rng(0))
+        runs[name] = conjugate_gradients(K.__matmul__, Y, precondition, tol=1e-6, max_iter=2000)
+    assert runs["clusters"][2] < 1e-6
+    assert 2 * runs["clusters"][1] <= runs["diagonal"][1]
 
 
-def test_refined_solve_with_blocks_matches_cholesky(near_duplicates):
+def test_solve_cg_matches_cholesky(near_duplicates):
     X, labels, _ = near_duplicates
     order, blocks = cluster_order(X, block_size=100)
     X_ordered = X[order]
     Y = one_hot(labels[order], 5)
     K = ntk(X_ordered)
     exact = solve(K, Y)
-    refined, fitted = solve_refined(
-        ntk(X_ordered, dtype=np.float32),
-        Y,
-        lambda V: ntk_times(X_ordered, None, V),
-        rank=50,
-        blocks=blocks,
+    lines = []
+    iterative, fitted = solve_cg(
+        ntk_strips(X_ordered, strip_rows=64), Y, blocks, rank=50, report=lines.append
     )
-    assert np.linalg.norm(Y - K @ refined.coef) <= 1e-6 * np.linalg.norm(Y)
-    np.testing.assert_allclose(fitted, K @ refined.coef, rtol=0, atol=1e-10)
+    assert np.linalg.norm(Y - K @ iterative.coef) <= 1e-6 * np.linalg.norm(Y)
+    np.testing.assert_allclose(fitted, K @ iterative.coef, rtol=0, atol=1e-10)
     np.testing.assert_array_equal(
-        (ntk(X[:40], X_ordered) @ refined.coef).argmax(axis=1),
+        (ntk(X[:40], X_ordered) @ iterative.coef).argmax(axis=1),
         (ntk(X[:40], X_ordered) @ exact.coef).argmax(axis=1),
     )
+    assert len(lines) == 1 and lines[0].startswith("CG: ")
+    assert "CG iterations, relative residual" in iterative.message
+    assert "not reached" not in iterative.message
+
+
+def test_solve_cg_with_a_ridge_matches_the_direct_solve():
+    rng = np.random.default_rng(4)
+    X = rng.random((300, 20)) ** 3
+    Y = one_hot(rng.integers(0, 4, 300), 4)
+    blocks = [slice(0, 150), slice(150, 300)]
+    iterative, fitted = solve_cg(ntk_strips(X, strip_rows=32), Y, blocks, ridge=0.1, rank=30)
+    exact = np.linalg.solve(ntk(X) + 0.1 * np.eye(300), Y)
+    np.testing.assert_allclose(iterative.coef, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
+    assert iterative.ridge == 0.1
+    np.testing.assert_allclose(fitted + 0.1 * iterative.coef, Y, rtol=0, atol=1e-5)
+
+
+def test_solve_cg_says_when_it_falls_short(near_duplicates):
+    """Two iterations per run cannot reach 1e-6: every restart is reported, then the message
+    says the target was missed and what to try."""
+    X, labels, _ = near_duplicates
+    lines = []
+    short, _ = solve_cg(
+        ntk_strips(X, strip_rows=64),
+        one_hot(labels, 5),
+        [slice(0, 300), slice(300, 600)],
+        rank=10,
+        max_iter=2,
+        max_restarts=2,
+        report=lines.append,
+    )
+    assert [line.split(":")[0] for line in lines] == ["CG", "CG restart 1", "CG restart 2"]
+    assert "6 CG iterations" in short.message
+    assert "target 1e-06 not reached" in short.message and "--ridge" in short.message

@@ -69,28 +69,6 @@ def test_in_place_factorisation_matches_and_survives_a_failed_attempt(problem):
         assert in_place.condition_number == pytest.approx(copied.condition_number)
 
 
-def test_refined_cg_from_float32_storage_reaches_float64_quality():
-    from ntkdemo.iterative import solve_refined
-    from ntkdemo.kernels import ntk_times
-
-    rng = np.random.default_rng(4)
-    X = rng.random((600, 50)) ** 3  # image-like: positive, correlated
-    Y = one_hot(rng.integers(0, 4, 600), 4)
-    K = ntk(X)
-    exact = solve(K, Y)
-    refined, fitted = solve_refined(
-        ntk(X, dtype=np.float32), Y, lambda V: ntk_times(X, X, V), rank=100
-    )
-    np.testing.assert_allclose(fitted, K @ refined.coef, rtol=0, atol=1e-12)
-    assert np.linalg.norm(Y - K @ refined.coef) <= 1e-6 * np.linalg.norm(Y)
-    np.testing.assert_allclose(
-        refined.coef, exact.coef, rtol=0, atol=1e-4 * np.abs(exact.coef).max()
-    )
-    plain32 = np.linalg.solve(ntk(X, dtype=np.float32).astype(float), Y)
-    assert np.linalg.norm(Y - K @ plain32) > 10 * np.linalg.norm(Y - K @ refined.coef)
-    assert "refinement" in refined.message and "CG" in refined.method
-
-
 def test_ntk_times_streams_the_product():
     from ntkdemo.kernels import ntk_times
 

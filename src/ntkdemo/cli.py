@@ -68,9 +68,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
         "--solver",
         choices=("auto", "cholesky", "cg"),
         default="auto",
-        help="cholesky: float64 kernel factorised in place; cg: float32 kernel, "
-        "preconditioned conjugate gradients refined to float64 quality; auto (default): "
-        "cholesky when it fits the memory plan",
+        help="cholesky: float64 kernel factorised in place; cg: upper triangle of the "
+        "float64 kernel (half the memory), preconditioned conjugate gradients; auto "
+        "(default): cholesky when it fits the memory plan",
     )
     run.add_argument(
         "--device",

@@ -40,6 +40,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
 
 from .errors import InvalidInputError, InvalidParameterError
+from .packed import SymmetricStrips
 from .validation import check_matrix, check_nonnegative_float, check_positive_int, list_rows
 
 
@@ -109,6 +110,44 @@ def ntk(
     if symmetric:
         mirror_upper(cosines)
     return cosines
+
+
+def ntk_strips(
+    X: np.ndarray,
+    *,
+    strip_rows: int = 256,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> SymmetricStrips:
+    r"""``ntk(X)`` in float64, stored as its upper triangle (half the memory).
+
+    Each row strip of :class:`~ntkdemo.packed.SymmetricStrips` is one matrix product
+    of unit rows and one map, written in place; the diagonal tile's lower half is
+    mirrored from its upper half, so the stored matrix is exactly symmetric. Equal to
+    ``ntk(X)`` entry for entry up to the rounding of the products.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+    strip_rows : int, default=256
+        Rows per strip.
+    progress : callable, optional
+        Wraps the strip iterator.
+
+    Returns
+    -------
+    SymmetricStrips
+    """
+    X_unit = unit_rows(X, "X")
+    K = SymmetricStrips(len(X_unit), strip_rows)
+    strips = range(K.n_strips)
+    for number in progress(strips) if progress else strips:
+        rows = K.rows_of(number)
+        strip = K.strip(number)
+        np.matmul(X_unit[rows], X_unit[rows.start :].T, out=strip)
+        np.fill_diagonal(strip, 1.0)
+        _ntk_of_cosine_inplace(strip, _snap_tolerance(np.float64), True)
+        mirror_upper(strip[:, : rows.stop - rows.start])
+    return K
 
 
 def ntk_times(

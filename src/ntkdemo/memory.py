@@ -4,9 +4,11 @@ A run holds the training kernel ``K(X, X)`` (``n^2`` entries) and small workspac
 Two strategies:
 
 * ``cholesky`` -- ``K`` in float64, factorised in place (``8 n^2`` bytes);
-* ``cg`` -- ``K`` stored in float32 (``4 n^2`` bytes) and solved by preconditioned
-  conjugate gradients, refined against float64 kernel products recomputed in blocks
-  (:mod:`ntkdemo.iterative`), so the answer keeps float64 quality.
+* ``cg`` -- only the upper triangle of ``K``, in float64 (about ``4 n^2`` bytes, what
+  the whole matrix takes in float32; :class:`ntkdemo.packed.SymmetricStrips`), solved
+  by preconditioned conjugate gradients (:mod:`ntkdemo.iterative`). Every product is
+  exact to float64 rounding, so the answer has float64 quality (relative residual
+  below ``1e-6``).
 
 The plan picks ``cholesky`` when it fits the budget, else ``cg``; if neither fits it
 raises :class:`~ntkdemo.errors.MemoryPlanError` naming the largest training set that
@@ -20,10 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InvalidParameterError, MemoryPlanError
+from .packed import SymmetricStrips
 
-# Sizes the float32 path runs with (ntkdemo.pipeline) and that its estimate assumes.
+# Sizes the cg path runs with (ntkdemo.pipeline) and that its estimate assumes.
 CG_CLUSTER_SIZE = 1500  # rows per k-means cluster, the preconditioner's blocks
-CG_RESIDUAL_STRIP_ROWS = 256  # float64 kernel rows per strip of a residual product
+CG_NYSTROM_RANK = 1000  # landmark columns of the preconditioner's low-rank part
+CG_STRIP_ROWS = 256  # rows per strip of the stored upper triangle
 
 _UNITS = {
     "": 1,
@@ -62,17 +66,12 @@ class MemoryPlan:
     total_bytes: int
     budget_bytes: int
 
-    @property
-    def kernel_dtype(self) -> type:
-        """Storage type of the training kernel."""
-        return np.float64 if self.solver == "cholesky" else np.float32
-
     def describe(self) -> str:
         """One line for the console."""
         how = (
             "float64 kernel, Cholesky in place"
             if self.solver == "cholesky"
-            else "float32 kernel storage, preconditioned conjugate gradients refined in float64"
+            else "upper triangle of the float64 kernel, preconditioned conjugate gradients"
         )
         return (
             f"memory plan: {how}; kernel {format_bytes(self.kernel_bytes)}, peak about "
@@ -104,6 +103,14 @@ def format_bytes(count: float) -> str:
     return f"{int(count)} B"
 
 
+def kernel_bytes(solver: str, n_train: int) -> int:
+    """Bytes of the stored training kernel: the whole float64 matrix for ``cholesky``,
+    its upper-triangle strips for ``cg``."""
+    if solver == "cholesky":
+        return 8 * n_train**2
+    return 8 * SymmetricStrips.stored_entries(n_train, CG_STRIP_ROWS)
+
+
 def estimate_bytes(
     solver: str,
     n_train: int,
@@ -112,29 +119,29 @@ def estimate_bytes(
     n_outputs: int,
     *,
     block_rows: int = 1024,
-    rank: int = 1000,
+    rank: int = CG_NYSTROM_RANK,
     cluster_size: int = CG_CLUSTER_SIZE,
 ) -> int:
     r"""Estimated peak bytes of a run with ``solver``.
 
-    Kernel (8 or 4 bytes per entry), inputs and their unit-norm copies (float64) and
+    Kernel (:func:`kernel_bytes`), inputs and their unit-norm copies (float64) and
     the iteration vectors; for ``cholesky`` a block of ``block_rows`` streamed
-    kernel rows; for ``cg`` (whose peak is during the solve) a strip of
-    ``CG_RESIDUAL_STRIP_ROWS`` float64 kernel rows and the preconditioner: the Nystrom
-    factor :math:`F` and :math:`D^{-1}F` (``rank`` columns each) and the inverted
-    cluster blocks, whose squared sizes sum to about :math:`1.2\, n \cdot`
-    ``cluster_size`` for k-means clusters (measured on Fashion-MNIST; 1.25 is used).
+    kernel rows; for ``cg`` (whose peak is during the solve) the preconditioner: the
+    Nystrom factor :math:`F` (``rank`` columns) and the inverted cluster blocks, whose
+    squared sizes sum to about :math:`1.2\, n \cdot` ``cluster_size`` for k-means
+    clusters (measured on Fashion-MNIST; 1.25 is used), or, while the kernel is built,
+    a reordered copy of the training inputs, whichever is larger.
     """
     inputs = 2 * 8 * (n_train + n_test) * n_features
-    vectors = 8 * 10 * n_train * n_outputs
+    vectors = 8 * 16 * n_train * n_outputs
     if solver == "cholesky":
         block = 8 * min(block_rows, max(n_train, n_test)) * n_train
-        return 8 * n_train**2 + inputs + block + vectors
+        return kernel_bytes(solver, n_train) + inputs + block + vectors
     rank = min(rank, n_train)
-    strip = 8 * min(CG_RESIDUAL_STRIP_ROWS, n_train) * n_train
     blocks = int(8 * 1.25 * n_train * min(cluster_size, n_train))
-    preconditioner = 2 * 8 * n_train * rank + 8 * rank * rank + blocks
-    return 4 * n_train**2 + inputs + strip + vectors + preconditioner
+    preconditioner = 8 * n_train * rank + 8 * rank * rank + blocks
+    reordered = 8 * n_train * n_features
+    return kernel_bytes(solver, n_train) + inputs + vectors + max(preconditioner, reordered)
 
 
 def plan_memory(
@@ -178,14 +185,15 @@ def plan_memory(
     for candidate in candidates:
         total = estimate_bytes(candidate, n_train, n_test, n_features, n_outputs)
         if total <= budget:
-            kernel = (8 if candidate == "cholesky" else 4) * n_train**2
+            kernel = kernel_bytes(candidate, n_train)
             return MemoryPlan(candidate, n_train, n_test, kernel, total, budget)
     cheapest = candidates[-1]
     needed = estimate_bytes(cheapest, n_train, n_test, n_features, n_outputs)
     largest = largest_training_set(budget, n_test, n_features, n_outputs, cheapest)
     raise MemoryPlanError(
         f"{n_train} training images need about {format_bytes(needed)} "
-        f"({'float64' if cheapest == 'cholesky' else 'float32'} kernel), more than the "
+        f"({'float64 kernel' if cheapest == 'cholesky' else 'upper triangle of the kernel'}), "
+        "more than the "
         f"{format_bytes(budget)} allowed (free memory or --max-memory); the largest training "
         f"set that fits is {largest} images"
     )

@@ -18,9 +18,9 @@ from .data import Sample
 from .dynamics import GradientDescentDynamics
 from .errors import InvalidParameterError, MemoryPlanError
 from .evaluate import ClassificationReport, evaluate
-from .iterative import cluster_order, solve_refined
-from .kernels import kernel_matrix, ntk, ntk_times
-from .memory import CG_CLUSTER_SIZE, CG_RESIDUAL_STRIP_ROWS, MemoryPlan, plan_memory
+from .iterative import cluster_order, solve_cg
+from .kernels import kernel_matrix, ntk_strips, ntk_times
+from .memory import CG_CLUSTER_SIZE, CG_NYSTROM_RANK, CG_STRIP_ROWS, MemoryPlan, plan_memory
 from .regression import KernelSolution, one_hot, solve
 
 
@@ -91,7 +91,7 @@ def run_demo(
         fixes what a unit of time means. Cannot be combined with a ridge.
     plan : MemoryPlan, optional
         Default: :func:`ntkdemo.memory.plan_memory` for this sample and free memory.
-        With ``plan.solver == "cg"`` (float32 storage) only the default kernel and
+        With ``plan.solver == "cg"`` (upper-triangle storage) only the default kernel and
         ``time=None`` are available.
     spectrum_rows : int, default=2000
         Largest Gram matrix whose eigenvalues are computed for the spectrum.
@@ -125,7 +125,7 @@ def run_demo(
         plan = plan or plan_memory(n_train, len(sample.y_test), n_features, sample.n_classes)
     if plan is not None and plan.solver == "cg" and not mission:
         raise MemoryPlanError(
-            f"{n_train} training images need the float32 iterative path, which serves the "
+            f"{n_train} training images need the iterative (cg) path, which serves the "
             "default kernel at convergence only (no --kernel/--depth/--w-std/--b-std/--time); "
             "use fewer images or the default kernel"
         )
@@ -160,13 +160,11 @@ def run_demo(
 
     if plan.solver == "cg":
         solution, train_scores = _solve_iteratively(
-            sample.X_train, targets, ridge, plan.kernel_dtype, timings, progress, report
+            sample.X_train, targets, ridge, timings, progress, report
         )
     else:
         start = perf_counter()
-        K_train = kernel_of(
-            sample.X_train, dtype=plan.kernel_dtype, progress=_wrap(progress, "kernel blocks")
-        )
+        K_train = kernel_of(sample.X_train, progress=_wrap(progress, "kernel blocks"))
         timings["kernel"] = perf_counter() - start
         start = perf_counter()
         if time is None:
@@ -197,12 +195,11 @@ def _solve_iteratively(
     X_train: np.ndarray,
     targets: np.ndarray,
     ridge: float,
-    dtype: type,
     timings: dict[str, float],
     progress: Callable | None,
     report: Callable[[str], None] | None,
 ) -> tuple[KernelSolution, np.ndarray]:
-    """The float32 path of the memory plan: cluster, build ``K`` in that order, solve.
+    """The ``cg`` path of the memory plan: cluster, build the upper triangle, solve.
 
     Rows are ordered by k-means clusters (:func:`ntkdemo.iterative.cluster_order`) so
     that the preconditioner's blocks are contiguous; coefficients and training outputs
@@ -212,27 +209,17 @@ def _solve_iteratively(
     order, blocks = cluster_order(X_train, block_size=CG_CLUSTER_SIZE)
     timings["clusters"] = perf_counter() - start
     start = perf_counter()
-    K_train = ntk(X_train[order], dtype=dtype, progress=_wrap(progress, "kernel blocks"))
+    K_train = ntk_strips(
+        X_train[order], strip_rows=CG_STRIP_ROWS, progress=_wrap(progress, "kernel strips")
+    )
     timings["kernel"] = perf_counter() - start
-
-    def exact_product(V_ordered: np.ndarray) -> np.ndarray:
-        """``K @ V`` in the clusters' order, from float64 kernel rows in the original
-        order (no reordered copy of the inputs is kept; short strips keep the
-        workspace small, as the memory plan assumes)."""
-        V = np.empty_like(V_ordered)
-        V[order] = V_ordered
-        strips = _wrap(progress, "residual blocks")
-        return ntk_times(X_train, None, V, block_rows=CG_RESIDUAL_STRIP_ROWS, progress=strips)[
-            order
-        ]
-
     start = perf_counter()
-    solution, fitted = solve_refined(
+    solution, fitted = solve_cg(
         K_train,
         targets[order],
-        exact_product,
+        blocks,
         ridge=ridge,
-        blocks=blocks,
+        rank=CG_NYSTROM_RANK,
         report=report,
         progress=_wrap(progress, "CG iterations"),
     )

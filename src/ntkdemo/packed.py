@@ -1,0 +1,233 @@
+r"""A symmetric matrix stored as its upper triangle, in float64, by row strips.
+
+Half of a float64 matrix takes the bytes of the whole matrix in float32
+(:math:`8 \cdot n(n+1)/2` against :math:`4 n^2`), yet every product with it is exact to
+float64 rounding; this is how the 60,000-image kernel fits in 18 GB without giving up
+float64 (:mod:`ntkdemo.iterative` solves with it).
+
+Strip :math:`s` holds rows :math:`r = [s h, s h + h)` from the diagonal on: the block
+:math:`S_s = K_{r,\, s h:}` of shape :math:`h \times (n - s h)`, contiguous. Its leading
+:math:`h \times h` square (the diagonal tile) is stored whole, which costs
+:math:`n h / 2` extra entries. A product :math:`K V` reads every stored entry once and
+uses it twice:
+
+.. math::
+
+    (K V)_r \mathrel{+}= S_s V_{s h:}, \qquad
+    (K V)_{s h + h:} \mathrel{+}= (S_s)_{:,\, h:}^\top V_r .
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .validation import check_positive_int
+
+
+class SymmetricStrips:
+    """Upper-triangle row strips of a symmetric ``n x n`` float64 matrix (module docstring).
+
+    Parameters
+    ----------
+    n : int
+        Order of the matrix.
+    strip_rows : int, default=256
+        Rows per strip (the last strip may be shorter).
+
+    Attributes
+    ----------
+    data : ndarray of shape (stored_entries(n, strip_rows),)
+        All strips, one after the other; uninitialised until filled through
+        :meth:`strip`.
+    offsets : ndarray of int64
+        Where each strip starts in ``data`` (and, last, the end).
+    """
+
+    def __init__(self, n: int, strip_rows: int = 256) -> None:
+        self.n = check_positive_int("n", n)
+        self.strip_rows = check_positive_int("strip_rows", strip_rows)
+        starts = np.arange(0, n, self.strip_rows, dtype=np.int64)
+        sizes = np.minimum(self.strip_rows, n - starts) * (n - starts)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.data = np.empty(int(self.offsets[-1]))
+
+    @staticmethod
+    def stored_entries(n: int, strip_rows: int = 256) -> int:
+        """Entries held for order ``n``: :math:`n(n+1)/2` plus half of each diagonal tile."""
+        starts = np.arange(0, n, strip_rows, dtype=np.int64)
+        return int((np.minimum(strip_rows, n - starts) * (n - starts)).sum())
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n, self.n
+
+    @property
+    def n_strips(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+    def rows_of(self, strip: int) -> slice:
+        """The rows that strip number ``strip`` covers."""
+        start = strip * self.strip_rows
+        return slice(start, min(start + self.strip_rows, self.n))
+
+    def strip(self, strip: int) -> np.ndarray:
+        """Writable view of strip ``strip``: rows :meth:`rows_of`, columns from its first
+        row on."""
+        rows = self.rows_of(strip)
+        span = self.data[self.offsets[strip] : self.offsets[strip + 1]]
+        return span.reshape(rows.stop - rows.start, self.n - rows.start)
+
+    def __matmul__(self, V: np.ndarray) -> np.ndarray:
+        """``K @ V`` for ``V`` of shape (n,) or (n, k), summed in float64 on all cores."""
+        V = np.asarray(V, dtype=np.float64)
+        if V.shape[0] != self.n:
+            raise ValueError(f"cannot multiply a {self.n}x{self.n} matrix by {V.shape}")
+        columns = np.ascontiguousarray(V.reshape(self.n, -1).T)
+        partial = np.empty((2 * numba.get_num_threads(), *columns.shape))
+        _strips_times(self.data, self.offsets, self.strip_rows, columns, partial)
+        return partial.sum(axis=0).T.reshape(V.shape)
+
+    def take(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The dense submatrix ``K[rows][:, cols]`` (any indices, in any order)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = np.asarray(cols, dtype=np.int64)
+        for name, index in (("rows", rows), ("cols", cols)):
+            if index.size and (index.min() < 0 or index.max() >= self.n):
+                raise IndexError(f"{name} must lie in 0..{self.n - 1}")
+        out = np.empty((len(rows), len(cols)))
+        _gather(self.data, self.offsets, self.strip_rows, self.n, rows, cols, out)
+        return out
+
+    def diagonal(self) -> np.ndarray:
+        """The diagonal, as a new array."""
+        everything = np.arange(self.n)
+        out = np.empty(self.n)
+        _gather_diagonal(self.data, self.offsets, self.strip_rows, self.n, everything, out)
+        return out
+
+    def to_dense(self) -> np.ndarray:
+        """The whole ``n x n`` matrix (for small ``n``: tests and checks)."""
+        return self.take(np.arange(self.n), np.arange(self.n))
+
+
+@numba.njit(inline="always")
+def _position(offsets, strip_rows, n, i, j):  # pragma: no cover - compiled
+    """Index in the strips' data of entry (i, j), read from the upper triangle."""
+    low, high = (i, j) if i <= j else (j, i)
+    strip = low // strip_rows
+    start = strip * strip_rows
+    return offsets[strip] + (low - start) * (n - start) + (high - start)
+
+
+@numba.njit(parallel=True, cache=True)
+def _gather(data, offsets, strip_rows, n, rows, cols, out):  # pragma: no cover - compiled
+    for a in numba.prange(len(rows)):
+        for b in range(len(cols)):
+            out[a, b] = data[_position(offsets, strip_rows, n, rows[a], cols[b])]
+
+
+@numba.njit(cache=True)
+def _gather_diagonal(data, offsets, strip_rows, n, index, out):  # pragma: no cover - compiled
+    for a in range(len(index)):
+        out[a] = data[_position(offsets, strip_rows, n, index[a], index[a])]
+
+
+@numba.njit(inline="always")
+def _four_dots(r0, r1, r2, r3, v):  # pragma: no cover - compiled
+    """Dot products of four rows with ``v`` (loops from 0, so they vectorise)."""
+    s0 = s1 = s2 = s3 = 0.0
+    for j in range(len(v)):
+        x = v[j]
+        s0 += r0[j] * x
+        s1 += r1[j] * x
+        s2 += r2[j] * x
+        s3 += r3[j] * x
+    return s0, s1, s2, s3
+
+
+@numba.njit(inline="always")
+def _four_dots_and_update(r0, r1, r2, r3, v, out, w0, w1, w2, w3):  # pragma: no cover
+    """:func:`_four_dots`, and ``out += w0 r0 + w1 r1 + w2 r2 + w3 r3`` from the same loads."""
+    s0 = s1 = s2 = s3 = 0.0
+    for j in range(len(v)):
+        x = v[j]
+        e0, e1, e2, e3 = r0[j], r1[j], r2[j], r3[j]
+        s0 += e0 * x
+        s1 += e1 * x
+        s2 += e2 * x
+        s3 += e3 * x
+        out[j] += e0 * w0 + e1 * w1 + e2 * w2 + e3 * w3
+    return s0, s1, s2, s3
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _strips_times(data, offsets, strip_rows, columns, partial, stretch=512):  # pragma: no cover
+    """``partial.sum(0) = (K @ columns.T).T`` from the strips.
+
+    Strips are dealt round-robin to ``len(partial)`` groups, each with its own output
+    (no two threads write the same memory). Four rows at a time, in stretches of
+    ``stretch`` columns that stay in cache while every column of ``V`` passes: each
+    entry is loaded once per column of ``V`` for both of its uses. ``fastmath`` lets
+    the compiler split each float64 sum over SIMD lanes (another rounding order, not
+    a lower precision). Rows past a strip's end repeat its last row with weight 0.
+    """
+    n = columns.shape[1]
+    n_groups = partial.shape[0]
+    n_columns = columns.shape[0]
+    for group in numba.prange(n_groups):
+        out = partial[group]
+        out[:] = 0.0
+        sums = np.empty((4, n_columns))
+        for strip in range(group, len(offsets) - 1, n_groups):
+            start = strip * strip_rows
+            height = min(strip_rows, n - start)
+            width = n - start
+            base = offsets[strip]
+            for q in range(0, height, 4):
+                i0, i1, i2, i3 = (
+                    q,
+                    min(q + 1, height - 1),
+                    min(q + 2, height - 1),
+                    min(q + 3, height - 1),
+                )
+                live1 = 1.0 if q + 1 < height else 0.0
+                live2 = 1.0 if q + 2 < height else 0.0
+                live3 = 1.0 if q + 3 < height else 0.0
+                row0 = data[base + i0 * width : base + (i0 + 1) * width]
+                row1 = data[base + i1 * width : base + (i1 + 1) * width]
+                row2 = data[base + i2 * width : base + (i2 + 1) * width]
+                row3 = data[base + i3 * width : base + (i3 + 1) * width]
+                for c in range(n_columns):  # the diagonal tile: its own rows' outputs only
+                    v = columns[c, start : start + height]
+                    s = _four_dots(row0[:height], row1[:height], row2[:height], row3[:height], v)
+                    sums[0, c], sums[1, c], sums[2, c], sums[3, c] = s
+                for j0 in range(height, width, stretch):
+                    j1 = min(j0 + stretch, width)
+                    for c in range(n_columns):
+                        v = columns[c]
+                        s = _four_dots_and_update(
+                            row0[j0:j1],
+                            row1[j0:j1],
+                            row2[j0:j1],
+                            row3[j0:j1],
+                            v[start + j0 : start + j1],
+                            out[c, start + j0 : start + j1],
+                            v[start + i0],
+                            v[start + i1] * live1,
+                            v[start + i2] * live2,
+                            v[start + i3] * live3,
+                        )
+                        sums[0, c] += s[0]
+                        sums[1, c] += s[1]
+                        sums[2, c] += s[2]
+                        sums[3, c] += s[3]
+                for c in range(n_columns):
+                    out[c, start + i0] += sums[0, c]
+                    out[c, start + i1] += sums[1, c] * live1
+                    out[c, start + i2] += sums[2, c] * live2
+                    out[c, start + i3] += sums[3, c] * live3
