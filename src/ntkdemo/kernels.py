@@ -162,10 +162,9 @@ def ntk_times(
 
     Row blocks of ``block_rows`` are computed (one product, one map), multiplied by
     ``V`` and dropped: memory is one block of ``block_rows * len(Y)`` entries. This
-    streams test predictions and the float64 residuals of :mod:`ntkdemo.iterative`.
-    With ``Y=None`` (``ntk(X) @ V``) only the upper block triangle is computed: a
-    strip :math:`S = K_{r, r_0:}` of rows :math:`r` from the diagonal on serves twice,
-    :math:`(KV)_r \mathrel{+}= S V_{r_0:}` and
+    streams test predictions. With ``Y=None`` (``ntk(X) @ V``) only the upper block
+    triangle is computed: a strip :math:`S = K_{r, r_0:}` of rows :math:`r` from the
+    diagonal on serves twice, :math:`(KV)_r \mathrel{+}= S V_{r_0:}` and
     :math:`(KV)_{r_1:} \mathrel{+}= S_{:, r_1:}^\top V_r`, at half the cost.
 
     Parameters

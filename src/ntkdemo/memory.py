@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from .errors import InvalidParameterError, MemoryPlanError
@@ -26,7 +27,7 @@ from .packed import SymmetricStrips
 
 # Sizes the cg path runs with (ntkdemo.pipeline) and that its estimate assumes.
 CG_CLUSTER_SIZE = 1500  # rows per k-means cluster, the preconditioner's blocks
-CG_NYSTROM_RANK = 1000  # landmark columns of the preconditioner's low-rank part
+CG_NYSTROM_RANK = 1500  # landmark columns of the preconditioner's low-rank part
 CG_STRIP_ROWS = 256  # rows per strip of the stored upper triangle
 
 _UNITS = {
@@ -125,15 +126,16 @@ def estimate_bytes(
     r"""Estimated peak bytes of a run with ``solver``.
 
     Kernel (:func:`kernel_bytes`), inputs and their unit-norm copies (float64) and
-    the iteration vectors; for ``cholesky`` a block of ``block_rows`` streamed
-    kernel rows; for ``cg`` (whose peak is during the solve) the preconditioner: the
-    Nystrom factor :math:`F` (``rank`` columns) and the inverted cluster blocks, whose
-    squared sizes sum to about :math:`1.2\, n \cdot` ``cluster_size`` for k-means
-    clusters (measured on Fashion-MNIST; 1.25 is used), or, while the kernel is built,
-    a reordered copy of the training inputs, whichever is larger.
+    the iteration vectors (ten, and two per thread for the partial sums of a product);
+    for ``cholesky`` a block of ``block_rows`` streamed kernel rows; for ``cg`` (whose
+    peak is during the solve) the preconditioner: the Nystrom factor :math:`F`
+    (``rank`` columns) and the inverted cluster blocks, whose squared sizes sum to
+    about :math:`1.2\, n \cdot` ``cluster_size`` for k-means clusters (measured on
+    Fashion-MNIST; 1.25 is used), or, while the kernel is built, a reordered copy of
+    the training inputs, whichever is larger.
     """
     inputs = 2 * 8 * (n_train + n_test) * n_features
-    vectors = 8 * 16 * n_train * n_outputs
+    vectors = 8 * (10 + 2 * numba.get_num_threads()) * n_train * n_outputs  # CG, products
     if solver == "cholesky":
         block = 8 * min(block_rows, max(n_train, n_test)) * n_train
         return kernel_bytes(solver, n_train) + inputs + block + vectors
