@@ -194,7 +194,7 @@ def _print_run(say: Console, sample, result) -> None:
     condition = (
         f"condition number ~ {solution.condition_number:.3g}"
         if np.isfinite(solution.condition_number) or solution.condition_number == np.inf
-        else f"condition number not estimated ({solution.method})"
+        else "condition number not estimated (an iterative solve)"
     )
     say(f"solve: {solution.method} of K(X,X) + {solution.ridge:g} I, {condition}")
     if solution.message:

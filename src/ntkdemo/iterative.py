@@ -328,7 +328,6 @@ def solve_cg(
         0.0,
         float("nan"),
         message,
-        method="conjugate gradients on the float64 upper triangle, preconditioned by "
-        "Nystrom + cluster blocks",
+        method="preconditioned conjugate gradients (Nystrom + cluster blocks)",
     )
     return solution, fitted
