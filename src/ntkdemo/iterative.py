@@ -36,7 +36,7 @@ import numpy as np
 from scipy import linalg
 from sklearn.cluster import KMeans
 
-from .kernels import mirror_upper
+from .kernels import mirror_upper, unit_rows
 from .packed import SymmetricStrips
 from .regression import KernelSolution
 from .validation import check_nonnegative_float, check_positive_int
@@ -71,8 +71,7 @@ def cluster_order(
     n_clusters = -(-n // check_positive_int("block_size", block_size))
     if n_clusters == 1:
         return np.arange(n), [slice(0, n)]
-    unit = X / np.linalg.norm(X, axis=1, keepdims=True)
-    labels = KMeans(n_clusters, n_init=1, random_state=seed).fit_predict(unit)
+    labels = KMeans(n_clusters, n_init=1, random_state=seed).fit_predict(unit_rows(X))
     order = np.argsort(labels, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=n_clusters))])
     blocks = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]

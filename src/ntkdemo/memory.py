@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from .errors import InvalidParameterError, MemoryPlanError
@@ -135,7 +134,7 @@ def estimate_bytes(
     the training inputs, whichever is larger.
     """
     inputs = 2 * 8 * (n_train + n_test) * n_features
-    vectors = 8 * (10 + 2 * numba.get_num_threads()) * n_train * n_outputs  # CG, products
+    vectors = 8 * (10 + SymmetricStrips.partial_outputs()) * n_train * n_outputs
     if solver == "cholesky":
         block = 8 * min(block_rows, max(n_train, n_test)) * n_train
         return kernel_bytes(solver, n_train) + inputs + block + vectors

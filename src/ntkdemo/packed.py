@@ -47,16 +47,19 @@ class SymmetricStrips:
     def __init__(self, n: int, strip_rows: int = 256) -> None:
         self.n = check_positive_int("n", n)
         self.strip_rows = check_positive_int("strip_rows", strip_rows)
-        starts = np.arange(0, n, self.strip_rows, dtype=np.int64)
-        sizes = np.minimum(self.strip_rows, n - starts) * (n - starts)
+        sizes = _strip_sizes(n, self.strip_rows)
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.data = np.empty(int(self.offsets[-1]))
 
     @staticmethod
     def stored_entries(n: int, strip_rows: int = 256) -> int:
         """Entries held for order ``n``: :math:`n(n+1)/2` plus half of each diagonal tile."""
-        starts = np.arange(0, n, strip_rows, dtype=np.int64)
-        return int((np.minimum(strip_rows, n - starts) * (n - starts)).sum())
+        return int(_strip_sizes(n, strip_rows).sum())
+
+    @staticmethod
+    def partial_outputs() -> int:
+        """How many ``n x k`` partial sums a product holds at once (two per thread)."""
+        return 2 * numba.get_num_threads()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -65,10 +68,6 @@ class SymmetricStrips:
     @property
     def n_strips(self) -> int:
         return len(self.offsets) - 1
-
-    @property
-    def nbytes(self) -> int:
-        return self.data.nbytes
 
     def rows_of(self, strip: int) -> slice:
         """The rows that strip number ``strip`` covers."""
@@ -88,7 +87,7 @@ class SymmetricStrips:
         if V.shape[0] != self.n:
             raise ValueError(f"cannot multiply a {self.n}x{self.n} matrix by {V.shape}")
         columns = np.ascontiguousarray(V.reshape(self.n, -1).T)
-        partial = np.empty((2 * numba.get_num_threads(), *columns.shape))
+        partial = np.empty((self.partial_outputs(), *columns.shape))
         _strips_times(self.data, self.offsets, self.strip_rows, columns, partial)
         return partial.sum(axis=0).T.reshape(V.shape)
 
@@ -113,6 +112,12 @@ class SymmetricStrips:
     def to_dense(self) -> np.ndarray:
         """The whole ``n x n`` matrix (for small ``n``: tests and checks)."""
         return self.take(np.arange(self.n), np.arange(self.n))
+
+
+def _strip_sizes(n: int, strip_rows: int) -> np.ndarray:
+    """Entries of each strip: its rows times its columns (from its first row on)."""
+    starts = np.arange(0, n, strip_rows, dtype=np.int64)
+    return np.minimum(strip_rows, n - starts) * (n - starts)
 
 
 @numba.njit(inline="always")
