@@ -6,15 +6,24 @@ import pytest
 from ntkdemo.kernels import ntk, ntk_strips
 from ntkdemo.packed import SymmetricStrips
 
+# The strips and ``ntk`` call BLAS with differently shaped products (one strip against
+# the rows below it; square diagonal blocks plus rectangles). Some BLAS kernels (OpenBLAS'
+# SkylakeX) round such products differently in the last bit, and the map passes that on
+# amplified by at most |NTK'(k)| (below 3 for these random inputs, whose cosines stay
+# away from +-1). So the two paths agree within a few ulps of 2, not bit for bit; what
+# one path computes twice or mirrors (symmetry, the diagonal 2.0) is exact.
+ACROSS_PATHS = 8 * np.finfo(np.float64).eps
+
 
 @pytest.mark.parametrize("n, strip_rows", [(1, 4), (5, 4), (8, 4), (37, 8), (300, 64), (1029, 256)])
 def test_strips_hold_exactly_the_dense_kernel(n, strip_rows):
     """Strip sizes around multiples of the strip height (and of the four rows the product
-    takes at a time): the stored matrix equals ``ntk`` bit for bit and is symmetric."""
+    takes at a time): the stored matrix equals ``ntk`` within a few ulps, and is exactly
+    symmetric with the exact diagonal."""
     X = np.random.default_rng(n).random((n, 12))
     K = ntk_strips(X, strip_rows=strip_rows)
     dense = K.to_dense()
-    np.testing.assert_array_equal(dense, ntk(X))
+    np.testing.assert_allclose(dense, ntk(X), rtol=0, atol=ACROSS_PATHS)
     np.testing.assert_array_equal(dense, dense.T)
     np.testing.assert_array_equal(K.diagonal(), np.full(n, 2.0))
     assert K.data.size == SymmetricStrips.stored_entries(n, strip_rows)
@@ -38,7 +47,9 @@ def test_take_reads_any_submatrix():
     X = np.random.default_rng(2).random((70, 5))
     K = ntk_strips(X, strip_rows=16)
     rows, cols = np.array([69, 0, 17, 17, 33]), np.array([3, 68, 16, 15])
-    np.testing.assert_array_equal(K.take(rows, cols), ntk(X)[np.ix_(rows, cols)])
+    taken = K.take(rows, cols)
+    np.testing.assert_array_equal(taken, K.to_dense()[np.ix_(rows, cols)])  # same storage
+    np.testing.assert_allclose(taken, ntk(X)[np.ix_(rows, cols)], rtol=0, atol=ACROSS_PATHS)
     assert K.take(rows, np.array([], dtype=int)).shape == (5, 0)
 
 
