@@ -76,3 +76,4 @@ def test_command_line_without_gpu_is_one_line(tiny_dataset, tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--device cuda needs CuPy" in err
+    assert 'pip install "ntkdemo[gpu]"' in err

@@ -8,7 +8,8 @@ import pytest
 
 from ntkdemo.cli import main
 from ntkdemo.errors import InvalidParameterError, MemoryPlanError
-from ntkdemo.memory import estimate_bytes, largest_training_set, parse_bytes, plan_memory
+from ntkdemo.memory import estimate_bytes, largest_training_set, plan_memory
+from ntkdemo.units import parse_bytes
 
 
 @pytest.mark.parametrize(
@@ -18,7 +19,7 @@ def test_parse_bytes(text, value):
     assert parse_bytes(text) == int(value)
 
 
-@pytest.mark.parametrize("text", ["lots", "-1GB", "0", "3XB"])
+@pytest.mark.parametrize("text", ["lots", "-1GB", "0", "3XB", "0.5", "1e400", "-5GB", "nan"])
 def test_parse_bytes_rejects(text):
     with pytest.raises(InvalidParameterError):
         parse_bytes(text)

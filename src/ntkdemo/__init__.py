@@ -4,17 +4,37 @@ An infinitely wide network trained by gradient descent on squared loss is kernel
 regression with its Neural Tangent Kernel. This package computes that kernel in
 closed form and shows it classifying Fashion-MNIST, with no network and no
 gradient step.
+
+The names below are imported on first use, so that the ``ntkdemo`` command's thin
+parent process (:mod:`ntkdemo.supervisor`) starts without loading numba or datasets.
 """
 
-from importlib import metadata
+from __future__ import annotations
 
-from .data import Sample, load_sample
-from .dynamics import gradient_descent_mean
-from .estimators import NTKClassifier, NTKRegressor
-from .kernels import fc_kernels, kernel_matrix, ntk
-from .regression import solve
+import importlib
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .data import Sample, load_sample
+    from .dynamics import gradient_descent_mean
+    from .estimators import NTKClassifier, NTKRegressor
+    from .kernels import fc_kernels, kernel_matrix, ntk
+    from .regression import solve
 
 __version__ = metadata.version("ntkdemo")
+
+_HOMES = {
+    "NTKClassifier": "estimators",
+    "NTKRegressor": "estimators",
+    "Sample": "data",
+    "fc_kernels": "kernels",
+    "gradient_descent_mean": "dynamics",
+    "kernel_matrix": "kernels",
+    "load_sample": "data",
+    "ntk": "kernels",
+    "solve": "regression",
+}
 
 __all__ = [
     "NTKClassifier",
@@ -28,3 +48,14 @@ __all__ = [
     "ntk",
     "solve",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first use."""
+    if name in _HOMES:
+        return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    raise AttributeError(f"module 'ntkdemo' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

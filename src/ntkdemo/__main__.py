@@ -1,7 +1,7 @@
-"""``python -m ntkdemo`` runs the command line."""
+"""``python -m ntkdemo`` runs the command line (see :mod:`ntkdemo.supervisor`)."""
 
 import sys
 
-from .cli import main
+from .supervisor import main
 
 sys.exit(main())

@@ -22,6 +22,7 @@ from .cli_common import (
     add_data_options,
     add_kernel_options,
     add_output_options,
+    diagnostics_kept,
     load_from_options,
     memory_size,
     time_value,
@@ -104,7 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         arguments.insert(0, "run")
     try:
         options = parser.parse_args(arguments)
-        return options.handler(options)
+        with diagnostics_kept() as diagnostics:
+            options.diagnostics = diagnostics
+            return options.handler(options)
     except (UsageError, NTKDemoError) as exc:
         print(f"ntkdemo: error: {exc}", file=sys.stderr)
         return 2
@@ -137,6 +140,7 @@ def command_run(options) -> int:
     from .memory import MemoryPlan, plan_memory
     from .outputs import prepare_out_dir
     from .pipeline import run_demo
+    from .process_status import record
 
     say = Console(options.quiet)
     out = prepare_out_dir(options.out)
@@ -151,6 +155,7 @@ def command_run(options) -> int:
                 f"memory plan: float64 kernel and Cholesky factor on the GPU, about "
                 f"{needed / 1e9:.2f} GB of GPU memory"
             )
+            record("plan", planned_peak_bytes=needed, allowed_bytes=None)
             plans.append(None)
             return
         plan = plan_memory(
@@ -162,9 +167,11 @@ def command_run(options) -> int:
             solver=options.solver,
         )
         say(plan.describe())
+        record("plan", planned_peak_bytes=plan.total_bytes, allowed_bytes=plan.budget_bytes)
         plans.append(plan)
 
     sample, load_seconds = load_from_options(options, say, before_decoding=check_memory)
+    record("compute")
     result = run_demo(
         sample,
         ridge=options.ridge,
@@ -179,9 +186,13 @@ def command_run(options) -> int:
         report=say,
     )
     result.timings = {"load": load_seconds, **result.timings}
+    record("write")
     _write_run(out, options, sample, result)  # files first: a closed pipe cannot lose them
     _print_run(say, sample, result)
-    say(f"wrote metrics.json, predictions.png, confusion.png, spectrum.png to {out}/")
+    logged = (
+        f", log.txt ({len(options.diagnostics.lines)} lines)" if options.diagnostics.lines else ""
+    )
+    say(f"wrote metrics.json, predictions.png, confusion.png, spectrum.png{logged} to {out}/")
     return 0
 
 
@@ -220,7 +231,7 @@ def _print_run(say: Console, sample, result) -> None:
 
 def _write_run(out: Path, options, sample, result) -> None:
     from .figures import confusion_figure, prediction_grid, spectrum_figure
-    from .outputs import save_figure, write_json
+    from .outputs import save_figure, write_bytes, write_json
 
     eigenvalues = result.eigenvalues
     test, train = result.test_report, result.train_report
@@ -230,7 +241,7 @@ def _write_run(out: Path, options, sample, result) -> None:
             "arguments": {
                 k: (str(v) if isinstance(v, float) and not np.isfinite(v) else v)
                 for k, v in vars(options).items()
-                if k != "handler"
+                if k not in ("handler", "diagnostics")
             },
             "dataset": sample.dataset,
             "class_names": list(sample.class_names),
@@ -285,6 +296,8 @@ def _write_run(out: Path, options, sample, result) -> None:
         else f"K of the first {result.spectrum_rows} training images"
     )
     save_figure(spectrum_figure(eigenvalues, label=label), out / "spectrum.png")
+    if options.diagnostics.lines:
+        write_bytes(out / "log.txt", "\n".join(options.diagnostics.lines + [""]).encode())
 
 
 def _json_number(value: float) -> float | str:

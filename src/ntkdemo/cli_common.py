@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 
 import numpy as np
@@ -73,7 +76,7 @@ def time_value(text: str) -> float:
 def memory_size(text: str) -> int:
     """Parse ``--max-memory``: bytes, or a number with KB/MB/GB/TB."""
     from .errors import InvalidParameterError
-    from .memory import parse_bytes
+    from .units import parse_bytes
 
     try:
         return parse_bytes(text)
@@ -168,6 +171,44 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="print only the errors")
 
 
+class DiagnosticsLog(logging.Handler):
+    """Keeps the log records and warnings of a run (see :func:`diagnostics_kept`)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@contextlib.contextmanager
+def diagnostics_kept() -> Iterator[DiagnosticsLog]:
+    """Route warnings and library log lines (matplotlib, datasets) away from stderr.
+
+    A command's stderr holds its own messages only: errors in one line. What libraries
+    say (a font substitution, a cache folder created elsewhere, a RuntimeWarning) is kept
+    by the yielded handler, which ``run`` writes to ``log.txt``. With ``NTKDEMO_DEBUG=1``
+    nothing is rerouted.
+    """
+    handler = DiagnosticsLog()
+    if os.environ.get("NTKDEMO_DEBUG"):
+        yield handler
+        return
+    root = logging.getLogger()
+    previous_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    try:
+        yield handler
+    finally:
+        logging.captureWarnings(False)
+        root.removeHandler(handler)
+        root.setLevel(previous_level)
+
+
 class Console:
     """Prints progress lines and tables unless quiet."""
 
@@ -193,8 +234,15 @@ def load_from_options(options, say: Console, before_decoding=None, **overrides):
 
     ``before_decoding`` is passed to :func:`ntkdemo.data.load_sample`.
     """
+    import datasets
+
     from .data import load_sample, resolve_dataset
 
+    if not os.environ.get("NTKDEMO_DEBUG"):  # its lines reach diagnostics_kept, not stderr
+        library_logger = logging.getLogger(datasets.__name__)
+        for handler in list(library_logger.handlers):
+            library_logger.removeHandler(handler)
+        datasets.utils.logging.enable_propagation()
     settings = {**vars(options), **overrides}
     source = resolve_dataset(settings["dataset"])
     say(f"loading {source} ...")

@@ -8,8 +8,11 @@ same layout (Parquet files with an ``image`` and a ``label`` column) works the s
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,7 +259,9 @@ def open_dataset(source: str):
     bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # "Generating train split" bars would garble one-line errors
     try:
-        loaded = datasets.load_dataset(str(path) if path.exists() else source)
+        loaded = datasets.load_dataset(
+            str(path) if path.exists() else source, cache_dir=_writable_cache_folder()
+        )
     except Exception as exc:  # datasets raises many types; the user needs one message
         empty = re.search(r'Instruction "(.+)" corresponds to no data', str(exc))
         if path.exists() and empty:
@@ -280,6 +285,26 @@ def open_dataset(source: str):
     if not isinstance(loaded, datasets.DatasetDict):
         raise DatasetError(f"{source!r} did not load as a dataset with named splits")
     return loaded
+
+
+def _writable_cache_folder() -> str | None:
+    """``None`` (the ``datasets`` cache) where it can be written, else a temporary folder.
+
+    An account without a writable home (a service account) has no usable cache; the
+    run then converts the dataset into a folder under the system's temporary folder,
+    removed when the process ends.
+    """
+    import datasets
+
+    try:
+        cache = Path(datasets.config.HF_DATASETS_CACHE)
+        cache.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=cache).close()
+        return None
+    except OSError:
+        folder = tempfile.mkdtemp(prefix="ntkdemo-datasets-cache-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        return folder
 
 
 def find_columns(split, source: str, image_column: str | None, label_column: str | None):

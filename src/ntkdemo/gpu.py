@@ -13,8 +13,8 @@ import numpy as np
 
 from .errors import InvalidParameterError, MemoryPlanError
 from .kernels import unit_rows
-from .memory import format_bytes
 from .regression import KernelSolution, jitter_after_failure, not_positive_definite
+from .units import format_bytes
 
 _MAP_SOURCE = """
 double c = k;
@@ -35,8 +35,9 @@ def require_cupy():
         import cupy
     except ImportError:
         raise InvalidParameterError(
-            "--device cuda needs CuPy and a CUDA GPU: install the CuPy wheel for your CUDA "
-            "(e.g. pip install cupy-cuda12x), or run on the CPU (the default)"
+            '--device cuda needs CuPy and a CUDA GPU: pip install "ntkdemo[gpu]" (CuPy for '
+            "CUDA 12; for another CUDA install its own cupy-cudaXXx wheel), or run on the CPU "
+            "(the default)"
         ) from None
     try:
         count = cupy.cuda.runtime.getDeviceCount()

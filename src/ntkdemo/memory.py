@@ -19,28 +19,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from .errors import InvalidParameterError, MemoryPlanError
 from .packed import SymmetricStrips
+from .units import format_bytes
 
 # Sizes the cg path runs with (ntkdemo.pipeline) and that its estimate assumes.
 CG_CLUSTER_SIZE = 1500  # rows per k-means cluster, the preconditioner's blocks
 CG_NYSTROM_RANK = 1500  # landmark columns of the preconditioner's low-rank part
 CG_STRIP_ROWS = 256  # rows per strip of the stored upper triangle
-
-_UNITS = {
-    "": 1,
-    "B": 1,
-    "K": 1e3,
-    "KB": 1e3,
-    "M": 1e6,
-    "MB": 1e6,
-    "G": 1e9,
-    "GB": 1e9,
-    "T": 1e12,
-    "TB": 1e12,
-}
 
 
 @dataclass(frozen=True)
@@ -77,30 +63,6 @@ class MemoryPlan:
             f"memory plan: {how}; kernel {format_bytes(self.kernel_bytes)}, peak about "
             f"{format_bytes(self.total_bytes)} of {format_bytes(self.budget_bytes)} allowed"
         )
-
-
-def parse_bytes(text: str) -> int:
-    """Parse a size such as ``"16GB"``, ``"500M"`` or ``"2e9"`` into bytes."""
-    cleaned = text.strip().upper().replace(" ", "")
-    number = cleaned.rstrip("KMGTB")
-    unit = cleaned[len(number) :]
-    try:
-        value = float(number) * _UNITS[unit]
-    except (ValueError, KeyError):
-        raise InvalidParameterError(
-            f"cannot read the memory size {text!r}; write e.g. 16GB, 500MB or 2e9"
-        ) from None
-    if not np.isfinite(value) or value <= 0:
-        raise InvalidParameterError(f"the memory size must be > 0, got {text!r}")
-    return int(value)
-
-
-def format_bytes(count: float) -> str:
-    """``1.5e9`` -> ``"1.50 GB"``."""
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if count >= size:
-            return f"{count / size:.2f} {unit}"
-    return f"{int(count)} B"
 
 
 def kernel_bytes(solver: str, n_train: int) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .compiled import jit
 from .validation import check_positive_int
 
 
@@ -129,14 +130,14 @@ def _position(offsets, strip_rows, n, i, j):  # pragma: no cover - compiled
     return offsets[strip] + (low - start) * (n - start) + (high - start)
 
 
-@numba.njit(parallel=True, cache=True)
+@jit(parallel=True)
 def _gather(data, offsets, strip_rows, n, rows, cols, out):  # pragma: no cover - compiled
     for a in numba.prange(len(rows)):
         for b in range(len(cols)):
             out[a, b] = data[_position(offsets, strip_rows, n, rows[a], cols[b])]
 
 
-@numba.njit(cache=True)
+@jit()
 def _gather_diagonal(data, offsets, strip_rows, n, index, out):  # pragma: no cover - compiled
     for a in range(len(index)):
         out[a] = data[_position(offsets, strip_rows, n, index[a], index[a])]
@@ -170,7 +171,7 @@ def _four_dots_and_update(r0, r1, r2, r3, v, out, w0, w1, w2, w3):  # pragma: no
     return s0, s1, s2, s3
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
+@jit(parallel=True, fastmath=True)
 def _strips_times(data, offsets, strip_rows, columns, partial, stretch=512):  # pragma: no cover
     """``partial.sum(0) = (K @ columns.T).T`` from the strips.
 

@@ -1,0 +1,45 @@
+"""How ntkdemo compiles its loops with numba: one place for the threading layer and the cache.
+
+* **Threads.** Unless ``NUMBA_THREADING_LAYER`` is set, numba's ``workqueue`` layer is
+  selected: its idle threads sleep, whereas OpenMP's spin after each parallel loop and
+  take the cores BLAS needs for the next product.
+* **Cache.** Compiled machine code is cached on disk where numba finds a writable place
+  (beside the source, in ``$NUMBA_CACHE_DIR`` or in the user's cache folder). A read-only
+  install run by an account without a writable home has none; numba then refuses
+  ``cache=True`` when the function is defined, so :func:`jit` compiles in memory instead,
+  silently: every process then compiles on first use (a few seconds), nothing else changes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numba
+
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
+
+
+def jit(**options: Any) -> Callable[[Callable], Callable]:
+    """``numba.njit(cache=True, **options)``, or without the cache where none can be written.
+
+    Parameters
+    ----------
+    **options
+        Passed to :func:`numba.njit` (``parallel``, ``fastmath``, ...).
+
+    Returns
+    -------
+    callable
+        A decorator.
+    """
+
+    def decorate(function: Callable) -> Callable:
+        try:
+            return numba.njit(cache=True, **options)(function)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return numba.njit(**options)(function)
+
+    return decorate

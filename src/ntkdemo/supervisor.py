@@ -1,0 +1,172 @@
+"""The ``ntkdemo`` command: a thin parent that runs the job in a child and reads how it ended.
+
+A process that dies of a native crash (a segmentation fault inside BLAS, say) or is
+killed by the operating system (its out-of-memory killer) prints nothing itself; the
+shell shows ``Segmentation fault`` or ``Killed`` at best. So ``ntkdemo`` starts
+``python -m ntkdemo`` again as a child with the same arguments, standard streams and
+environment, waits, and if the child died of a signal prints one line saying what
+happened, where, and what to do, and exits with ``128 + signal number`` (139 for
+SIGSEGV, 137 for SIGKILL), the shell's convention. The child leaves the facts this
+needs (stage, memory plan, crash location) through :mod:`ntkdemo.process_status`.
+
+Result files are only written at the end of a run (:mod:`ntkdemo.outputs`), so a run
+that dies earlier leaves ``--out`` as it was.
+
+Signals: Ctrl-C reaches the child directly (it shares the terminal's process group) and
+ends it with its own one-line message and exit 130; the parent ignores it meanwhile.
+SIGTERM and SIGHUP sent to the parent are passed on to the child.
+
+This module imports nothing heavy: the parent stays small and starts fast.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from .process_status import FAULT_FILE, STATUS_DIR_VARIABLE, read_status
+from .units import format_bytes
+
+CRASH_SIGNALS = {
+    signal.SIGSEGV: "segmentation fault",
+    signal.SIGBUS: "bus error",
+    signal.SIGILL: "illegal instruction",
+    signal.SIGFPE: "floating-point exception",
+    signal.SIGABRT: "abort",
+}
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``ntkdemo`` and ``python -m ntkdemo``; returns the exit code.
+
+    Inside the child (``$NTKDEMO_STATUS_DIR`` set) it runs :func:`ntkdemo.cli.main`.
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get(STATUS_DIR_VARIABLE):
+        from .cli import main as run_in_this_process
+        from .process_status import watch_for_crashes
+
+        if not os.environ.get("NTKDEMO_DEBUG"):
+            watch_for_crashes()
+        return run_in_this_process(arguments)
+    folder = Path(tempfile.mkdtemp(prefix="ntkdemo-status-"))
+    try:
+        return_code = _run_child(arguments, folder)
+        if return_code >= 0:
+            return return_code
+        number = -return_code
+        print(f"ntkdemo: error: {explain_signal(number, folder)}", file=sys.stderr, flush=True)
+        return 128 + number
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_child(arguments: list[str], folder: Path) -> int:
+    """Run ``python -m ntkdemo ARGUMENTS`` with the status folder; its return code."""
+    environment = {**os.environ, STATUS_DIR_VARIABLE: str(folder)}
+    child = subprocess.Popen([sys.executable, "-m", "ntkdemo", *arguments], env=environment)
+    previous = {number: signal.getsignal(number) for number in FORWARDED_SIGNALS}
+    previous_interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for number in FORWARDED_SIGNALS:
+        signal.signal(number, lambda received, _frame: child.send_signal(received))
+    try:
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous_interrupt)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def explain_signal(number: int, folder: Path) -> str:
+    """One line: what signal ``number`` did to the run, where, and what to do.
+
+    Parameters
+    ----------
+    number : int
+        The signal that ended the child.
+    folder : pathlib.Path
+        The child's status folder (see :mod:`ntkdemo.process_status`).
+    """
+    status = read_status(folder)
+    name = signal.Signals(number).name
+    outputs = (
+        "files in --out are each whole, old or new"
+        if status.get("stage") == "write"
+        else "--out was left as it was"
+    )
+    if number in CRASH_SIGNALS:
+        where = _crash_location(folder / FAULT_FILE)
+        return (
+            f"the run crashed ({name}, {CRASH_SIGNALS[signal.Signals(number)]}) in native "
+            f"code{where}; {_blas_advice()}; {outputs}"
+        )
+    if number == signal.SIGKILL:
+        return (
+            f"the run was killed ({name}), most likely by the operating system for lack of "
+            f"memory; {_memory_advice(status)}; {outputs}"
+        )
+    return f"the run was stopped by {name}; {outputs}"
+
+
+def _crash_location(fault_file: Path) -> str:
+    """`` called from FILE line N (FUNCTION)``: the innermost Python frame faulthandler saw."""
+    try:
+        dump = fault_file.read_text(errors="replace")
+    except OSError:
+        return ""
+    frame = re.search(r'File "([^"]+)", line (\d+) in (\S+)', dump)
+    if frame is None:
+        return ""
+    path = Path(frame.group(1))
+    short = "/".join(path.parts[-3:]) if "site-packages" in path.parts else path.name
+    return f" called from {short} line {frame.group(2)} ({frame.group(3)})"
+
+
+def _blas_advice() -> str:
+    """The BLAS libraries loaded by numpy and scipy, and the known workaround for OpenBLAS."""
+    try:
+        import numpy  # noqa: F401  (loads numpy's BLAS)
+        import scipy.linalg  # noqa: F401  (loads scipy's)
+        from threadpoolctl import threadpool_info
+
+        libraries = [info for info in threadpool_info() if info.get("user_api") == "blas"]
+    except Exception:  # the report must not fail where the run did
+        libraries = []
+    if not libraries:
+        return "a BLAS or LAPACK routine is the usual cause; try another numpy/scipy build"
+    described = ", ".join(
+        f"{info.get('internal_api')} {info.get('version')} "
+        f"({info.get('architecture') or 'unknown'} kernels, {Path(info['filepath']).name})"
+        for info in libraries
+    )
+    advice = f"BLAS in use: {described}"
+    if any(info.get("internal_api") == "openblas" for info in libraries):
+        chosen = os.environ.get("OPENBLAS_CORETYPE")
+        advice += (
+            "; some OpenBLAS kernels crash on some CPUs: run again with "
+            "OPENBLAS_CORETYPE=Haswell"
+            + (f" (now {chosen})" if chosen else "")
+            + ", or install numpy and scipy built on another BLAS (e.g. MKL)"
+        )
+    return advice
+
+
+def _memory_advice(status: dict) -> str:
+    """What the memory plan expected, and how to ask for less."""
+    peak, allowed = status.get("planned_peak_bytes"), status.get("allowed_bytes")
+    if peak is None or allowed is None:
+        return "free memory or use fewer images (--train-per-class), and set --max-memory"
+    return (
+        f"the memory plan expected a peak of about {format_bytes(peak)} of the "
+        f"{format_bytes(allowed)} it allowed; other programs may have taken the rest: "
+        "free memory, or set --max-memory lower (the plan then picks a leaner solver or "
+        "says what fits)"
+    )

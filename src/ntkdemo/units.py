@@ -1,0 +1,47 @@
+"""Sizes in bytes as people write them (``16GB``, ``500MB``, ``2e9``) and as ntkdemo prints them.
+
+Decimal units (1 GB = 10^9 bytes), as memory is reported by ``free -h --si`` and psutil.
+Standard library only: the command's thin parent process uses it too.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .errors import InvalidParameterError
+
+_UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6}
+_UNITS.update({"G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12})
+
+
+def parse_bytes(text: str) -> int:
+    """Parse a size such as ``"16GB"``, ``"500M"`` or ``"2e9"`` into a whole number of bytes.
+
+    Raises
+    ------
+    InvalidParameterError
+        If the text is not a number with an optional unit, or the size is not finite or
+        below one byte.
+    """
+    cleaned = text.strip().upper().replace(" ", "")
+    number = cleaned.rstrip("KMGTB")
+    unit = cleaned[len(number) :]
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise InvalidParameterError(
+            f"cannot read the memory size {text!r}; write e.g. 16GB, 500MB or 2e9"
+        ) from None
+    if not math.isfinite(value) or value < 1:
+        raise InvalidParameterError(
+            f"the memory size must be a finite number of bytes >= 1, such as 16GB, got {text!r}"
+        )
+    return int(value)
+
+
+def format_bytes(count: float) -> str:
+    """``1.5e9`` -> ``"1.50 GB"``."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if count >= size:
+            return f"{count / size:.2f} {unit}"
+    return f"{int(count)} B"

@@ -1,0 +1,122 @@
+"""The command never dies silently: crashes and kills end in one line; any account can run it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ntkdemo
+
+SOURCE = Path(ntkdemo.__file__).resolve().parent
+
+
+def run_command(*arguments: str, env: dict | None = None, cwd: Path | None = None):
+    """``python -m ntkdemo ARGUMENTS`` as a user runs it, bounded in time."""
+    return subprocess.run(
+        [sys.executable, "-m", "ntkdemo", *arguments],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def tiny_run(dataset: Path, out: Path) -> list[str]:
+    return ["--dataset", str(dataset), "--train-per-class", "4", "--test-per-class", "2"] + [
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+
+
+@pytest.fixture
+def old_out(tmp_path) -> Path:
+    """An --out folder holding the files of an earlier run (stand-ins)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("metrics.json", "predictions.png", "confusion.png", "spectrum.png"):
+        (out / name).write_text(f"old {name}")
+    return out
+
+
+def assert_untouched(out: Path) -> None:
+    for name in ("metrics.json", "predictions.png", "confusion.png", "spectrum.png"):
+        assert (out / name).read_text() == f"old {name}"
+
+
+def test_a_native_crash_is_one_line_naming_blas_and_the_workaround(tiny_dataset, old_out):
+    done = run_command(
+        *tiny_run(tiny_dataset, old_out), env={"NTKDEMO_TEST_FAULT": "compute:SIGSEGV"}
+    )
+    assert done.returncode == 139, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("ntkdemo: error: ")
+    assert "crashed (SIGSEGV, segmentation fault) in native code called from" in done.stderr
+    assert "BLAS in use:" in done.stderr
+    if "openblas" in done.stderr:
+        assert "OPENBLAS_CORETYPE=Haswell" in done.stderr
+    assert "--out was left as it was" in done.stderr
+    assert_untouched(old_out)
+
+
+def test_a_kill_names_the_memory_plan_and_max_memory(tiny_dataset, old_out):
+    done = run_command(*tiny_run(tiny_dataset, old_out), env={"NTKDEMO_TEST_FAULT": "plan:SIGKILL"})
+    assert done.returncode == 137, done.stderr
+    assert done.stderr.count("\n") == 1
+    assert "killed (SIGKILL)" in done.stderr and "the memory plan expected a peak of" in done.stderr
+    assert "--max-memory" in done.stderr
+    assert_untouched(old_out)
+
+
+def test_exit_codes_and_output_pass_through_the_supervisor(tiny_dataset, tmp_path):
+    bad = run_command("--train-per-class", "0", "--out", str(tmp_path))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert "--train-per-class: must be >= 1, got 0" in bad.stderr
+    good = run_command(*tiny_run(tiny_dataset, tmp_path / "out"))
+    assert good.returncode == 0 and good.stderr == "" and good.stdout == ""
+    assert (tmp_path / "out" / "metrics.json").is_file()
+
+
+def test_runs_where_no_cache_can_be_written(tiny_dataset, tmp_path):
+    """A read-only install run by an account without a writable home: numba cannot cache
+    (no ``__pycache__`` beside the sources, no user cache folder), so the kernels compile
+    in memory. Root may write anywhere, so the package is copied where ``__pycache__`` is
+    a file (a folder cannot be made there) and the home and cache folders lie under
+    ``/dev/null``."""
+    copy = tmp_path / "site" / "ntkdemo"
+    shutil.copytree(SOURCE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "__pycache__").write_text("not a folder")
+    env = {
+        "PYTHONPATH": str(copy.parent),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "HOME": "/dev/null/home",
+        "XDG_CACHE_HOME": "/dev/null/cache",
+    }
+    env_without_cache = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env_without_cache.update(env)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import ntkdemo.kernels as k; print(k.__file__)"],
+        capture_output=True,
+        text=True,
+        env=env_without_cache,
+        timeout=300,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == str(copy / "kernels.py")
+    for arguments in (["--version"], tiny_run(tiny_dataset, tmp_path / "out")):
+        done = subprocess.run(
+            [sys.executable, "-m", "ntkdemo", *arguments],
+            capture_output=True,
+            text=True,
+            env=env_without_cache,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == ""  # matplotlib's cache warnings went to log.txt
+    assert (tmp_path / "out" / "metrics.json").is_file()
+    assert "matplotlib" in (tmp_path / "out" / "log.txt").read_text()
