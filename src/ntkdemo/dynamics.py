@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InvalidInputError, InvalidParameterError
-from .regression import KernelSolution
-from .validation import check_nonnegative_float, check_positive_int
+from .errors import InvalidParameterError
+from .regression import KernelSolution, check_kernel_matrix
+from .validation import check_matrix, check_nonnegative_float, check_positive_int, check_targets
 
 
 class GradientDescentDynamics:
@@ -49,13 +49,8 @@ class GradientDescentDynamics:
 
     def __init__(self, k_train_train: np.ndarray, y_train: np.ndarray, learning_rate: float = 1.0):
         self.learning_rate = check_nonnegative_float("learning_rate", learning_rate)
-        y = np.asarray(y_train, dtype=np.float64)
-        k = np.asarray(k_train_train, dtype=np.float64)
-        if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] != len(y):
-            raise InvalidInputError(
-                f"k_train_train must be square and match y_train: got {k.shape} and "
-                f"{len(y)} targets"
-            )
+        k = check_kernel_matrix(k_train_train)
+        y = check_targets("y_train", y_train, k.shape[0])
         eigenvalues, self.eigenvectors_ = np.linalg.eigh(k)
         self.eigenvalues_ = np.maximum(eigenvalues, 0.0)
         self.projected_targets_ = self.eigenvectors_.T @ y.reshape(len(y), -1)
@@ -129,6 +124,7 @@ class GradientDescentDynamics:
             Shape (n_test, *outputs) for a scalar t, (len(t), n_test, *outputs) for an array.
         """
         times = check_times(t)
+        k_test_train = check_matrix("k_test_train", k_test_train, n_features=len(self.eigenvalues_))
         outputs = np.stack([k_test_train @ self.dual_coefficients(time) for time in times.ravel()])
         outputs = outputs.reshape(len(times.ravel()), k_test_train.shape[0], *self._output_shape)
         return outputs[0] if times.ndim == 0 else outputs
@@ -153,7 +149,8 @@ def gradient_descent_mean(
     k_test_train : ndarray of shape (n_test, n_train)
     y_train : ndarray of shape (n_train, n_outputs)
     t : float, None or array-like, default=None
-        Training time(s); None or inf for the converged network.
+        Training time(s); None or inf for the converged network, also inside a list
+        (``t=[1, 100, None]``).
     learning_rate : float, default=1.0
 
     Returns
@@ -171,7 +168,19 @@ def check_times(t) -> np.ndarray:
     InvalidParameterError
         If a time is negative or NaN.
     """
-    times = np.asarray(np.inf if t is None else t, dtype=np.float64)
+    try:
+        given = [np.inf if v is None else v for v in t] if isinstance(t, list | tuple) else t
+        times = np.asarray(np.inf if given is None else given)
+    except ValueError:
+        raise InvalidParameterError(
+            f"training time t must be a number or a list, got {t!r}"
+        ) from None
+    if times.dtype.kind not in "biuf" or times.size == 0:
+        raise InvalidParameterError(
+            f"training time t must be a real number >= 0, None/inf, or a non-empty list "
+            f"of them, got {t!r}"
+        )
+    times = times.astype(np.float64)
     if np.isnan(times).any() or (times < 0).any():
         raise InvalidParameterError(
             f"training time t must be >= 0 (inf or None for convergence), got {t!r}"

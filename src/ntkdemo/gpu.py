@@ -128,11 +128,12 @@ def solve_and_predict_cuda(
                 jitter, message = jitter_after_failure(attempt, scale, ridge)
     if factor is None:
         raise not_positive_definite(jitter)
-    del K
     half = cupyx.scipy.linalg.solve_triangular(factor, targets, lower=True)
     coef = cupyx.scipy.linalg.solve_triangular(factor.T, half, lower=False)
     del factor, half
-    train_scores = targets - (ridge + jitter) * coef
+    K[diagonal, diagonal] = 2.0  # the kernel again: training outputs are K A, not Y - jitter A
+    train_scores = K @ coef
+    del K
     test_scores = cupy.empty((test.shape[0], coef.shape[1]))
     for start in range(0, test.shape[0], block_rows):
         block = test[start : start + block_rows] @ train.T

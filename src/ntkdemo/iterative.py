@@ -36,6 +36,7 @@ import numpy as np
 from scipy import linalg
 from sklearn.cluster import KMeans
 
+from .errors import InvalidInputError
 from .kernels import mirror_upper, unit_rows
 from .packed import SymmetricStrips
 from .regression import KernelSolution
@@ -237,7 +238,7 @@ def conjugate_gradients(
         solution += step * direction
         residual -= step * product
         relative = float((np.linalg.norm(residual, axis=0) / norms).max())
-        if relative < tol:
+        if relative < tol or not np.isfinite(relative):  # done, or broken down (the caller says)
             return solution, iteration, relative
         preconditioned = precondition(residual)
         rho_next = np.einsum("ij,ij->j", residual, preconditioned)
@@ -312,14 +313,23 @@ def solve_cg(
         total_iterations += iterations
         fitted = K @ coef
         relative = float(np.linalg.norm(Y - fitted - ridge * coef) / target)
+        if not np.isfinite(relative):
+            break
         if report:
             what = f"CG restart {run}" if run else "CG"
             report(f"{what}: {iterations} iterations, relative residual {relative:.2e}")
         if relative <= tol:
             break
         start = coef
+    if not (np.isfinite(relative) and np.isfinite(coef).all()):
+        raise InvalidInputError(
+            f"conjugate gradients broke down after {total_iterations} iterations (relative "
+            f"residual {relative:.3g}): K + ridge*I is singular to working precision, e.g. "
+            "identical images with different labels; pass a small --ridge (e.g. 1e-6) or "
+            "use --solver cholesky, which adds jitter"
+        )
     message = f"{total_iterations} CG iterations, relative residual {relative:.2e}"
-    if relative > tol:
+    if not relative <= tol:
         message += f" (target {tol:.0e} not reached: K may be singular; try a small --ridge)"
     solution = KernelSolution(
         coef,

@@ -254,18 +254,27 @@ def _snap_tolerance(dtype: type) -> float:
 def _normalise_rows(matrix, out):  # pragma: no cover - compiled
     """Write ``matrix[i] / ||matrix[i]||`` into ``out[i]`` and return the norms.
 
-    A zero row is left unwritten (its norm, 0, tells the caller).
+    Each row is first divided by its largest magnitude ``m`` (as LAPACK's ``dnrm2``
+    scales), so rows of norm 1e200 do not overflow and rows of norm 1e-170 do not
+    underflow: ``||x|| = m ||x/m||``. A zero row is left unwritten (its norm, 0, tells
+    the caller); a norm beyond the float64 range is returned as inf, which is harmless.
     """
     norms = np.empty(matrix.shape[0])
     for i in numba.prange(matrix.shape[0]):
         row = matrix[i]
-        squares = 0.0
+        largest = 0.0
         for j in range(row.shape[0]):
-            squares += row[j] * row[j]
-        norms[i] = np.sqrt(squares)
-        if norms[i] > 0.0:
+            largest = max(largest, abs(row[j]))
+        norms[i] = 0.0
+        if largest > 0.0:
+            squares = 0.0
             for j in range(row.shape[0]):
-                out[i, j] = row[j] / norms[i]
+                scaled = row[j] / largest
+                squares += scaled * scaled
+            root = np.sqrt(squares)
+            norms[i] = largest * root
+            for j in range(row.shape[0]):
+                out[i, j] = (row[j] / largest) / root
     return norms
 
 
@@ -386,7 +395,7 @@ def _dense(state: _PairState, w_std: float, b_std: float) -> _PairState:
 
     :math:`K' = \sigma_w^2 K + \sigma_b^2` and :math:`\Theta' = K' + \sigma_w^2\Theta`.
     """
-    w2, b2 = w_std**2, b_std**2
+    w2, b2 = np.float64(w_std) ** 2, np.float64(b_std) ** 2  # inf, not OverflowError
     q12 = w2 * state.q12 + b2
     return replace(
         state, q11=w2 * state.q11 + b2, q22=w2 * state.q22 + b2, q12=q12, ntk=q12 + w2 * state.ntk
@@ -492,12 +501,44 @@ def fc_kernels(
         block_out[...] = state.ntk
         nngp[rows, cols] = state.q12
 
-    ntk_matrix = _assemble(
-        fill, X_checked.shape[0], Y_checked, None, np.float64, block_rows, progress
-    )
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        ntk_matrix = _assemble(
+            fill, X_checked.shape[0], Y_checked, None, np.float64, block_rows, progress
+        )
     if Y_checked is None:
         mirror_upper(nngp)
+    _check_in_range(nngp, ntk_matrix, depth, w_std, b_std)
     return nngp, ntk_matrix
+
+
+def _check_in_range(nngp: np.ndarray, ntk_matrix: np.ndarray, depth, w_std, b_std) -> None:
+    r"""Refuse kernels that overflowed or underflowed in the fold.
+
+    Without bias each hidden layer multiplies the variance by :math:`\sigma_w^2/2`, so
+    ``depth`` layers scale it by :math:`(\sigma_w^2/2)^{depth}`: beyond the float64 range
+    the kernel is inf/NaN, below it zero or subnormal (no digits left). Either way its
+    predictions would be noise, so this raises, naming what to change.
+
+    Raises
+    ------
+    InvalidParameterError
+    """
+    per_layer = w_std**2 / 2 if w_std < 1e150 else math.inf
+    settings = (
+        f"depth={depth}, w_std={w_std:g}, b_std={b_std:g} (each layer scales the variance "
+        f"by w_std**2/2 = {per_layer:.3g}"
+    )
+    if not (np.isfinite(ntk_matrix).all() and np.isfinite(nngp).all()):
+        raise InvalidParameterError(
+            f"the deep kernel overflowed to inf/NaN at {settings}); lower w_std "
+            "(sqrt(2) keeps the variance constant), depth, or the scale of the inputs"
+        )
+    smallest_normal = float(np.finfo(np.float64).tiny)
+    if not np.abs(ntk_matrix).max() > 1e16 * smallest_normal:
+        raise InvalidParameterError(
+            f"the deep kernel underflowed to zero at {settings}); use w_std=sqrt(2) (the "
+            "critical value), a bias b_std > 0, or a smaller depth"
+        )
 
 
 # --------------------------------------------------------------------------- blocks

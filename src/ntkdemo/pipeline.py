@@ -170,8 +170,14 @@ def run_demo(
         if time is None:
             solution = solve(K_train, targets, ridge=ridge, overwrite_k=True)
             del K_train  # now the Cholesky factor
-            # K A = Y - (ridge + jitter) A exactly, so the train outputs need no second kernel
-            train_scores = targets - (solution.ridge + solution.jitter) * solution.coef
+            # The outputs the network gives its training images are K A, computed afresh:
+            # Y - (ridge + jitter) A is the same in exact arithmetic, but cancels when the
+            # ridge is large and hides an ill-conditioned solve.
+            train_scores = (
+                ntk_times(sample.X_train, None, solution.coef)
+                if mission
+                else kernel_of(sample.X_train) @ solution.coef
+            )
         else:
             solution = GradientDescentDynamics(K_train, targets).solution(time)
             train_scores = K_train @ solution.coef

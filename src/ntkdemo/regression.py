@@ -18,7 +18,11 @@ from scipy import linalg
 
 from .errors import InvalidInputError
 from .kernels import mirror_upper
-from .validation import check_nonnegative_float
+from .validation import check_nonnegative_float, check_targets
+
+# Largest condition number (1-norm estimate) a solve accepts: beyond it float64 keeps
+# fewer than about 4 significant digits of the coefficients.
+MAX_CONDITION = 1e12
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ def solve(
     *,
     ridge: float = 0.0,
     max_jitter_tries: int = 8,
+    max_condition: float = MAX_CONDITION,
     overwrite_k: bool = False,
 ) -> KernelSolution:
     r"""Solve :math:`(K + \lambda I) A = Y` by Cholesky, with a jitter fallback.
@@ -75,7 +80,11 @@ def solve(
     If the Cholesky factorisation fails (``K`` has numerically zero or negative
     eigenvalues, e.g. duplicated training images), a jitter
     :math:`\epsilon = 10^{j-12}\,\mathrm{tr}(K)/n`, ``j = 0, 1, ...``, is added to the
-    diagonal until it succeeds, and ``message`` says so.
+    diagonal until it succeeds, and ``message`` says so. If it succeeds but LAPACK's
+    estimate of the condition number exceeds ``max_condition`` (the answer would keep
+    too few digits; two identical images with different labels give 1e17), the jitter
+    becomes at least :math:`10\,\|K + \lambda I\|_1 / \kappa_{max}`, which bounds the
+    condition number by about :math:`\kappa_{max}/10`, and ``message`` says so too.
 
     Parameters
     ----------
@@ -87,6 +96,8 @@ def solve(
         :math:`\lambda \ge 0`.
     max_jitter_tries : int, default=8
         Give up after this many jitters (the largest is ``1e-5 tr(K)/n``).
+    max_condition : float, default=1e12
+        Largest condition number accepted without jitter.
     overwrite_k : bool, default=False
         Factorise ``K`` in place (no second n x n array: what lets the largest kernels
         fit); ``K`` then holds the factor afterwards. A failed attempt is undone from
@@ -99,14 +110,13 @@ def solve(
     Raises
     ------
     InvalidInputError
-        If ``K`` and ``Y`` disagree in size, or no jitter makes ``K`` positive definite.
+        If ``K`` is not a finite symmetric square float array, ``Y`` is not finite or
+        disagrees in size, or no jitter makes ``K`` positive definite.
     """
     ridge = check_nonnegative_float("ridge", ridge)
+    K = check_kernel_matrix(K)
     n = K.shape[0]
-    if K.shape != (n, n) or len(Y) != n:
-        raise InvalidInputError(
-            f"K must be square and match Y: got K {K.shape} and Y with {len(Y)} rows"
-        )
+    Y = check_targets("Y", Y, n)
     diagonal = np.diagonal(K).copy()
     scale = float(diagonal.sum()) / n
     # K is symmetric: its transpose is the same matrix, Fortran-ordered when K is
@@ -122,10 +132,58 @@ def solve(
             mirror_upper(work)  # potrf wrote only the lower triangle
             jitter, message = jitter_after_failure(attempt, scale, ridge)
             continue
-        coef = linalg.cho_solve(factor, Y, check_finite=False)
         condition = _condition_number(factor[0], norm_1 + jitter)
+        if not condition <= max_condition and attempt < max_jitter_tries:
+            mirror_upper(work)  # undo the factor, as after a failure
+            jitter = max(
+                jitter_after_failure(attempt, scale, ridge)[0], 10 * norm_1 / max_condition
+            )
+            message = (
+                f"K + ridge*I is ill-conditioned (condition number ~ {condition:.3g} > "
+                f"{max_condition:.0e}, ridge={ridge:g}): added jitter {jitter:.3g} to the "
+                "diagonal; a --ridge of your choice does the same"
+            )
+            continue
+        coef = linalg.cho_solve(factor, Y, check_finite=False)
+        if not np.isfinite(coef).all():
+            raise not_positive_definite(jitter)
         return KernelSolution(coef, ridge, jitter, condition, message)
     raise not_positive_definite(jitter)
+
+
+def check_kernel_matrix(K: object, block: int = 1024) -> np.ndarray:
+    """Return ``K`` as a float64 (or float32) ndarray after checking it is a finite,
+    symmetric (to ``1e-10`` of its largest entry), non-empty square matrix.
+
+    Checked in row blocks, so no second n x n array is made.
+
+    Raises
+    ------
+    InvalidInputError
+    """
+    if not isinstance(K, np.ndarray) or K.dtype not in (np.float64, np.float32):
+        try:
+            K = np.asarray(K, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InvalidInputError(
+                f"K must be a square matrix of real numbers, got {type(K).__name__}"
+            ) from None
+    if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0:
+        raise InvalidInputError(f"K must be a non-empty square matrix, got shape {K.shape}")
+    largest = 0.0
+    for start in range(0, K.shape[0], block):
+        rows = K[start : start + block]
+        if not np.isfinite(rows).all():
+            raise InvalidInputError("K holds NaN or inf; recompute it from finite inputs")
+        largest = max(largest, float(np.abs(rows).max()))
+    for start in range(0, K.shape[0], block):
+        gap = float(np.abs(K[start : start + block] - K[:, start : start + block].T).max())
+        if gap > 1e-10 * largest:
+            raise InvalidInputError(
+                f"K is not symmetric (max |K - K^T| = {gap:.3g}, largest entry {largest:.3g}); "
+                "a kernel matrix K(X, X) is symmetric: pass (K + K.T) / 2 if it is rounding"
+            )
+    return K
 
 
 def jitter_after_failure(attempt: int, scale: float, ridge: float) -> tuple[float, str]:
@@ -145,8 +203,9 @@ def jitter_after_failure(attempt: int, scale: float, ridge: float) -> tuple[floa
 def not_positive_definite(jitter: float) -> InvalidInputError:
     """The error raised when even the largest jitter leaves ``K`` indefinite."""
     return InvalidInputError(
-        f"K is not positive definite even with jitter {jitter:.3g}; "
-        "check it for NaN or a wrong sign, or pass a larger ridge"
+        f"K is not positive definite even with jitter {jitter:.3g}: it has clearly negative "
+        "eigenvalues (a kernel is positive semi-definite; check its sign and how it was "
+        "computed), or is zero; a larger ridge makes any symmetric K solvable"
     )
 
 

@@ -62,7 +62,17 @@ def check_matrix(name: str, array: object, *, n_features: int | None = None) -> 
     InvalidInputError
         If the array is not 2-D, is empty, has the wrong width, or holds NaN/inf.
     """
-    matrix = np.asarray(array)
+    try:
+        matrix = np.asarray(array)
+    except ValueError:  # ragged nested lists
+        raise InvalidInputError(
+            f"{name} must be a rectangular array (n_samples, n_features); its rows differ in length"
+        ) from None
+    if matrix.dtype.kind not in "biuf":
+        raise InvalidInputError(
+            f"{name} must hold real numbers, got dtype {matrix.dtype}"
+            + ("; take the real part or the magnitude first" if matrix.dtype.kind == "c" else "")
+        )
     if matrix.dtype != np.float32:
         try:
             matrix = matrix.astype(np.float64, copy=False)
@@ -86,6 +96,35 @@ def check_matrix(name: str, array: object, *, n_features: int | None = None) -> 
             f"{name} holds NaN or inf in row(s) {list_rows(bad)}; remove or repair them"
         )
     return matrix
+
+
+def check_targets(name: str, Y: object, n_rows: int) -> np.ndarray:
+    """Return targets as a finite float64 array of 1 or 2 dimensions with ``n_rows`` rows.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``Y`` is not numeric (or complex), has another dimension or row count, or
+        holds NaN/inf.
+    """
+    try:
+        targets = np.asarray(Y)
+    except ValueError:
+        raise InvalidInputError(f"{name} must be a rectangular array of numbers") from None
+    if targets.dtype.kind not in "biuf":
+        raise InvalidInputError(
+            f"{name} must hold real numbers, got dtype {targets.dtype}; encode labels with "
+            "ntkdemo.regression.one_hot"
+        )
+    targets = targets.astype(np.float64, copy=False)
+    if targets.ndim not in (1, 2) or len(targets) != n_rows:
+        raise InvalidInputError(
+            f"{name} must have shape ({n_rows},) or ({n_rows}, n_outputs) to match the "
+            f"kernel, got {targets.shape}"
+        )
+    if not np.isfinite(targets).all():
+        raise InvalidInputError(f"{name} holds NaN or inf; targets must be finite")
+    return targets
 
 
 def list_rows(rows: np.ndarray, limit: int = 10) -> str:

@@ -1,0 +1,177 @@
+"""No wrong or NaN number with exit 0: each case that once printed one is checked here."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import random_images, write_image_dataset
+from ntkdemo.cli import main
+from ntkdemo.data import load_sample
+from ntkdemo.dynamics import gradient_descent_mean
+from ntkdemo.errors import InvalidInputError, InvalidParameterError
+from ntkdemo.iterative import solve_cg
+from ntkdemo.kernels import fc_kernels, ntk, ntk_strips
+from ntkdemo.pipeline import run_demo
+from ntkdemo.regression import one_hot, solve
+
+
+@pytest.fixture(scope="module")
+def contradicting_dataset(tmp_path_factory):
+    """Each training image appears twice, once per label of a pair: no function fits both."""
+    rng = np.random.default_rng(11)
+    labels = np.repeat([0, 1, 2], 4)
+    images = random_images(rng, labels)
+    train = np.concatenate([images, images]), np.concatenate([labels, (labels + 1) % 3])
+    return write_image_dataset(
+        tmp_path_factory.mktemp("contradicting"),
+        {"train": train, "test": (random_images(rng, labels), labels)},
+        ["a", "b", "c"],
+    )
+
+
+def run(capsys, dataset, *arguments):
+    code = main(
+        ["--dataset", str(dataset), "--train-per-class", "8", "--test-per-class", "4", *arguments]
+    )
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_contradicting_labels_get_jitter_and_an_honest_train_accuracy(
+    contradicting_dataset, tmp_path, capsys
+):
+    """Identical images with different labels: K is singular (condition ~1e17). The solve
+    adds jitter and says so; train accuracy is that of K A, which cannot fit both labels."""
+    code, out, err = run(capsys, contradicting_dataset, "--out", str(tmp_path))
+    assert code == 0, err
+    assert "ill-conditioned" in out and "added jitter" in out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["solver"]["jitter"] > 0
+    assert metrics["solver"]["condition_number"] <= 1e12
+    assert metrics["train_accuracy"] <= 0.75  # at most one label of each pair is right
+
+
+def test_contradicting_labels_on_the_cg_path_do_not_print_nan(
+    contradicting_dataset, tmp_path, capsys
+):
+    code, out, err = run(
+        capsys,
+        contradicting_dataset,
+        "--out",
+        str(tmp_path),
+        "--solver",
+        "cg",
+    )
+    assert "nan" not in out.lower()
+    if code == 0:  # the residual target was met or the miss is reported
+        assert "relative residual" in out
+    else:
+        assert code == 2 and err.count("\n") == 1 and "--ridge" in err
+
+
+def test_train_outputs_are_k_times_a_even_with_a_huge_ridge(tiny_dataset):
+    """Y - ridge A cancels at ridge 1e17; the outputs must be K A."""
+    sample = load_sample(str(tiny_dataset), 9, 5)
+    result = run_demo(sample, ridge=1e17)
+    expected = ntk(sample.X_train) @ result.solution.coef
+    np.testing.assert_allclose(result.train_scores, expected, rtol=1e-12, atol=0)
+    accuracy = np.mean(expected.argmax(1) == sample.y_train)
+    assert result.train_report.accuracy == accuracy
+
+
+def test_cg_breakdown_is_an_error_not_nan():
+    X = np.random.default_rng(0).random((30, 4))
+    X = np.vstack([X, X])
+    labels = np.concatenate([np.zeros(30, int), np.ones(30, int)])
+    K = ntk_strips(X, strip_rows=8)
+    try:
+        solution, fitted = solve_cg(K, one_hot(labels, 2), [slice(0, 60)], rank=5, max_iter=300)
+    except InvalidInputError as error:
+        assert "--ridge" in str(error)
+    else:
+        assert np.isfinite(solution.coef).all() and np.isfinite(fitted).all()
+        assert "not reached" in solution.message
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda K, Y: (np.where(np.eye(len(K)) > 0, np.nan, K), Y), "NaN or inf"),
+        (lambda K, Y: (K, np.where(Y > 0, np.inf, Y)), "Y holds NaN or inf"),
+        (lambda K, Y: (K + np.triu(np.ones_like(K), 1) * 0.1, Y), "not symmetric"),
+        (lambda K, Y: (K, Y.astype(str)), "real numbers"),
+        (lambda K, Y: (K, Y[None]), "must have shape"),
+        (lambda K, Y: (K.tolist(), Y), None),  # a list is fine
+        (lambda K, Y: (np.zeros((0, 0)), Y[:0]), "non-empty square"),
+    ],
+)
+def test_solve_checks_its_inputs(change, match):
+    X = np.random.default_rng(1).random((12, 5))
+    K, Y = change(ntk(X), one_hot(np.arange(12) % 3, 3))
+    if match is None:
+        assert np.isfinite(solve(K, Y).coef).all()
+    else:
+        with pytest.raises(InvalidInputError, match=match):
+            solve(K, Y)
+
+
+def test_solve_minus_identity_names_the_real_cause():
+    with pytest.raises(InvalidInputError, match="clearly negative eigenvalues"):
+        solve(-np.eye(3), np.ones(3))
+
+
+def test_dynamics_checks_its_inputs_and_takes_none_in_a_list():
+    X = np.random.default_rng(2).random((10, 4))
+    K, K_test, Y = ntk(X), ntk(X[:3], X), one_hot(np.arange(10) % 2, 2)
+    together = gradient_descent_mean(K, K_test, Y, t=[1, 100, None])
+    np.testing.assert_allclose(together[2], K_test @ np.linalg.solve(K, Y), atol=1e-8)
+    with pytest.raises(InvalidInputError, match="NaN or inf"):
+        gradient_descent_mean(K, np.full_like(K_test, np.nan), Y)
+    for bad in ([], "abc", 1j):
+        with pytest.raises(InvalidParameterError, match="training time t"):
+            gradient_descent_mean(K, K_test, Y, t=bad)
+
+
+def test_the_kernel_sees_directions_at_any_scale():
+    X = np.random.default_rng(3).random((20, 30))
+    reference = ntk(X)
+    eps = np.finfo(np.float64).eps
+    for factor in (1e200, 1e-170, 1e-300, 1e300):
+        np.testing.assert_allclose(ntk(X * factor), reference, rtol=0, atol=16 * eps)
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        ({"w_std": 10.0, "depth": 400}, "overflowed"),
+        ({"w_std": 1e200}, "overflowed"),
+        ({"depth": 1100}, "underflowed"),
+        ({"depth": 1060}, "underflowed"),
+    ],
+)
+def test_deep_kernels_out_of_range_are_errors(settings, match):
+    X = np.random.default_rng(4).random((6, 5))
+    with np.errstate(all="raise"):  # and no floating-point warning on the way
+        with pytest.raises(InvalidParameterError, match=match):
+            fc_kernels(X, **settings)
+
+
+def test_a_depth_that_underflows_is_one_line(tiny_dataset, tmp_path, capsys):
+    code, _, err = run(capsys, tiny_dataset, "--out", str(tmp_path), "--depth", "1100")
+    assert code == 2 and err.count("\n") == 1 and "underflowed" in err and "w_std" in err
+
+
+@pytest.mark.parametrize(
+    "array, match",
+    [
+        ([[1.0, 2.0], [3.0]], "rectangular"),
+        (np.ones((3, 2)) * (1 + 1j), "real numbers"),
+        (np.array([["a", "b"]]), "real numbers"),
+    ],
+)
+def test_kernel_inputs_of_the_wrong_kind(array, match):
+    with pytest.raises(InvalidInputError, match=match):
+        ntk(array)
