@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from conftest import random_images, write_image_dataset
-from ntkdemo import outputs
 from ntkdemo.cli import main
 from ntkdemo.kernels import fc_kernels, ntk
 
@@ -158,20 +157,6 @@ def test_same_arguments_give_byte_identical_metrics(tiny_dataset, tmp_path, caps
     assert _without_run_specifics(tmp_path / "metrics.json") != first
 
 
-def test_interrupted_write_leaves_the_previous_file(tmp_path, monkeypatch):
-    target = tmp_path / "metrics.json"
-    outputs.write_json(target, {"run": 1})
-
-    def interrupted(source, destination):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(outputs.os, "replace", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        outputs.write_json(target, {"run": 2})
-    assert json.loads(target.read_text()) == {"run": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary left
-
-
 def test_second_run_replaces_cleanly(tiny_dataset, tmp_path, capsys):
     base = [
         "--dataset",
@@ -187,6 +172,7 @@ def test_second_run_replaces_cleanly(tiny_dataset, tmp_path, capsys):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["sizes"]["train"] == 9
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".ntkdemo",  # the sets behind the links (ntkdemo.outputs)
         "confusion.png",
         "metrics.json",
         "predictions.png",

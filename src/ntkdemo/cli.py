@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from .cli_common import (
     versions,
 )
 from .errors import NTKDemoError
+
+if TYPE_CHECKING:
+    from .outputs import OutputSet
 
 DESCRIPTION = """\
 Show that an infinitely wide ReLU network trained by gradient descent is kernel
@@ -229,14 +232,13 @@ def _print_run(say: Console, sample, result) -> None:
         say(f"{name:<{width}}  " + " ".join(f"{v:4d}" for v in test.confusion[index]))
 
 
-def _write_run(out: Path, options, sample, result) -> None:
+def _write_run(out: OutputSet, options, sample, result) -> None:
     from .figures import confusion_figure, prediction_grid, spectrum_figure
-    from .outputs import save_figure, write_bytes, write_json
 
     eigenvalues = result.eigenvalues
     test, train = result.test_report, result.train_report
-    write_json(
-        out / "metrics.json",
+    out.write_json(
+        "metrics.json",
         {
             "arguments": {
                 k: (str(v) if isinstance(v, float) and not np.isfinite(v) else v)
@@ -279,7 +281,8 @@ def _write_run(out: Path, options, sample, result) -> None:
             "test_indices": sample.test_indices.tolist(),
         },
     )
-    save_figure(
+    out.save_figure(
+        "predictions.png",
         prediction_grid(
             sample.X_test,
             sample.y_test,
@@ -287,17 +290,17 @@ def _write_run(out: Path, options, sample, result) -> None:
             sample.class_names,
             image_shape=sample.image_shape,
         ),
-        out / "predictions.png",
     )
-    save_figure(confusion_figure(test.confusion, sample.class_names), out / "confusion.png")
+    out.save_figure("confusion.png", confusion_figure(test.confusion, sample.class_names))
     label = (
         "K(X, X)"
         if result.spectrum_rows == len(sample.y_train)
         else f"K of the first {result.spectrum_rows} training images"
     )
-    save_figure(spectrum_figure(eigenvalues, label=label), out / "spectrum.png")
+    out.save_figure("spectrum.png", spectrum_figure(eigenvalues, label=label))
     if options.diagnostics.lines:
-        write_bytes(out / "log.txt", "\n".join(options.diagnostics.lines + [""]).encode())
+        out.write_bytes("log.txt", "\n".join(options.diagnostics.lines + [""]).encode())
+    out.commit()
 
 
 def _json_number(value: float) -> float | str:

@@ -280,12 +280,14 @@ def per_class_option(value: int | str) -> int | None:
     return None if value == "all" else int(value)
 
 
-def write_outputs(out, name: str, payload: dict, figure) -> None:
-    """Write ``name.json`` (payload plus versions) and ``name.png`` into ``out``."""
-    from .outputs import save_figure, write_json
-
-    write_json(out / f"{name}.json", {**payload, "versions": versions()})
-    save_figure(figure, out / f"{name}.png")
+def write_outputs(out, name: str, payload: dict, figure, log_lines: Sequence[str] = ()) -> None:
+    """Write ``name.json`` (payload plus versions), ``name.png`` and, if there are log
+    lines, ``log.txt`` as one new set of files in ``out`` (an ``OutputSet``)."""
+    out.write_json(f"{name}.json", {**payload, "versions": versions()})
+    out.save_figure(f"{name}.png", figure)
+    if log_lines:
+        out.write_bytes("log.txt", "\n".join([*log_lines, ""]).encode())
+    out.commit()
 
 
 def print_table(say: Console, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

@@ -212,6 +212,7 @@ def command_curve(options) -> int:
             "accuracy": {name: values.tolist() for name, values in curve.accuracy.items()},
         },
         learning_curve_figure(curve.sizes, curve.accuracy, sample.n_classes),
+        log_lines=options.diagnostics.lines,
     )
     say(f"wrote curve.json and curve.png to {out}/")
     return 0
@@ -261,6 +262,7 @@ def command_dynamics(options) -> int:
             },
         },
         training_curve_figure(curve.times, curve.loss, curve.accuracy),
+        log_lines=options.diagnostics.lines,
     )
     say(f"wrote dynamics.json and dynamics.png to {out}/")
     return 0
@@ -325,6 +327,7 @@ def command_spectrum(options) -> int:
             bound,
             data_label=f"{Path(sample.dataset).name} training Gram",
         ),
+        log_lines=options.diagnostics.lines,
     )
     say(f"wrote spectrum.json and spectrum.png to {out}/")
     return 0
@@ -363,6 +366,7 @@ def command_verify(options) -> int:
             "slope": result.slope,
         },
         monte_carlo_figure(result.widths, result.errors, result.slope),
+        log_lines=options.diagnostics.lines,
     )
     say(f"wrote verify.json and verify.png to {out}/")
     return 0
@@ -420,6 +424,7 @@ def command_compare_network(options) -> int:
         network_comparison_figure(
             result.widths, result.agreement, result.network_accuracy, result.kernel_accuracy
         ),
+        log_lines=options.diagnostics.lines,
     )
     say(f"wrote compare-network.json and compare-network.png to {out}/")
     return 0

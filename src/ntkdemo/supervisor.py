@@ -9,8 +9,9 @@ happened, where, and what to do, and exits with ``128 + signal number`` (139 for
 SIGSEGV, 137 for SIGKILL), the shell's convention. The child leaves the facts this
 needs (stage, memory plan, crash location) through :mod:`ntkdemo.process_status`.
 
-Result files are only written at the end of a run (:mod:`ntkdemo.outputs`), so a run
-that dies earlier leaves ``--out`` as it was.
+Result files are only written at the end of a run, and replaced as one set
+(:mod:`ntkdemo.outputs`), so a run that dies leaves ``--out`` with the old set or the
+new one, whole.
 
 Signals: Ctrl-C reaches the child directly (it shares the terminal's process group) and
 ends it with its own one-line message and exit 130; the parent ignores it meanwhile.
@@ -98,8 +99,8 @@ def explain_signal(number: int, folder: Path) -> str:
     status = read_status(folder)
     name = signal.Signals(number).name
     outputs = (
-        "files in --out are each whole, old or new"
-        if status.get("stage") == "write"
+        "--out shows the previous set of files or the new one, whole"
+        if str(status.get("stage", "")).startswith("write")
         else "--out was left as it was"
     )
     if number in CRASH_SIGNALS:
