@@ -6,6 +6,7 @@ README.md lists the same cases (section "Errors").
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 
 from conftest import random_images, write_image_dataset
@@ -24,6 +26,7 @@ from ntkdemo.kernels import fc_kernels, ntk
 from ntkdemo.memory import plan_memory
 from ntkdemo.outputs import prepare_out_dir
 from ntkdemo.regression import solve
+from ntkdemo.units import parse_bytes
 
 
 def write_with_label_metadata(folder: Path, labels: list[int], names: list[str]) -> Path:
@@ -115,6 +118,26 @@ def bad_datasets(tmp_path_factory) -> dict[str, Path]:
         datasets.Dataset.from_dict({"pixels": [[1, 2]] * 4, "label": [0, 1, 0, 1]}).to_parquet(
             str(made["noimage"] / "data" / f"{split}-00000-of-00001.parquet")
         )
+    made["undecodable"] = root / "undecodable"
+    made["truncated"] = root / "truncated"
+    png = io.BytesIO()
+    PIL.Image.fromarray(random_images(rng, labels[:1])[0]).save(png, format="PNG")
+    for name, broken in (("undecodable", b"not an image"), ("truncated", png.getvalue()[:40])):
+        (made[name] / "data").mkdir(parents=True)
+        images = [{"bytes": png.getvalue(), "path": None} for _ in labels]
+        images[7] = {"bytes": broken, "path": None}
+        for split in ("train", "test"):
+            datasets.Dataset.from_dict(
+                {"image": images, "label": labels.tolist()}, features=features
+            ).to_parquet(str(made[name] / "data" / f"{split}-00000-of-00001.parquet"))
+    made["absent"] = write_image_dataset(
+        root / "absent",
+        {
+            "train": (random_images(rng, labels), labels),
+            "test": (random_images(rng, labels[:6]), labels[:6]),  # class 1 missing
+        },
+        ["a", "b"],
+    )
     return made
 
 
@@ -280,6 +303,76 @@ CASES = [
         lambda d: load_sample(good(d), 2, 2, test_split="validation"),
         errors.DatasetError,
         r"has no 'validation' split \(splits: train, test\)",
+    ),
+    Case(
+        "negative seed",
+        ["--seed", "-1"],
+        lambda d: load_sample(good(d), 2, 2, seed=-1),
+        errors.InvalidParameterError,
+        r"(seed|--seed): must be a whole number >= 0|seed must be a whole number >= 0",
+    ),
+    Case(
+        "no classes",
+        ["--classes", ""],
+        lambda d: load_sample(good(d), 2, 2, classes=[]),
+        errors.InvalidParameterError,
+        "classes is empty; name at least two label ids",
+    ),
+    Case(
+        "class ids not whole numbers",
+        ["--classes", "1.7,0"],
+        lambda d: load_sample(good(d), 2, 2, classes=[1.7, 0]),
+        errors.InvalidParameterError,
+        "class ids such as 1,3|whole-number label ids",
+    ),
+    Case(
+        "class absent from a split",
+        ["--dataset", "{absent}", "--test-per-class", "1"],
+        lambda d: load_sample(str(d["absent"]), 2, 1),
+        errors.InvalidParameterError,
+        r"class 1 \('b'\) has no rows in the test split; leave it out with --classes",
+    ),
+    Case(
+        "bytes that are not an image",
+        ["--dataset", "{undecodable}", "--train-per-class", "6"],
+        lambda d: load_sample(str(d["undecodable"]), 6, 1),
+        errors.DatasetError,
+        r"cannot decode the image in row 7 of the 'train' split of .* \(column 'image'\)",
+    ),
+    Case(
+        "truncated PNG",
+        ["--dataset", "{truncated}", "--train-per-class", "6"],
+        lambda d: load_sample(str(d["truncated"]), 6, 1),
+        errors.DatasetError,
+        r"cannot decode the image in row 7 of the 'train' split",
+    ),
+    Case(
+        "deep kernel underflows",
+        ["--depth", "1100"],
+        lambda d: fc_kernels(np.eye(3), depth=1100),
+        errors.InvalidParameterError,
+        "underflowed to zero at depth=1100.*use w_std=sqrt\\(2\\)",
+    ),
+    Case(
+        "zero weights",
+        ["--w-std", "0"],
+        lambda d: fc_kernels(np.eye(3), w_std=0),
+        errors.InvalidParameterError,
+        "w_std must be > 0: with zero weights",
+    ),
+    Case(
+        "memory size out of range",
+        ["--max-memory", "1e400"],
+        lambda d: parse_bytes("1e400"),
+        errors.InvalidParameterError,
+        "memory size must be a finite number of bytes >= 1",
+    ),
+    Case(
+        "empty --out",
+        ["--out", ""],
+        lambda d: prepare_out_dir(""),
+        errors.InvalidParameterError,
+        "--out is empty; name a folder",
     ),
 ]
 

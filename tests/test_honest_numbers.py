@@ -175,3 +175,62 @@ def test_a_depth_that_underflows_is_one_line(tiny_dataset, tmp_path, capsys):
 def test_kernel_inputs_of_the_wrong_kind(array, match):
     with pytest.raises(InvalidInputError, match=match):
         ntk(array)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--solver", "cg", "--depth", "2"], "--solver cg serves the default kernel"),
+        (["compare-network", "--learning-rate", "1e308"], "above the stability limit"),
+        (["verify", "--widths", "16"], "at least two different widths"),
+        (["dynamics", "--points", "1"], "2 <= points <= 10000"),
+        (["dynamics", "--points", "100000000"], "2 <= points <= 10000"),
+        (["dynamics", "--t-min", "10", "--t-max", "1"], "must be below --t-max"),
+        (["spectrum", "--bound-per-class", "1"], "the bound needs several sizes"),
+    ],
+)
+def test_theory_and_solver_options_that_cannot_give_a_true_number(
+    tiny_dataset, tmp_path, capsys, argv, message
+):
+    command = argv[:1] if argv[0] in ("compare-network", "verify", "dynamics", "spectrum") else []
+    rest = argv[len(command) :]
+    sizes = ["--train-per-class", "4", "--test-per-class", "2"]
+    if command == ["spectrum"]:
+        sizes += ["--bound-classes", "0,1"]
+    code = main([*command, "--dataset", str(tiny_dataset), "--out", str(tmp_path), *sizes, *rest])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_a_closed_pipe_does_not_stop_the_run(tiny_dataset, tmp_path):
+    """``ntkdemo ... | head -1``: the reader leaves after one line; the run still ends
+    well and writes its files."""
+    import subprocess
+    import sys
+
+    command = (
+        f"{sys.executable} -m ntkdemo --dataset {tiny_dataset} --out {tmp_path} "
+        "--train-per-class 4 --test-per-class 2 | head -1; echo ${PIPESTATUS[0]}"
+    )
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
+    first, status = done.stdout.strip().splitlines()
+    assert first.startswith("loading ") and status == "0", done.stderr
+    assert (tmp_path / "metrics.json").is_file() and done.stderr == ""
+
+
+def test_huge_label_ids_without_class_names_are_just_ids(tmp_path):
+    """Integer labels without a ClassLabel: the classes are the ids found, however large
+    (no range 0..max is allocated)."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 2**40] * 4)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    (tmp_path / "data").mkdir()
+    for split in ("train", "test"):
+        datasets.Dataset.from_dict(
+            {"image": list(random_images(rng, labels % 3)), "label": labels.tolist()},
+            features=features,
+        ).to_parquet(str(tmp_path / "data" / f"{split}-00000-of-00001.parquet"))
+    sample = load_sample(str(tmp_path), 2, 1)
+    assert sample.classes == (0, 2**40) and sample.class_names == ("0", str(2**40))

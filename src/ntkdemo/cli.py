@@ -140,11 +140,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def command_run(options) -> int:
     """``ntkdemo run``: the end-to-end demo."""
+    from .errors import InvalidParameterError
+    from .kernels import is_default_kernel
     from .memory import MemoryPlan, plan_memory
     from .outputs import prepare_out_dir
     from .pipeline import run_demo
     from .process_status import record
 
+    if options.solver == "cg" and not (
+        is_default_kernel(options.kernel, options.depth, options.w_std, options.b_std)
+        and options.time is None
+    ):
+        raise InvalidParameterError(
+            "--solver cg serves the default kernel at convergence only; drop --kernel, "
+            "--depth, --w-std, --b-std and --time, or use --solver cholesky"
+        )
     say = Console(options.quiet)
     out = prepare_out_dir(options.out)
     plans: list[MemoryPlan | None] = []

@@ -95,6 +95,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    """Parse a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {value}")
+    return value
+
+
 def add_data_options(parser: argparse.ArgumentParser, train: int, test: int) -> None:
     """The options that choose the sample."""
     group = parser.add_argument_group("data")
@@ -122,7 +133,9 @@ def add_data_options(parser: argparse.ArgumentParser, train: int, test: int) -> 
         default=None,
         help="comma-separated label ids to keep, e.g. 1,3 for Trouser vs Dress",
     )
-    group.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    group.add_argument(
+        "--seed", type=nonnegative_int, default=0, help="sampling seed, >= 0 (default: 0)"
+    )
     group.add_argument("--image-column", default=None, help="image column (default: found)")
     group.add_argument("--label-column", default=None, help="label column (default: found)")
     group.add_argument("--train-split", default="train", help="training split (default: train)")
@@ -216,8 +229,13 @@ class Console:
         self.quiet = quiet
 
     def __call__(self, text: str = "") -> None:
-        if not self.quiet:
+        if self.quiet:
+            return
+        try:
             print(text, flush=True)
+        except BrokenPipeError:  # the reader left (e.g. | head -1): finish the run silently
+            self.quiet = True
+            sys.stdout = open(os.devnull, "w")  # for the rest of the process
 
     def progress(self, description: str):
         """A tqdm factory for block loops, or None when quiet or not on a terminal."""

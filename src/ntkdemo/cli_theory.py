@@ -175,6 +175,9 @@ def add_commands(commands) -> list[str]:
     return ["curve", "dynamics", "spectrum", "verify", "compare-network"]
 
 
+MAX_TIME_POINTS = 10_000  # beyond this a curve shows nothing more, and takes minutes
+
+
 def command_curve(options) -> int:
     """``ntkdemo curve``: learning curves."""
     from .experiments import learning_curve
@@ -231,6 +234,11 @@ def command_dynamics(options) -> int:
     say = Console(options.quiet)
     out = prepare_out_dir(options.out)
     sample, _ = load_from_options(options, say)
+    if not 2 <= options.points <= MAX_TIME_POINTS:
+        raise InvalidParameterError(
+            f"--points {options.points}: the times from --t-min to --t-max need "
+            f"2 <= points <= {MAX_TIME_POINTS}"
+        )
     times = np.geomspace(options.t_min, options.t_max, options.points)
     curve = training_curve(sample, times, depth=options.depth)
     header = ["t"] + [
@@ -293,7 +301,12 @@ def command_spectrum(options) -> int:
     )
     signs = np.where(pair.y_train == 0, -1.0, 1.0)
     n_max = len(signs)
-    sizes = np.unique(np.geomspace(10, n_max, 8).round().astype(int))
+    if n_max < 4:
+        raise InvalidParameterError(
+            f"--bound-per-class {options.bound_per_class} gives {n_max} images; the bound "
+            "needs several sizes: use at least 2 per class"
+        )
+    sizes = np.unique(np.geomspace(min(10, n_max), n_max, 8).round().astype(int))
     bound = norm_bound_curve(pair.X_train, signs, sizes, np.random.default_rng([options.seed, 1]))
     say("eigenvalues of the training NTK Gram matrix (decreasing):")
     picks = sorted(

@@ -9,6 +9,7 @@ same layout (Parquet files with an ``image`` and a ``label`` column) works the s
 from __future__ import annotations
 
 import atexit
+import numbers
 import os
 import re
 import shutil
@@ -120,8 +121,13 @@ def balanced_indices(
     chosen = []
     for position, label in enumerate(classes):
         rows = np.flatnonzero(labels == label)
+        name = f" ({class_names[position]!r})" if class_names else ""
+        if len(rows) == 0:
+            raise InvalidParameterError(
+                f"class {label}{name} has no rows in the {split} split; leave it out with "
+                "--classes (a list of the other ids)"
+            )
         if per_class is not None and len(rows) < per_class:
-            name = f" ({class_names[position]!r})" if class_names else ""
             raise InvalidParameterError(
                 f"class {label}{name} has only {len(rows)} rows in the {split} split, "
                 f"but {per_class} per class were asked; use at most {len(rows)}"
@@ -137,7 +143,7 @@ def load_sample(
     train_per_class: int | None = 100,
     test_per_class: int | None = 50,
     classes: Sequence[int] | None = None,
-    seed: int = 0,
+    seed: int | None = 0,
     *,
     image_column: str | None = None,
     label_column: str | None = None,
@@ -157,9 +163,10 @@ def load_sample(
     classes : sequence of int, optional
         Label ids to keep (e.g. ``[1, 3]`` for Trouser vs Dress); they are
         re-indexed to ``0 .. len(classes) - 1`` in the order given. Default: all.
-    seed : int, default=0
+    seed : int >= 0 or None, default=0
         Seed of ``numpy.random.default_rng``; train and test rows come from two
-        independent child generators.
+        independent child generators. None draws fresh entropy from the operating
+        system: a different sample each call, which cannot be drawn again.
     image_column, label_column : str, optional
         Column names; found from the dataset's features (the ``Image`` and the
         ``ClassLabel`` column) when omitted.
@@ -184,6 +191,7 @@ def load_sample(
     """
     train_per_class = _check_per_class("train_per_class", train_per_class)
     test_per_class = _check_per_class("test_per_class", test_per_class)
+    checked_seed = _check_seed(seed)
     source = resolve_dataset(dataset)
     splits = open_dataset(source)
     train = _get_split(splits, train_split, source)
@@ -192,11 +200,11 @@ def load_sample(
     names = _class_names(train, label_column)
     labels_train = _label_array(train, label_column, source, train_split, names)
     labels_test = _label_array(test, label_column, source, test_split, names)
-    n_labels = len(names) if names else int(labels_train.max()) + 1
-    chosen_classes = _check_classes(classes, n_labels)
+    available = list(range(len(names))) if names else np.unique(labels_train).tolist()
+    chosen_classes = _check_classes(classes, available)
     class_names = tuple(names[c] if names else str(c) for c in chosen_classes)
 
-    rng_train, rng_test = np.random.default_rng(seed).spawn(2)
+    rng_train, rng_test = np.random.default_rng(checked_seed).spawn(2)
     train_rows = balanced_indices(
         labels_train,
         train_per_class,
@@ -354,7 +362,12 @@ def decode_images(
         If the images differ in shape, or one is blank (all zero): a blank image has
         no direction, so the normalised NTK is undefined for it.
     """
-    images = split.select_columns([image_column]).with_format("numpy")[rows][image_column]
+    column = split.select_columns([image_column]).with_format("numpy")
+    where = f"the {split_name!r} split of {source!r} (column {image_column!r})"
+    try:
+        images = column[rows][image_column]
+    except Exception:  # PIL and datasets raise many types for a broken image
+        raise _undecodable(column, rows, image_column, where) from None
     if isinstance(images, np.ndarray) and images.dtype != object:
         stacked = images
     else:
@@ -365,6 +378,11 @@ def decode_images(
                 "the kernel needs one size: resize them first"
             )
         stacked = np.stack(list(images))
+    if stacked.dtype.kind not in "biuf" or stacked.ndim < 2:
+        raise DatasetError(
+            f"{where} holds {stacked.dtype} values, not decoded images; give the column "
+            "the datasets Image feature (or name the image column with --image-column)"
+        )
     scale = np.iinfo(stacked.dtype).max if np.issubdtype(stacked.dtype, np.integer) else 1.0
     flat = stacked.reshape(len(rows), -1).astype(np.float64) / scale
     blank = rows[~flat.any(axis=1)]
@@ -377,20 +395,63 @@ def decode_images(
     return flat, tuple(stacked.shape[1:])
 
 
+def _undecodable(column, rows: np.ndarray, image_column: str, where: str) -> DatasetError:
+    """The error for a batch that failed to decode, naming the first row that fails alone."""
+    for row in np.sort(rows):
+        try:
+            column[int(row)]
+        except Exception as exc:
+            return DatasetError(
+                f"cannot decode the image in row {int(row)} of {where}: "
+                f"{type(exc).__name__}: {re.sub(r' <[^>]* at 0x[0-9a-f]+>', '', _first_line(exc))}"
+                "; repair or remove that row"
+            )
+    return DatasetError(f"cannot decode the images of {where}")
+
+
+def _check_seed(seed: object) -> int | None:
+    """A seed is None or a whole number >= 0 (what ``numpy.random.default_rng`` accepts)."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise InvalidParameterError(
+            f"seed must be a whole number >= 0 (or None for a fresh, unrepeatable sample), "
+            f"got {seed!r}"
+        )
+    return int(seed)
+
+
 def _check_per_class(name: str, value: int | str | None) -> int | None:
     if value is None or value == "all":
         return None
     return check_positive_int(name, value)
 
 
-def _check_classes(classes: Sequence[int] | None, n_labels: int) -> list[int]:
+def _check_classes(classes: Sequence[int] | None, available: list[int]) -> list[int]:
+    """The class ids to sample: ``classes`` checked against the ``available`` label ids."""
     if classes is None:
-        return list(range(n_labels))
-    chosen = [int(c) for c in classes]
-    unknown = [c for c in chosen if not 0 <= c < n_labels]
-    if unknown:
+        return available
+    if isinstance(classes, str) or not all(
+        isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in classes
+    ):
         raise InvalidParameterError(
-            f"unknown class id(s) {unknown}; this dataset has classes 0..{n_labels - 1}"
+            f"classes must be a list of whole-number label ids such as [1, 3], got {classes!r}"
+        )
+    chosen = [int(c) for c in classes]
+    if not chosen:
+        raise InvalidParameterError(
+            "classes is empty; name at least two label ids, e.g. --classes 1,3"
+        )
+    known = set(available)
+    unknown = [c for c in chosen if c not in known]
+    if unknown:
+        span = (
+            f"0..{available[-1]}"
+            if available == list(range(len(available)))
+            else f"{available[:10]}" + (" ..." if len(available) > 10 else "")
+        )
+        raise InvalidParameterError(
+            f"unknown class id(s) {unknown}; this dataset has classes {span}"
         )
     if len(set(chosen)) != len(chosen):
         raise InvalidParameterError(f"classes {chosen} repeat an id; list each class once")

@@ -19,6 +19,7 @@ import numpy as np
 
 from .data import Sample
 from .dynamics import GradientDescentDynamics
+from .errors import InvalidParameterError
 from .kernels import fc_kernels, ntk, scaled_unit_rows
 from .network import OneHiddenLayerNet, train_network
 from .regression import one_hot, predict, solve
@@ -158,6 +159,12 @@ def norm_bound_curve(
     -------
     dict with keys "true labels" and "random labels", arrays over ``sizes``.
     """
+    sizes = np.asarray(sizes)
+    if sizes.size == 0 or sizes.min() < 2 or sizes.max() > len(X):
+        raise InvalidParameterError(
+            f"the bound's sizes must lie in 2..{len(X)} (the images given), got "
+            f"{sizes.tolist()}; draw more images per class"
+        )
     K = ntk(X)
     shuffled = rng.permutation(y)
     curves: dict[str, list[float]] = {"true labels": [], "random labels": []}
@@ -193,6 +200,11 @@ def monte_carlo_error(
     exact = ntk(X)
     inputs = scaled_unit_rows(X)
     widths_array = np.array([check_positive_int("width", w) for w in widths])
+    if len(set(widths_array.tolist())) < 2:
+        raise InvalidParameterError(
+            f"widths must hold at least two different widths to fit the error's slope, "
+            f"got {widths_array.tolist()}; e.g. 16,64,256"
+        )
     errors = np.empty((len(widths_array), repeats))
     for row, width in enumerate(widths_array):
         for repeat in range(repeats):
@@ -262,8 +274,16 @@ def compare_with_networks(
     X_train, X_test = scaled_unit_rows(sample.X_train), scaled_unit_rows(sample.X_test)
     targets = one_hot(sample.y_train, sample.n_classes)
     K, K_test = fc_kernels(X_train)[1], fc_kernels(X_test, X_train)[1]  # rows the network sees
+    stability_limit = 2 * targets.size / float(np.linalg.eigvalsh(K)[-1])
     if learning_rate is None:
-        learning_rate = targets.size / float(np.linalg.eigvalsh(K)[-1])
+        learning_rate = stability_limit / 2
+    if not learning_rate < stability_limit:
+        raise InvalidParameterError(
+            f"learning rate {learning_rate:g} is above the stability limit of gradient "
+            f"descent here, 2 Y.size / lambda_max(K) = {stability_limit:.4g}: training "
+            f"would diverge; choose a learning rate below it (default "
+            f"{stability_limit / 2:.4g})"
+        )
     time = learning_rate * steps
     dynamics = GradientDescentDynamics(K, targets, learning_rate)
     kernel_outputs = K_test @ dynamics.discrete_dual_coefficients(steps)
@@ -277,6 +297,11 @@ def compare_with_networks(
         )
         train_network(net, X_train, targets, learning_rate=learning_rate, steps=steps)
         outputs = net(X_test)
+        if not np.isfinite(outputs).all():
+            raise InvalidParameterError(
+                f"the width-{width} network diverged at learning rate {learning_rate:g}; "
+                "choose a smaller learning rate"
+            )
         accuracy.append(np.mean(outputs.argmax(axis=1) == sample.y_test))
         agreement.append(np.mean(outputs.argmax(axis=1) == kernel_labels))
         distance.append(np.linalg.norm(outputs - kernel_outputs) / np.linalg.norm(kernel_outputs))

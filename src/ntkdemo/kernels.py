@@ -477,6 +477,11 @@ def fc_kernels(
     depth = check_positive_int("depth", depth)
     w_std = check_nonnegative_float("w_std", w_std)
     b_std = check_nonnegative_float("b_std", b_std)
+    if w_std == 0:
+        raise InvalidParameterError(
+            "w_std must be > 0: with zero weights the network ignores its input and its "
+            "kernel is constant (no image can be told from another); try w_std=1 or sqrt(2)"
+        )
     X_checked = check_matrix("X", X).astype(np.float64, copy=False)
     Y_checked = (
         None
@@ -589,6 +594,12 @@ def _products(X, other, rows, cols, diagonal, out):
     return out
 
 
+def is_default_kernel(kernel: str, depth: int, w_std: float, b_std: float) -> bool:
+    """Whether these settings name the one-layer formula of :func:`ntk` (the fast paths'
+    kernel: strips, CG and the GPU serve it alone)."""
+    return kernel == "ntk" and (depth, w_std, b_std) == (1, 1.0, 0.0)
+
+
 def kernel_matrix(
     X: np.ndarray,
     Y: np.ndarray | None = None,
@@ -627,7 +638,7 @@ def kernel_matrix(
     """
     if kernel not in ("ntk", "nngp"):
         raise InvalidParameterError(f"kernel must be 'ntk' or 'nngp', got {kernel!r}")
-    if kernel == "ntk" and (depth, w_std, b_std) == (1, 1.0, 0.0) and not reference_scale:
+    if is_default_kernel(kernel, depth, w_std, b_std) and not reference_scale:
         return ntk(X, Y, dtype=dtype, progress=progress)
     X_scaled = scaled_unit_rows(X, "X")
     nngp, ntk_matrix = fc_kernels(

@@ -19,7 +19,7 @@ from .dynamics import GradientDescentDynamics
 from .errors import InvalidParameterError, MemoryPlanError
 from .evaluate import ClassificationReport, evaluate
 from .iterative import cluster_order, solve_cg
-from .kernels import kernel_matrix, ntk_strips, ntk_times
+from .kernels import is_default_kernel, kernel_matrix, ntk_strips, ntk_times
 from .memory import CG_CLUSTER_SIZE, CG_NYSTROM_RANK, CG_STRIP_ROWS, MemoryPlan, plan_memory
 from .regression import KernelSolution, one_hot, solve
 
@@ -115,7 +115,7 @@ def run_demo(
     if device not in ("cpu", "cuda"):
         raise InvalidParameterError(f"device must be 'cpu' or 'cuda', got {device!r}")
     n_train, n_features = sample.X_train.shape
-    mission = kernel == "ntk" and (depth, w_std, b_std) == (1, 1.0, 0.0) and time is None
+    mission = is_default_kernel(kernel, depth, w_std, b_std) and time is None
     if device == "cuda" and not mission:
         raise InvalidParameterError(
             "--device cuda serves the default kernel at convergence only (no --kernel, "
