@@ -31,7 +31,13 @@ import numpy as np
 
 from .errors import InvalidParameterError
 from .regression import KernelSolution, check_kernel_matrix
-from .validation import check_matrix, check_nonnegative_float, check_positive_int, check_targets
+from .validation import (
+    check_finite_result,
+    check_matrix,
+    check_nonnegative_float,
+    check_positive_int,
+    check_targets,
+)
 
 
 class GradientDescentDynamics:
@@ -125,7 +131,11 @@ class GradientDescentDynamics:
         """
         times = check_times(t)
         k_test_train = check_matrix("k_test_train", k_test_train, n_features=len(self.eigenvalues_))
-        outputs = np.stack([k_test_train @ self.dual_coefficients(time) for time in times.ravel()])
+        with np.errstate(over="ignore", invalid="ignore"):
+            outputs = np.stack(
+                [k_test_train @ self.dual_coefficients(time) for time in times.ravel()]
+            )
+        check_finite_result("the predictions", outputs)
         outputs = outputs.reshape(len(times.ravel()), k_test_train.shape[0], *self._output_shape)
         return outputs[0] if times.ndim == 0 else outputs
 

@@ -56,7 +56,11 @@ class _KernelModel(BaseEstimator):
         check_positive_int("depth", self.depth)
         check_nonnegative_float("ridge", self.ridge)
         if self.time is not None:
-            check_times(self.time)
+            if check_times(self.time).ndim != 0:
+                raise InvalidParameterError(
+                    f"time must be one training time (a number >= 0 or inf), got "
+                    f"{self.time!r}; fit one estimator per time"
+                )
             if self.ridge:
                 raise InvalidParameterError(
                     f"ridge={self.ridge!r} and time={self.time!r} cannot be combined: the "

@@ -116,6 +116,7 @@ def plan_memory(
     max_memory: int | None = None,
     available: int | None = None,
     solver: str = "auto",
+    process_bytes: int | None = None,
 ) -> MemoryPlan:
     """Choose the solver and storage for a run, before anything large is allocated.
 
@@ -129,6 +130,10 @@ def plan_memory(
         keeps 10% of it in reserve.
     solver : {"auto", "cholesky", "cg"}
         ``auto`` takes ``cholesky`` when it fits, else ``cg``.
+    process_bytes : int, optional
+        Memory the process holds already (interpreter, libraries, the dataset's index);
+        default: its resident set size now. It counts against ``max_memory``, which thus
+        bounds the whole process, and is part of ``total_bytes``.
 
     Raises
     ------
@@ -137,28 +142,42 @@ def plan_memory(
     """
     if solver not in ("auto", "cholesky", "cg"):
         raise InvalidParameterError(f"solver must be 'auto', 'cholesky' or 'cg', got {solver!r}")
-    if available is None:
-        import psutil
+    import psutil
 
+    if available is None:
         available = int(psutil.virtual_memory().available)
-    budget = int(0.9 * available)
+    if process_bytes is None:
+        process_bytes = int(psutil.Process().memory_info().rss)
+    budget = int(0.9 * available) + process_bytes
     if max_memory is not None:
         budget = min(budget, int(max_memory))
     candidates = ["cholesky", "cg"] if solver == "auto" else [solver]
     for candidate in candidates:
-        total = estimate_bytes(candidate, n_train, n_test, n_features, n_outputs)
+        total = process_bytes + estimate_bytes(candidate, n_train, n_test, n_features, n_outputs)
         if total <= budget:
             kernel = kernel_bytes(candidate, n_train)
             return MemoryPlan(candidate, n_train, n_test, kernel, total, budget)
     cheapest = candidates[-1]
     needed = estimate_bytes(cheapest, n_train, n_test, n_features, n_outputs)
-    largest = largest_training_set(budget, n_test, n_features, n_outputs, cheapest)
+    room = max(budget - process_bytes, 0)
+    largest = largest_training_set(room, n_test, n_features, n_outputs, cheapest)
+    images = 2 * 8 * (n_train + n_test) * n_features
+    kernel = kernel_bytes(cheapest, n_train)
+    what = "float64 kernel" if cheapest == "cholesky" else "upper triangle of the kernel"
+    cause = (
+        f"{what} {format_bytes(kernel)}"
+        if kernel >= images
+        else f"the images themselves {format_bytes(images)}: {n_features} values each"
+    )
+    advice = (
+        f"the largest training set that fits is {largest} images"
+        if kernel >= images or largest > 0
+        else "use smaller images or fewer test images"
+    )
     raise MemoryPlanError(
-        f"{n_train} training images need about {format_bytes(needed)} "
-        f"({'float64 kernel' if cheapest == 'cholesky' else 'upper triangle of the kernel'}), "
-        "more than the "
-        f"{format_bytes(budget)} allowed (free memory or --max-memory); the largest training "
-        f"set that fits is {largest} images"
+        f"{n_train} training images need about {format_bytes(needed)} ({cause}) on top of "
+        f"the {format_bytes(process_bytes)} this process holds, more than the "
+        f"{format_bytes(budget)} allowed (free memory or --max-memory); {advice}"
     )
 
 

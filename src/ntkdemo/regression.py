@@ -18,7 +18,12 @@ from scipy import linalg
 
 from .errors import InvalidInputError
 from .kernels import mirror_upper
-from .validation import check_nonnegative_float, check_targets
+from .validation import (
+    check_finite_result,
+    check_matrix,
+    check_nonnegative_float,
+    check_targets,
+)
 
 # Largest condition number (1-norm estimate) a solve accepts: beyond it float64 keeps
 # fewer than about 4 significant digits of the coefficients.
@@ -163,11 +168,15 @@ def check_kernel_matrix(K: object, block: int = 1024) -> np.ndarray:
     """
     if not isinstance(K, np.ndarray) or K.dtype not in (np.float64, np.float32):
         try:
-            K = np.asarray(K, dtype=np.float64)
+            given = np.asarray(K)
         except (TypeError, ValueError):
+            given = np.asarray(None)
+        if given.dtype.kind not in "biuf":
             raise InvalidInputError(
-                f"K must be a square matrix of real numbers, got {type(K).__name__}"
-            ) from None
+                f"K must be a square matrix of real numbers, got {type(K).__name__} "
+                f"of dtype {given.dtype}"
+            )
+        K = given.astype(np.float64)
     if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0:
         raise InvalidInputError(f"K must be a non-empty square matrix, got shape {K.shape}")
     largest = 0.0
@@ -228,8 +237,15 @@ def predict(K_test_train: np.ndarray, solution: KernelSolution) -> np.ndarray:
     Returns
     -------
     ndarray of shape (n_test, n_outputs)
+
+    Raises
+    ------
+    InvalidInputError
+        If ``K_test_train`` is not a finite matrix with one column per training row.
     """
-    return K_test_train @ solution.coef
+    matrix = check_matrix("K_test_train", K_test_train, n_features=len(solution.coef))
+    with np.errstate(over="ignore", invalid="ignore"):
+        return check_finite_result("the predictions", matrix @ solution.coef)
 
 
 def _condition_number(lower_factor: np.ndarray, norm_1: float) -> float:

@@ -127,6 +127,23 @@ def check_targets(name: str, Y: object, n_rows: int) -> np.ndarray:
     return targets
 
 
+def check_finite_result(name: str, result: np.ndarray) -> np.ndarray:
+    """Return ``result`` if all its entries are finite.
+
+    Raises
+    ------
+    InvalidInputError
+        If the computation overflowed (inf) or met an undefined value (NaN): the inputs'
+        magnitudes are beyond float64 for this computation.
+    """
+    if not np.isfinite(result).all():
+        raise InvalidInputError(
+            f"{name} overflowed float64 (inf or NaN): the inputs are too large for this "
+            "computation; rescale them (a kernel of unit-norm rows is at most 2)"
+        )
+    return result
+
+
 def list_rows(rows: np.ndarray, limit: int = 10) -> str:
     """Format row indices for an error message, eliding long lists."""
     shown = ", ".join(str(int(r)) for r in rows[:limit])
