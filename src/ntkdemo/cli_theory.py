@@ -68,6 +68,35 @@ def add_commands(commands) -> list[str]:
         "--depths", type=int_list, default=[1, 2, 3], help="hidden-layer counts (default: 1,2,3)"
     )
     curve.add_argument("--no-svc", action="store_true", help="skip the RBF SVC baseline")
+    view = curve.add_argument_group(
+        "time and width",
+        "with --times or --widths: accuracy against training images for the infinite "
+        "network after each time t (NTK and NNGP, closed form) beside trained finite "
+        "networks of each width, written as curve-time-width.json/png "
+        "(default sizes: about 64, 128, ..., 2048 images)",
+    )
+    view.add_argument(
+        "--times",
+        type=time_list,
+        default=None,
+        help="gradient-descent times, e.g. 10,1e3,1e5,1e7,inf (default with --widths: that)",
+    )
+    view.add_argument(
+        "--widths",
+        type=int_list,
+        default=None,
+        help="network widths, e.g. 64,256,1024,2048 (default with --times: that)",
+    )
+    view.add_argument(
+        "--training",
+        choices=("gd", "sgd"),
+        default="gd",
+        help="gd: full-batch gradient descent on the squared loss at half the stability "
+        "limit, as compare-network; sgd: softmax cross-entropy, momentum SGD, batches of "
+        "64 (default: gd)",
+    )
+    view.add_argument("--steps", type=positive_int, default=100, help="gd steps (default: 100)")
+    view.add_argument("--epochs", type=positive_int, default=20, help="sgd epochs (default: 20)")
     add_output_options(curve)
     curve.set_defaults(handler=command_curve)
 
@@ -178,6 +207,19 @@ def add_commands(commands) -> list[str]:
 MAX_TIME_POINTS = 10_000  # beyond this a curve shows nothing more, and takes minutes
 
 
+def time_list(text: str) -> list[float]:
+    """Parse comma-separated training times >= 0, ``inf`` allowed."""
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated times such as 10,1e3,inf, got {text!r}"
+        ) from None
+    if not values or any(np.isnan(v) or v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected times >= 0 (or inf), got {text!r}")
+    return values
+
+
 def command_curve(options) -> int:
     """``ntkdemo curve``: learning curves."""
     from .experiments import learning_curve
@@ -188,6 +230,8 @@ def command_curve(options) -> int:
     out = prepare_out_dir(options.out)
     sample, _ = load_from_options(options, say)
     largest = len(sample.y_train) // sample.n_classes
+    if options.times is not None or options.widths is not None:
+        return _curve_by_time_and_width(options, say, out, sample, largest)
     sizes = options.sizes or sorted({int(s) for s in np.geomspace(1, largest, 10).round()})
     if max(sizes) > largest:
         raise InvalidParameterError(
@@ -218,6 +262,90 @@ def command_curve(options) -> int:
         log_lines=options.diagnostics.lines,
     )
     say(f"wrote curve.json and curve.png to {out}/")
+    return 0
+
+
+def _curve_by_time_and_width(options, say: Console, out, sample, largest: int) -> int:
+    """``ntkdemo curve --times ... --widths ...``: the kernel by time beside networks by width."""
+    from .experiments import accuracy_by_time_and_width
+    from .figures import time_width_figure
+
+    classes = sample.n_classes
+    default_sizes = {min(largest, max(1, round(2**k / classes))) for k in range(6, 12)}
+    sizes = sorted(options.sizes or default_sizes)
+    if max(sizes) > largest:
+        raise InvalidParameterError(
+            f"--sizes asks for {max(sizes)} images per class but the sample has {largest}; "
+            f"raise --train-per-class to {max(sizes)}"
+        )
+    times = options.times or [10.0, 1e3, 1e5, 1e7, float("inf")]
+    widths = options.widths or [64, 256, 1024, 2048]
+    training = {"gd": "gradient descent", "sgd": "sgd"}[options.training]
+    say(
+        f"kernels at times {times}; networks of widths {widths} ({training}); images per "
+        f"class {sizes} ..."
+    )
+    curves = accuracy_by_time_and_width(
+        sample,
+        sizes,
+        times,
+        widths,
+        rng=np.random.default_rng([options.seed, 2]),
+        steps=options.steps,
+        training=training,
+        epochs=options.epochs,
+        progress=say,
+    )
+    images = [int(size * classes) for size in curves.sizes]
+    time_names = ["inf" if np.isinf(t) else f"{t:g}" for t in curves.times]
+    print_table(
+        say,
+        ["images", *(f"NTK t={name}" for name in time_names)],
+        [[n, *map(float, curves.kernel_accuracy["NTK"][:, i])] for i, n in enumerate(images)],
+    )
+    say()
+    at_time = [] if training == "sgd" else ["NTK at networks' t"]
+    print_table(
+        say,
+        ["images", *(f"width {w}" for w in curves.widths), *at_time],
+        [
+            [
+                n,
+                *map(float, curves.network_accuracy[:, i]),
+                *([] if training == "sgd" else [float(curves.ntk_at_network_time[i])]),
+            ]
+            for i, n in enumerate(images)
+        ],
+    )
+    write_outputs(
+        out,
+        "curve-time-width",
+        {
+            "dataset": sample.dataset,
+            "sizes_per_class": curves.sizes.tolist(),
+            "images": images,
+            "test_images": len(sample.y_test),
+            "times": time_names,
+            "kernel_accuracy": {
+                name: {t: values[j].tolist() for j, t in enumerate(time_names)}
+                for name, values in curves.kernel_accuracy.items()
+            },
+            "training": training,
+            "steps": options.steps if training != "sgd" else None,
+            "epochs": options.epochs if training == "sgd" else None,
+            "widths": curves.widths.tolist(),
+            "network_accuracy": {
+                str(w): curves.network_accuracy[i].tolist() for i, w in enumerate(curves.widths)
+            },
+            "network_time": [None if np.isnan(t) else float(t) for t in curves.network_time],
+            "ntk_at_network_time": [
+                None if np.isnan(a) else float(a) for a in curves.ntk_at_network_time
+            ],
+        },
+        time_width_figure(curves, classes),
+        log_lines=options.diagnostics.lines,
+    )
+    say(f"wrote curve-time-width.json and curve-time-width.png to {out}/")
     return 0
 
 

@@ -12,16 +12,16 @@ network (:mod:`ntkdemo.network`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .data import Sample
-from .dynamics import GradientDescentDynamics
+from .dynamics import GradientDescentDynamics, check_times
 from .errors import InvalidParameterError
 from .kernels import fc_kernels, ntk, scaled_unit_rows
-from .network import OneHiddenLayerNet, train_network
+from .network import OneHiddenLayerNet, train_network, train_network_sgd
 from .regression import one_hot, predict, solve
 from .validation import check_positive_int
 
@@ -316,4 +316,156 @@ def compare_with_networks(
         time,
         learning_rate,
         steps,
+    )
+
+
+@dataclass
+class TimeWidthCurves:
+    """Test accuracy against training-set size for infinite networks after time t and
+    for trained finite networks of several widths, on the same nested samples.
+
+    Attributes
+    ----------
+    sizes : ndarray of int
+        Training images per class; ``sizes * n_classes`` images in all.
+    times : ndarray
+        Gradient-descent times t of the infinite network (``inf``: converged).
+    kernel_accuracy : dict of str to ndarray of shape (len(times), len(sizes))
+        ``"NTK"`` (the whole network trained) and ``"NNGP"`` (its readout only).
+    widths : ndarray of int
+    network_accuracy : ndarray of shape (len(widths), len(sizes))
+    network_time : ndarray of shape (len(sizes),)
+        The time ``learning_rate * steps`` the networks trained for at each size (NaN
+        for SGD, which has no such time).
+    ntk_at_network_time : ndarray of shape (len(sizes),)
+        The infinite network after that same time (NaN for SGD).
+    training : str
+        How the networks were trained.
+    """
+
+    sizes: np.ndarray
+    times: np.ndarray
+    kernel_accuracy: dict[str, np.ndarray]
+    widths: np.ndarray
+    network_accuracy: np.ndarray
+    network_time: np.ndarray
+    ntk_at_network_time: np.ndarray
+    training: str
+
+
+def accuracy_by_time_and_width(
+    sample: Sample,
+    sizes_per_class: Sequence[int],
+    times: Sequence[float],
+    widths: Sequence[int],
+    *,
+    rng: np.random.Generator,
+    steps: int = 100,
+    training: str = "gradient descent",
+    epochs: int = 20,
+    progress: Callable[[str], None] | None = None,
+) -> TimeWidthCurves:
+    r"""When does the kernel picture hold? Accuracy against size, by time and by width.
+
+    For each size ``n`` (the sample's first ``n * n_classes`` training rows, balanced
+    because they are interleaved class by class) and the depth-1 kernels in
+    neural-tangents' scale (inputs at :math:`x \cdot x/d = 1`):
+
+    * the infinite network after gradient-descent time ``t`` for every ``t`` in
+      ``times``, NTK and NNGP, in closed form from one eigendecomposition
+      (:class:`~ntkdemo.dynamics.GradientDescentDynamics`); ``t = inf`` is kernel
+      regression, ``t = 0`` the zero function (chance);
+    * one-hidden-layer networks of each width in ``widths``, trained on the same images
+      either by full-batch ``"gradient descent"`` on the squared loss for ``steps``
+      steps at half the stability limit, :math:`\eta = Y.size / \lambda_{max}(K)`,
+      as :func:`compare_with_networks` (time :math:`t = \eta \cdot steps`), or by
+      ``"sgd"``: softmax cross-entropy, momentum SGD in minibatches of 64, ``epochs``
+      epochs (:func:`~ntkdemo.network.train_network_sgd`).
+
+    Parameters
+    ----------
+    sample : Sample
+        With at least ``max(sizes_per_class)`` training images per class.
+    sizes_per_class : sequence of int
+    times : sequence of float
+        Times >= 0; ``inf`` for the converged network.
+    widths : sequence of int
+    rng : numpy.random.Generator
+        Initialisations and SGD's batches.
+    steps : int, default=100
+        Gradient-descent steps of the networks.
+    training : {"gradient descent", "sgd"}
+    epochs : int, default=20
+        SGD epochs.
+    progress : callable, optional
+        Receives one line per trained network.
+
+    Returns
+    -------
+    TimeWidthCurves
+    """
+    if training not in ("gradient descent", "sgd"):
+        raise InvalidParameterError(
+            f"training must be 'gradient descent' or 'sgd', got {training!r}"
+        )
+    sizes = np.array(sorted({check_positive_int("size", s) for s in sizes_per_class}))
+    largest = len(sample.y_train) // sample.n_classes
+    if sizes.max() > largest:
+        raise InvalidParameterError(
+            f"sizes ask for {sizes.max()} images per class but the sample has {largest}"
+        )
+    time_grid = check_times(list(times)).reshape(-1)
+    widths_array = np.array([check_positive_int("width", w) for w in widths])
+    X_train, X_test = scaled_unit_rows(sample.X_train), scaled_unit_rows(sample.X_test)
+    train_kernels, test_kernels = fc_kernels(X_train), fc_kernels(X_test, X_train)
+    targets = one_hot(sample.y_train, sample.n_classes)
+    kernel_accuracy = {name: np.empty((len(time_grid), len(sizes))) for name in ("NNGP", "NTK")}
+    network_accuracy = np.empty((len(widths_array), len(sizes)))
+    network_time = np.full(len(sizes), np.nan)
+    ntk_at_network_time = np.full(len(sizes), np.nan)
+    for column, size in enumerate(sizes):
+        n = size * sample.n_classes
+        for name, K, K_test in zip(("NNGP", "NTK"), train_kernels, test_kernels):
+            dynamics = GradientDescentDynamics(K[:n, :n], targets[:n])
+            outputs = dynamics.predict(K_test[:, :n], time_grid)
+            kernel_accuracy[name][:, column] = (outputs.argmax(axis=2) == sample.y_test).mean(1)
+        K_ntk = train_kernels[1][:n, :n]
+        learning_rate = targets[:n].size / float(np.linalg.eigvalsh(K_ntk)[-1])
+        if training == "gradient descent":
+            network_time[column] = learning_rate * steps
+            flow = GradientDescentDynamics(K_ntk, targets[:n]).predict(
+                test_kernels[1][:, :n], network_time[column]
+            )
+            ntk_at_network_time[column] = np.mean(flow.argmax(axis=1) == sample.y_test)
+        for row, width in enumerate(widths_array):
+            net = OneHiddenLayerNet.initialise(
+                X_train.shape[1], int(width), sample.n_classes, rng, symmetric=True
+            )
+            if training == "gradient descent":
+                train_network(
+                    net, X_train[:n], targets[:n], learning_rate=learning_rate, steps=steps
+                )
+            else:
+                train_network_sgd(
+                    net, X_train[:n], targets[:n], learning_rate=1.0, epochs=epochs, rng=rng
+                )
+            outputs = net(X_test)
+            if not np.isfinite(outputs).all():
+                raise InvalidParameterError(
+                    f"the width-{width} network diverged on {n} images; use fewer --steps"
+                )
+            network_accuracy[row, column] = np.mean(outputs.argmax(axis=1) == sample.y_test)
+            if progress:
+                progress(
+                    f"{n} images, width {width}: test accuracy {network_accuracy[row, column]:.4f}"
+                )
+    return TimeWidthCurves(
+        sizes,
+        time_grid,
+        kernel_accuracy,
+        widths_array,
+        network_accuracy,
+        network_time,
+        ntk_at_network_time,
+        training,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -117,6 +118,61 @@ def learning_curve_figure(
     axes.set_title("Learning curves: infinite networks (kernel regression) vs RBF SVC")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8, ncol=2)
+    return figure
+
+
+def time_width_figure(curves, n_classes: int) -> Figure:
+    """Two panels against training images (log x): the infinite network after each time
+    t (NTK solid, NNGP dashed), and trained networks by width with the converged NTK
+    (dashed) and, for gradient descent, the NTK after the networks' own time (dotted)."""
+    figure = Figure(figsize=(12, 4.6))
+    by_time, by_width = figure.subplots(1, 2, sharey=True)
+    images = curves.sizes * n_classes
+    colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(curves.times)))
+    for index, (time, color) in enumerate(zip(curves.times, colors)):
+        label = "t = inf" if np.isinf(time) else f"t = {time:.3g}"
+        by_time.semilogx(
+            images,
+            curves.kernel_accuracy["NTK"][index],
+            "-o",
+            color=color,
+            markersize=3,
+            label=f"NTK {label}",
+        )
+        by_time.semilogx(
+            images, curves.kernel_accuracy["NNGP"][index], "--", color=color, label=f"NNGP {label}"
+        )
+    by_time.set_title("Infinite network after gradient-descent time t")
+    widths_colors = matplotlib.colormaps["plasma"](np.linspace(0, 0.85, len(curves.widths)))
+    for index, (width, color) in enumerate(zip(curves.widths, widths_colors)):
+        by_width.semilogx(
+            images,
+            curves.network_accuracy[index],
+            "-o",
+            color=color,
+            markersize=3,
+            label=f"width {width}",
+        )
+    converged = np.flatnonzero(np.isinf(curves.times))
+    if converged.size:
+        by_width.semilogx(
+            images, curves.kernel_accuracy["NTK"][converged[0]], "k--", label="NTK, t = inf"
+        )
+    if np.isfinite(curves.ntk_at_network_time).all():
+        by_width.semilogx(
+            images,
+            curves.ntk_at_network_time,
+            ":",
+            color="gray",
+            label=f"NTK at the networks' t ~ {np.median(curves.network_time):.3g}",
+        )
+    by_width.set_title(f"Trained networks ({curves.training}) by width")
+    for axes in (by_time, by_width):
+        axes.axhline(1 / n_classes, color="gray", linewidth=0.8)
+        axes.set_xlabel("training images")
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(fontsize=7, ncol=2)
+    by_time.set_ylabel("test accuracy")
     return figure
 
 

@@ -17,7 +17,9 @@ whose expectation is ``fc_kernels(X, Y, depth=1)[1]``; the error of a draw falls
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -87,16 +89,25 @@ class OneHiddenLayerNet:
         hidden_term = ((a_x > 0) * weights) @ (a_y > 0).T * (X @ Y.T / X.shape[1])
         return (readout_term + hidden_term) / self.width
 
-    def gradient_step(self, X: np.ndarray, Y: np.ndarray, step: float) -> None:
-        r"""One full-batch gradient step on :math:`\frac{1}{2\,Y.size}\sum (f(X) - Y)^2`."""
+    def gradients(
+        self, X: np.ndarray, output_gradient_of: Callable[[np.ndarray], np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        r"""Gradients of a loss with respect to ``hidden`` and ``readout``.
+
+        ``output_gradient_of(f)`` maps the outputs :math:`f(X)`, shape (n, n_outputs), to
+        :math:`\partial L / \partial f`; back-propagation does the rest.
+        """
         pre = self._pre_activations(X)
-        active = pre > 0
         hidden_out = np.maximum(pre, 0)
         scale = 1 / np.sqrt(self.width)
-        residual = (hidden_out @ self.readout * scale - Y) / Y.size
-        grad_readout = hidden_out.T @ residual * scale
-        grad_pre = (residual @ self.readout.T) * active * scale
-        grad_hidden = X.T @ grad_pre / np.sqrt(X.shape[1])
+        output_gradient = output_gradient_of(hidden_out @ self.readout * scale)
+        grad_readout = hidden_out.T @ output_gradient * scale
+        grad_pre = (output_gradient @ self.readout.T) * (pre > 0) * scale
+        return X.T @ grad_pre / np.sqrt(X.shape[1]), grad_readout
+
+    def gradient_step(self, X: np.ndarray, Y: np.ndarray, step: float) -> None:
+        r"""One full-batch gradient step on :math:`\frac{1}{2\,Y.size}\sum (f(X) - Y)^2`."""
+        grad_hidden, grad_readout = self.gradients(X, lambda f: (f - Y) / Y.size)
         self.readout -= step * grad_readout
         self.hidden -= step * grad_hidden
 
@@ -113,3 +124,45 @@ def train_network(
     for _ in range(check_positive_int("steps", steps)):
         net.gradient_step(X, Y, learning_rate)
     return net
+
+
+def train_network_sgd(
+    net: OneHiddenLayerNet,
+    X: np.ndarray,
+    Y: np.ndarray,
+    *,
+    learning_rate: float,
+    epochs: int,
+    rng: np.random.Generator,
+    batch_size: int = 64,
+    momentum: float = 0.9,
+) -> OneHiddenLayerNet:
+    r"""The usual practice: softmax cross-entropy, minibatch SGD with heavy-ball momentum.
+
+    Each epoch visits the rows in a new random order in batches of ``batch_size``; the
+    loss of a batch is :math:`-\frac{1}{b}\sum_i \log \mathrm{softmax}(f(x_i))_{y_i}`
+    for one-hot ``Y``, and the update :math:`u \leftarrow \mu u - \eta \nabla`,
+    :math:`\theta \leftarrow \theta + u`. Not kernel regression: it shows how far the
+    practice moves from the kernel picture. Modifies and returns ``net``.
+    """
+    epochs = check_positive_int("epochs", epochs)
+    velocity_hidden, velocity_readout = np.zeros_like(net.hidden), np.zeros_like(net.readout)
+
+    for _ in range(epochs):
+        order = rng.permutation(len(X))
+        for start in range(0, len(X), batch_size):
+            batch = order[start : start + batch_size]
+            grad_hidden, grad_readout = net.gradients(
+                X[batch], partial(_cross_entropy_gradient, targets=Y[batch])
+            )
+            velocity_hidden = momentum * velocity_hidden - learning_rate * grad_hidden
+            velocity_readout = momentum * velocity_readout - learning_rate * grad_readout
+            net.hidden += velocity_hidden
+            net.readout += velocity_readout
+    return net
+
+
+def _cross_entropy_gradient(f: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    r""":math:`(\mathrm{softmax}(f) - Y) / b`: the gradient of the mean cross-entropy."""
+    shifted = np.exp(f - f.max(axis=1, keepdims=True))
+    return (shifted / shifted.sum(axis=1, keepdims=True) - targets) / len(targets)
