@@ -26,7 +26,7 @@ def tiled(images: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 def main() -> None:
     from ntkdemo.gpu import solve_and_predict_cuda
     from ntkdemo.kernels import ntk, ntk_times
-    from ntkdemo.regression import one_hot, solve
+    from ntkdemo.solvers import one_hot, solve
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images")

@@ -33,8 +33,8 @@ def tiled(images: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 def one_run(dataset: str, n_train: int, n_test: int, solver: str) -> dict:
     """Plan, kernel, solve and predict for one size; returns timings and checks."""
     from ntkdemo.data import load_sample
-    from ntkdemo.memory import plan_memory
-    from ntkdemo.pipeline import run_demo
+    from ntkdemo.demo import run_demo
+    from ntkdemo.plan import plan_memory
 
     sample = load_sample(dataset, None, None, seed=0)
     rng = np.random.default_rng(1)

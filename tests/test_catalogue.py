@@ -23,9 +23,9 @@ from ntkdemo.cli import main
 from ntkdemo.data import load_sample
 from ntkdemo.dynamics import gradient_descent_mean
 from ntkdemo.kernels import fc_kernels, ntk
-from ntkdemo.memory import plan_memory
 from ntkdemo.outputs import prepare_out_dir
-from ntkdemo.regression import solve
+from ntkdemo.plan import plan_memory
+from ntkdemo.solvers import solve
 from ntkdemo.units import parse_bytes
 
 

@@ -136,12 +136,12 @@ def test_help_and_version(capsys):
 
 def test_unexpected_failure_is_one_line(tiny_dataset, tmp_path, capsys, monkeypatch):
     """A bug must not print a traceback either; NTKDEMO_DEBUG=1 shows it."""
-    import ntkdemo.pipeline
+    import ntkdemo.demo
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(ntkdemo.pipeline, "run_demo", broken)
+    monkeypatch.setattr(ntkdemo.demo, "run_demo", broken)
     argv = [
         "--dataset",
         str(tiny_dataset),

@@ -9,7 +9,7 @@ import pytest
 from ntkdemo.dynamics import GradientDescentDynamics, gradient_descent_mean
 from ntkdemo.errors import InvalidParameterError
 from ntkdemo.kernels import fc_kernels, ntk
-from ntkdemo.regression import predict, solve
+from ntkdemo.solvers import predict, solve
 
 REFERENCE = json.loads(
     (Path(__file__).parent / "data" / "neural_tangents_reference.json").read_text()

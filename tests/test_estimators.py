@@ -9,8 +9,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from ntkdemo import NTKClassifier, NTKRegressor
 from ntkdemo.data import load_sample
+from ntkdemo.demo import run_demo
 from ntkdemo.errors import InvalidParameterError
-from ntkdemo.pipeline import run_demo
 
 # Integer inputs drawn by this check contain all-zero rows; a zero row has no direction,
 # so the normalised NTK rejects it (InvalidInputError) by design instead of inventing a value.

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from ntkdemo.errors import InvalidParameterError
-from ntkdemo.kernels import ntk
-from ntkdemo.regression import one_hot, solve
+from ntkdemo.kernels import ntk, unit_rows
+from ntkdemo.solvers import one_hot, solve
+from ntkdemo.spec import KernelSpec
 
 
 def _gpu_available() -> bool:
@@ -23,12 +24,14 @@ without_gpu = pytest.mark.skipif(_gpu_available(), reason="a GPU is present")
 
 @needs_gpu
 def test_gpu_matches_cpu():
-    from ntkdemo.gpu import solve_and_predict_cuda
+    from ntkdemo.solvers import CudaSolver
 
     rng = np.random.default_rng(0)
     X, X_test = rng.random((500, 64)) ** 2, rng.random((130, 64)) ** 2
     Y = one_hot(rng.integers(0, 5, 500), 5)
-    solution, train_scores, test_scores = solve_and_predict_cuda(X, Y, X_test, block_rows=64)
+    fitted = CudaSolver(block_rows=64).fit(unit_rows(X), Y, KernelSpec())
+    solution, train_scores = fitted.solution, fitted.train_scores
+    test_scores = fitted.predict(unit_rows(X_test))
     reference = solve(ntk(X), Y)
     np.testing.assert_allclose(
         solution.coef, reference.coef, rtol=1e-6, atol=1e-8 * np.abs(reference.coef).max()
@@ -39,18 +42,18 @@ def test_gpu_matches_cpu():
 
 @needs_gpu
 def test_gpu_duplicates_fall_back_to_jitter():
-    from ntkdemo.gpu import solve_and_predict_cuda
+    from ntkdemo.solvers import CudaSolver
 
     rng = np.random.default_rng(1)
     X = rng.random((50, 16))
     doubled, Y = np.vstack([X, X]), one_hot(np.tile(rng.integers(0, 3, 50), 2), 3)
-    solution, _, _ = solve_and_predict_cuda(doubled, Y, X)
-    assert solution.jitter > 0 and "not numerically positive definite" in solution.message
+    solution = CudaSolver().fit(unit_rows(doubled), Y, KernelSpec()).solution
+    assert solution.jitter > 0 and "added jitter" in solution.message
 
 
 @without_gpu
 def test_without_gpu_the_message_says_what_to_do():
-    from ntkdemo.gpu import require_cupy
+    from ntkdemo.solvers.cuda import require_cupy
 
     with pytest.raises(InvalidParameterError, match="--device cuda"):
         require_cupy()

@@ -10,12 +10,13 @@ import pytest
 from conftest import random_images, write_image_dataset
 from ntkdemo.cli import main
 from ntkdemo.data import load_sample
+from ntkdemo.demo import run_demo
 from ntkdemo.dynamics import gradient_descent_mean
 from ntkdemo.errors import InvalidInputError, InvalidParameterError
-from ntkdemo.iterative import solve_cg
-from ntkdemo.kernels import fc_kernels, ntk, ntk_strips
-from ntkdemo.pipeline import run_demo
-from ntkdemo.regression import one_hot, solve
+from ntkdemo.kernels import fc_kernels, ntk
+from ntkdemo.solvers import ntk_strips, one_hot, solve
+from ntkdemo.solvers.cg import CGOptions, solve_cg
+from ntkdemo.spec import KernelSpec
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def test_contradicting_labels_on_the_cg_path_do_not_print_nan(
 def test_train_outputs_are_k_times_a_even_with_a_huge_ridge(tiny_dataset):
     """Y - ridge A cancels at ridge 1e17; the outputs must be K A."""
     sample = load_sample(str(tiny_dataset), 9, 5)
-    result = run_demo(sample, ridge=1e17)
+    result = run_demo(sample, KernelSpec(ridge=1e17))
     expected = ntk(sample.X_train) @ result.solution.coef
     np.testing.assert_allclose(result.train_scores, expected, rtol=1e-12, atol=0)
     accuracy = np.mean(expected.argmax(1) == sample.y_train)
@@ -88,7 +89,9 @@ def test_cg_breakdown_is_an_error_not_nan():
     labels = np.concatenate([np.zeros(30, int), np.ones(30, int)])
     K = ntk_strips(X, strip_rows=8)
     try:
-        solution, fitted = solve_cg(K, one_hot(labels, 2), [slice(0, 60)], rank=5, max_iter=300)
+        solution, fitted = solve_cg(
+            K, one_hot(labels, 2), [slice(0, 60)], options=CGOptions(rank=5, max_iter=300)
+        )
     except InvalidInputError as error:
         assert "--ridge" in str(error)
     else:

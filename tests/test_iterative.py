@@ -3,14 +3,10 @@
 import numpy as np
 import pytest
 
-from ntkdemo.iterative import (
-    block_nystrom_preconditioner,
-    cluster_order,
-    conjugate_gradients,
-    solve_cg,
-)
-from ntkdemo.kernels import ntk, ntk_strips
-from ntkdemo.regression import one_hot, solve
+from ntkdemo.kernels import ntk, unit_rows
+from ntkdemo.solvers import ntk_strips, one_hot, solve
+from ntkdemo.solvers.cg import CGOptions, conjugate_gradients, solve_cg
+from ntkdemo.solvers.preconditioners import block_nystrom_preconditioner, cluster_order
 
 
 @pytest.fixture
@@ -25,7 +21,7 @@ def near_duplicates():
 
 def test_cluster_order_keeps_near_duplicates_together(near_duplicates):
     X, _, n_base = near_duplicates
-    order, blocks = cluster_order(X, block_size=100)
+    order, blocks = cluster_order(unit_rows(X), block_size=100)
     np.testing.assert_array_equal(np.sort(order), np.arange(len(X)))
     assert blocks[0].start == 0 and blocks[-1].stop == len(X)
     assert all(a.stop == b.start for a, b in zip(blocks[:-1], blocks[1:]))
@@ -39,7 +35,7 @@ def test_cluster_order_keeps_near_duplicates_together(near_duplicates):
 
 def test_cluster_order_single_block_when_small():
     X = np.random.default_rng(1).random((50, 5))
-    order, blocks = cluster_order(X, block_size=100)
+    order, blocks = cluster_order(unit_rows(X), block_size=100)
     np.testing.assert_array_equal(order, np.arange(50))
     assert blocks == [slice(0, 50)]
 
@@ -61,7 +57,7 @@ def test_block_preconditioner_with_one_block_inverts_the_matrix(near_duplicates)
 def test_blocks_of_near_duplicates_cut_the_iterations(near_duplicates):
     """Against the same low rank plus only the diagonal (blocks of one row)."""
     X, labels, _ = near_duplicates
-    order, blocks = cluster_order(X, block_size=100)
+    order, blocks = cluster_order(unit_rows(X), block_size=100)
     K = ntk_strips(X[order], strip_rows=64)
     Y = one_hot(labels[order], 5)
     diagonal = [slice(i, i + 1) for i in range(len(X))]
@@ -75,14 +71,18 @@ def test_blocks_of_near_duplicates_cut_the_iterations(near_duplicates):
 
 def test_solve_cg_matches_cholesky(near_duplicates):
     X, labels, _ = near_duplicates
-    order, blocks = cluster_order(X, block_size=100)
+    order, blocks = cluster_order(unit_rows(X), block_size=100)
     X_ordered = X[order]
     Y = one_hot(labels[order], 5)
     K = ntk(X_ordered)
     exact = solve(K, Y)
     lines = []
     iterative, fitted = solve_cg(
-        ntk_strips(X_ordered, strip_rows=64), Y, blocks, rank=50, report=lines.append
+        ntk_strips(X_ordered, strip_rows=64),
+        Y,
+        blocks,
+        options=CGOptions(rank=50),
+        report=lines.append,
     )
     assert np.linalg.norm(Y - K @ iterative.coef) <= 1e-6 * np.linalg.norm(Y)
     np.testing.assert_allclose(fitted, K @ iterative.coef, rtol=0, atol=1e-10)
@@ -100,7 +100,9 @@ def test_solve_cg_with_a_ridge_matches_the_direct_solve():
     X = rng.random((300, 20)) ** 3
     Y = one_hot(rng.integers(0, 4, 300), 4)
     blocks = [slice(0, 150), slice(150, 300)]
-    iterative, fitted = solve_cg(ntk_strips(X, strip_rows=32), Y, blocks, ridge=0.1, rank=30)
+    iterative, fitted = solve_cg(
+        ntk_strips(X, strip_rows=32), Y, blocks, ridge=0.1, options=CGOptions(rank=30)
+    )
     exact = np.linalg.solve(ntk(X) + 0.1 * np.eye(300), Y)
     np.testing.assert_allclose(iterative.coef, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
     assert iterative.ridge == 0.1
@@ -116,9 +118,7 @@ def test_solve_cg_says_when_it_falls_short(near_duplicates):
         ntk_strips(X, strip_rows=64),
         one_hot(labels, 5),
         [slice(0, 300), slice(300, 600)],
-        rank=10,
-        max_iter=2,
-        max_restarts=2,
+        options=CGOptions(rank=10, max_iter=2, max_restarts=2),
         report=lines.append,
     )
     assert [line.split(":")[0] for line in lines] == ["CG", "CG restart 1", "CG restart 2"]

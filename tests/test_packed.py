@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ntkdemo.kernels import ntk, ntk_strips
-from ntkdemo.packed import SymmetricStrips
+from ntkdemo.kernels import ntk
+from ntkdemo.solvers import SymmetricStrips, ntk_strips
 
 # The strips and ``ntk`` call BLAS with differently shaped products (one strip against
 # the rows below it; square diagonal blocks plus rectangles). Some BLAS kernels (OpenBLAS'

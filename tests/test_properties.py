@@ -11,7 +11,7 @@ from hypothesis.extra.numpy import arrays
 
 from ntkdemo import NTKClassifier, fc_kernels, gradient_descent_mean, kernel_matrix, ntk, solve
 from ntkdemo.errors import NTKDemoError
-from ntkdemo.regression import KernelSolution, predict
+from ntkdemo.solvers import KernelSolution, predict
 
 HOSTILE_VALUES = st.one_of(
     st.sampled_from([np.nan, np.inf, -np.inf, 0.0, 1e308, -1e308, 1e-308, 5e-324, 1e200]),
@@ -68,7 +68,7 @@ def test_solve_a_real_kernel_with_hostile_targets(Y):
 
 @given(HOSTILE_ARRAYS)
 def test_predict_with_hostile_test_kernels(K_test):
-    solution = KernelSolution(np.ones((4, 2)), 0.0, 0.0, 1.0, "")
+    solution = KernelSolution(coef=np.ones((4, 2)), method="test")
     finite_or_refused(lambda: predict(K_test, solution))
 
 

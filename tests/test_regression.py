@@ -5,7 +5,7 @@ import pytest
 
 from ntkdemo.errors import InvalidParameterError
 from ntkdemo.kernels import ntk
-from ntkdemo.regression import one_hot, predict, solve
+from ntkdemo.solvers import one_hot, predict, solve
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 
 from ntkdemo.cli import main
 from ntkdemo.errors import InvalidParameterError, MemoryPlanError
-from ntkdemo.memory import estimate_bytes, largest_training_set, plan_memory
+from ntkdemo.plan import estimate_bytes, largest_training_set, plan_memory
 from ntkdemo.units import parse_bytes
 
 

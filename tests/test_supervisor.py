@@ -107,7 +107,7 @@ def test_runs_where_no_cache_can_be_written(tiny_dataset, tmp_path):
         timeout=300,
     )
     assert probe.returncode == 0, probe.stderr
-    assert probe.stdout.strip() == str(copy / "kernels.py")
+    assert probe.stdout.strip() == str(copy / "kernels" / "__init__.py")
     for arguments in (["--version"], tiny_run(tiny_dataset, tmp_path / "out")):
         done = subprocess.run(
             [sys.executable, "-m", "ntkdemo", *arguments],

@@ -9,10 +9,10 @@ import pytest
 
 from ntkdemo.cli import main
 from ntkdemo.data import load_sample
+from ntkdemo.demo import run_demo
 from ntkdemo.dynamics import GradientDescentDynamics
-from ntkdemo.experiments import compare_with_networks, learning_curve, monte_carlo_error
 from ntkdemo.kernels import ntk
-from ntkdemo.pipeline import run_demo
+from ntkdemo.theory.experiments import compare_with_networks, learning_curve, monte_carlo_error
 
 
 def test_monte_carlo_error_falls_like_inverse_square_root():

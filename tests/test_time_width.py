@@ -9,9 +9,9 @@ import pytest
 
 from ntkdemo.cli import main
 from ntkdemo.data import load_sample
-from ntkdemo.experiments import accuracy_by_time_and_width
 from ntkdemo.kernels import ntk
-from ntkdemo.regression import one_hot, predict, solve
+from ntkdemo.solvers import one_hot, predict, solve
+from ntkdemo.theory.experiments import accuracy_by_time_and_width
 
 
 @pytest.fixture(scope="module")

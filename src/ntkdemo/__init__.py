@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .data import Sample, load_sample
+    from .demo import run_demo
     from .dynamics import gradient_descent_mean
     from .estimators import NTKClassifier, NTKRegressor
     from .kernels import fc_kernels, kernel_matrix, ntk
-    from .regression import solve
+    from .solvers import one_hot, predict, solve
+    from .spec import KernelSpec
 
 __version__ = metadata.version("ntkdemo")
 
@@ -33,10 +35,15 @@ _HOMES = {
     "kernel_matrix": "kernels",
     "load_sample": "data",
     "ntk": "kernels",
-    "solve": "regression",
+    "solve": "solvers",
+    "predict": "solvers",
+    "one_hot": "solvers",
+    "KernelSpec": "spec",
+    "run_demo": "demo",
 }
 
 __all__ = [
+    "KernelSpec",
     "NTKClassifier",
     "NTKRegressor",
     "Sample",
@@ -46,6 +53,9 @@ __all__ = [
     "kernel_matrix",
     "load_sample",
     "ntk",
+    "one_hot",
+    "predict",
+    "run_demo",
     "solve",
 ]
 

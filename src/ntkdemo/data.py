@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +67,68 @@ class Sample:
     def n_classes(self) -> int:
         """Number of classes in the sample."""
         return len(self.classes)
+
+
+@dataclass(frozen=True)
+class SampleDraw:
+    """The rows of a balanced sample, chosen but not yet decoded (see :func:`draw_sample`).
+
+    Attributes
+    ----------
+    n_values : int
+        Values per image (from the first one, decoded to find out).
+    Others as :class:`Sample`; ``splits`` and ``split_names`` are the train and test
+    ``datasets`` splits and their names.
+    """
+
+    source: str
+    splits: tuple
+    split_names: tuple[str, str]
+    image_column: str
+    train_indices: np.ndarray
+    test_indices: np.ndarray
+    y_train: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+    classes: tuple[int, ...]
+    n_values: int
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def decode(self) -> Sample:
+        """Decode the chosen images (and only them) into a :class:`Sample`.
+
+        Raises
+        ------
+        DatasetError
+            If an image cannot be decoded, is blank, or the splits' sizes differ.
+        """
+        (train, test), (train_name, test_name) = self.splits, self.split_names
+        X_train, image_shape = decode_images(
+            train, self.train_indices, self.image_column, self.source, train_name
+        )
+        X_test, _ = decode_images(
+            test, self.test_indices, self.image_column, self.source, test_name
+        )
+        if X_train.shape[1] != X_test.shape[1]:
+            raise DatasetError(
+                f"{self.source!r}: {train_name!r} images have {X_train.shape[1]} values but "
+                f"{test_name!r} images {X_test.shape[1]}; both splits need one image size"
+            )
+        return Sample(
+            X_train=X_train,
+            y_train=self.y_train,
+            X_test=X_test,
+            y_test=self.y_test,
+            class_names=self.class_names,
+            classes=self.classes,
+            train_indices=self.train_indices,
+            test_indices=self.test_indices,
+            dataset=self.source,
+            image_shape=image_shape,
+        )
 
 
 def resolve_dataset(dataset: str | None) -> str:
@@ -149,9 +211,12 @@ def load_sample(
     label_column: str | None = None,
     train_split: str = "train",
     test_split: str = "test",
-    before_decoding: Callable[[int, int, int, int], None] | None = None,
 ) -> Sample:
     """Draw a class-balanced, seeded sample of train and test images.
+
+    The same as ``draw_sample(...).decode()``: :func:`draw_sample` chooses the rows
+    from the label columns only, so a caller can check the sizes (a memory plan)
+    before any image is decoded.
 
     Parameters
     ----------
@@ -172,10 +237,6 @@ def load_sample(
         ``ClassLabel`` column) when omitted.
     train_split, test_split : str, default="train" and "test"
         Split names.
-    before_decoding : callable, optional
-        Called as ``before_decoding(n_train, n_test, n_values, n_classes)`` once rows are
-        chosen and before the images are decoded (e.g. to check a memory plan); it
-        may raise to stop.
 
     Returns
     -------
@@ -188,6 +249,36 @@ def load_sample(
         The dataset cannot be read or lacks a split or column.
     InvalidParameterError
         Bad sizes or class ids.
+    """
+    return draw_sample(
+        dataset,
+        train_per_class,
+        test_per_class,
+        classes,
+        seed,
+        image_column=image_column,
+        label_column=label_column,
+        train_split=train_split,
+        test_split=test_split,
+    ).decode()
+
+
+def draw_sample(
+    dataset: str | None = None,
+    train_per_class: int | None = 100,
+    test_per_class: int | None = 50,
+    classes: Sequence[int] | None = None,
+    seed: int | None = 0,
+    *,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    train_split: str = "train",
+    test_split: str = "test",
+) -> SampleDraw:
+    """Choose the rows of a balanced sample from the label columns; decode one image only.
+
+    Parameters and errors as :func:`load_sample`; :meth:`SampleDraw.decode` decodes the
+    chosen images.
     """
     train_per_class = _check_per_class("train_per_class", train_per_class)
     test_per_class = _check_per_class("test_per_class", test_per_class)
@@ -222,27 +313,19 @@ def load_sample(
         class_names=class_names,
     )
     relabel = {label: position for position, label in enumerate(chosen_classes)}
-    if before_decoding is not None:
-        first, _ = decode_images(train, train_rows[:1], image_column, source, train_split)
-        before_decoding(len(train_rows), len(test_rows), first.shape[1], len(chosen_classes))
-    X_train, image_shape = decode_images(train, train_rows, image_column, source, train_split)
-    X_test, _ = decode_images(test, test_rows, image_column, source, test_split)
-    if X_train.shape[1] != X_test.shape[1]:
-        raise DatasetError(
-            f"{source!r}: {train_split!r} images have {X_train.shape[1]} values but "
-            f"{test_split!r} images {X_test.shape[1]}; both splits need one image size"
-        )
-    return Sample(
-        X_train=X_train,
+    first, _ = decode_images(train, train_rows[:1], image_column, source, train_split)
+    return SampleDraw(
+        source=source,
+        splits=(train, test),
+        split_names=(train_split, test_split),
+        image_column=image_column,
+        train_indices=train_rows,
+        test_indices=test_rows,
         y_train=np.array([relabel[v] for v in labels_train[train_rows]], dtype=np.int64),
-        X_test=X_test,
         y_test=np.array([relabel[v] for v in labels_test[test_rows]], dtype=np.int64),
         class_names=class_names,
         classes=tuple(chosen_classes),
-        train_indices=train_rows,
-        test_indices=test_rows,
-        dataset=source,
-        image_shape=image_shape,
+        n_values=int(first.shape[1]),
     )
 
 

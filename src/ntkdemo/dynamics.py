@@ -30,9 +30,9 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InvalidParameterError
-from .regression import KernelSolution, check_kernel_matrix
 from .validation import (
     check_finite_result,
+    check_kernel_matrix,
     check_matrix,
     check_nonnegative_float,
     check_positive_int,
@@ -96,23 +96,17 @@ class GradientDescentDynamics:
             filtered = np.where(positive, learned / np.where(positive, self.eigenvalues_, 1.0), 0.0)
         return self.eigenvectors_ @ (filtered[:, None] * self.projected_targets_)
 
-    def solution(self, t: float) -> KernelSolution:
-        """The weights at time ``t`` as a :class:`~ntkdemo.regression.KernelSolution`.
-
-        Its condition number is :math:`\\lambda_{max} / \\lambda_{min}` (inf when K is
-        singular, which gradient descent tolerates: null directions are never learned).
-        """
-        time = float(check_times(t))
+    def condition_number(self) -> float:
+        r""":math:`\lambda_{max} / \lambda_{min}` of ``K`` (inf when it is singular, which
+        gradient descent tolerates: null directions are never learned)."""
         smallest, largest = self.eigenvalues_[0], self.eigenvalues_[-1]
-        condition = float(largest / smallest) if smallest > 0 else float("inf")
-        return KernelSolution(
-            self.dual_coefficients(time),
-            0.0,
-            0.0,
-            condition,
-            f"infinite network after gradient-descent time t = {time:g} "
-            f"(learning rate {self.learning_rate:g}, m = {self.normalisation_})",
-            method="eigendecomposition",
+        return float(largest / smallest) if smallest > 0 else float("inf")
+
+    def describe(self, t: float) -> str:
+        """One line naming the network these weights are."""
+        return (
+            f"infinite network after gradient-descent time t = {float(t):g} "
+            f"(learning rate {self.learning_rate:g}, m = {self.normalisation_})"
         )
 
     def predict(self, k_test_train: np.ndarray, t) -> np.ndarray:

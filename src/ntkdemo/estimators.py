@@ -6,8 +6,9 @@ Both are kernel regression with an infinitely wide ReLU network's kernel,
 
 (``time=None``), or the same network after gradient-descent time ``t``,
 :math:`f_t(x) = K(x, X) K^{-1}(I - e^{-t K/m}) Y` (:mod:`ntkdemo.dynamics`). They wrap
-:func:`ntkdemo.kernels.kernel_matrix`, :func:`ntkdemo.regression.solve` and
-:class:`ntkdemo.dynamics.GradientDescentDynamics`; nothing is trained iteratively.
+the ``cholesky`` strategy (:class:`ntkdemo.solvers.CholeskySolver`: the kernel of a
+:class:`ntkdemo.spec.KernelSpec`, a Cholesky solve or, for a time, one ``eigh``);
+nothing is trained iteratively.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .dynamics import GradientDescentDynamics, check_times
+from .dynamics import check_times
 from .errors import InvalidParameterError
-from .kernels import kernel_matrix
-from .regression import KernelSolution, one_hot, solve
-from .validation import check_nonnegative_float, check_positive_int
+from .kernels import unit_rows
+from .solvers import CholeskySolver, one_hot
+from .spec import KernelSpec
 
 
 class NumericalFallbackWarning(UserWarning):
@@ -41,48 +42,39 @@ class _KernelModel(BaseEstimator):
         self.ridge = ridge
         self.time = time
 
-    def _kernel(self, X, Y=None):
-        return kernel_matrix(
-            X,
-            Y,
+    def _spec(self) -> KernelSpec:
+        """The estimator's parameters as a validated :class:`~ntkdemo.spec.KernelSpec`."""
+        time = self.time
+        if time is not None:
+            if check_times(time).ndim != 0:
+                raise InvalidParameterError(
+                    f"time must be one training time (a number >= 0 or inf), got "
+                    f"{time!r}; fit one estimator per time"
+                )
+            time = float(time)
+        return KernelSpec(
             kernel=self.kernel,
             depth=self.depth,
             w_std=self.w_std,
             b_std=self.b_std,
-            reference_scale=self.time is not None,
+            ridge=self.ridge,
+            time=time,
         )
 
     def _fit_targets(self, X, targets):
-        check_positive_int("depth", self.depth)
-        check_nonnegative_float("ridge", self.ridge)
-        if self.time is not None:
-            if check_times(self.time).ndim != 0:
-                raise InvalidParameterError(
-                    f"time must be one training time (a number >= 0 or inf), got "
-                    f"{self.time!r}; fit one estimator per time"
-                )
-            if self.ridge:
-                raise InvalidParameterError(
-                    f"ridge={self.ridge!r} and time={self.time!r} cannot be combined: the "
-                    "time is that of plain gradient descent; set one of them"
-                )
+        fitted = CholeskySolver().fit(unit_rows(X, "X"), targets, self._spec())
+        if fitted.solution.jitter:
+            warnings.warn(fitted.solution.message, NumericalFallbackWarning, stacklevel=3)
         self.X_fit_ = X
-        K = self._kernel(X)
-        solution: KernelSolution
-        if self.time is None:
-            solution = solve(K, targets, ridge=self.ridge)
-        else:
-            solution = GradientDescentDynamics(K, targets).solution(self.time)
-        if solution.jitter:
-            warnings.warn(solution.message, NumericalFallbackWarning, stacklevel=3)
-        self.dual_coef_ = solution.coef
-        self.condition_number_ = solution.condition_number
+        self.fitted_ = fitted
+        self.dual_coef_ = fitted.solution.coef
+        self.condition_number_ = fitted.solution.condition_number
         return self
 
     def _outputs(self, X):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False)
-        return self._kernel(X, self.X_fit_) @ self.dual_coef_
+        return self.fitted_.predict(unit_rows(X, "X"))
 
 
 class NTKClassifier(ClassifierMixin, _KernelModel):
@@ -94,7 +86,7 @@ class NTKClassifier(ClassifierMixin, _KernelModel):
         ``"ntk"``: the whole network trained by gradient descent; ``"nngp"``: only its
         readout layer.
     depth : int, default=1
-        Hidden ReLU layers; with the other defaults, depth 1 is the mission formula on
+        Hidden ReLU layers; with the other defaults, depth 1 is the one-layer formula on
         L2-normalised inputs (:func:`ntkdemo.kernels.ntk`).
     w_std, b_std : float, default=1.0 and 0.0
         Weight and bias standard deviations (neural-tangents' conventions).
@@ -114,6 +106,8 @@ class NTKClassifier(ClassifierMixin, _KernelModel):
         :math:`A` with :math:`f(x) = K(x, X) A`.
     condition_number_ : float
         Condition estimate of the solved system.
+    fitted_ : FittedKernel
+        The fitted model of the ``cholesky`` strategy (unit training rows, solution).
 
     Examples
     --------

@@ -98,6 +98,45 @@ def check_matrix(name: str, array: object, *, n_features: int | None = None) -> 
     return matrix
 
 
+def check_kernel_matrix(K: object, block: int = 1024) -> np.ndarray:
+    """Return ``K`` as a float64 (or float32) ndarray after checking it is a finite,
+    symmetric (to ``1e-10`` of its largest entry), non-empty square matrix.
+
+    Checked in row blocks, so no second n x n array is made.
+
+    Raises
+    ------
+    InvalidInputError
+    """
+    if not isinstance(K, np.ndarray) or K.dtype not in (np.float64, np.float32):
+        try:
+            given = np.asarray(K)
+        except (TypeError, ValueError):
+            given = np.asarray(None)
+        if given.dtype.kind not in "biuf":
+            raise InvalidInputError(
+                f"K must be a square matrix of real numbers, got {type(K).__name__} "
+                f"of dtype {given.dtype}"
+            )
+        K = given.astype(np.float64)
+    if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0:
+        raise InvalidInputError(f"K must be a non-empty square matrix, got shape {K.shape}")
+    largest = 0.0
+    for start in range(0, K.shape[0], block):
+        rows = K[start : start + block]
+        if not np.isfinite(rows).all():
+            raise InvalidInputError("K holds NaN or inf; recompute it from finite inputs")
+        largest = max(largest, float(np.abs(rows).max()))
+    for start in range(0, K.shape[0], block):
+        gap = float(np.abs(K[start : start + block] - K[:, start : start + block].T).max())
+        if gap > 1e-10 * largest:
+            raise InvalidInputError(
+                f"K is not symmetric (max |K - K^T| = {gap:.3g}, largest entry {largest:.3g}); "
+                "a kernel matrix K(X, X) is symmetric: pass (K + K.T) / 2 if it is rounding"
+            )
+    return K
+
+
 def check_targets(name: str, Y: object, n_rows: int) -> np.ndarray:
     """Return targets as a finite float64 array of 1 or 2 dimensions with ``n_rows`` rows.
 

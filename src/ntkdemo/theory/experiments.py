@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import Sample
-from .dynamics import GradientDescentDynamics, check_times
-from .errors import InvalidParameterError
-from .kernels import fc_kernels, ntk, scaled_unit_rows
+from ..data import Sample
+from ..dynamics import GradientDescentDynamics, check_times
+from ..errors import InvalidParameterError
+from ..kernels import fc_kernels, ntk, scaled_unit_rows
+from ..solvers import one_hot, predict, solve
+from ..validation import check_positive_int
 from .network import OneHiddenLayerNet, train_network, train_network_sgd
-from .regression import one_hot, predict, solve
-from .validation import check_positive_int
 
 
 def sample_kernels(sample: Sample, depth: int = 1) -> tuple[tuple, tuple]:

@@ -75,8 +75,8 @@ def time_value(text: str) -> float:
 
 def memory_size(text: str) -> int:
     """Parse ``--max-memory``: bytes, or a number with KB/MB/GB/TB."""
-    from .errors import InvalidParameterError
-    from .units import parse_bytes
+    from ..errors import InvalidParameterError
+    from ..units import parse_bytes
 
     try:
         return parse_bytes(text)
@@ -247,16 +247,14 @@ class Console:
         return lambda iterable: tqdm(iterable, desc=description, leave=False, unit=unit)
 
 
-def load_from_options(options, say: Console, before_decoding=None, **overrides):
-    """Load the sample the options describe (``overrides`` replace options), timing it.
+def draw_from_options(options, say: Console, **overrides):
+    """Open the dataset the options name and choose the sample's rows (``overrides``
+    replace options); nothing is decoded yet (:func:`ntkdemo.data.draw_sample`)."""
+    from ..data import draw_sample, resolve_dataset
 
-    ``before_decoding`` is passed to :func:`ntkdemo.data.load_sample`.
-    """
-    import datasets
+    if not os.environ.get("NTKDEMO_DEBUG"):  # datasets' lines reach diagnostics_kept
+        import datasets
 
-    from .data import load_sample, resolve_dataset
-
-    if not os.environ.get("NTKDEMO_DEBUG"):  # its lines reach diagnostics_kept, not stderr
         library_logger = logging.getLogger(datasets.__name__)
         for handler in list(library_logger.handlers):
             library_logger.removeHandler(handler)
@@ -264,8 +262,7 @@ def load_from_options(options, say: Console, before_decoding=None, **overrides):
     settings = {**vars(options), **overrides}
     source = resolve_dataset(settings["dataset"])
     say(f"loading {source} ...")
-    start = time.perf_counter()
-    sample = load_sample(
+    return draw_sample(
         source,
         per_class_option(settings["train_per_class"]),
         per_class_option(settings["test_per_class"]),
@@ -275,15 +272,25 @@ def load_from_options(options, say: Console, before_decoding=None, **overrides):
         label_column=settings["label_column"],
         train_split=settings["train_split"],
         test_split=settings["test_split"],
-        before_decoding=before_decoding,
     )
-    elapsed = time.perf_counter() - start
+
+
+def decode_draw(draw, say: Console, started: float):
+    """Decode a drawn sample; return it and the seconds since ``started`` (perf_counter)."""
+    sample = draw.decode()
+    elapsed = time.perf_counter() - started
     say(
         f"dataset {sample.dataset}: {len(sample.y_train)} train x {len(sample.y_test)} test "
         f"images, {sample.n_classes} classes, {sample.X_train.shape[1]} features "
         f"(loaded in {elapsed:.2f} s)"
     )
     return sample, elapsed
+
+
+def load_from_options(options, say: Console, **overrides):
+    """Load the sample the options describe (``overrides`` replace options), timing it."""
+    started = time.perf_counter()
+    return decode_draw(draw_from_options(options, say, **overrides), say, started)
 
 
 def versions() -> dict[str, str]:

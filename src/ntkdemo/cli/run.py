@@ -1,37 +1,27 @@
-"""Command line: ``ntkdemo [run] [options]`` and the theory subcommands.
-
-Every error a user can cause ends in one line on stderr and exit code 2.
-"""
+"""``ntkdemo run``: the demo end to end, its console report and its files."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-from collections.abc import Sequence
-from importlib import metadata
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import cli_theory
-from .cli_common import (
+from .options import (
     Console,
-    Parser,
-    UsageError,
     add_data_options,
     add_kernel_options,
     add_output_options,
-    diagnostics_kept,
-    load_from_options,
+    decode_draw,
+    draw_from_options,
     memory_size,
     time_value,
     versions,
 )
-from .errors import NTKDemoError
 
 if TYPE_CHECKING:
-    from .outputs import OutputSet
+    from ..outputs import OutputSet
 
 DESCRIPTION = """\
 Show that an infinitely wide ReLU network trained by gradient descent is kernel
@@ -42,17 +32,8 @@ gradient step is taken.
 """
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
-    """The argument parser of every subcommand, and the subcommand names."""
-    parser = Parser(
-        prog="ntkdemo",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--version", action="version", version=f"ntkdemo {metadata.version('ntkdemo')}"
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+def add_command(commands) -> str:
+    """Register ``run`` on an ``add_subparsers`` object; return its name."""
     run = commands.add_parser(
         "run",
         help="the demo (the default command)",
@@ -94,117 +75,50 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
     )
     add_output_options(run)
     run.set_defaults(handler=command_run)
-    names = {"run", *cli_theory.add_commands(commands)}
-    return parser, names
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``ntkdemo``; returns the exit code."""
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    parser, names = build_parser()
-    if not arguments or (
-        arguments[0] not in names and arguments[0] not in ("-h", "--help", "--version")
-    ):
-        arguments.insert(0, "run")
-    try:
-        options = parser.parse_args(arguments)
-        with diagnostics_kept() as diagnostics:
-            options.diagnostics = diagnostics
-            return options.handler(options)
-    except (UsageError, NTKDemoError) as exc:
-        print(f"ntkdemo: error: {exc}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # output piped into a command that stopped reading (e.g. head)
-        sys.stdout = open(os.devnull, "w")
-        return 1
-    except KeyboardInterrupt:
-        print("ntkdemo: interrupted; files already written are complete", file=sys.stderr)
-        return 130
-    except MemoryError:
-        print(
-            "ntkdemo: error: ran out of memory; lower --max-memory below the free memory, "
-            "or use fewer images",
-            file=sys.stderr,
-        )
-        return 2
-    except Exception as exc:  # a bug, not a user error: one line, the traceback on request
-        if os.environ.get("NTKDEMO_DEBUG"):
-            raise
-        print(
-            f"ntkdemo: internal error: {type(exc).__name__}: {exc}; please report it "
-            "(NTKDEMO_DEBUG=1 shows the traceback)",
-            file=sys.stderr,
-        )
-        return 1
+    return "run"
 
 
 def command_run(options) -> int:
     """``ntkdemo run``: the end-to-end demo."""
-    from .errors import InvalidParameterError
-    from .kernels import is_default_kernel
-    from .memory import MemoryPlan, plan_memory
-    from .outputs import prepare_out_dir
-    from .pipeline import run_demo
-    from .process_status import record
+    from ..demo import run_demo
+    from ..outputs import prepare_out_dir
+    from ..plan import plan_memory
+    from ..process_status import record
+    from ..spec import KernelSpec
 
-    if options.solver == "cg" and not (
-        is_default_kernel(options.kernel, options.depth, options.w_std, options.b_std)
-        and options.time is None
-    ):
-        raise InvalidParameterError(
-            "--solver cg serves the default kernel at convergence only; drop --kernel, "
-            "--depth, --w-std, --b-std and --time, or use --solver cholesky"
-        )
-    say = Console(options.quiet)
-    out = prepare_out_dir(options.out)
-    plans: list[MemoryPlan | None] = []
-
-    def check_memory(n_train: int, n_test: int, n_values: int, n_classes: int) -> None:
-        if options.device == "cuda":
-            from .gpu import check_gpu_memory
-
-            needed = check_gpu_memory(n_train, n_values)
-            say(
-                f"memory plan: float64 kernel and Cholesky factor on the GPU, about "
-                f"{needed / 1e9:.2f} GB of GPU memory"
-            )
-            record("plan", planned_peak_bytes=needed, allowed_bytes=None)
-            plans.append(None)
-            return
-        plan = plan_memory(
-            n_train,
-            n_test,
-            n_values,
-            n_classes,
-            max_memory=options.max_memory,
-            solver=options.solver,
-        )
-        say(plan.describe())
-        record("plan", planned_peak_bytes=plan.total_bytes, allowed_bytes=plan.budget_bytes)
-        plans.append(plan)
-
-    sample, load_seconds = load_from_options(options, say, before_decoding=check_memory)
-    record("compute")
-    result = run_demo(
-        sample,
-        ridge=options.ridge,
+    spec = KernelSpec(
         kernel=options.kernel,
         depth=options.depth,
         w_std=options.w_std,
         b_std=options.b_std,
+        ridge=options.ridge,
         time=options.time,
-        plan=plans[0],
-        device=options.device,
-        progress=say.progress,
-        report=say,
     )
+    say = Console(options.quiet)
+    out = prepare_out_dir(options.out)
+    started = time.perf_counter()
+    draw = draw_from_options(options, say)
+    plan = plan_memory(
+        len(draw.y_train),
+        len(draw.y_test),
+        draw.n_values,
+        draw.n_classes,
+        spec=spec,
+        device=options.device,
+        max_memory=options.max_memory,
+        solver=options.solver,
+    )
+    say(plan.describe())
+    record("plan", planned_peak_bytes=plan.total_bytes, allowed_bytes=plan.budget_bytes)
+    sample, load_seconds = decode_draw(draw, say, started)
+    record("compute")
+    result = run_demo(sample, spec, plan=plan, progress=say.progress, report=say)
     result.timings = {"load": load_seconds, **result.timings}
     record("write")
     _write_run(out, options, sample, result)  # files first: a closed pipe cannot lose them
     _print_run(say, sample, result)
-    logged = (
-        f", log.txt ({len(options.diagnostics.lines)} lines)" if options.diagnostics.lines else ""
-    )
+    lines = len(options.diagnostics.lines)
+    logged = f", log.txt ({lines} lines)" if lines else ""
     say(f"wrote metrics.json, predictions.png, confusion.png, spectrum.png{logged} to {out}/")
     return 0
 
@@ -243,7 +157,7 @@ def _print_run(say: Console, sample, result) -> None:
 
 
 def _write_run(out: OutputSet, options, sample, result) -> None:
-    from .figures import confusion_figure, prediction_grid, spectrum_figure
+    from ..figures import confusion_figure, prediction_grid, spectrum_figure
 
     eigenvalues = result.eigenvalues
     test, train = result.test_report, result.train_report
@@ -278,12 +192,10 @@ def _write_run(out: OutputSet, options, sample, result) -> None:
                 "spectrum_rows": result.spectrum_rows,
                 "message": result.solution.message,
             },
-            "memory_plan": None
-            if result.plan is None
-            else {
+            "memory_plan": {
                 "solver": result.plan.solver,
                 "kernel_bytes": result.plan.kernel_bytes,
-                "estimated_peak_bytes": result.plan.total_bytes,
+                "estimated_run_bytes": result.plan.total_bytes - result.plan.process_bytes,
             },
             "timings_seconds": result.timings,
             "versions": versions(),

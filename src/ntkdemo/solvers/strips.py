@@ -3,7 +3,7 @@ r"""A symmetric matrix stored as its upper triangle, in float64, by row strips.
 Half of a float64 matrix takes the bytes of the whole matrix in float32
 (:math:`8 \cdot n(n+1)/2` against :math:`4 n^2`), yet every product with it is exact to
 float64 rounding; this is how the 60,000-image kernel fits in 18 GB without giving up
-float64 (:mod:`ntkdemo.iterative` solves with it).
+float64 (the ``cg`` strategy of :mod:`ntkdemo.solvers.cg` solves with it).
 
 Strip :math:`s` holds rows :math:`r = [s h, s h + h)` from the diagonal on: the block
 :math:`S_s = K_{r,\, s h:}` of shape :math:`h \times (n - s h)`, contiguous. Its leading
@@ -19,11 +19,15 @@ uses it twice:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import numba
 import numpy as np
 
-from .compiled import jit
-from .validation import check_positive_int
+from ..compiled import jit
+from ..kernels import mirror_upper, unit_rows
+from ..kernels.ntk import cosines_to_ntk
+from ..validation import check_positive_int
 
 
 class SymmetricStrips:
@@ -113,6 +117,53 @@ class SymmetricStrips:
     def to_dense(self) -> np.ndarray:
         """The whole ``n x n`` matrix (for small ``n``: tests and checks)."""
         return self.take(np.arange(self.n), np.arange(self.n))
+
+
+def ntk_strips(
+    X: np.ndarray,
+    *,
+    strip_rows: int = 256,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> SymmetricStrips:
+    r"""``ntk(X)`` in float64, stored as its upper triangle (half the memory).
+
+    Each row strip of :class:`SymmetricStrips` is one matrix product
+    of unit rows and one map, written in place; the diagonal tile's lower half is
+    mirrored from its upper half, so the stored matrix is exactly symmetric. Equal to
+    ``ntk(X)`` entry for entry up to the rounding of the products.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+    strip_rows : int, default=256
+        Rows per strip.
+    progress : callable, optional
+        Wraps the strip iterator.
+
+    Returns
+    -------
+    SymmetricStrips
+    """
+    return ntk_strips_of_unit_rows(unit_rows(X, "X"), strip_rows=strip_rows, progress=progress)
+
+
+def ntk_strips_of_unit_rows(
+    X_unit: np.ndarray,
+    *,
+    strip_rows: int = 256,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> SymmetricStrips:
+    """:func:`ntk_strips` of rows already normalised by :func:`~ntkdemo.kernels.unit_rows`."""
+    K = SymmetricStrips(len(X_unit), strip_rows)
+    strips = range(K.n_strips)
+    for number in progress(strips) if progress else strips:
+        rows = K.rows_of(number)
+        strip = K.strip(number)
+        np.matmul(X_unit[rows], X_unit[rows.start :].T, out=strip)
+        np.fill_diagonal(strip, 1.0)
+        cosines_to_ntk(strip, upper_only=True)
+        mirror_upper(strip[:, : rows.stop - rows.start])
+    return K
 
 
 def _strip_sizes(n: int, strip_rows: int) -> np.ndarray:

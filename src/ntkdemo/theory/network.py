@@ -23,7 +23,7 @@ from functools import partial
 
 import numpy as np
 
-from .validation import check_positive_int
+from ..validation import check_positive_int
 
 
 @dataclass

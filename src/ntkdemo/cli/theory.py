@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli_common import (
+from ..errors import InvalidParameterError
+from .options import (
     Console,
     add_data_options,
     add_output_options,
@@ -23,7 +24,6 @@ from .cli_common import (
     print_table,
     write_outputs,
 )
-from .errors import InvalidParameterError
 
 
 def int_list(text: str) -> list[int]:
@@ -222,9 +222,9 @@ def time_list(text: str) -> list[float]:
 
 def command_curve(options) -> int:
     """``ntkdemo curve``: learning curves."""
-    from .experiments import learning_curve
-    from .figures import learning_curve_figure
-    from .outputs import prepare_out_dir
+    from ..figures import learning_curve_figure
+    from ..outputs import prepare_out_dir
+    from ..theory.experiments import learning_curve
 
     say = Console(options.quiet)
     out = prepare_out_dir(options.out)
@@ -267,8 +267,8 @@ def command_curve(options) -> int:
 
 def _curve_by_time_and_width(options, say: Console, out, sample, largest: int) -> int:
     """``ntkdemo curve --times ... --widths ...``: the kernel by time beside networks by width."""
-    from .experiments import accuracy_by_time_and_width
-    from .figures import time_width_figure
+    from ..figures import time_width_figure
+    from ..theory.experiments import accuracy_by_time_and_width
 
     classes = sample.n_classes
     default_sizes = {min(largest, max(1, round(2**k / classes))) for k in range(6, 12)}
@@ -351,9 +351,9 @@ def _curve_by_time_and_width(options, say: Console, out, sample, largest: int) -
 
 def command_dynamics(options) -> int:
     """``ntkdemo dynamics``: loss and accuracy against training time."""
-    from .experiments import training_curve
-    from .figures import training_curve_figure
-    from .outputs import prepare_out_dir
+    from ..figures import training_curve_figure
+    from ..outputs import prepare_out_dir
+    from ..theory.experiments import training_curve
 
     if options.t_min >= options.t_max:
         raise InvalidParameterError(
@@ -406,10 +406,10 @@ def command_dynamics(options) -> int:
 
 def command_spectrum(options) -> int:
     """``ntkdemo spectrum``: Gram spectra and the norm bound."""
-    from .experiments import circle_points, norm_bound_curve
-    from .figures import spectrum_panels_figure
-    from .kernels import ntk
-    from .outputs import prepare_out_dir
+    from ..figures import spectrum_panels_figure
+    from ..kernels import ntk
+    from ..outputs import prepare_out_dir
+    from ..theory.experiments import circle_points, norm_bound_curve
 
     if len(options.bound_classes) != 2:
         raise InvalidParameterError(
@@ -476,9 +476,9 @@ def command_spectrum(options) -> int:
 
 def command_verify(options) -> int:
     """``ntkdemo verify``: Monte-Carlo check of the formula."""
-    from .experiments import monte_carlo_error
-    from .figures import monte_carlo_figure
-    from .outputs import prepare_out_dir
+    from ..figures import monte_carlo_figure
+    from ..outputs import prepare_out_dir
+    from ..theory.experiments import monte_carlo_error
 
     say = Console(options.quiet)
     out = prepare_out_dir(options.out)
@@ -515,9 +515,9 @@ def command_verify(options) -> int:
 
 def command_compare_network(options) -> int:
     """``ntkdemo compare-network``: trained finite networks against the kernel."""
-    from .experiments import compare_with_networks
-    from .figures import network_comparison_figure
-    from .outputs import prepare_out_dir
+    from ..figures import network_comparison_figure
+    from ..outputs import prepare_out_dir
+    from ..theory.experiments import compare_with_networks
 
     say = Console(options.quiet)
     out = prepare_out_dir(options.out)

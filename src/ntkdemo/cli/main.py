@@ -1,0 +1,73 @@
+"""Command line: ``ntkdemo [run] [options]`` and the theory subcommands.
+
+Every error a user can cause ends in one line on stderr and exit code 2; a bug in one
+line and exit code 1 (``NTKDEMO_DEBUG=1`` shows its traceback). The ``ntkdemo``
+command runs :func:`main` in a child process (:mod:`ntkdemo.supervisor`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+
+from ..errors import NTKDemoError
+from . import run, theory
+from .options import Parser, UsageError, diagnostics_kept
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
+    """The argument parser of every subcommand, and the subcommand names."""
+    parser = Parser(
+        prog="ntkdemo",
+        description=run.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"ntkdemo {metadata.version('ntkdemo')}"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    names = {run.add_command(commands), *theory.add_commands(commands)}
+    return parser, names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``ntkdemo``; returns the exit code."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser, names = build_parser()
+    if not arguments or (
+        arguments[0] not in names and arguments[0] not in ("-h", "--help", "--version")
+    ):
+        arguments.insert(0, "run")
+    try:
+        options = parser.parse_args(arguments)
+        with diagnostics_kept() as diagnostics:
+            options.diagnostics = diagnostics
+            return options.handler(options)
+    except (UsageError, NTKDemoError) as exc:
+        print(f"ntkdemo: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into a command that stopped reading (e.g. head)
+        sys.stdout = open(os.devnull, "w")
+        return 1
+    except KeyboardInterrupt:
+        print("ntkdemo: interrupted; --out holds the previous set of files", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(
+            "ntkdemo: error: ran out of memory; lower --max-memory below the free memory, "
+            "or use fewer images",
+            file=sys.stderr,
+        )
+        return 2
+    except Exception as exc:  # a bug, not a user error: one line, the traceback on request
+        if os.environ.get("NTKDEMO_DEBUG"):
+            raise
+        print(
+            f"ntkdemo: internal error: {type(exc).__name__}: {exc}; please report it "
+            "(NTKDEMO_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1

@@ -1,0 +1,116 @@
+"""The demo as one call: plan, fit, predict and evaluate on a :class:`~ntkdemo.data.Sample`.
+
+Returns arrays and timings; printing and files are the command line's business. The
+plan (:mod:`ntkdemo.plan`) picks the solver strategy (:mod:`ntkdemo.solvers`); the
+inputs are normalised once, here, and every strategy trusts them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .data import Sample
+from .evaluate import ClassificationReport, evaluate
+from .kernels import unit_rows
+from .plan import MemoryPlan, plan_memory
+from .solvers.base import KernelSolution, Progress, Stopwatch, one_hot
+from .spec import KernelSpec
+
+
+@dataclass
+class DemoResult:
+    """Everything a run computed.
+
+    Attributes
+    ----------
+    test_scores, train_scores : ndarray of shape (n, n_classes)
+        Kernel-regression outputs; on the training images ``K A``.
+    solution : KernelSolution
+    test_report, train_report : ClassificationReport
+    eigenvalues : ndarray
+        Eigenvalues of the training Gram matrix (ascending), or of its leading
+        ``spectrum_rows`` rows and columns when the sample is larger.
+    spectrum_rows : int
+        Size of the matrix behind ``eigenvalues``.
+    plan : MemoryPlan
+    timings : dict of str to float
+        Seconds spent in each stage (``spectrum``, ``kernel``, ``solve``, ``predict``;
+        ``clusters`` on the ``cg`` path).
+    """
+
+    test_scores: np.ndarray
+    train_scores: np.ndarray
+    solution: KernelSolution
+    test_report: ClassificationReport
+    train_report: ClassificationReport
+    eigenvalues: np.ndarray
+    spectrum_rows: int
+    plan: MemoryPlan
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def test_predictions(self) -> np.ndarray:
+        """Predicted class of each test image (argmax of its outputs)."""
+        return self.test_scores.argmax(axis=1)
+
+
+def run_demo(
+    sample: Sample,
+    spec: KernelSpec | None = None,
+    *,
+    plan: MemoryPlan | None = None,
+    device: str = "cpu",
+    spectrum_rows: int = 2000,
+    progress: Progress | None = None,
+    report: Callable[[str], None] | None = None,
+) -> DemoResult:
+    """Kernel regression with one-hot targets on a sample, timed stage by stage.
+
+    Parameters
+    ----------
+    sample : Sample
+    spec : KernelSpec, optional
+        Kernel, ridge and training time (default: the one-layer NTK at convergence).
+    plan : MemoryPlan, optional
+        Default: :func:`ntkdemo.plan.plan_memory` for this sample, ``spec`` and ``device``.
+    device : {"cpu", "cuda"}, default="cpu"
+        Where the default plan computes.
+    spectrum_rows : int, default=2000
+        Largest Gram matrix whose eigenvalues are computed for the spectrum.
+    progress : callable, optional
+        ``progress(description)`` returns a wrapper for a block iterator, or None.
+    report : callable, optional
+        Receives progress lines of an iterative solver.
+
+    Returns
+    -------
+    DemoResult
+    """
+    spec = spec or KernelSpec()
+    n_train, n_features = sample.X_train.shape
+    plan = plan or plan_memory(
+        n_train, len(sample.y_test), n_features, sample.n_classes, spec=spec, device=device
+    )
+    X_train, X_test = unit_rows(sample.X_train, "X_train"), unit_rows(sample.X_test, "X_test")
+    watch = Stopwatch()
+    shown = min(spectrum_rows, n_train)
+    with watch.stage("spectrum"):
+        eigenvalues = np.linalg.eigvalsh(spec.matrix(X_train[:shown]))
+    targets = one_hot(sample.y_train, sample.n_classes)
+    fitted = plan.strategy.fit(X_train, targets, spec, progress=progress, report=report)
+    with watch.stage("predict"):
+        test_scores = fitted.predict(X_test, progress=progress)
+    return DemoResult(
+        test_scores=test_scores,
+        train_scores=fitted.train_scores,
+        solution=fitted.solution,
+        test_report=evaluate(sample.y_test, test_scores.argmax(axis=1), sample.n_classes),
+        train_report=evaluate(sample.y_train, fitted.train_scores.argmax(axis=1), sample.n_classes),
+        eigenvalues=eigenvalues,
+        spectrum_rows=shown,
+        plan=plan,
+        timings={"spectrum": watch.timings["spectrum"], **fitted.timings, **watch.timings},
+    )

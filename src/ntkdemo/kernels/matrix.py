@@ -1,0 +1,97 @@
+"""The kernel a run uses, chosen by name: the one-layer formula or the deep fold."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from ..errors import InvalidParameterError
+from .deep import fc_kernels
+from .ntk import ntk, ntk_of_unit_rows, unit_rows
+
+
+def is_default_kernel(kernel: str, depth: int, w_std: float, b_std: float) -> bool:
+    """Whether these settings name the one-layer formula of :func:`ntk` (the fast paths'
+    kernel: strips, CG and the GPU serve it alone)."""
+    return kernel == "ntk" and (depth, w_std, b_std) == (1, 1.0, 0.0)
+
+
+def kernel_matrix(
+    X: np.ndarray,
+    Y: np.ndarray | None = None,
+    *,
+    kernel: str = "ntk",
+    depth: int = 1,
+    w_std: float = 1.0,
+    b_std: float = 0.0,
+    dtype: type = np.float64,
+    reference_scale: bool = False,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> np.ndarray:
+    """The kernel a run uses, chosen by name.
+
+    With the defaults (``kernel="ntk", depth=1, w_std=1, b_std=0``) this is the one-layer
+    formula :func:`ntk`. Otherwise it is the ``kernel`` output of :func:`fc_kernels`
+    on the rows rescaled to norm ``sqrt(n_features)`` (so ``x.x/d = 1``), in float64.
+    Kernel regression without ridge does not depend on a constant factor of the kernel,
+    so the two agree in their predictions wherever they coincide up to that factor.
+
+    Parameters
+    ----------
+    X, Y : array-like of shape (n, n_features)
+    kernel : {"ntk", "nngp"}
+    depth, w_std, b_std
+        See :func:`fc_kernels`.
+    dtype, progress
+        See :func:`ntk` (one-layer formula only).
+    reference_scale : bool, default=False
+        Always use :func:`fc_kernels` (neural-tangents' scale, ``1/(2d)`` of the
+        one-layer formula at depth 1), as training-time dynamics require.
+
+    Returns
+    -------
+    ndarray of shape (len(X), len(Y))
+    """
+    if kernel not in ("ntk", "nngp"):
+        raise InvalidParameterError(f"kernel must be 'ntk' or 'nngp', got {kernel!r}")
+    if is_default_kernel(kernel, depth, w_std, b_std) and not reference_scale:
+        return ntk(X, Y, dtype=dtype, progress=progress)
+    X_unit = unit_rows(X, "X")
+    Y_unit = None if Y is None else unit_rows(Y, "Y", n_features=X_unit.shape[1])
+    return kernel_of_unit_rows(
+        X_unit,
+        Y_unit,
+        kernel=kernel,
+        depth=depth,
+        w_std=w_std,
+        b_std=b_std,
+        reference_scale=True,
+        progress=progress,
+    )
+
+
+def kernel_of_unit_rows(
+    X_unit: np.ndarray,
+    Y_unit: np.ndarray | None = None,
+    *,
+    kernel: str = "ntk",
+    depth: int = 1,
+    w_std: float = 1.0,
+    b_std: float = 0.0,
+    reference_scale: bool = False,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> np.ndarray:
+    """:func:`kernel_matrix` (float64) of rows already normalised by :func:`unit_rows`."""
+    if is_default_kernel(kernel, depth, w_std, b_std) and not reference_scale:
+        return ntk_of_unit_rows(X_unit, Y_unit, progress=progress)
+    scale = np.sqrt(X_unit.shape[1])  # x.x/d = 1, the input scale of fc_kernels
+    nngp, ntk_matrix = fc_kernels(
+        X_unit * scale,
+        None if Y_unit is None else Y_unit * scale,
+        depth=depth,
+        w_std=w_std,
+        b_std=b_std,
+        progress=progress,
+    )
+    return ntk_matrix if kernel == "ntk" else nngp

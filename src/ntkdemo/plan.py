@@ -1,0 +1,211 @@
+"""The plan of a run: which solver strategy fits, decided before anything large exists.
+
+Strategies are tried in order of preference for the device (:data:`PREFERENCES`): on
+the CPU the whole float64 kernel with Cholesky (a direct solve) when it fits, else its
+upper triangle with conjugate gradients (half the memory); on a GPU the ``cuda``
+strategy. A strategy is skipped when it does not serve the kernel asked for (only
+``cholesky`` serves deep kernels and finite training times). Each strategy estimates
+its own bytes (``estimate_bytes``); the plan adds what the process already holds, so
+that ``--max-memory`` bounds the whole process, and compares with the budget: 90% of
+the free memory, or the cap. If nothing fits it raises
+:class:`~ntkdemo.errors.MemoryPlanError` naming the cause and the largest training set
+that would fit. Adding a strategy is one module in :mod:`ntkdemo.solvers` and one entry
+here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import InvalidParameterError, MemoryPlanError
+from .solvers import CGSolver, CholeskySolver, CudaSolver
+from .solvers.base import Solver
+from .spec import KernelSpec
+from .units import format_bytes
+
+PREFERENCES: dict[str, tuple[Solver, ...]] = {
+    "cpu": (CholeskySolver(), CGSolver()),
+    "cuda": (CudaSolver(),),
+}
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How a run will store and solve its kernel.
+
+    Attributes
+    ----------
+    strategy : Solver
+        The chosen strategy (:mod:`ntkdemo.solvers`).
+    n_train, n_test : int
+    kernel_bytes : int
+        Bytes of the stored training kernel.
+    total_bytes : int
+        Estimated peak bytes of the process (on the GPU: of GPU memory).
+    budget_bytes : int
+        The limit the plan had to respect.
+    process_bytes : int
+        What the process held when the plan was made (part of ``total_bytes``).
+    """
+
+    strategy: Solver
+    n_train: int
+    n_test: int
+    kernel_bytes: int
+    total_bytes: int
+    budget_bytes: int
+    process_bytes: int = 0
+
+    @property
+    def solver(self) -> str:
+        """The strategy's name: ``"cholesky"``, ``"cg"`` or ``"cuda"``."""
+        return self.strategy.name
+
+    def describe(self) -> str:
+        """One line for the console."""
+        return (
+            f"memory plan: {self.strategy.describe()}; kernel {format_bytes(self.kernel_bytes)}, "
+            f"peak about {format_bytes(self.total_bytes)} of {format_bytes(self.budget_bytes)} "
+            "allowed"
+        )
+
+
+def strategy_named(name: str, device: str = "cpu") -> Solver:
+    """The strategy of ``device`` called ``name``."""
+    for strategy in PREFERENCES.get(device, ()):
+        if strategy.name == name:
+            return strategy
+    names = [s.name for s in PREFERENCES.get(device, ())]
+    raise InvalidParameterError(
+        f"solver must be 'auto' or one of {names} on {device}, got {name!r}"
+    )
+
+
+def estimate_bytes(solver: str, n_train: int, n_test: int, n_features: int, n_outputs: int) -> int:
+    """Estimated peak bytes of strategy ``solver`` (beyond what the process holds)."""
+    return strategy_named(solver).estimate_bytes(n_train, n_test, n_features, n_outputs)
+
+
+def plan_memory(
+    n_train: int,
+    n_test: int,
+    n_features: int,
+    n_outputs: int,
+    *,
+    spec: KernelSpec | None = None,
+    device: str = "cpu",
+    max_memory: int | None = None,
+    available: int | None = None,
+    solver: str = "auto",
+    process_bytes: int | None = None,
+) -> MemoryPlan:
+    """Choose the strategy for a run, before anything large is allocated.
+
+    Parameters
+    ----------
+    n_train, n_test, n_features, n_outputs : int
+    spec : KernelSpec, optional
+        The kernel; strategies that do not serve it are skipped. Default: the
+        one-layer formula at convergence.
+    device : {"cpu", "cuda"}, default="cpu"
+    max_memory : int, optional
+        Cap in bytes (``--max-memory``), for the whole process (CPU).
+    available : int, optional
+        Free memory in bytes; default: ``psutil.virtual_memory().available`` on the CPU,
+        the GPU's free memory on ``cuda``. The plan keeps 10% of it in reserve.
+    solver : str, default="auto"
+        ``auto`` takes the first strategy of the device that serves the spec and fits;
+        a name forces that strategy.
+    process_bytes : int, optional
+        Memory the process holds already (interpreter, libraries, the dataset's index);
+        default: its resident set size now (0 on the GPU). It counts against the budget
+        and is part of ``total_bytes``.
+
+    Raises
+    ------
+    InvalidParameterError
+        If the forced strategy does not serve the spec.
+    MemoryPlanError
+        If no strategy fits.
+    """
+    import psutil
+
+    spec = spec or KernelSpec()
+    if device not in PREFERENCES:
+        raise InvalidParameterError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    candidates = (
+        [s for s in PREFERENCES[device] if s.serves(spec)]
+        if solver == "auto"
+        else [strategy_named(solver, device)]
+    )
+    if not candidates or not candidates[0].serves(spec):
+        raise InvalidParameterError(
+            f"--{'solver ' + solver if solver != 'auto' else 'device ' + device} serves the "
+            "default kernel at convergence only; drop --kernel, --depth, --w-std, --b-std "
+            "and --time, or use --solver cholesky on the CPU"
+        )
+    on_gpu = device == "cuda"
+    if available is None:
+        available = candidates[0].available_bytes()
+    if process_bytes is None:
+        process_bytes = 0 if on_gpu else int(psutil.Process().memory_info().rss)
+    budget = int(0.9 * available) + process_bytes
+    if max_memory is not None and not on_gpu:
+        budget = min(budget, int(max_memory))
+    for candidate in candidates:
+        total = process_bytes + candidate.estimate_bytes(n_train, n_test, n_features, n_outputs)
+        if total <= budget:
+            kernel = candidate.kernel_bytes(n_train)
+            return MemoryPlan(candidate, n_train, n_test, kernel, total, budget, process_bytes)
+    raise _refusal(candidates[-1], n_train, n_test, n_features, n_outputs, budget, process_bytes)
+
+
+def _refusal(
+    strategy: Solver,
+    n_train: int,
+    n_test: int,
+    n_features: int,
+    n_outputs: int,
+    budget: int,
+    process_bytes: int,
+) -> MemoryPlanError:
+    """The error naming what does not fit, why, and the largest training set that would."""
+    needed = strategy.estimate_bytes(n_train, n_test, n_features, n_outputs)
+    room = max(budget - process_bytes, 0)
+    largest = largest_training_set(room, n_test, n_features, n_outputs, strategy.name)
+    images = 2 * 8 * (n_train + n_test) * n_features
+    kernel = strategy.kernel_bytes(n_train)
+    what = {"cg": "upper triangle of the kernel"}.get(strategy.name, "float64 kernel")
+    cause = (
+        f"{what} {format_bytes(kernel)}"
+        if kernel >= images
+        else f"the images themselves {format_bytes(images)}: {n_features} values each"
+    )
+    advice = (
+        f"the largest training set that fits is {largest} images"
+        if kernel >= images or largest > 0
+        else "use smaller images or fewer test images"
+    )
+    where = " on the GPU" if strategy.name == "cuda" else ""
+    return MemoryPlanError(
+        f"{n_train} training images need about {format_bytes(needed)}{where} ({cause}) on top "
+        f"of the {format_bytes(process_bytes)} this process holds, more than the "
+        f"{format_bytes(budget)} allowed (free memory or --max-memory); {advice}"
+    )
+
+
+def largest_training_set(
+    budget: int, n_test: int, n_features: int, n_outputs: int, solver: str
+) -> int:
+    """Largest ``n_train`` whose estimate for ``solver`` fits ``budget`` (bisection; 0 if none)."""
+    strategy = next(s for device in PREFERENCES.values() for s in device if s.name == solver)
+    low, high = 0, 1
+    while strategy.estimate_bytes(high, n_test, n_features, n_outputs) <= budget:
+        low, high = high, 2 * high
+    while high - low > 1:
+        middle = (low + high) // 2
+        if strategy.estimate_bytes(middle, n_test, n_features, n_outputs) <= budget:
+            low = middle
+        else:
+            high = middle
+    return low

@@ -1,0 +1,170 @@
+r"""Strategy ``cuda``: kernel, Cholesky solve and predictions on a CUDA GPU through CuPy.
+
+Same mathematics as the CPU strategies, in float64 on the device: one matrix product of
+the unit rows, the NTK map as one in-place CUDA elementwise kernel (cosines within
+:data:`~ntkdemo.kernels.ntk.SNAP_ULPS` ulps of +-1 snapped, diagonal exactly 2), a
+Cholesky factorisation with the jitter fallback of :func:`.cholesky.factor_with_jitter`,
+and test predictions in row blocks. CuPy is imported only here, only when asked for
+(``--device cuda``; ``pip install "ntkdemo[gpu]"``); the CPU path never needs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidParameterError
+from ..kernels.ntk import snap_tolerance
+from ..spec import KernelSpec
+from .base import KernelSolution, Progress, Stopwatch
+from .cholesky import factor_with_jitter
+
+_MAP_SOURCE = """
+double c = k;
+if (c >= 1.0 - snap) c = 1.0; else if (c <= -1.0 + snap) c = -1.0;
+k = (2.0 * c * (M_PI - acos(c)) + sqrt((1.0 - c) * (1.0 + c))) / M_PI;
+"""
+
+
+def require_cupy():
+    """Import CuPy and check that it sees a GPU.
+
+    Raises
+    ------
+    InvalidParameterError
+        With what to install or check, if CuPy or a GPU is missing.
+    """
+    try:
+        import cupy
+    except ImportError:
+        raise InvalidParameterError(
+            '--device cuda needs CuPy and a CUDA GPU: pip install "ntkdemo[gpu]" (CuPy for '
+            "CUDA 12; for another CUDA install its own cupy-cudaXXx wheel), or run on the CPU "
+            "(the default)"
+        ) from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except cupy.cuda.runtime.CUDARuntimeError:
+        count = 0
+    if count == 0:
+        raise InvalidParameterError("--device cuda: CuPy is installed but sees no CUDA GPU")
+    return cupy
+
+
+@dataclass
+class CudaFitted:
+    """A model fitted on the GPU: unit training rows and coefficients stay on the device."""
+
+    train: Any  # cupy.ndarray (n_train, n_features)
+    coef_device: Any  # cupy.ndarray (n_train, n_outputs)
+    solution: KernelSolution
+    train_scores: np.ndarray
+    block_rows: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def predict(self, X_unit: np.ndarray, *, progress: Progress | None = None) -> np.ndarray:
+        """Outputs :math:`K(x, X) A`, computed on the GPU in row blocks."""
+        cupy = require_cupy()
+        test = cupy.asarray(X_unit)
+        scores = cupy.empty((test.shape[0], self.coef_device.shape[1]))
+        for start in range(0, test.shape[0], self.block_rows):
+            block = test[start : start + self.block_rows] @ self.train.T
+            _ntk_map(cupy)(snap_tolerance(np.float64), block)
+            scores[start : start + self.block_rows] = block @ self.coef_device
+        return cupy.asnumpy(scores)
+
+
+def _ntk_map(cupy):
+    """The NTK map as an in-place CUDA elementwise kernel."""
+    return cupy.ElementwiseKernel("float64 snap", "float64 k", _MAP_SOURCE, "ntkdemo_map")
+
+
+@dataclass(frozen=True)
+class CudaSolver:
+    """Strategy: the float64 kernel and its Cholesky factor in GPU memory.
+
+    Serves the one-layer formula at convergence. Its memory is the GPU's: the plan
+    (:mod:`ntkdemo.plan`) compares :meth:`estimate_bytes` with
+    :meth:`available_bytes`, once.
+    """
+
+    name: str = "cuda"
+    block_rows: int = 4096
+
+    def serves(self, spec: KernelSpec) -> bool:
+        return spec.is_one_layer_formula
+
+    def describe(self) -> str:
+        return "float64 kernel and Cholesky factor on the GPU"
+
+    def kernel_bytes(self, n_train: int) -> int:
+        return 8 * n_train**2
+
+    def estimate_bytes(self, n_train: int, n_test: int, n_features: int, n_outputs: int) -> int:
+        """GPU bytes: kernel and factor (``2 * 8 n^2``), inputs, one block of test rows."""
+        return 16 * n_train**2 + 16 * n_train * n_features + 8 * self.block_rows * n_train
+
+    def available_bytes(self) -> int:
+        """Free GPU memory."""
+        free, _ = require_cupy().cuda.runtime.memGetInfo()
+        return int(free)
+
+    def fit(
+        self,
+        X_unit: np.ndarray,
+        Y: np.ndarray,
+        spec: KernelSpec,
+        *,
+        progress: Progress | None = None,
+        report: Callable[[str], None] | None = None,
+    ) -> CudaFitted:
+        """Kernel, Cholesky with jitter fallback, training outputs ``K A``, on the GPU.
+
+        The condition number is estimated from the factor's diagonal,
+        :math:`(\\max_i L_{ii} / \\min_i L_{ii})^2`, a lower bound of the true one.
+        """
+        cupy = require_cupy()
+        import cupyx
+        import cupyx.scipy.linalg
+
+        watch = Stopwatch()
+        with watch.stage("kernel"):
+            train = cupy.asarray(X_unit)
+            K = train @ train.T
+            _ntk_map(cupy)(snap_tolerance(np.float64), K)
+            diagonal = cupy.arange(K.shape[0])
+            K[diagonal, diagonal] = 2.0
+        with watch.stage("solve"):
+
+            def factorise(jitter: float):
+                K[diagonal, diagonal] = 2.0 + spec.ridge + jitter
+                with cupyx.errstate(linalg="raise"):
+                    try:
+                        factor = cupy.linalg.cholesky(K)
+                    except np.linalg.LinAlgError:
+                        return None
+                pivots = cupy.diagonal(factor)
+                return factor, float((pivots.max() / pivots.min()) ** 2)
+
+            factor, jitter, condition, message = factor_with_jitter(
+                factorise, scale=2.0, norm_1=float(cupy.abs(K).sum(axis=0).max()), ridge=spec.ridge
+            )
+            targets = cupy.asarray(np.asarray(Y, dtype=np.float64))
+            half = cupyx.scipy.linalg.solve_triangular(factor, targets, lower=True)
+            coef = cupyx.scipy.linalg.solve_triangular(factor.T, half, lower=False)
+            del factor, half
+            K[diagonal, diagonal] = 2.0  # the kernel again: training outputs are K A
+            train_scores = cupy.asnumpy(K @ coef)
+            K = None  # free the GPU memory
+        solution = KernelSolution(
+            coef=cupy.asnumpy(coef),
+            method="Cholesky on the GPU",
+            ridge=spec.ridge,
+            jitter=jitter,
+            condition_number=condition,
+            message=message,
+        )
+        return CudaFitted(train, coef, solution, train_scores, self.block_rows, watch.timings)

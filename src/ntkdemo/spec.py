@@ -1,0 +1,106 @@
+"""What a run computes: the kernel and how the network is read out, validated once.
+
+A :class:`KernelSpec` names the kernel (the one-layer formula or a deep NTK/NNGP with
+weight and bias scales), the ridge and the training time. Every layer below the
+command line receives one and trusts it: the decisions that depend on it (is this the
+one-layer formula the fast paths serve? converged network or finite time?) are its
+properties, made here once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InvalidParameterError
+from .kernels.matrix import is_default_kernel, kernel_of_unit_rows
+from .validation import check_nonnegative_float, check_positive_int
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """The kernel of a run and how its network is read out.
+
+    Parameters
+    ----------
+    kernel : {"ntk", "nngp"}, default="ntk"
+        The whole network trained (NTK) or only its readout (NNGP).
+    depth : int, default=1
+        Hidden ReLU layers.
+    w_std, b_std : float, default=1.0 and 0.0
+        Weight and bias standard deviations (``w_std > 0``).
+    ridge : float, default=0.0
+        Added to the kernel's diagonal; 0 is the trained network, which interpolates.
+    time : float or None, default=None
+        Gradient-descent time of the infinite network (learning rate 1,
+        neural-tangents' convention); None (or inf) is convergence. Not with a ridge.
+
+    Raises
+    ------
+    InvalidParameterError
+        If a value is out of range, or a ridge is combined with a time.
+    """
+
+    kernel: str = "ntk"
+    depth: int = 1
+    w_std: float = 1.0
+    b_std: float = 0.0
+    ridge: float = 0.0
+    time: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kernel not in ("ntk", "nngp"):
+            raise InvalidParameterError(f"kernel must be 'ntk' or 'nngp', got {self.kernel!r}")
+        check_positive_int("depth", self.depth)
+        if check_nonnegative_float("w_std", self.w_std) == 0:
+            raise InvalidParameterError(
+                "w_std must be > 0: with zero weights the network ignores its input and its "
+                "kernel is constant (no image can be told from another); try w_std=1 or sqrt(2)"
+            )
+        check_nonnegative_float("b_std", self.b_std)
+        check_nonnegative_float("ridge", self.ridge)
+        if self.time is not None:
+            if not isinstance(self.time, int | float) or math.isnan(self.time) or self.time < 0:
+                raise InvalidParameterError(
+                    f"time must be one number >= 0 (inf or None for convergence), got {self.time!r}"
+                )
+            if math.isinf(self.time):
+                object.__setattr__(self, "time", None)
+            elif self.ridge:
+                raise InvalidParameterError(
+                    f"ridge={self.ridge:g} and time={self.time:g} cannot be combined: the "
+                    "time is that of plain gradient descent; drop one of them"
+                )
+
+    @property
+    def is_one_layer_formula(self) -> bool:
+        """The default kernel at convergence: what the strips, CG and CUDA paths serve."""
+        return self.time is None and is_default_kernel(
+            self.kernel, self.depth, self.w_std, self.b_std
+        )
+
+    def matrix(
+        self,
+        X_unit: np.ndarray,
+        Y_unit: np.ndarray | None = None,
+        *,
+        progress: Callable[[Iterable], Iterable] | None = None,
+    ) -> np.ndarray:
+        """The kernel of unit rows ``X_unit`` (against ``Y_unit``, default themselves).
+
+        A finite time fixes what a unit of time means, so then the kernel is in
+        neural-tangents' scale (:func:`ntkdemo.kernels.fc_kernels`).
+        """
+        return kernel_of_unit_rows(
+            X_unit,
+            Y_unit,
+            kernel=self.kernel,
+            depth=self.depth,
+            w_std=self.w_std,
+            b_std=self.b_std,
+            reference_scale=self.time is not None,
+            progress=progress,
+        )
