@@ -24,9 +24,13 @@ def tiled(images: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def main() -> None:
-    from ntkdemo.gpu import solve_and_predict_cuda
-    from ntkdemo.kernels import ntk, ntk_times
-    from ntkdemo.solvers import one_hot, solve
+    from ntkdemo.kernels import ntk, ntk_times, unit_rows
+    from ntkdemo.solvers import CudaSolver, one_hot, solve
+    from ntkdemo.spec import KernelSpec
+
+    def solve_and_predict_cuda(X, Y, X_test):
+        fitted = CudaSolver().fit(unit_rows(X), Y, KernelSpec())
+        return fitted.solution, fitted.train_scores, fitted.predict(unit_rows(X_test))
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images")

@@ -155,7 +155,7 @@ def add_kernel_options(parser: argparse.ArgumentParser) -> None:
         "--depth",
         type=positive_int,
         default=1,
-        help="hidden ReLU layers (default: 1, the mission formula)",
+        help="hidden ReLU layers (default: 1, the one-layer formula)",
     )
     group.add_argument(
         "--w-std",

@@ -151,7 +151,7 @@ def norm_bound_curve(
 ) -> dict[str, np.ndarray]:
     r"""The complexity measure :math:`\sqrt{y^\top K^{-1} y / n}` of Arora et al. (2019).
 
-    Computed with the mission NTK on the first ``n`` rows, for labels ``y`` in {-1, +1}
+    Computed with the one-layer NTK on the first ``n`` rows, for labels ``y`` in {-1, +1}
     and, for contrast, for the same labels randomly permuted (which a kernel finds
     harder to fit: the measure grows).
 
@@ -191,7 +191,7 @@ class MonteCarloResult:
 def monte_carlo_error(
     X: np.ndarray, widths: Sequence[int], *, repeats: int, rng: np.random.Generator
 ) -> MonteCarloResult:
-    r"""Empirical NTK of random width-m networks against the mission formula.
+    r"""Empirical NTK of random width-m networks against the one-layer formula.
 
     With inputs rescaled to norm :math:`\sqrt d`, the expected empirical NTK of
     :class:`~ntkdemo.network.OneHiddenLayerNet` is ``ntk(X) / 2``; the error is
