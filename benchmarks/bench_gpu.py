@@ -1,4 +1,4 @@
-"""Issue 4 GPU benchmark: ``--device cuda`` end to end at 10,000 / 20,000 / 60,000 images.
+"""GPU benchmark: ``--device cuda`` end to end at 10,000 / 20,000 / 60,000 images.
 
 Inputs as in ``bench_scale.py`` (local images tiled with +-2/255 noise; 10,000 test
 images). Reads the local images from an ``.npz`` (``train``, ``train_labels``, ``test``,

@@ -1,4 +1,4 @@
-"""Issue 2 benchmark: the NTK matrix and the balanced sampler against naive versions.
+"""Kernel benchmark: the NTK matrix and the balanced sampler against naive versions.
 
 Prints one table of times and ratios measured in this run:
 

@@ -1,4 +1,4 @@
-"""Issue 4 benchmark: end-to-end time and peak memory at 10,000 / 20,000 / 60,000 images.
+"""Scale benchmark: end-to-end time and peak memory at 10,000 / 20,000 / 60,000 images.
 
 Above the 8,226 training images of the local copy, inputs of the real shape are built by
 tiling the local images and adding uniform noise of +-2/255 per pixel (so no two rows
