@@ -71,3 +71,21 @@ def test_half_the_float64_bytes():
         (h * (h - 1)) // 2 for h in [256] * 234 + [60_000 - 234 * 256]
     )
     assert 8 * entries == pytest.approx(4 * 60_000**2, rel=5e-3)
+
+
+def test_parts_add_up_to_the_whole_product():
+    """Strips split into parts (as cluster workers hold them): the parts' products sum to the
+    whole product, and a part refuses reads that need strips it does not hold."""
+    from ntkdemo.kernels import unit_rows
+    from ntkdemo.solvers.strips import ntk_strips_of_unit_rows
+
+    X = unit_rows(np.random.default_rng(5).random((300, 7)))
+    V = np.random.default_rng(6).normal(size=(300, 3))
+    whole = ntk_strips_of_unit_rows(X, strip_rows=32)
+    parts = [
+        ntk_strips_of_unit_rows(X, strip_rows=32, strips=r) for r in (range(0, 3), range(3, 10))
+    ]
+    np.testing.assert_allclose(sum(part @ V for part in parts), whole @ V, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(parts[1].strip(5), whole.strip(5))  # the same arithmetic
+    with pytest.raises(ValueError, match="all held"):
+        parts[0].take(np.array([0]), np.array([0]))

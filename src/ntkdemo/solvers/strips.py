@@ -39,21 +39,32 @@ class SymmetricStrips:
         Order of the matrix.
     strip_rows : int, default=256
         Rows per strip (the last strip may be shorter).
+    strips : range, optional
+        Hold only these strips (a part of the matrix, as one worker of a cluster holds,
+        :mod:`.dask`); its product is then the part's contribution to ``K @ V``.
+        Default: all of them.
 
     Attributes
     ----------
-    data : ndarray of shape (stored_entries(n, strip_rows),)
-        All strips, one after the other; uninitialised until filled through
+    data : ndarray
+        The strips held, one after the other; uninitialised until filled through
         :meth:`strip`.
     offsets : ndarray of int64
-        Where each strip starts in ``data`` (and, last, the end).
+        Where each strip held starts in ``data`` (and, last, the end).
+    first : int
+        Number of the first strip held.
     """
 
-    def __init__(self, n: int, strip_rows: int = 256) -> None:
+    def __init__(self, n: int, strip_rows: int = 256, strips: range | None = None) -> None:
         self.n = check_positive_int("n", n)
         self.strip_rows = check_positive_int("strip_rows", strip_rows)
         sizes = _strip_sizes(n, self.strip_rows)
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        held = strips if strips is not None else range(len(sizes))
+        self.first = held.start
+        self.complete = len(held) == len(sizes)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes[held.start : held.stop])]).astype(
+            np.int64
+        )
         self.data = np.empty(int(self.offsets[-1]))
 
     @staticmethod
@@ -72,7 +83,13 @@ class SymmetricStrips:
 
     @property
     def n_strips(self) -> int:
+        """Strips held."""
         return len(self.offsets) - 1
+
+    @property
+    def strip_numbers(self) -> range:
+        """The numbers of the strips held."""
+        return range(self.first, self.first + self.n_strips)
 
     def rows_of(self, strip: int) -> slice:
         """The rows that strip number ``strip`` covers."""
@@ -80,10 +97,11 @@ class SymmetricStrips:
         return slice(start, min(start + self.strip_rows, self.n))
 
     def strip(self, strip: int) -> np.ndarray:
-        """Writable view of strip ``strip``: rows :meth:`rows_of`, columns from its first
-        row on."""
+        """Writable view of strip number ``strip`` (one held): rows :meth:`rows_of`,
+        columns from its first row on."""
         rows = self.rows_of(strip)
-        span = self.data[self.offsets[strip] : self.offsets[strip + 1]]
+        local = strip - self.first
+        span = self.data[self.offsets[local] : self.offsets[local + 1]]
         return span.reshape(rows.stop - rows.start, self.n - rows.start)
 
     def __matmul__(self, V: np.ndarray) -> np.ndarray:
@@ -93,11 +111,14 @@ class SymmetricStrips:
             raise ValueError(f"cannot multiply a {self.n}x{self.n} matrix by {V.shape}")
         columns = np.ascontiguousarray(V.reshape(self.n, -1).T)
         partial = np.empty((self.partial_outputs(), *columns.shape))
-        _strips_times(self.data, self.offsets, self.strip_rows, columns, partial)
+        _strips_times(self.data, self.offsets, self.first, self.strip_rows, columns, partial)
         return partial.sum(axis=0).T.reshape(V.shape)
 
     def take(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """The dense submatrix ``K[rows][:, cols]`` (any indices, in any order)."""
+        """The dense submatrix ``K[rows][:, cols]`` (any indices, in any order; all strips
+        held)."""
+        if not self.complete:
+            raise ValueError("take reads a matrix whose strips are all held here")
         rows = np.asarray(rows, dtype=np.int64)
         cols = np.asarray(cols, dtype=np.int64)
         for name, index in (("rows", rows), ("cols", cols)):
@@ -108,7 +129,9 @@ class SymmetricStrips:
         return out
 
     def diagonal(self) -> np.ndarray:
-        """The diagonal, as a new array."""
+        """The diagonal, as a new array (all strips held)."""
+        if not self.complete:
+            raise ValueError("diagonal reads a matrix whose strips are all held here")
         everything = np.arange(self.n)
         out = np.empty(self.n)
         _gather_diagonal(self.data, self.offsets, self.strip_rows, self.n, everything, out)
@@ -151,12 +174,14 @@ def ntk_strips_of_unit_rows(
     X_unit: np.ndarray,
     *,
     strip_rows: int = 256,
+    strips: range | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> SymmetricStrips:
-    """:func:`ntk_strips` of rows already normalised by :func:`~ntkdemo.kernels.unit_rows`."""
-    K = SymmetricStrips(len(X_unit), strip_rows)
-    strips = range(K.n_strips)
-    for number in progress(strips) if progress else strips:
+    """:func:`ntk_strips` of rows already normalised by :func:`~ntkdemo.kernels.unit_rows`;
+    with ``strips``, only those (a part, see :class:`SymmetricStrips`)."""
+    K = SymmetricStrips(len(X_unit), strip_rows, strips)
+    numbers = K.strip_numbers
+    for number in progress(numbers) if progress else numbers:
         rows = K.rows_of(number)
         strip = K.strip(number)
         np.matmul(X_unit[rows], X_unit[rows.start :].T, out=strip)
@@ -223,7 +248,9 @@ def _four_dots_and_update(r0, r1, r2, r3, v, out, w0, w1, w2, w3):  # pragma: no
 
 
 @jit(parallel=True, fastmath=True)
-def _strips_times(data, offsets, strip_rows, columns, partial, stretch=512):  # pragma: no cover
+def _strips_times(
+    data, offsets, first, strip_rows, columns, partial, stretch=512
+):  # pragma: no cover
     """``partial.sum(0) = (K @ columns.T).T`` from the strips.
 
     Strips are dealt round-robin to ``len(partial)`` groups, each with its own output
@@ -232,6 +259,7 @@ def _strips_times(data, offsets, strip_rows, columns, partial, stretch=512):  # 
     entry is loaded once per column of ``V`` for both of its uses. ``fastmath`` lets
     the compiler split each float64 sum over SIMD lanes (another rounding order, not
     a lower precision). Rows past a strip's end repeat its last row with weight 0.
+    ``first`` is the number of the first strip in ``data`` (0 unless a part).
     """
     n = columns.shape[1]
     n_groups = partial.shape[0]
@@ -240,11 +268,11 @@ def _strips_times(data, offsets, strip_rows, columns, partial, stretch=512):  # 
         out = partial[group]
         out[:] = 0.0
         sums = np.empty((4, n_columns))
-        for strip in range(group, len(offsets) - 1, n_groups):
-            start = strip * strip_rows
+        for local in range(group, len(offsets) - 1, n_groups):
+            start = (first + local) * strip_rows
             height = min(strip_rows, n - start)
             width = n - start
-            base = offsets[strip]
+            base = offsets[local]
             for q in range(0, height, 4):
                 i0, i1, i2, i3 = (
                     q,
