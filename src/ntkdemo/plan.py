@@ -15,6 +15,7 @@ here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import InvalidParameterError, MemoryPlanError
@@ -98,6 +99,7 @@ def plan_memory(
     available: int | None = None,
     solver: str = "auto",
     process_bytes: int | None = None,
+    strategies: Sequence[Solver] | None = None,
 ) -> MemoryPlan:
     """Choose the strategy for a run, before anything large is allocated.
 
@@ -118,8 +120,12 @@ def plan_memory(
         a name forces that strategy.
     process_bytes : int, optional
         Memory the process holds already (interpreter, libraries, the dataset's index);
-        default: its resident set size now (0 on the GPU). It counts against the budget
-        and is part of ``total_bytes``.
+        default: its resident set size now where the strategy computes in this process
+        (0 on a GPU or a cluster). It counts against the budget and is part of
+        ``total_bytes``.
+    strategies : sequence of Solver, optional
+        The strategies to choose from instead of the device's (e.g. a
+        :class:`~ntkdemo.solvers.dask_cg.DaskSolver` bound to a cluster).
 
     Raises
     ------
@@ -133,24 +139,26 @@ def plan_memory(
     spec = spec or KernelSpec()
     if device not in PREFERENCES:
         raise InvalidParameterError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    candidates = (
-        [s for s in PREFERENCES[device] if s.serves(spec)]
-        if solver == "auto"
-        else [strategy_named(solver, device)]
-    )
+    if strategies is not None:
+        candidates = [s for s in strategies if s.serves(spec)] or list(strategies[:1])
+    elif solver == "auto":
+        candidates = [s for s in PREFERENCES[device] if s.serves(spec)]
+    else:
+        candidates = [strategy_named(solver, device)]
     if not candidates or not candidates[0].serves(spec):
+        name = candidates[0].name if candidates else device
         raise InvalidParameterError(
-            f"--{'solver ' + solver if solver != 'auto' else 'device ' + device} serves the "
-            "default kernel at convergence only; drop --kernel, --depth, --w-std, --b-std "
-            "and --time, or use --solver cholesky on the CPU"
+            f"the {name} solver serves the default kernel at convergence only; drop "
+            "--kernel, --depth, --w-std, --b-std and --time, or use --solver cholesky on "
+            "the CPU"
         )
-    on_gpu = device == "cuda"
+    local = candidates[0].in_process
     if available is None:
         available = candidates[0].available_bytes()
     if process_bytes is None:
-        process_bytes = 0 if on_gpu else int(psutil.Process().memory_info().rss)
+        process_bytes = int(psutil.Process().memory_info().rss) if local else 0
     budget = int(0.9 * available) + process_bytes
-    if max_memory is not None and not on_gpu:
+    if max_memory is not None and local:
         budget = min(budget, int(max_memory))
     for candidate in candidates:
         total = process_bytes + candidate.estimate_bytes(n_train, n_test, n_features, n_outputs)
@@ -172,7 +180,7 @@ def _refusal(
     """The error naming what does not fit, why, and the largest training set that would."""
     needed = strategy.estimate_bytes(n_train, n_test, n_features, n_outputs)
     room = max(budget - process_bytes, 0)
-    largest = largest_training_set(room, n_test, n_features, n_outputs, strategy.name)
+    largest = _largest(strategy, room, n_test, n_features, n_outputs)
     images = 2 * 8 * (n_train + n_test) * n_features
     kernel = strategy.kernel_bytes(n_train)
     what = {"cg": "upper triangle of the kernel"}.get(strategy.name, "float64 kernel")
@@ -197,8 +205,13 @@ def _refusal(
 def largest_training_set(
     budget: int, n_test: int, n_features: int, n_outputs: int, solver: str
 ) -> int:
-    """Largest ``n_train`` whose estimate for ``solver`` fits ``budget`` (bisection; 0 if none)."""
-    strategy = next(s for device in PREFERENCES.values() for s in device if s.name == solver)
+    """Largest ``n_train`` whose estimate for CPU strategy ``solver`` fits ``budget``."""
+    return _largest(strategy_named(solver), budget, n_test, n_features, n_outputs)
+
+
+def _largest(strategy: Solver, budget: int, n_test: int, n_features: int, n_outputs: int) -> int:
+    """Largest ``n_train`` whose estimate for ``strategy`` fits ``budget`` (bisection; 0
+    if none)."""
     low, high = 0, 1
     while strategy.estimate_bytes(high, n_test, n_features, n_outputs) <= budget:
         low, high = high, 2 * high

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .options import (
     Console,
+    UsageError,
     add_data_options,
     add_kernel_options,
     add_output_options,
     decode_draw,
     draw_from_options,
     memory_size,
+    positive_int,
     time_value,
     versions,
 )
@@ -64,6 +68,32 @@ def add_command(commands) -> str:
         help="cuda: kernel, solve and predictions on a CUDA GPU through CuPy (installed "
         "separately); default kernel at convergence only (default: cpu)",
     )
+    engine = run.add_argument_group(
+        "engine",
+        "past one machine: the kernel's strips spread over the workers of a Dask cluster "
+        '(pip install "ntkdemo[dask]"); default kernel at convergence only',
+    )
+    engine.add_argument(
+        "--engine",
+        choices=("local", "dask"),
+        default="local",
+        help="dask: a local Dask cluster (listening on 127.0.0.1, no dashboard), or the one "
+        "--scheduler names (default: local, this process)",
+    )
+    engine.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="a running Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --engine dask; "
+        "tls:// uses distributed's security settings)",
+    )
+    engine.add_argument(
+        "--dask-workers",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="worker processes of the local cluster (default: one per core)",
+    )
     run.add_argument(
         "--time",
         type=time_value,
@@ -96,23 +126,25 @@ def command_run(options) -> int:
     )
     say = Console(options.quiet)
     out = prepare_out_dir(options.out)
-    started = time.perf_counter()
-    draw = draw_from_options(options, say)
-    plan = plan_memory(
-        len(draw.y_train),
-        len(draw.y_test),
-        draw.n_values,
-        draw.n_classes,
-        spec=spec,
-        device=options.device,
-        max_memory=options.max_memory,
-        solver=options.solver,
-    )
-    say(plan.describe())
-    record("plan", planned_peak_bytes=plan.total_bytes, allowed_bytes=plan.budget_bytes)
-    sample, load_seconds = decode_draw(draw, say, started)
-    record("compute")
-    result = run_demo(sample, spec, plan=plan, progress=say.progress, report=say)
+    with _engine(options) as strategies:
+        started = time.perf_counter()
+        draw = draw_from_options(options, say)
+        plan = plan_memory(
+            len(draw.y_train),
+            len(draw.y_test),
+            draw.n_values,
+            draw.n_classes,
+            spec=spec,
+            device=options.device,
+            max_memory=options.max_memory,
+            solver=options.solver,
+            strategies=strategies,
+        )
+        say(plan.describe())
+        record("plan", planned_peak_bytes=plan.total_bytes, allowed_bytes=plan.budget_bytes)
+        sample, load_seconds = decode_draw(draw, say, started)
+        record("compute")
+        result = run_demo(sample, spec, plan=plan, progress=say.progress, report=say)
     result.timings = {"load": load_seconds, **result.timings}
     record("write")
     _write_run(out, options, sample, result)  # files first: a closed pipe cannot lose them
@@ -121,6 +153,20 @@ def command_run(options) -> int:
     logged = f", log.txt ({lines} lines)" if lines else ""
     say(f"wrote metrics.json, predictions.png, confusion.png, spectrum.png{logged} to {out}/")
     return 0
+
+
+@contextlib.contextmanager
+def _engine(options) -> Iterator[tuple | None]:
+    """The strategies of a Dask engine while it is open; None for this process alone."""
+    if options.engine == "local" and options.scheduler is None:
+        yield None
+        return
+    if options.device != "cpu" or options.solver not in ("auto", "cg"):
+        raise UsageError("--engine dask runs the cg solver on CPU workers; drop --device/--solver")
+    from ..solvers.dask_cg import DaskSolver, connect
+
+    with connect(options.scheduler, n_workers=options.dask_workers) as client:
+        yield (DaskSolver(client),)
 
 
 def _print_run(say: Console, sample, result) -> None:

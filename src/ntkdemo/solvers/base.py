@@ -94,7 +94,12 @@ class Solver(Protocol):
         ...
 
     def available_bytes(self) -> int:
-        """Free memory where it computes (host or device)."""
+        """Free memory where it computes (host, device or cluster)."""
+        ...
+
+    @property
+    def in_process(self) -> bool:
+        """Whether its memory is this process's (then what the process holds counts too)."""
         ...
 
     def estimate_bytes(self, n_train: int, n_test: int, n_features: int, n_outputs: int) -> int:

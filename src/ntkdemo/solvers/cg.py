@@ -232,6 +232,8 @@ class CGSolver:
     def describe(self) -> str:
         return "upper triangle of the float64 kernel, preconditioned conjugate gradients"
 
+    in_process: bool = True
+
     def available_bytes(self) -> int:
         return host_available_bytes()
 

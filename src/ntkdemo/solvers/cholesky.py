@@ -235,6 +235,8 @@ class CholeskySolver:
     def describe(self) -> str:
         return "float64 kernel, Cholesky in place"
 
+    in_process: bool = True
+
     def available_bytes(self) -> int:
         return host_available_bytes()
 

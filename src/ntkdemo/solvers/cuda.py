@@ -93,6 +93,7 @@ class CudaSolver:
 
     name: str = "cuda"
     block_rows: int = 4096
+    in_process: bool = False
 
     def serves(self, spec: KernelSpec) -> bool:
         return spec.is_one_layer_formula

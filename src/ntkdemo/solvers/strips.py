@@ -58,7 +58,7 @@ class SymmetricStrips:
     def __init__(self, n: int, strip_rows: int = 256, strips: range | None = None) -> None:
         self.n = check_positive_int("n", n)
         self.strip_rows = check_positive_int("strip_rows", strip_rows)
-        sizes = _strip_sizes(n, self.strip_rows)
+        sizes = strip_sizes(n, self.strip_rows)
         held = strips if strips is not None else range(len(sizes))
         self.first = held.start
         self.complete = len(held) == len(sizes)
@@ -70,7 +70,7 @@ class SymmetricStrips:
     @staticmethod
     def stored_entries(n: int, strip_rows: int = 256) -> int:
         """Entries held for order ``n``: :math:`n(n+1)/2` plus half of each diagonal tile."""
-        return int(_strip_sizes(n, strip_rows).sum())
+        return int(strip_sizes(n, strip_rows).sum())
 
     @staticmethod
     def partial_outputs() -> int:
@@ -191,7 +191,7 @@ def ntk_strips_of_unit_rows(
     return K
 
 
-def _strip_sizes(n: int, strip_rows: int) -> np.ndarray:
+def strip_sizes(n: int, strip_rows: int) -> np.ndarray:
     """Entries of each strip: its rows times its columns (from its first row on)."""
     starts = np.arange(0, n, strip_rows, dtype=np.int64)
     return np.minimum(strip_rows, n - starts) * (n - starts)

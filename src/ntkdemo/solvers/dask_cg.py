@@ -1,0 +1,335 @@
+r"""Strategy ``dask``: the upper triangle spread over the workers of a Dask cluster.
+
+Past one machine the float64 upper triangle of ``K`` no longer fits (60,000 images take
+14.5 GB; a million would take 4 TB). This strategy keeps the ``cg`` strategy's
+mathematics (:mod:`.cg`: exact float64 products, preconditioned conjugate gradients to a
+relative residual of :math:`10^{-6}`) and spreads the storage over a ``distributed``
+cluster, a :class:`~distributed.LocalCluster` on one machine or any running scheduler:
+
+* each worker builds its own contiguous range of strips (parts of about equal size):
+  its task carries the rows it needs, ``X[first:]`` (``n x d`` at most), so the
+  ``n x n`` matrix never crosses the network and a lost part can be rebuilt anywhere;
+* a product :math:`K V` is one task per part (its strips' two-use contribution,
+  :math:`n \times c` floats back), summed on the client: CG itself runs on the client;
+* the preconditioner (:mod:`.preconditioners`: Nystrom columns and the cluster blocks)
+  reads kernel entries computed on the client from ``X``, where they are cheapest (a
+  few thousand columns, never the strips);
+* predictions send each block of test rows to the workers; each multiplies against
+  its own training rows, and the partial outputs are summed.
+
+A worker lost mid-solve loses its part; the scheduler reruns the part's task on
+another worker (or the restarted one) and the product waits for it, so the solve goes
+on. A part that cannot be rebuilt (no worker left) ends the run with one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidParameterError, NTKDemoError
+from ..kernels.ntk import ntk_of_unit_rows, ntk_times_of_unit_rows
+from ..spec import KernelSpec
+from ..validation import check_finite_result
+from .base import KernelSolution, Progress, Stopwatch, wrap
+from .cg import DEFAULT_OPTIONS, CGOptions, solve_cg
+from .preconditioners import cluster_order
+from .strips import SymmetricStrips, ntk_strips_of_unit_rows, strip_sizes
+
+
+class ClusterLostError(NTKDemoError, RuntimeError):
+    """The cluster lost workers and cannot hold the kernel any more."""
+
+
+@contextlib.contextmanager
+def connect(
+    address: str | None = None, *, n_workers: int | None = None, timeout: float = 10.0
+) -> Iterator[Any]:
+    """A ``distributed.Client``: to the scheduler at ``address``, or to a new local cluster.
+
+    The local cluster has ``n_workers`` processes (default: one per core) of one thread
+    each, listens on 127.0.0.1 only, starts no dashboard and keeps its log lines below
+    ERROR off the terminal. ``tls://`` addresses use distributed's own security settings
+    (``distributed.comm.tls.*`` in the Dask configuration). Both are closed on exit.
+
+    Raises
+    ------
+    InvalidParameterError
+        If ``distributed`` is missing, or the scheduler cannot be reached within
+        ``timeout`` seconds.
+    """
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise InvalidParameterError(
+            '--engine dask needs dask.distributed: pip install "ntkdemo[dask]"'
+        ) from None
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    if address is not None:
+        try:
+            client = Client(address, timeout=f"{timeout}s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise InvalidParameterError(
+                f"cannot reach the Dask scheduler at {address!r} within {timeout:g} s "
+                f"({type(exc).__name__}); start one (dask scheduler) or leave out "
+                "--scheduler for a local cluster"
+            ) from None
+        with client:
+            yield client
+        return
+    workers = n_workers or os.cpu_count() or 1
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    cluster = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+        env={"NUMBA_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads},
+    )
+    with cluster, Client(cluster) as client:
+        yield client
+
+
+@dataclass
+class StripPart:
+    """What one worker holds: strips of the trailing matrix ``K[first:, first:]`` and its
+    own training rows ``X[first:stop]``."""
+
+    first: int
+    strips: SymmetricStrips
+    X_rows: np.ndarray
+
+
+def _build_part(X_tail: np.ndarray, first: int, n_strips: int, strip_rows: int) -> StripPart:
+    """On a worker: the first ``n_strips`` strips of the kernel of ``X_tail = X[first:]``.
+
+    The task carries its own rows, so the scheduler can rerun it anywhere if the worker
+    holding its result is lost.
+    """
+    strips = ntk_strips_of_unit_rows(X_tail, strip_rows=strip_rows, strips=range(n_strips))
+    stop = min(n_strips * strip_rows, len(X_tail))
+    return StripPart(first, strips, np.ascontiguousarray(X_tail[:stop]))
+
+
+def _part_times(part: StripPart, V: np.ndarray) -> np.ndarray:
+    """On a worker: the part's contribution to ``(K @ V)[first:]``."""
+    return part.strips @ V[part.first :]
+
+
+def _part_outputs(part: StripPart, coef: np.ndarray, X_test: np.ndarray) -> np.ndarray:
+    """On a worker: :math:`K(x, X_{part}) A_{part}`, the part's share of the outputs."""
+    rows = slice(part.first, part.first + len(part.X_rows))
+    return ntk_times_of_unit_rows(X_test, part.X_rows, coef[rows])
+
+
+def balanced_ranges(n: int, strip_rows: int, n_parts: int) -> list[range]:
+    """Split the strips of order ``n`` into at most ``n_parts`` contiguous ranges of about
+    equal stored entries (the first strips are the longest)."""
+    sizes = strip_sizes(n, strip_rows)
+    bounds = np.searchsorted(np.cumsum(sizes), np.linspace(0, sizes.sum(), n_parts + 1)[1:-1])
+    edges = sorted({0, *(int(b) + 1 for b in bounds), len(sizes)})
+    return [range(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+class ClusterKernel:
+    """The kernel of unit rows ``X_unit`` held as strip parts on the workers of ``client``.
+
+    ``K @ V`` is computed by the workers; ``take`` (for the preconditioner) on the client
+    from ``X_unit``. ``bytes_per_product`` counts what one product sends and receives.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        X_unit: np.ndarray,
+        strip_rows: int,
+        progress: Callable | None = None,
+    ) -> None:
+        from distributed import as_completed
+
+        self.client, self.X_unit = client, X_unit
+        self.n = len(X_unit)
+        workers = sorted(client.scheduler_info()["workers"])
+        self.ranges = balanced_ranges(self.n, strip_rows, len(workers))
+        self.firsts = [r.start * strip_rows for r in self.ranges]
+        self.parts = [
+            client.submit(
+                _build_part,
+                X_unit[first:],
+                first,
+                len(strips),
+                strip_rows,
+                workers=[workers[i % len(workers)]],
+                allow_other_workers=True,
+                pure=False,
+            )
+            for i, (first, strips) in enumerate(zip(self.firsts, self.ranges))
+        ]
+        done = as_completed(self.parts)
+        for future in progress(done) if progress else done:
+            _raise_if_lost(future)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n, self.n
+
+    def bytes_per_product(self, n_columns: int) -> int:
+        """Bytes a product moves: ``V`` to each part and its partial result back."""
+        return 2 * 8 * self.n * n_columns * len(self.parts)
+
+    def __matmul__(self, V: np.ndarray) -> np.ndarray:
+        V = np.asarray(V, dtype=np.float64)
+        futures = [self.client.submit(_part_times, part, V, pure=False) for part in self.parts]
+        result = np.zeros_like(V)
+        for first, partial in zip(self.firsts, _gather(self.client, futures)):
+            result[first:] += partial
+        return result
+
+    def take(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """``K[rows][:, cols]`` computed from the unit rows (equal to the strips' entries
+        up to the rounding of the products)."""
+        return ntk_of_unit_rows(self.X_unit[rows], self.X_unit[cols])
+
+
+def _gather(client: Any, futures: list) -> list:
+    """Results of ``futures``; a part that can no longer be computed is one clear error."""
+    try:
+        return client.gather(futures)
+    except Exception as exc:  # KilledWorker, CancelledError, CommClosedError, ...
+        raise ClusterLostError(
+            f"the Dask cluster lost the workers holding the kernel and could not rebuild "
+            f"its parts ({type(exc).__name__}); add workers or memory, or use fewer images"
+        ) from None
+
+
+def _raise_if_lost(future: Any) -> None:
+    if future.status == "error":
+        _gather(future.client, [future])
+
+
+@dataclass
+class ClusterFitted:
+    """A model fitted on a cluster: predictions run where the training rows are."""
+
+    kernel: ClusterKernel
+    coef_ordered: np.ndarray
+    order: np.ndarray
+    solution: KernelSolution
+    train_scores: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+    block_rows: int = 1024
+
+    def predict(self, X_unit: np.ndarray, *, progress: Progress | None = None) -> np.ndarray:
+        """Outputs :math:`K(x, X) A`: each block of test rows goes to every part."""
+        kernel = self.kernel
+        scores = np.empty((len(X_unit), self.coef_ordered.shape[1]))
+        starts = range(0, len(X_unit), self.block_rows)
+        wrapper = wrap(progress, "prediction blocks")
+        for start in wrapper(starts) if wrapper else starts:
+            block = X_unit[start : start + self.block_rows]
+            futures = [
+                kernel.client.submit(_part_outputs, part, self.coef_ordered, block, pure=False)
+                for part in kernel.parts
+            ]
+            scores[start : start + len(block)] = sum(_gather(kernel.client, futures))
+        return check_finite_result("the predictions", scores)
+
+
+@dataclass(frozen=True)
+class DaskSolver:
+    """Strategy: the ``cg`` strategy with its strips spread over a Dask cluster.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        The cluster to use (see :func:`connect`).
+    options : CGOptions
+        Strip height, preconditioner, residual target.
+    """
+
+    client: Any
+    options: CGOptions = DEFAULT_OPTIONS
+    name: str = "dask"
+    in_process: bool = False
+
+    def serves(self, spec: KernelSpec) -> bool:
+        return spec.is_one_layer_formula
+
+    def _workers(self) -> dict:
+        return self.client.scheduler_info()["workers"]
+
+    def describe(self) -> str:
+        return (
+            f"upper triangle of the float64 kernel over {len(self._workers())} Dask workers, "
+            "preconditioned conjugate gradients"
+        )
+
+    def kernel_bytes(self, n_train: int) -> int:
+        return 8 * SymmetricStrips.stored_entries(n_train, self.options.strip_rows)
+
+    def estimate_bytes(self, n_train: int, n_test: int, n_features: int, n_outputs: int) -> int:
+        """Cluster bytes: the strips, and on every worker the unit rows, a block of test
+        rows and the partial sums of a product."""
+        workers = max(len(self._workers()), 1)
+        per_worker = (
+            8 * (n_train * n_features + 1024 * n_train)
+            + 8 * (2 + SymmetricStrips.partial_outputs()) * n_train * n_outputs
+        )
+        return self.kernel_bytes(n_train) + workers * per_worker
+
+    def available_bytes(self) -> int:
+        """The workers' memory limits, summed."""
+        return int(sum(worker.get("memory_limit") or 0 for worker in self._workers().values()))
+
+    def fit(
+        self,
+        X_unit: np.ndarray,
+        Y: np.ndarray,
+        spec: KernelSpec,
+        *,
+        progress: Progress | None = None,
+        report: Callable[[str], None] | None = None,
+    ) -> ClusterFitted:
+        """Cluster the rows, build the parts on the workers, solve by CG on the client."""
+        watch = Stopwatch()
+        with watch.stage("clusters"):
+            order, blocks = cluster_order(X_unit, self.options.cluster_size)
+        with watch.stage("kernel"):
+            kernel = ClusterKernel(
+                self.client,
+                X_unit[order],
+                self.options.strip_rows,
+                wrap(progress, "kernel parts"),
+            )
+        with watch.stage("solve"):
+            solution, fitted = solve_cg(
+                kernel,  # type: ignore[arg-type]  # the SymmetricStrips interface CG uses
+                Y[order],
+                blocks,
+                ridge=spec.ridge,
+                options=self.options,
+                report=report,
+                progress=wrap(progress, "CG iterations"),
+            )
+        coef, train_scores = np.empty_like(solution.coef), np.empty_like(fitted)
+        coef[order], train_scores[order] = solution.coef, fitted
+        message = (
+            f"{solution.message}; {len(kernel.parts)} parts, "
+            f"{kernel.bytes_per_product(Y.shape[1]) / 1e6:.1f} MB sent per product"
+        )
+        return ClusterFitted(
+            kernel,
+            solution.coef,
+            order,
+            replace(solution, coef=coef, message=message, method=f"{solution.method} on Dask"),
+            train_scores,
+            watch.timings,
+        )

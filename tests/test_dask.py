@@ -1,0 +1,151 @@
+"""The ``dask`` strategy: the kernel's strips on the workers of a Dask cluster (loopback only,
+every cluster started and stopped by its test, every wait bounded)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed", reason='needs dask.distributed (pip install "ntkdemo[dask]")')
+
+from ntkdemo.cli import main
+from ntkdemo.data import load_sample
+from ntkdemo.kernels import ntk, unit_rows
+from ntkdemo.solvers import one_hot, solve
+from ntkdemo.solvers.dask_cg import DaskSolver, balanced_ranges, connect
+from ntkdemo.solvers.strips import strip_sizes
+from ntkdemo.spec import KernelSpec
+
+
+@pytest.fixture(scope="module")
+def problem(fashion_mnist):
+    """About 2,000 real training images, 300 test images, and the Cholesky answer."""
+    sample = load_sample(str(fashion_mnist), 200, 30, seed=3)
+    X, X_test = unit_rows(sample.X_train), unit_rows(sample.X_test)
+    Y = one_hot(sample.y_train, sample.n_classes)
+    exact = solve(ntk(X), Y)
+    return X, X_test, Y, exact, ntk(X_test, X) @ exact.coef
+
+
+def check_against_cholesky(fitted, X_test, Y, exact_scores):
+    assert "relative residual" in fitted.solution.message
+    residual = float(fitted.solution.message.split("relative residual ")[1].split(";")[0])
+    assert residual <= 1e-6
+    scores = fitted.predict(X_test)
+    np.testing.assert_array_equal(scores.argmax(1), exact_scores.argmax(1))
+    np.testing.assert_allclose(scores, exact_scores, rtol=0, atol=1e-4)
+
+
+def test_parts_have_about_equal_sizes():
+    sizes = strip_sizes(60_000, 256)
+    ranges = balanced_ranges(60_000, 256, 4)
+    assert ranges[0].start == 0 and ranges[-1].stop == len(sizes)
+    shares = np.array([sizes[r.start : r.stop].sum() for r in ranges]) / sizes.sum()
+    assert len(ranges) == 4 and np.all(np.abs(shares - 0.25) < 0.01)
+
+
+def test_local_cluster_matches_cholesky(problem):
+    X, X_test, Y, exact, exact_scores = problem
+    with connect(n_workers=2) as client:
+        fitted = DaskSolver(client).fit(X, Y, KernelSpec())
+        check_against_cholesky(fitted, X_test, Y, exact_scores)
+        assert "2 parts" in fitted.solution.message
+
+
+def test_a_worker_killed_mid_solve_is_replaced(problem):
+    """SIGKILL to one worker at the first CG iteration: the scheduler rebuilds its part on
+    the restarted worker, and the solve ends with the same answer."""
+    X, X_test, Y, exact, exact_scores = problem
+    with connect(n_workers=2) as client:
+        victim = next(iter(client.run(os.getpid).values()))
+
+        def progress(description):
+            if description != "CG iterations":
+                return None
+
+            def iterate(counter):
+                for position, iteration in enumerate(counter):
+                    if position == 0:
+                        os.kill(victim, signal.SIGKILL)
+                    yield iteration
+
+            return iterate
+
+        fitted = DaskSolver(client).fit(X, Y, KernelSpec(), progress=progress)
+        assert victim not in client.run(os.getpid).values()
+        check_against_cholesky(fitted, X_test, Y, exact_scores)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_external_scheduler_and_workers(tiny_dataset, tmp_path, capsys):
+    """A scheduler and two workers started here on 127.0.0.1, used by address, stopped."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1"]
+        + ["--port", str(port), "--no-dashboard"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1"]
+            + ["--host", "127.0.0.1", "--no-dashboard", "--no-nanny"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(2)
+    ]
+    try:
+        from distributed import Client
+
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+        code = main(
+            ["--scheduler", address, "--dataset", str(tiny_dataset), "--out", str(tmp_path)]
+            + ["--train-per-class", "9", "--test-per-class", "5"]
+        )
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert "over 2 Dask workers" in out and "train accuracy: 1.0000" in out
+    finally:
+        for process in [*workers, scheduler]:
+            process.terminate()
+        for process in [*workers, scheduler]:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def test_an_unreachable_scheduler_is_one_line_within_ten_seconds(tiny_dataset, tmp_path, capsys):
+    start = time.perf_counter()
+    code = main(
+        ["--scheduler", f"tcp://127.0.0.1:{free_port()}", "--dataset", str(tiny_dataset)]
+        + ["--out", str(tmp_path), "--train-per-class", "4", "--test-per-class", "2"]
+    )
+    elapsed = time.perf_counter() - start
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "cannot reach the Dask scheduler" in err
+    assert elapsed < 15  # the 10 s connection timeout and the rest of the run's start
+
+
+def test_dask_with_a_deep_kernel_is_refused(tiny_dataset, tmp_path, capsys):
+    code = main(
+        ["--engine", "dask", "--dask-workers", "1", "--depth", "2", "--dataset", str(tiny_dataset)]
+        + ["--out", str(tmp_path), "--train-per-class", "4", "--test-per-class", "2"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "serves the default kernel at convergence only" in err
