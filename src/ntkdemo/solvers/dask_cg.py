@@ -54,9 +54,10 @@ def connect(
     """A ``distributed.Client``: to the scheduler at ``address``, or to a new local cluster.
 
     The local cluster has ``n_workers`` processes (default: one per core) of one thread
-    each, listens on 127.0.0.1 only, starts no dashboard and keeps its log lines below
-    ERROR off the terminal. ``tls://`` addresses use distributed's own security settings
-    (``distributed.comm.tls.*`` in the Dask configuration). Both are closed on exit.
+    each, listens on 127.0.0.1 only, starts no dashboard, never spills a part to disk and
+    keeps its log lines below ERROR off the terminal. ``tls://`` addresses use
+    distributed's own security settings (``distributed.comm.tls.*`` in the Dask
+    configuration). Both are closed on exit.
 
     Raises
     ------
@@ -65,6 +66,7 @@ def connect(
         ``timeout`` seconds.
     """
     try:
+        import dask
         from distributed import Client, LocalCluster
     except ImportError:
         raise InvalidParameterError(
@@ -85,6 +87,10 @@ def connect(
         return
     workers = n_workers or os.cpu_count() or 1
     threads = str(max(1, (os.cpu_count() or 1) // workers))
+    # A part is most of a worker's memory and is needed by every product: spilling it to
+    # disk (distributed's default above 60% of the limit) would pickle gigabytes per task.
+    dask.config.set({"distributed.worker.memory.target": False})
+    dask.config.set({"distributed.worker.memory.spill": False})
     cluster = LocalCluster(
         n_workers=workers,
         threads_per_worker=1,
