@@ -124,3 +124,30 @@ def test_solve_cg_says_when_it_falls_short(near_duplicates):
     assert [line.split(":")[0] for line in lines] == ["CG", "CG restart 1", "CG restart 2"]
     assert "6 CG iterations" in short.message
     assert "target 1e-06 not reached" in short.message and "--ridge" in short.message
+
+
+def test_float32_triangle_refined_in_float64_matches_cholesky(near_duplicates):
+    """The cg32 strategy: CG on the rounded triangle, then float64 refinement passes, reaches
+    the float64 residual target and the Cholesky predictions."""
+    from ntkdemo.solvers import CGSolver
+    from ntkdemo.spec import KernelSpec
+
+    X, labels, _ = near_duplicates
+    X_unit = unit_rows(X)
+    Y = one_hot(labels, 5)
+    options = CGOptions(storage=np.float32, rank=40, cluster_size=100, strip_rows=32)
+    lines = []
+    fitted = CGSolver(name="cg32", options=options).fit(
+        X_unit, Y, KernelSpec(), report=lines.append
+    )
+    K = ntk(X)
+    assert np.linalg.norm(Y - K @ fitted.solution.coef) <= 1e-6 * np.linalg.norm(Y)
+    np.testing.assert_allclose(fitted.train_scores, K @ fitted.solution.coef, rtol=0, atol=1e-9)
+    exact = solve(K, Y)
+    np.testing.assert_array_equal(
+        fitted.predict(X_unit[:50]).argmax(1), (K[:50] @ exact.coef).argmax(1)
+    )
+    assert (
+        lines[0].startswith("CG float64 pass 0") and "float32 triangle" in fitted.solution.message
+    )
+    assert len(lines) >= 2  # float32 alone does not reach 1e-6 on near-duplicates

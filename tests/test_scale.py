@@ -25,15 +25,20 @@ def test_parse_bytes_rejects(text):
         parse_bytes(text)
 
 
-def test_plan_prefers_cholesky_then_the_triangle_then_refuses():
+def test_plan_prefers_cholesky_then_the_triangle_then_float32_then_refuses():
     gb = 10**9
     assert plan_memory(60_000, 10_000, 784, 10, available=100 * gb).solver == "cholesky"
     plan = plan_memory(60_000, 10_000, 784, 10, available=24 * gb)
     assert plan.solver == "cg"
     assert plan.kernel_bytes == pytest.approx(8 * 60_000 * 60_001 / 2, rel=5e-3)
     assert plan.total_bytes < 18 * gb  # the peak-memory target
+    laptop = plan_memory(
+        60_000, 10_000, 784, 10, available=24 * gb, max_memory=10 * gb, process_bytes=3 * 10**8
+    )
+    assert laptop.solver == "cg32" and laptop.total_bytes <= 10 * gb
+    assert laptop.kernel_bytes == pytest.approx(plan.kernel_bytes / 2)
     with pytest.raises(MemoryPlanError, match=r"the largest training set that fits is \d+"):
-        plan_memory(60_000, 10_000, 784, 10, available=24 * gb, max_memory=10 * gb)
+        plan_memory(60_000, 10_000, 784, 10, available=24 * gb, max_memory=6 * gb)
 
 
 def test_largest_training_set_is_tight():

@@ -55,11 +55,12 @@ def add_command(commands) -> str:
     )
     run.add_argument(
         "--solver",
-        choices=("auto", "cholesky", "cg"),
+        choices=("auto", "cholesky", "cg", "cg32"),
         default="auto",
         help="cholesky: float64 kernel factorised in place; cg: upper triangle of the "
-        "float64 kernel (half the memory), preconditioned conjugate gradients; auto "
-        "(default): cholesky when it fits the memory plan",
+        "float64 kernel (half the memory), preconditioned conjugate gradients; cg32: that "
+        "triangle in float32 (a quarter), refined against the float64 kernel; auto "
+        "(default): the first of these that fits the memory plan",
     )
     run.add_argument(
         "--device",

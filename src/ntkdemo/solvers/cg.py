@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..kernels.ntk import ntk_times_of_unit_rows
 from ..spec import KernelSpec
 from ..validation import check_nonnegative_float
 from .base import FittedKernel, KernelSolution, Progress, Stopwatch, host_available_bytes, wrap
@@ -106,6 +107,12 @@ class CGOptions:
         Iterations per CG run.
     max_restarts : int, default=3
         CG runs restarted from the last answer when the recursion drifted.
+    storage : {numpy.float64, numpy.float32}, default=numpy.float64
+        How the triangle is stored. With float32 (half the memory) CG solves the rounded
+        matrix, and the answer is refined against the float64 kernel, recomputed in
+        blocks: :math:`R = Y - (K + \lambda I) A`, :math:`A \mathrel{+}= \tilde K^{-1} R`.
+    max_refinements : int, default=4
+        Refinements at most (float32 storage).
     """
 
     strip_rows: int = 256
@@ -114,6 +121,8 @@ class CGOptions:
     tol: float = 1e-6
     max_iter: int = 1000
     max_restarts: int = 3
+    storage: type = np.float64
+    max_refinements: int = 4
 
 
 DEFAULT_OPTIONS = CGOptions()
@@ -129,6 +138,7 @@ def solve_cg(
     rng: np.random.Generator | None = None,
     report: Callable[[str], None] | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    precondition: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[KernelSolution, np.ndarray]:
     r"""Solve :math:`(K + \lambda I) A = Y` to a float64 relative residual ``tol``.
 
@@ -153,6 +163,8 @@ def solve_cg(
         Receives a line per CG run (the command line prints them).
     progress : callable, optional
         Wraps the CG iteration counter (a progress bar).
+    precondition : callable, optional
+        A preconditioner already built for ``K`` and ``ridge`` (default: built here).
 
     Returns
     -------
@@ -165,9 +177,10 @@ def solve_cg(
     ridge = check_nonnegative_float("ridge", ridge)
     Y = np.asarray(Y, dtype=np.float64).reshape(len(Y), -1)
     tol = options.tol
-    precondition = block_nystrom_preconditioner(
-        K, blocks, options.rank, rng or np.random.default_rng(0), ridge
-    )
+    if precondition is None:
+        precondition = block_nystrom_preconditioner(
+            K, blocks, options.rank, rng or np.random.default_rng(0), ridge
+        )
 
     def times(V: np.ndarray) -> np.ndarray:
         return K @ V + ridge * V
@@ -225,21 +238,26 @@ class CGSolver:
 
     name: str = "cg"
     options: CGOptions = DEFAULT_OPTIONS
+    in_process: bool = True
 
     def serves(self, spec: KernelSpec) -> bool:
         return spec.is_one_layer_formula
 
     def describe(self) -> str:
+        if self.options.storage == np.float32:
+            return (
+                "upper triangle of the kernel in float32 (half the memory), preconditioned "
+                "conjugate gradients refined against the float64 kernel"
+            )
         return "upper triangle of the float64 kernel, preconditioned conjugate gradients"
-
-    in_process: bool = True
 
     def available_bytes(self) -> int:
         return host_available_bytes()
 
     def kernel_bytes(self, n_train: int) -> int:
         """The strips of the upper triangle (:class:`~.strips.SymmetricStrips`)."""
-        return 8 * SymmetricStrips.stored_entries(n_train, self.options.strip_rows)
+        entry = np.dtype(self.options.storage).itemsize
+        return entry * SymmetricStrips.stored_entries(n_train, self.options.strip_rows)
 
     def estimate_bytes(self, n_train: int, n_test: int, n_features: int, n_outputs: int) -> int:
         r"""Peak bytes, reached during the solve.
@@ -257,6 +275,8 @@ class CGSolver:
         blocks = int(8 * 1.25 * n_train * min(self.options.cluster_size, n_train))
         preconditioner = 8 * n_train * rank + 8 * rank * rank + blocks
         reordered = 8 * n_train * n_features
+        if self.options.storage != np.float64:  # float64 blocks: building and refining
+            reordered += 8 * (self.options.strip_rows + 1024) * n_train
         return self.kernel_bytes(n_train) + inputs + vectors + max(preconditioner, reordered)
 
     def fit(
@@ -273,23 +293,98 @@ class CGSolver:
         watch = Stopwatch()
         with watch.stage("clusters"):
             order, blocks = cluster_order(X_unit, self.options.cluster_size)
+        X_ordered = X_unit[order]
         with watch.stage("kernel"):
             K = ntk_strips_of_unit_rows(
-                X_unit[order],
+                X_ordered,
                 strip_rows=self.options.strip_rows,
                 progress=wrap(progress, "kernel strips"),
+                dtype=self.options.storage,
             )
         with watch.stage("solve"):
-            solution, fitted = solve_cg(
-                K,
-                Y[order],
-                blocks,
-                ridge=spec.ridge,
-                options=self.options,
-                report=report,
-                progress=wrap(progress, "CG iterations"),
-            )
+            if self.options.storage == np.float64:
+                solution, fitted = solve_cg(
+                    K,
+                    Y[order],
+                    blocks,
+                    ridge=spec.ridge,
+                    options=self.options,
+                    report=report,
+                    progress=wrap(progress, "CG iterations"),
+                )
+            else:
+                solution, fitted = _refined(
+                    K, X_ordered, Y[order], blocks, spec.ridge, self.options, report, progress
+                )
             del K
         coef, train_scores = np.empty_like(solution.coef), np.empty_like(fitted)
         coef[order], train_scores[order] = solution.coef, fitted
         return FittedKernel(X_unit, spec, replace(solution, coef=coef), train_scores, watch.timings)
+
+
+def _refined(
+    K: SymmetricStrips,
+    X_unit: np.ndarray,
+    Y: np.ndarray,
+    blocks: list[slice],
+    ridge: float,
+    options: CGOptions,
+    report: Callable[[str], None] | None,
+    progress: Progress | None,
+) -> tuple[KernelSolution, np.ndarray]:
+    r"""CG on the rounded (float32) triangle, refined against the float64 kernel.
+
+    Each pass computes the true residual :math:`R = Y - (K + \lambda I) A` with the
+    float64 kernel recomputed in blocks (:func:`~ntkdemo.kernels.ntk.ntk_times_of_unit_rows`,
+    half the blocks by symmetry) and adds the float32 solution of :math:`\tilde K \delta = R`;
+    each pass gains about the float32 model's accuracy (1e-4 or better). Returns the
+    float64 training outputs ``K A`` with the solution.
+    """
+    precondition = block_nystrom_preconditioner(
+        K, blocks, options.rank, np.random.default_rng(0), ridge
+    )
+    inner = replace(options, tol=max(options.tol, 1e-4), max_restarts=0)
+    target = float(np.linalg.norm(Y))
+    coef, iterations, residual = np.zeros_like(Y), 0, Y
+    relative = 1.0
+    for refinement in range(options.max_refinements + 1):
+        step, _ = solve_cg(
+            K,
+            residual,
+            blocks,
+            ridge=ridge,
+            options=inner,
+            precondition=precondition,
+            progress=wrap(progress, "CG iterations"),
+        )
+        coef += step.coef
+        iterations += int(step.message.split(" ")[0])
+        fitted = ntk_times_of_unit_rows(
+            X_unit, None, coef, progress=wrap(progress, "float64 residual blocks")
+        )
+        residual = Y - fitted - ridge * coef
+        relative = float(np.linalg.norm(residual)) / target
+        if report:
+            report(f"CG float64 pass {refinement}: relative residual {relative:.2e}")
+        if not np.isfinite(relative):
+            raise InvalidInputError(
+                "conjugate gradients broke down on the float32 triangle: K + ridge*I is "
+                "singular to working precision; pass a small --ridge (e.g. 1e-6)"
+            )
+        if relative <= options.tol:
+            break
+    message = (
+        f"{iterations} CG iterations on the float32 triangle and {refinement} float64 "
+        f"refinement{'' if refinement == 1 else 's'}, relative residual {relative:.2e}"
+    )
+    if not relative <= options.tol:
+        message += (
+            f" (target {options.tol:.0e} not reached: K may be singular; try a small --ridge)"
+        )
+    solution = KernelSolution(
+        coef=coef,
+        method="preconditioned conjugate gradients on the float32 triangle, refined in float64",
+        ridge=ridge,
+        message=message,
+    )
+    return solution, fitted

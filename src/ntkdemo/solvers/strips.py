@@ -41,8 +41,12 @@ class SymmetricStrips:
         Rows per strip (the last strip may be shorter).
     strips : range, optional
         Hold only these strips (a part of the matrix, as one worker of a cluster holds,
-        :mod:`.dask`); its product is then the part's contribution to ``K @ V``.
+        :mod:`.dask_cg`); its product is then the part's contribution to ``K @ V``.
         Default: all of them.
+    dtype : {numpy.float64, numpy.float32}, default=numpy.float64
+        Storage. Products are summed in float64 either way; float32 halves the memory
+        and rounds each entry to 6e-8 relative (the ``cg32`` strategy refines against
+        the float64 kernel).
 
     Attributes
     ----------
@@ -55,7 +59,13 @@ class SymmetricStrips:
         Number of the first strip held.
     """
 
-    def __init__(self, n: int, strip_rows: int = 256, strips: range | None = None) -> None:
+    def __init__(
+        self,
+        n: int,
+        strip_rows: int = 256,
+        strips: range | None = None,
+        dtype: type = np.float64,
+    ) -> None:
         self.n = check_positive_int("n", n)
         self.strip_rows = check_positive_int("strip_rows", strip_rows)
         sizes = strip_sizes(n, self.strip_rows)
@@ -65,7 +75,7 @@ class SymmetricStrips:
         self.offsets = np.concatenate([[0], np.cumsum(sizes[held.start : held.stop])]).astype(
             np.int64
         )
-        self.data = np.empty(int(self.offsets[-1]))
+        self.data: np.ndarray = np.empty(int(self.offsets[-1]), dtype=dtype)
 
     @staticmethod
     def stored_entries(n: int, strip_rows: int = 256) -> int:
@@ -176,18 +186,24 @@ def ntk_strips_of_unit_rows(
     strip_rows: int = 256,
     strips: range | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    dtype: type = np.float64,
 ) -> SymmetricStrips:
     """:func:`ntk_strips` of rows already normalised by :func:`~ntkdemo.kernels.unit_rows`;
-    with ``strips``, only those (a part, see :class:`SymmetricStrips`)."""
-    K = SymmetricStrips(len(X_unit), strip_rows, strips)
+    with ``strips``, only those (a part, see :class:`SymmetricStrips`); with ``dtype``
+    float32 each strip is computed in float64 and then rounded into storage."""
+    K = SymmetricStrips(len(X_unit), strip_rows, strips, dtype=dtype)
+    workspace = None if dtype == np.float64 else np.empty(K.strip_rows * K.n)
     numbers = K.strip_numbers
     for number in progress(numbers) if progress else numbers:
         rows = K.rows_of(number)
-        strip = K.strip(number)
+        stored = K.strip(number)
+        strip = stored if workspace is None else workspace[: stored.size].reshape(stored.shape)
         np.matmul(X_unit[rows], X_unit[rows.start :].T, out=strip)
         np.fill_diagonal(strip, 1.0)
         cosines_to_ntk(strip, upper_only=True)
         mirror_upper(strip[:, : rows.stop - rows.start])
+        if workspace is not None:
+            stored[...] = strip
     return K
 
 
