@@ -17,7 +17,9 @@ pytest.importorskip("distributed", reason='needs dask.distributed (pip install "
 
 from ntkdemo.cli import main
 from ntkdemo.data import load_sample
+from ntkdemo.errors import MemoryPlanError
 from ntkdemo.kernels import ntk, unit_rows
+from ntkdemo.plan import plan_memory
 from ntkdemo.solvers import one_hot, solve
 from ntkdemo.solvers.dask_cg import DaskSolver, balanced_ranges, connect
 from ntkdemo.solvers.strips import strip_sizes
@@ -57,6 +59,10 @@ def test_local_cluster_matches_cholesky(problem):
         fitted = DaskSolver(client).fit(X, Y, KernelSpec())
         check_against_cholesky(fitted, X_test, Y, exact_scores)
         assert "2 parts" in fitted.solution.message
+        strategy = DaskSolver(client)
+        assert plan_memory(2000, 300, 784, 10, strategies=(strategy,)).solver == "dask"
+        with pytest.raises(MemoryPlanError, match=r"the largest training set that fits is \d+"):
+            plan_memory(10**7, 300, 784, 10, strategies=(strategy,))  # 400 TB of kernel
 
 
 def test_a_worker_killed_mid_solve_is_replaced(problem):
