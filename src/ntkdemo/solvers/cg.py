@@ -21,7 +21,7 @@ from ..kernels.ntk import ntk_times_of_unit_rows
 from ..spec import KernelSpec
 from ..validation import check_nonnegative_float
 from .base import FittedKernel, KernelSolution, Progress, Stopwatch, host_available_bytes, wrap
-from .preconditioners import block_nystrom_preconditioner, cluster_order
+from .preconditioners import block_nystrom_preconditioner, cluster_order, in_original_order
 from .strips import SymmetricStrips, ntk_strips_of_unit_rows
 
 
@@ -317,8 +317,8 @@ class CGSolver:
                     K, X_ordered, Y[order], blocks, spec.ridge, self.options, report, progress
                 )
             del K
-        coef, train_scores = np.empty_like(solution.coef), np.empty_like(fitted)
-        coef[order], train_scores[order] = solution.coef, fitted
+        coef = in_original_order(order, solution.coef)
+        train_scores = in_original_order(order, fitted)
         return FittedKernel(X_unit, spec, replace(solution, coef=coef), train_scores, watch.timings)
 
 

@@ -39,7 +39,7 @@ from ..spec import KernelSpec
 from ..validation import check_finite_result
 from .base import KernelSolution, Progress, Stopwatch, wrap
 from .cg import DEFAULT_OPTIONS, CGOptions, solve_cg
-from .preconditioners import cluster_order
+from .preconditioners import cluster_order, in_original_order
 from .strips import SymmetricStrips, ntk_strips_of_unit_rows, strip_sizes
 
 
@@ -325,8 +325,8 @@ class DaskSolver:
                 report=report,
                 progress=wrap(progress, "CG iterations"),
             )
-        coef, train_scores = np.empty_like(solution.coef), np.empty_like(fitted)
-        coef[order], train_scores[order] = solution.coef, fitted
+        coef = in_original_order(order, solution.coef)
+        train_scores = in_original_order(order, fitted)
         message = (
             f"{solution.message}; {len(kernel.parts)} parts, "
             f"{kernel.bytes_per_product(Y.shape[1]) / 1e6:.1f} MB sent per product"

@@ -68,6 +68,13 @@ def cluster_order(
     return order, blocks
 
 
+def in_original_order(order: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Undo :func:`cluster_order`: ``result[order] = rows``."""
+    result = np.empty_like(rows)
+    result[order] = rows
+    return result
+
+
 def block_nystrom_preconditioner(
     K: SymmetricStrips,
     blocks: list[slice],
