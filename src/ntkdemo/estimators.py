@@ -20,8 +20,6 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .dynamics import check_times
-from .errors import InvalidParameterError
 from .kernels import unit_rows
 from .solvers import CholeskySolver, one_hot
 from .spec import KernelSpec
@@ -44,21 +42,13 @@ class _KernelModel(BaseEstimator):
 
     def _spec(self) -> KernelSpec:
         """The estimator's parameters as a validated :class:`~ntkdemo.spec.KernelSpec`."""
-        time = self.time
-        if time is not None:
-            if check_times(time).ndim != 0:
-                raise InvalidParameterError(
-                    f"time must be one training time (a number >= 0 or inf), got "
-                    f"{time!r}; fit one estimator per time"
-                )
-            time = float(time)
         return KernelSpec(
             kernel=self.kernel,
             depth=self.depth,
             w_std=self.w_std,
             b_std=self.b_std,
             ridge=self.ridge,
-            time=time,
+            time=self.time,
         )
 
     def _fit_targets(self, X, targets):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .dynamics import check_times
 from .errors import InvalidParameterError
 from .kernels.matrix import is_default_kernel, kernel_of_unit_rows
 from .validation import check_nonnegative_float, check_positive_int
@@ -63,10 +64,13 @@ class KernelSpec:
         check_nonnegative_float("b_std", self.b_std)
         check_nonnegative_float("ridge", self.ridge)
         if self.time is not None:
-            if not isinstance(self.time, int | float) or math.isnan(self.time) or self.time < 0:
+            times = check_times(self.time)
+            if times.ndim != 0:
                 raise InvalidParameterError(
-                    f"time must be one number >= 0 (inf or None for convergence), got {self.time!r}"
+                    f"time must be one training time (a number >= 0 or inf), got "
+                    f"{self.time!r}; fit one estimator per time"
                 )
+            object.__setattr__(self, "time", float(times))
             if math.isinf(self.time):
                 object.__setattr__(self, "time", None)
             elif self.ridge:

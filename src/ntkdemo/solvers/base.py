@@ -51,6 +51,8 @@ class KernelSolution:
         Estimate of the condition number of the matrix solved (NaN: not estimated).
     message : str, default=""
         What a fallback did and why, or how an iteration ended.
+    iterations : int, default=0
+        Iterations of an iterative solver (0 for a direct one).
     """
 
     coef: np.ndarray
@@ -59,6 +61,7 @@ class KernelSolution:
     jitter: float = 0.0
     condition_number: float = float("nan")
     message: str = ""
+    iterations: int = 0
 
 
 class Fitted(Protocol):

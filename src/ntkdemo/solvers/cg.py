@@ -223,6 +223,7 @@ def solve_cg(
         method="preconditioned conjugate gradients (Nystrom + cluster blocks)",
         ridge=ridge,
         message=message,
+        iterations=total_iterations,
     )
     return solution, fitted
 
@@ -358,7 +359,7 @@ def _refined(
             progress=wrap(progress, "CG iterations"),
         )
         coef += step.coef
-        iterations += int(step.message.split(" ")[0])
+        iterations += step.iterations
         fitted = ntk_times_of_unit_rows(
             X_unit, None, coef, progress=wrap(progress, "float64 residual blocks")
         )
@@ -386,5 +387,6 @@ def _refined(
         method="preconditioned conjugate gradients on the float32 triangle, refined in float64",
         ridge=ridge,
         message=message,
+        iterations=iterations,
     )
     return solution, fitted
