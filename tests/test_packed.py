@@ -29,10 +29,11 @@ def test_strips_hold_exactly_the_dense_kernel(n, strip_rows):
     assert K.data.size == SymmetricStrips.stored_entries(n, strip_rows)
 
 
-@pytest.mark.parametrize("n, strip_rows", [(5, 4), (37, 8), (1029, 256), (1300, 512)])
+@pytest.mark.parametrize("n, strip_rows", [(5, 4), (37, 8), (1029, 256), (4500, 256)])
 @pytest.mark.parametrize("k", [1, 3, 10])
 def test_product_matches_the_dense_product(n, strip_rows, k):
-    """Rows longer than one 512-column stretch, strips whose last quad is partial."""
+    """Rows longer than one 2,048-column stretch, strips whose last quad is partial, odd
+    and even numbers of columns (the product takes them two at a time)."""
     rng = np.random.default_rng(k)
     X = rng.random((n, 9))
     K = ntk_strips(X, strip_rows=strip_rows)

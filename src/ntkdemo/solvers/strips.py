@@ -263,18 +263,46 @@ def _four_dots_and_update(r0, r1, r2, r3, v, out, w0, w1, w2, w3):  # pragma: no
     return s0, s1, s2, s3
 
 
+@numba.njit(inline="always")
+def _four_dots_and_update_twice(
+    r0, r1, r2, r3, v, u, out_v, out_u, w, z
+):  # pragma: no cover - compiled
+    """:func:`_four_dots_and_update` for two columns ``v`` and ``u`` at once (weights
+    ``w`` and ``z``, four each), so that each row entry is loaded once for both."""
+    s0 = s1 = s2 = s3 = t0 = t1 = t2 = t3 = 0.0
+    w0, w1, w2, w3 = w
+    z0, z1, z2, z3 = z
+    for j in range(len(v)):
+        x = v[j]
+        y = u[j]
+        e0, e1, e2, e3 = r0[j], r1[j], r2[j], r3[j]
+        s0 += e0 * x
+        s1 += e1 * x
+        s2 += e2 * x
+        s3 += e3 * x
+        t0 += e0 * y
+        t1 += e1 * y
+        t2 += e2 * y
+        t3 += e3 * y
+        out_v[j] += e0 * w0 + e1 * w1 + e2 * w2 + e3 * w3
+        out_u[j] += e0 * z0 + e1 * z1 + e2 * z2 + e3 * z3
+    return s0, s1, s2, s3, t0, t1, t2, t3
+
+
 @jit(parallel=True, fastmath=True)
 def _strips_times(
-    data, offsets, first, strip_rows, columns, partial, stretch=512
+    data, offsets, first, strip_rows, columns, partial, stretch=2048
 ):  # pragma: no cover
     """``partial.sum(0) = (K @ columns.T).T`` from the strips.
 
     Strips are dealt round-robin to ``len(partial)`` groups, each with its own output
-    (no two threads write the same memory). Four rows at a time, in stretches of
-    ``stretch`` columns that stay in cache while every column of ``V`` passes: each
-    entry is loaded once per column of ``V`` for both of its uses. ``fastmath`` lets
-    the compiler split each float64 sum over SIMD lanes (another rounding order, not
-    a lower precision). Rows past a strip's end repeat its last row with weight 0.
+    (no two threads write the same memory). Within a strip the columns are walked in
+    stretches of ``stretch``: the stretch's slices of ``V`` and of the output stay in
+    cache while every row of the strip passes, four rows at a time, and each loaded
+    entry serves two columns of ``V`` at once for both of its uses; the row sums wait
+    in ``sums`` until the strip is done. ``fastmath`` lets the compiler split each
+    float64 sum over SIMD lanes (another rounding order, not a lower precision). Rows
+    past a strip's end repeat its last row with weight 0, and their sums are dropped.
     ``first`` is the number of the first strip in ``data`` (0 unless a part).
     """
     n = columns.shape[1]
@@ -283,52 +311,85 @@ def _strips_times(
     for group in numba.prange(n_groups):
         out = partial[group]
         out[:] = 0.0
-        sums = np.empty((4, n_columns))
+        sums = np.empty((strip_rows + 3, n_columns))
         for local in range(group, len(offsets) - 1, n_groups):
             start = (first + local) * strip_rows
             height = min(strip_rows, n - start)
             width = n - start
             base = offsets[local]
-            for q in range(0, height, 4):
-                i0, i1, i2, i3 = (
-                    q,
-                    min(q + 1, height - 1),
-                    min(q + 2, height - 1),
-                    min(q + 3, height - 1),
-                )
-                live1 = 1.0 if q + 1 < height else 0.0
-                live2 = 1.0 if q + 2 < height else 0.0
-                live3 = 1.0 if q + 3 < height else 0.0
-                row0 = data[base + i0 * width : base + (i0 + 1) * width]
-                row1 = data[base + i1 * width : base + (i1 + 1) * width]
-                row2 = data[base + i2 * width : base + (i2 + 1) * width]
-                row3 = data[base + i3 * width : base + (i3 + 1) * width]
-                for c in range(n_columns):  # the diagonal tile: its own rows' outputs only
-                    v = columns[c, start : start + height]
-                    s = _four_dots(row0[:height], row1[:height], row2[:height], row3[:height], v)
-                    sums[0, c], sums[1, c], sums[2, c], sums[3, c] = s
-                for j0 in range(height, width, stretch):
-                    j1 = min(j0 + stretch, width)
-                    for c in range(n_columns):
+            for q in range(0, height, 4):  # the diagonal tile: its own rows' outputs only
+                i1, i2, i3 = min(q + 1, height - 1), min(q + 2, height - 1), min(q + 3, height - 1)
+                row0 = data[base + q * width : base + q * width + height]
+                row1 = data[base + i1 * width : base + i1 * width + height]
+                row2 = data[base + i2 * width : base + i2 * width + height]
+                row3 = data[base + i3 * width : base + i3 * width + height]
+                for c in range(n_columns):
+                    s = _four_dots(row0, row1, row2, row3, columns[c, start : start + height])
+                    sums[q, c], sums[q + 1, c], sums[q + 2, c], sums[q + 3, c] = s
+            for j0 in range(height, width, stretch):
+                j1 = min(j0 + stretch, width)
+                for q in range(0, height, 4):
+                    i1 = min(q + 1, height - 1)
+                    i2 = min(q + 2, height - 1)
+                    i3 = min(q + 3, height - 1)
+                    live1 = 1.0 if q + 1 < height else 0.0
+                    live2 = 1.0 if q + 2 < height else 0.0
+                    live3 = 1.0 if q + 3 < height else 0.0
+                    row0 = data[base + q * width + j0 : base + q * width + j1]
+                    row1 = data[base + i1 * width + j0 : base + i1 * width + j1]
+                    row2 = data[base + i2 * width + j0 : base + i2 * width + j1]
+                    row3 = data[base + i3 * width + j0 : base + i3 * width + j1]
+                    for c in range(0, n_columns - 1, 2):
+                        v, u = columns[c], columns[c + 1]
+                        s = _four_dots_and_update_twice(
+                            row0,
+                            row1,
+                            row2,
+                            row3,
+                            v[start + j0 : start + j1],
+                            u[start + j0 : start + j1],
+                            out[c, start + j0 : start + j1],
+                            out[c + 1, start + j0 : start + j1],
+                            (
+                                v[start + q],
+                                v[start + i1] * live1,
+                                v[start + i2] * live2,
+                                v[start + i3] * live3,
+                            ),
+                            (
+                                u[start + q],
+                                u[start + i1] * live1,
+                                u[start + i2] * live2,
+                                u[start + i3] * live3,
+                            ),
+                        )
+                        sums[q, c] += s[0]
+                        sums[q + 1, c] += s[1]
+                        sums[q + 2, c] += s[2]
+                        sums[q + 3, c] += s[3]
+                        sums[q, c + 1] += s[4]
+                        sums[q + 1, c + 1] += s[5]
+                        sums[q + 2, c + 1] += s[6]
+                        sums[q + 3, c + 1] += s[7]
+                    if n_columns % 2:
+                        c = n_columns - 1
                         v = columns[c]
                         s = _four_dots_and_update(
-                            row0[j0:j1],
-                            row1[j0:j1],
-                            row2[j0:j1],
-                            row3[j0:j1],
+                            row0,
+                            row1,
+                            row2,
+                            row3,
                             v[start + j0 : start + j1],
                             out[c, start + j0 : start + j1],
-                            v[start + i0],
+                            v[start + q],
                             v[start + i1] * live1,
                             v[start + i2] * live2,
                             v[start + i3] * live3,
                         )
-                        sums[0, c] += s[0]
-                        sums[1, c] += s[1]
-                        sums[2, c] += s[2]
-                        sums[3, c] += s[3]
+                        sums[q, c] += s[0]
+                        sums[q + 1, c] += s[1]
+                        sums[q + 2, c] += s[2]
+                        sums[q + 3, c] += s[3]
+            for i in range(height):
                 for c in range(n_columns):
-                    out[c, start + i0] += sums[0, c]
-                    out[c, start + i1] += sums[1, c] * live1
-                    out[c, start + i2] += sums[2, c] * live2
-                    out[c, start + i3] += sums[3, c] * live3
+                    out[c, start + i] += sums[i, c]
