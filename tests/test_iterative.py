@@ -69,6 +69,43 @@ def test_blocks_of_near_duplicates_cut_the_iterations(near_duplicates):
     assert 2 * runs["clusters"][1] <= runs["diagonal"][1]
 
 
+def test_block_cg_needs_no_more_iterations_than_one_column_alone(near_duplicates):
+    """The block Krylov space holds every column's own: each column's error is minimised
+    over at least what its single-column CG sees."""
+    X, labels, _ = near_duplicates
+    order, blocks = cluster_order(unit_rows(X), block_size=100)
+    K = ntk_strips(X[order], strip_rows=64)
+    Y = one_hot(labels[order], 5)
+    precondition = block_nystrom_preconditioner(K, blocks, 20, np.random.default_rng(0))
+    _, together, residual = conjugate_gradients(
+        K.__matmul__, Y, precondition, tol=1e-8, max_iter=2000
+    )
+    alone = [
+        conjugate_gradients(K.__matmul__, Y[:, [j]], precondition, tol=1e-8, max_iter=2000)[1]
+        for j in range(Y.shape[1])
+    ]
+    assert residual < 1e-8
+    assert together <= max(alone)
+    assert together < sum(alone) / 2
+
+
+def test_block_cg_drops_dependent_columns():
+    """Equal and zero right-hand sides make the block rank deficient; the answer is still
+    each column's own solution."""
+    rng = np.random.default_rng(5)
+    X = rng.random((120, 10))
+    K = ntk_strips(X, strip_rows=16)
+    b = rng.normal(size=120)
+    B = np.column_stack([b, b, np.zeros(120), 2 * b])
+    solution, _, residual = conjugate_gradients(
+        K.__matmul__, B, lambda R: R / 2.0, tol=1e-10, max_iter=500
+    )
+    exact = np.linalg.solve(ntk(X), b)
+    assert residual < 1e-10
+    for column, factor in ((0, 1), (1, 1), (2, 0), (3, 2)):
+        np.testing.assert_allclose(solution[:, column], factor * exact, rtol=0, atol=1e-6)
+
+
 def test_solve_cg_matches_cholesky(near_duplicates):
     X, labels, _ = near_duplicates
     order, blocks = cluster_order(unit_rows(X), block_size=100)
