@@ -112,6 +112,18 @@ def first_write_seconds_per_gb(gigabytes: float = 2.0) -> float:
     return (time.perf_counter() - start) / gigabytes
 
 
+def measure_machine() -> dict:
+    """T_ref, the FMA rate, the bandwidth, the first-write cost and the strip product."""
+    fresh = first_write_seconds_per_gb()
+    return {
+        "fresh": fresh,
+        "t_ref": reference_time(),
+        "flops_per_s": fma_rate(),
+        "bytes_per_s": read_bandwidth(),
+        "product": product_speed(60000),
+    }
+
+
 def tiled(images: np.ndarray, n: int, proxy: str, rng: np.random.Generator) -> np.ndarray:
     """``n`` rows: ``images`` repeated plus per-pixel noise, clipped to [0, 1].
 
@@ -184,6 +196,13 @@ def main() -> None:
     )
     parser.add_argument("--max-memory", help="cap for the plan, e.g. 10GB")
     parser.add_argument(
+        "--solver",
+        default="cg",
+        help="strategy of the end-to-end runs (default cg; auto: the plan's pick, e.g. "
+        "cg32 under --max-memory 10GB)",
+    )
+    parser.add_argument("--machine", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
         "--reference-max",
         type=int,
         default=20000,
@@ -196,6 +215,9 @@ def main() -> None:
     from ntkdemo.units import parse_bytes
 
     max_memory = parse_bytes(options.max_memory) if options.max_memory else None
+    if options.machine:
+        print(json.dumps(measure_machine()))
+        return
     if options.child:
         n, solver, proxy = options.child
         print(json.dumps(one_run(options.dataset, int(n), options.test, solver, proxy, max_memory)))
@@ -205,27 +227,27 @@ def main() -> None:
         if not 0 <= float(sigma) <= 16:
             parser.error(f"--noise takes sigmas from 0 to 16 (units of 1/255), not {sigma}")
 
-    def spawn(n: int, solver: str, proxy: str) -> dict:
+    def spawn_json(arguments: list[str]) -> dict:
+        """Run this script in a child process (so that its peak memory is its own)."""
         command = [sys.executable, __file__, "--dataset", options.dataset]
-        command += ["--test", str(options.test), "--child", str(n), solver, proxy]
+        command += ["--test", str(options.test), *arguments]
         if options.max_memory:
             command += ["--max-memory", options.max_memory]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         return json.loads(done.stdout.strip().splitlines()[-1])
 
-    fresh = first_write_seconds_per_gb()
-    t_ref = reference_time()
-    flops_per_s, bytes_per_s = fma_rate(), read_bandwidth()
+    machine = spawn_json(["--machine"])
+    t_ref = machine["t_ref"]
     print(f"T_ref {t_ref:.1f} s (float64 upper triangle of X X^T, 60,000 x 784)")
     print(
-        f"float64 FMA rate {flops_per_s / 1e9:.1f} GFLOP/s, "
-        f"read bandwidth {bytes_per_s / 1e9:.1f} GB/s, first write to fresh memory "
-        f"{fresh:.2f} s/GB (the 60,000-image triangle: {14.5 * fresh / t_ref:.2f} T_ref)"
+        f"float64 FMA rate {machine['flops_per_s'] / 1e9:.1f} GFLOP/s, read bandwidth "
+        f"{machine['bytes_per_s'] / 1e9:.1f} GB/s, first write to fresh memory "
+        f"{machine['fresh']:.2f} s/GB (the 60,000-image triangle: "
+        f"{14.5 * machine['fresh'] / t_ref:.2f} T_ref)"
     )
-
-    seconds, flops, read = product_speed(60000)
-    flop_share = flops / seconds / flops_per_s
-    byte_share = read / seconds / bytes_per_s
+    seconds, flops, read = machine["product"]
+    flop_share = flops / seconds / machine["flops_per_s"]
+    byte_share = read / seconds / machine["bytes_per_s"]
     print(
         f"\nstrip product, 60,000 rows x 10 columns: {seconds:.2f} s "
         f"= {seconds / t_ref:.3f} T_ref; "
@@ -236,22 +258,23 @@ def main() -> None:
 
     print(
         f"\n{'n train':>8} {'noise':>6} {'solver':>8} {'total s':>8} {'T_ref':>6} "
-        f"{'kernel':>7} {'solve':>7} {'predict':>7} {'iters':>5} {'peak GB':>8} "
+        f"{'kernel':>7} {'precond':>7} {'solve':>7} {'predict':>7} {'iters':>5} {'peak GB':>8} "
         f"{'accuracy':>8} {'= f64':>7}  solver note"
     )
     for n in (int(s) for s in options.sizes.split(",")):
         for proxy in [PROXY, *sigmas]:
-            run = spawn(n, "auto", proxy)
+            run = spawn_json(["--child", str(n), options.solver, proxy])
             agreement = "-"
             if n <= options.reference_max and options.max_memory is None:
-                reference = spawn(n, "cholesky", proxy)
+                reference = spawn_json(["--child", str(n), "cholesky", proxy])
                 same = np.equal(run["predictions"], reference["predictions"])
                 agreement = f"{np.mean(same):.4f}"
             t = run["timings"]
             noise = "+-2u" if proxy == PROXY else f"{float(proxy):g}"
             print(
                 f"{n:>8} {noise:>6} {run['solver']:>8} {run['seconds']:>8.1f} "
-                f"{run['seconds'] / t_ref:>6.2f} {t['kernel']:>7.1f} {t['solve']:>7.1f} "
+                f"{run['seconds'] / t_ref:>6.2f} {t['kernel']:>7.1f} "
+                f"{t.get('preconditioner', 0.0):>7.1f} {t['solve']:>7.1f} "
                 f"{t['predict']:>7.1f} {run['iterations']:>5} {run['peak_gb']:>8.2f} "
                 f"{run['accuracy']:>8.4f} {agreement:>7}  {run['message']}",
                 flush=True,
