@@ -147,6 +147,15 @@ def one_run(
     from ntkdemo.plan import plan_memory
 
     sample = load_sample(dataset, None, None, seed=0)
+    # planned before the inputs exist, as the command line plans before it decodes
+    plan = plan_memory(
+        n_train,
+        n_test,
+        sample.X_train.shape[1],
+        sample.n_classes,
+        solver=solver,
+        max_memory=max_memory,
+    )
     rng = np.random.default_rng(1)
     big = type(sample)(
         X_train=tiled(sample.X_train, n_train, proxy, rng),
@@ -159,14 +168,6 @@ def one_run(
         test_indices=np.arange(n_test),
         dataset=dataset,
         image_shape=sample.image_shape,
-    )
-    plan = plan_memory(
-        n_train,
-        n_test,
-        big.X_train.shape[1],
-        big.n_classes,
-        solver=solver,
-        max_memory=max_memory,
     )
     start = time.perf_counter()
     result = run_demo(big, plan=plan, spectrum_rows=1000)

@@ -40,13 +40,13 @@ def conjugate_gradients(
 
     Breakdown-free block conjugate gradients (Ji & Li 2017, "A breakdown-free block
     conjugate gradient method"): the directions :math:`P` are an orthonormal basis of
-    :math:`Z + P eta` (QR, dropping directions that became dependent), and
+    :math:`Z + P \beta` (QR, dropping directions that became dependent), and
 
     .. math::
 
-        lpha = (P^	op M P)^{-1} P^	op R, \quad X \mathrel{+}= P lpha, \quad
-        R \mathrel{-}= (M P) lpha, \quad Z = P_{\mathrm{re}}^{-1} R, \quad
-        eta = -(P^	op M P)^{-1} (M P)^	op Z .
+        \alpha = (P^\top M P)^{-1} P^\top R, \quad X \mathrel{+}= P \alpha, \quad
+        R \mathrel{-}= (M P) \alpha, \quad Z = P_{\mathrm{re}}^{-1} R, \quad
+        \beta = -(P^\top M P)^{-1} (M P)^\top Z .
 
     Each column's residual is minimised over the directions of every column, so the
     classes share what each one's search finds: fewer iterations than one CG per
@@ -152,6 +152,11 @@ class CGOptions:
 
 
 DEFAULT_OPTIONS = CGOptions()
+
+FLOAT32_MODEL_TOL = 1e-4
+"""The relative residual one CG run on the float32 triangle aims at, at most: the
+rounded matrix differs from the float64 one by about 6e-8 of its entries, which
+limits what a run can gain against the float64 kernel."""
 
 
 def solve_cg(
@@ -377,21 +382,25 @@ def _refined(
 
     Each pass computes the true residual :math:`R = Y - (K + \lambda I) A` with the
     float64 kernel recomputed in blocks (:func:`~ntkdemo.kernels.ntk.ntk_times_of_unit_rows`,
-    half the blocks by symmetry) and adds the float32 solution of :math:`\tilde K \delta = R`;
-    each pass gains about the float32 model's accuracy (1e-4 or better). Returns the
-    float64 training outputs ``K A`` with the solution.
+    half the blocks by symmetry) and adds the float32 solution of :math:`\tilde K \delta = R`.
+    Each CG run reduces its residual by no more than the pass needs: to
+    :math:`0.3\,\text{tol} / \rho` of it, where :math:`\rho` is the current float64
+    relative residual, and never below :data:`FLOAT32_MODEL_TOL` (what the rounded matrix
+    can deliver) nor above 0.1; so the first run goes to 1e-4 and the second, from about
+    1e-4, only by two more digits. Returns the float64 training outputs ``K A`` with the
+    solution.
     """
-    inner = replace(options, tol=max(options.tol, 1e-4), max_restarts=0)
     target = float(np.linalg.norm(Y))
     coef, iterations, residual = np.zeros_like(Y), 0, Y
     relative = 1.0
     for refinement in range(options.max_refinements + 1):
+        inner_tol = min(0.1, max(FLOAT32_MODEL_TOL, 0.3 * options.tol / relative))
         step, _ = solve_cg(
             K,
             residual,
             blocks,
             ridge=ridge,
-            options=inner,
+            options=replace(options, tol=inner_tol, max_restarts=0),
             precondition=precondition,
             progress=wrap(progress, "CG iterations"),
         )

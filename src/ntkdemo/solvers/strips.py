@@ -119,10 +119,12 @@ class SymmetricStrips:
         V = np.asarray(V, dtype=np.float64)
         if V.shape[0] != self.n:
             raise ValueError(f"cannot multiply a {self.n}x{self.n} matrix by {V.shape}")
-        columns = np.ascontiguousarray(V.reshape(self.n, -1).T)
+        k = V.reshape(self.n, -1).shape[1]
+        columns = np.zeros((k + k % 2, self.n))  # the product takes columns in pairs
+        columns[:k] = V.reshape(self.n, -1).T
         partial = np.empty((self.partial_outputs(), *columns.shape))
         _strips_times(self.data, self.offsets, self.first, self.strip_rows, columns, partial)
-        return partial.sum(axis=0).T.reshape(V.shape)
+        return partial.sum(axis=0)[:k].T.reshape(V.shape)
 
     def take(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """The dense submatrix ``K[rows][:, cols]`` (any indices, in any order; all strips
@@ -249,26 +251,12 @@ def _four_dots(r0, r1, r2, r3, v):  # pragma: no cover - compiled
 
 
 @numba.njit(inline="always")
-def _four_dots_and_update(r0, r1, r2, r3, v, out, w0, w1, w2, w3):  # pragma: no cover
-    """:func:`_four_dots`, and ``out += w0 r0 + w1 r1 + w2 r2 + w3 r3`` from the same loads."""
-    s0 = s1 = s2 = s3 = 0.0
-    for j in range(len(v)):
-        x = v[j]
-        e0, e1, e2, e3 = r0[j], r1[j], r2[j], r3[j]
-        s0 += e0 * x
-        s1 += e1 * x
-        s2 += e2 * x
-        s3 += e3 * x
-        out[j] += e0 * w0 + e1 * w1 + e2 * w2 + e3 * w3
-    return s0, s1, s2, s3
-
-
-@numba.njit(inline="always")
 def _four_dots_and_update_twice(
     r0, r1, r2, r3, v, u, out_v, out_u, w, z
 ):  # pragma: no cover - compiled
-    """:func:`_four_dots_and_update` for two columns ``v`` and ``u`` at once (weights
-    ``w`` and ``z``, four each), so that each row entry is loaded once for both."""
+    """Dot products of four rows with two columns ``v`` and ``u``, and ``out_v += w0 r0 +
+    ... + w3 r3``, ``out_u += z0 r0 + ... + z3 r3``, all from the same loads: each row
+    entry is read once for its four uses."""
     s0 = s1 = s2 = s3 = t0 = t1 = t2 = t3 = 0.0
     w0, w1, w2, w3 = w
     z0, z1, z2, z3 = z
@@ -293,7 +281,7 @@ def _four_dots_and_update_twice(
 def _strips_times(
     data, offsets, first, strip_rows, columns, partial, stretch=2048
 ):  # pragma: no cover
-    """``partial.sum(0) = (K @ columns.T).T`` from the strips.
+    """``partial.sum(0) = (K @ columns.T).T`` from the strips (an even number of columns).
 
     Strips are dealt round-robin to ``len(partial)`` groups, each with its own output
     (no two threads write the same memory). Within a strip the columns are walked in
@@ -339,7 +327,7 @@ def _strips_times(
                     row1 = data[base + i1 * width + j0 : base + i1 * width + j1]
                     row2 = data[base + i2 * width + j0 : base + i2 * width + j1]
                     row3 = data[base + i3 * width + j0 : base + i3 * width + j1]
-                    for c in range(0, n_columns - 1, 2):
+                    for c in range(0, n_columns, 2):
                         v, u = columns[c], columns[c + 1]
                         s = _four_dots_and_update_twice(
                             row0,
@@ -371,25 +359,6 @@ def _strips_times(
                         sums[q + 1, c + 1] += s[5]
                         sums[q + 2, c + 1] += s[6]
                         sums[q + 3, c + 1] += s[7]
-                    if n_columns % 2:
-                        c = n_columns - 1
-                        v = columns[c]
-                        s = _four_dots_and_update(
-                            row0,
-                            row1,
-                            row2,
-                            row3,
-                            v[start + j0 : start + j1],
-                            out[c, start + j0 : start + j1],
-                            v[start + q],
-                            v[start + i1] * live1,
-                            v[start + i2] * live2,
-                            v[start + i3] * live3,
-                        )
-                        sums[q, c] += s[0]
-                        sums[q + 1, c] += s[1]
-                        sums[q + 2, c] += s[2]
-                        sums[q + 3, c] += s[3]
             for i in range(height):
                 for c in range(n_columns):
                     out[c, start + i] += sums[i, c]
