@@ -20,7 +20,7 @@ import sys
 import time
 
 import numpy as np
-from bench_scale import tiled
+from bench_scale import tiled_sample
 
 
 def one_run(dataset: str, n_train: int, n_test: int, engine: str, workers: int) -> dict:
@@ -31,19 +31,7 @@ def one_run(dataset: str, n_train: int, n_test: int, engine: str, workers: int) 
     from ntkdemo.solvers.dask_cg import DaskSolver, connect
 
     sample = load_sample(dataset, None, None, seed=0)
-    rng = np.random.default_rng(1)
-    big = type(sample)(
-        X_train=tiled(sample.X_train, n_train, rng),
-        y_train=np.resize(sample.y_train, n_train),
-        X_test=tiled(sample.X_test, n_test, rng),
-        y_test=np.resize(sample.y_test, n_test),
-        class_names=sample.class_names,
-        classes=sample.classes,
-        train_indices=np.arange(n_train),
-        test_indices=np.arange(n_test),
-        dataset=dataset,
-        image_shape=sample.image_shape,
-    )
+    big = tiled_sample(sample, n_train, n_test)
     shape = (n_train, n_test, big.X_train.shape[1], big.n_classes)
     worker_peaks: list[float] = []
     start = time.perf_counter()

@@ -138,6 +138,24 @@ def tiled(images: np.ndarray, n: int, proxy: str, rng: np.random.Generator) -> n
     return np.clip(images[rows] + noise, 0.0, 1.0)
 
 
+def tiled_sample(sample, n_train: int, n_test: int, proxy: str = PROXY):
+    """A sample of ``n_train`` x ``n_test`` images tiled from ``sample`` (:func:`tiled`,
+    seed 1), labels repeated alike."""
+    rng = np.random.default_rng(1)
+    return type(sample)(
+        X_train=tiled(sample.X_train, n_train, proxy, rng),
+        y_train=np.resize(sample.y_train, n_train),
+        X_test=tiled(sample.X_test, n_test, proxy, rng),
+        y_test=np.resize(sample.y_test, n_test),
+        class_names=sample.class_names,
+        classes=sample.classes,
+        train_indices=np.arange(n_train),
+        test_indices=np.arange(n_test),
+        dataset=sample.dataset,
+        image_shape=sample.image_shape,
+    )
+
+
 def one_run(
     dataset: str, n_train: int, n_test: int, solver: str, proxy: str, max_memory: int | None
 ) -> dict:
@@ -156,19 +174,7 @@ def one_run(
         solver=solver,
         max_memory=max_memory,
     )
-    rng = np.random.default_rng(1)
-    big = type(sample)(
-        X_train=tiled(sample.X_train, n_train, proxy, rng),
-        y_train=np.resize(sample.y_train, n_train),
-        X_test=tiled(sample.X_test, n_test, proxy, rng),
-        y_test=np.resize(sample.y_test, n_test),
-        class_names=sample.class_names,
-        classes=sample.classes,
-        train_indices=np.arange(n_train),
-        test_indices=np.arange(n_test),
-        dataset=dataset,
-        image_shape=sample.image_shape,
-    )
+    big = tiled_sample(sample, n_train, n_test, proxy)
     start = time.perf_counter()
     result = run_demo(big, plan=plan, spectrum_rows=1000)
     total = time.perf_counter() - start

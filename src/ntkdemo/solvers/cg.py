@@ -159,6 +159,22 @@ rounded matrix differs from the float64 one by about 6e-8 of its entries, which
 limits what a run can gain against the float64 kernel."""
 
 
+def preconditioner_for(
+    K: SymmetricStrips, blocks: list[slice], ridge: float, options: CGOptions
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The preconditioner every CG strategy uses: Nystrom rank ``options.rank``
+    (landmarks drawn with seed 0) plus the cluster ``blocks``
+    (:func:`~.preconditioners.block_nystrom_preconditioner`)."""
+    return block_nystrom_preconditioner(K, blocks, options.rank, np.random.default_rng(0), ridge)
+
+
+def _shortfall(relative: float, tol: float) -> str:
+    """What a solver message adds when the residual target was missed, else nothing."""
+    if relative <= tol:
+        return ""
+    return f" (target {tol:.0e} not reached: K may be singular; try a small --ridge)"
+
+
 def solve_cg(
     K: SymmetricStrips,
     Y: np.ndarray,
@@ -166,7 +182,6 @@ def solve_cg(
     *,
     ridge: float = 0.0,
     options: CGOptions = DEFAULT_OPTIONS,
-    rng: np.random.Generator | None = None,
     report: Callable[[str], None] | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
     precondition: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -188,14 +203,13 @@ def solve_cg(
     ridge : float, default=0.0
     options : CGOptions
         Residual target, Nystrom rank, iteration limits.
-    rng : numpy.random.Generator, optional
-        Draws the landmarks (default: seed 0).
     report : callable, optional
         Receives a line per CG run (the command line prints them).
     progress : callable, optional
         Wraps the CG iteration counter (a progress bar).
     precondition : callable, optional
-        A preconditioner already built for ``K`` and ``ridge`` (default: built here).
+        A preconditioner already built for ``K`` and ``ridge`` (default: built here by
+        :func:`preconditioner_for`).
 
     Returns
     -------
@@ -209,9 +223,7 @@ def solve_cg(
     Y = np.asarray(Y, dtype=np.float64).reshape(len(Y), -1)
     tol = options.tol
     if precondition is None:
-        precondition = block_nystrom_preconditioner(
-            K, blocks, options.rank, rng or np.random.default_rng(0), ridge
-        )
+        precondition = preconditioner_for(K, blocks, ridge, options)
 
     def times(V: np.ndarray) -> np.ndarray:
         return K @ V + ridge * V
@@ -247,8 +259,7 @@ def solve_cg(
             "use --solver cholesky, which adds jitter"
         )
     message = f"{total_iterations} CG iterations, relative residual {relative:.2e}"
-    if not relative <= tol:
-        message += f" (target {tol:.0e} not reached: K may be singular; try a small --ridge)"
+    message += _shortfall(relative, tol)
     solution = KernelSolution(
         coef=coef,
         method="preconditioned conjugate gradients (Nystrom + cluster blocks)",
@@ -334,9 +345,7 @@ class CGSolver:
                 dtype=self.options.storage,
             )
         with watch.stage("preconditioner"):
-            precondition = block_nystrom_preconditioner(
-                K, blocks, self.options.rank, np.random.default_rng(0), spec.ridge
-            )
+            precondition = preconditioner_for(K, blocks, spec.ridge, self.options)
         with watch.stage("solve"):
             if self.options.storage == np.float64:
                 solution, fitted = solve_cg(
@@ -424,10 +433,7 @@ def _refined(
         f"{iterations} CG iterations on the float32 triangle and {refinement} float64 "
         f"refinement{'' if refinement == 1 else 's'}, relative residual {relative:.2e}"
     )
-    if not relative <= options.tol:
-        message += (
-            f" (target {options.tol:.0e} not reached: K may be singular; try a small --ridge)"
-        )
+    message += _shortfall(relative, options.tol)
     solution = KernelSolution(
         coef=coef,
         method="preconditioned conjugate gradients on the float32 triangle, refined in float64",

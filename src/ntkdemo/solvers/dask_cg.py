@@ -38,7 +38,7 @@ from ..kernels.ntk import ntk_of_unit_rows, ntk_times_of_unit_rows
 from ..spec import KernelSpec
 from ..validation import check_finite_result
 from .base import KernelSolution, Progress, Stopwatch, wrap
-from .cg import DEFAULT_OPTIONS, CGOptions, solve_cg
+from .cg import DEFAULT_OPTIONS, CGOptions, preconditioner_for, solve_cg
 from .preconditioners import cluster_order, in_original_order
 from .strips import SymmetricStrips, ntk_strips_of_unit_rows, strip_sizes
 
@@ -315,15 +315,23 @@ class DaskSolver:
                 self.options.strip_rows,
                 wrap(progress, "kernel parts"),
             )
+        with watch.stage("preconditioner"):
+            precondition = preconditioner_for(
+                kernel,  # type: ignore[arg-type]  # the SymmetricStrips interface CG uses
+                blocks,
+                spec.ridge,
+                self.options,
+            )
         with watch.stage("solve"):
             solution, fitted = solve_cg(
-                kernel,  # type: ignore[arg-type]  # the SymmetricStrips interface CG uses
+                kernel,  # type: ignore[arg-type]
                 Y[order],
                 blocks,
                 ridge=spec.ridge,
                 options=self.options,
                 report=report,
                 progress=wrap(progress, "CG iterations"),
+                precondition=precondition,
             )
         coef = in_original_order(order, solution.coef)
         train_scores = in_original_order(order, fitted)
