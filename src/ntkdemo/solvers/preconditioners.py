@@ -24,13 +24,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numba
 import numpy as np
 from scipy import linalg
+from scipy.linalg import blas
 from sklearn.cluster import KMeans
 
+from ..compiled import jit
 from ..kernels import mirror_upper
 from ..validation import check_positive_int
-from .strips import SymmetricStrips
+from .strips import SymmetricStrips, four_dots
 
 
 def cluster_order(
@@ -98,7 +101,7 @@ def block_nystrom_preconditioner(
     K : SymmetricStrips
         The kernel; ``rank`` of its columns and its diagonal blocks are read.
     blocks : list of slice
-        Contiguous blocks covering ``0..n`` (see :func:`cluster_order`).
+        Contiguous blocks covering ``0..n`` in order (see :func:`cluster_order`).
     rank : int
         Nystrom landmarks, drawn without replacement by ``rng`` (at most ``n``).
     rng : numpy.random.Generator
@@ -108,47 +111,60 @@ def block_nystrom_preconditioner(
     Returns
     -------
     callable
-        Takes and returns float64 arrays of shape (n, k). It holds the blocks' explicit
-        inverses and :math:`G = D^{-1} F` (``n x rank``, in place of :math:`F`), so that
+        Takes float64 arrays of shape (n, k) and returns arrays of that shape. It holds
+        the blocks' explicit inverses and :math:`G = D^{-1} F` (in place of :math:`F`).
+        Each block is set up from its Cholesky factor :math:`D_b = L_b L_b^\top`:
+        :math:`W_b = L_b^{-1} F_b`, :math:`F^\top D^{-1} F = \sum_b W_b^\top W_b`,
+        :math:`G_b = L_b^{-\top} W_b` (triangular solves and symmetric rank updates,
+        LAPACK/BLAS). An application
 
         .. math::
 
             P^{-1} R = D^{-1} R - G\,(I + F^\top G)^{-1} G^\top R
 
-        costs one pass over the blocks (a matrix product per block, several times
-        faster than two triangular solves with few right-hand sides) and two products
-        with :math:`G`.
+        is two compiled passes on all cores, each reading what it needs once: the
+        blocks' products with :math:`R` together with :math:`G^\top R`, then the
+        subtraction of :math:`G` times the small solve's answer.
     """
-    factor = _nystrom_factor(K, rank, rng)  # F, overwritten block by block by G
-    block_inverses = []
-    core = np.eye(factor.shape[1])  # I + F^T D^{-1} F, summed block by block
-    for block in blocks:
+    factor_t = _nystrom_factor_t(K, rank, rng)  # F^T, overwritten block by block by G^T
+    sizes = np.array([block.stop - block.start for block in blocks], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    if starts[-1] != K.shape[0]:
+        raise ValueError("blocks must cover the rows 0..n in order")
+    inverse_offsets = np.concatenate([[0], np.cumsum(sizes**2)]).astype(np.int64)
+    inverses = np.empty(int(inverse_offsets[-1]))
+    core = np.asfortranarray(np.eye(factor_t.shape[0]))  # I + F^T D^-1 F (lower triangle)
+    for number, block in enumerate(blocks):
         indices = np.arange(block.start, block.stop)
-        residual = K.take(indices, indices)
+        residual = K.take(indices, indices).T  # symmetric: the F-ordered view, for LAPACK
         scale = float(np.mean(np.diagonal(residual))) + ridge
-        residual -= factor[block] @ factor[block].T
+        block_factor = np.asfortranarray(factor_t[:, block].T)  # F_b
+        residual = blas.dsyrk(-1.0, block_factor, beta=1.0, c=residual, lower=1, overwrite_c=1)
         residual[np.diag_indices_from(residual)] += ridge
-        inverse = _inverse_from_cholesky(_cholesky_of_psd(residual, scale))
-        whitened = inverse @ factor[block]  # G_b = D_b^{-1} F_b
-        core += factor[block].T @ whitened
-        factor[block] = whitened
-        block_inverses.append(inverse)
-    core_factor = linalg.cho_factor((core + core.T) / 2, lower=True, check_finite=False)
+        lower = _cholesky_of_psd(residual, scale)
+        whitened = blas.dtrsm(1.0, lower, block_factor, lower=1, overwrite_b=1)  # W_b
+        core = blas.dsyrk(1.0, whitened, beta=1.0, c=core, trans=1, lower=1, overwrite_c=1)
+        factor_t[:, block] = blas.dtrsm(1.0, lower, whitened, lower=1, trans_a=1).T  # G_b^T
+        span = slice(inverse_offsets[number], inverse_offsets[number + 1])
+        _invert_from_cholesky(lower, inverses[span].reshape(len(indices), len(indices)))
+    core_factor = linalg.cho_factor(core, lower=True, check_finite=False)
 
     def apply(R: np.ndarray) -> np.ndarray:
-        out = np.empty_like(R)
-        for block, inverse in zip(blocks, block_inverses):
-            out[block] = inverse @ R[block]
-        weights = linalg.cho_solve(core_factor, factor.T @ R, check_finite=False)
-        out -= factor @ weights
-        return out
+        R_t = np.ascontiguousarray(R.T)
+        out_t = np.empty_like(R_t)
+        projections = np.empty((len(blocks), len(R_t), factor_t.shape[0]))
+        _blocks_and_projection(inverses, inverse_offsets, starts, factor_t, R_t, out_t, projections)
+        weights = linalg.cho_solve(core_factor, projections.sum(axis=0).T, check_finite=False)
+        _subtract_low_rank(factor_t, np.ascontiguousarray(weights.T), out_t)
+        return out_t.T
 
     return apply
 
 
-def _nystrom_factor(K: SymmetricStrips, rank: int, rng: np.random.Generator) -> np.ndarray:
-    r"""``F`` (n, r) with :math:`F F^\top = K_{:S} K_{SS}^{-1} K_{S:}` for ``r`` random
-    landmarks S, ``r = min(rank, n)``; the landmark columns are overwritten by ``F``."""
+def _nystrom_factor_t(K: SymmetricStrips, rank: int, rng: np.random.Generator) -> np.ndarray:
+    r"""``F^T`` (r, n) with :math:`F F^\top = K_{:S} K_{SS}^{-1} K_{S:}` for ``r`` random
+    landmarks S, ``r = min(rank, n)``: :math:`F = K_{:S} L^{-\top}` with
+    :math:`K_{SS} = L L^\top`, solved in the storage of :math:`K_{S:}`."""
     n = K.shape[0]
     rank = min(check_positive_int("rank", rank), n)
     landmarks = np.sort(rng.choice(n, rank, replace=False))
@@ -156,9 +172,8 @@ def _nystrom_factor(K: SymmetricStrips, rank: int, rng: np.random.Generator) -> 
     core = columns_t[:, landmarks]
     shift = 1e-10 * np.trace(core) / rank  # keeps the core factorable when landmarks repeat
     lower = linalg.cholesky(core + shift * np.eye(rank), lower=True, check_finite=False)
-    return linalg.solve_triangular(
-        lower, columns_t, lower=True, overwrite_b=True, check_finite=False
-    ).T
+    factor = blas.dtrsm(1.0, lower, columns_t.T, side=1, lower=1, trans_a=1, overwrite_b=1)
+    return factor.T
 
 
 def _cholesky_of_psd(matrix: np.ndarray, scale: float) -> np.ndarray:
@@ -182,11 +197,79 @@ def _cholesky_of_psd(matrix: np.ndarray, scale: float) -> np.ndarray:
         shift *= 10
 
 
-def _inverse_from_cholesky(lower: np.ndarray) -> np.ndarray:
-    """The symmetric inverse of :math:`L L^\top` from its lower factor ``L`` (LAPACK
-    ``dpotri``: a third of the work of solving against the identity)."""
-    inverse, info = linalg.lapack.dpotri(lower, lower=1)
+def _invert_from_cholesky(lower: np.ndarray, out: np.ndarray) -> None:
+    r"""Write the symmetric inverse of :math:`L L^\top` into ``out`` (C-ordered, square)
+    from the lower factor ``L`` (LAPACK ``dpotri``, in place: a third of the work of
+    solving against the identity)."""
+    out.T[...] = lower  # the F-ordered view LAPACK works in
+    _, info = linalg.lapack.dpotri(out.T, lower=1, overwrite_c=1)
     if info != 0:  # pragma: no cover - dpotrf succeeded, so L is nonsingular
         raise linalg.LinAlgError(f"dpotri failed with info={info}")
-    mirror_upper(inverse.T)  # the lower triangle onto the upper one
-    return inverse
+    mirror_upper(out)  # LAPACK's lower triangle (F order) is the upper one here
+
+
+@jit(parallel=True, fastmath=True)
+def _blocks_and_projection(
+    inverses, inverse_offsets, starts, factor_t, R_t, out_t, projections
+):  # pragma: no cover - compiled
+    """First pass of an application, one block per task: ``out_t[:, b] = (D_b^{-1} R_b)^T``
+    and ``projections[b] = (G_b^T R_b)^T``, summed over ``b`` by the caller.
+
+    Both are dot products of four contiguous rows (of the block's inverse, of
+    :math:`G^\top` over the block's columns) with a column of ``R``, so each row is read
+    from memory once and then from cache for every column. Rows past the end repeat
+    the last one; their sums are written to its place again, unchanged.
+    """
+    k = R_t.shape[0]
+    rank = factor_t.shape[0]
+    for b in numba.prange(len(starts) - 1):
+        a = starts[b]
+        m = starts[b + 1] - a
+        inverse = inverses[inverse_offsets[b] : inverse_offsets[b + 1]]
+        for q in range(0, m, 4):
+            i1, i2, i3 = min(q + 1, m - 1), min(q + 2, m - 1), min(q + 3, m - 1)
+            r0 = inverse[q * m : q * m + m]
+            r1 = inverse[i1 * m : i1 * m + m]
+            r2 = inverse[i2 * m : i2 * m + m]
+            r3 = inverse[i3 * m : i3 * m + m]
+            for c in range(k):
+                s = four_dots(r0, r1, r2, r3, R_t[c, a : a + m])
+                out_t[c, a + q], out_t[c, a + i1], out_t[c, a + i2], out_t[c, a + i3] = s
+        for q in range(0, rank, 4):
+            j1, j2, j3 = min(q + 1, rank - 1), min(q + 2, rank - 1), min(q + 3, rank - 1)
+            g0, g1 = factor_t[q, a : a + m], factor_t[j1, a : a + m]
+            g2, g3 = factor_t[j2, a : a + m], factor_t[j3, a : a + m]
+            for c in range(k):
+                s = four_dots(g0, g1, g2, g3, R_t[c, a : a + m])
+                row = projections[b, c]
+                row[q], row[j1], row[j2], row[j3] = s
+
+
+@jit(parallel=True, fastmath=True)
+def _subtract_low_rank(factor_t, weights_t, out_t, stretch=1024):  # pragma: no cover
+    """Second pass: ``out_t -= weights_t @ factor_t``, stretches of columns in parallel.
+
+    Four rows of :math:`G^\top` over a stretch are read from memory once and serve
+    every column of the answer while its stretch stays in cache; rows past the end
+    repeat the last one with weight 0.
+    """
+    rank, n = factor_t.shape
+    k = weights_t.shape[0]
+    for part in numba.prange((n + stretch - 1) // stretch):
+        j0 = part * stretch
+        j1 = min(j0 + stretch, n)
+        for q in range(0, rank, 4):
+            i1, i2, i3 = min(q + 1, rank - 1), min(q + 2, rank - 1), min(q + 3, rank - 1)
+            live1 = 1.0 if q + 1 < rank else 0.0
+            live2 = 1.0 if q + 2 < rank else 0.0
+            live3 = 1.0 if q + 3 < rank else 0.0
+            g0, g1 = factor_t[q, j0:j1], factor_t[i1, j0:j1]
+            g2, g3 = factor_t[i2, j0:j1], factor_t[i3, j0:j1]
+            for c in range(k):
+                w0 = weights_t[c, q]
+                w1 = weights_t[c, i1] * live1
+                w2 = weights_t[c, i2] * live2
+                w3 = weights_t[c, i3] * live3
+                target = out_t[c, j0:j1]
+                for j in range(j1 - j0):
+                    target[j] -= w0 * g0[j] + w1 * g1[j] + w2 * g2[j] + w3 * g3[j]

@@ -238,7 +238,7 @@ def _gather_diagonal(data, offsets, strip_rows, n, index, out):  # pragma: no co
 
 
 @numba.njit(inline="always")
-def _four_dots(r0, r1, r2, r3, v):  # pragma: no cover - compiled
+def four_dots(r0, r1, r2, r3, v):  # pragma: no cover - compiled
     """Dot products of four rows with ``v`` (loops from 0, so they vectorise)."""
     s0 = s1 = s2 = s3 = 0.0
     for j in range(len(v)):
@@ -312,7 +312,7 @@ def _strips_times(
                 row2 = data[base + i2 * width : base + i2 * width + height]
                 row3 = data[base + i3 * width : base + i3 * width + height]
                 for c in range(n_columns):
-                    s = _four_dots(row0, row1, row2, row3, columns[c, start : start + height])
+                    s = four_dots(row0, row1, row2, row3, columns[c, start : start + height])
                     sums[q, c], sums[q + 1, c], sums[q + 2, c], sums[q + 3, c] = s
             for j0 in range(height, width, stretch):
                 j1 = min(j0 + stretch, width)
