@@ -17,6 +17,7 @@ from ntkdemo.kernels import fc_kernels, ntk
 from ntkdemo.solvers import ntk_strips, one_hot, solve
 from ntkdemo.solvers.cg import CGOptions, solve_cg
 from ntkdemo.spec import KernelSpec
+from ntkdemo.validation import check_kernel_matrix
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +120,27 @@ def test_solve_checks_its_inputs(change, match):
     else:
         with pytest.raises(InvalidInputError, match=match):
             solve(K, Y)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_kernel_check_finds_one_bad_entry_anywhere(dtype):
+    """The compiled check reads tiles with their mirror images (64 x 64 here, n = 150:
+    two whole tiles and a partial one): one inf, NaN or asymmetric pair in any tile,
+    the partial one included, is found; a strided view is read as well."""
+    K = ntk(np.random.default_rng(4).random((150, 6))).astype(dtype)
+    assert check_kernel_matrix(K) is K
+    np.testing.assert_array_equal(check_kernel_matrix(K[::2, ::2]), K[::2, ::2])
+    for i, j in ((0, 149), (70, 5), (149, 149), (130, 140)):
+        for value, match in ((np.inf, "NaN or inf"), (np.nan, "NaN or inf")):
+            bad = K.copy()
+            bad[i, j] = value
+            with pytest.raises(InvalidInputError, match=match):
+                check_kernel_matrix(bad)
+        if i != j:
+            skewed = K.copy()
+            skewed[i, j] += 1e-6
+            with pytest.raises(InvalidInputError, match="not symmetric"):
+                check_kernel_matrix(skewed)
 
 
 def test_solve_minus_identity_names_the_real_cause():

@@ -3,6 +3,8 @@
 * **Threads.** Unless ``NUMBA_THREADING_LAYER`` is set, numba's ``workqueue`` layer is
   selected: its idle threads sleep, whereas OpenMP's spin after each parallel loop and
   take the cores BLAS needs for the next product.
+* **Balance.** Loops over the rows of a triangle visit them as :func:`balanced_order`
+  gives, so that both threads of a static schedule get the same work.
 * **Cache.** Compiled machine code is cached on disk where numba finds a writable place
   (beside the source, in ``$NUMBA_CACHE_DIR`` or in the user's cache folder). A read-only
   install run by an account without a writable home has none; numba then refuses
@@ -43,3 +45,10 @@ def jit(**options: Any) -> Callable[[Callable], Callable]:
             return numba.njit(**options)(function)
 
     return decorate
+
+
+@numba.njit(inline="always")
+def balanced_order(position, count):  # pragma: no cover - compiled
+    """0, n-1, 1, n-2, ...: long and short triangular rows alternate across threads."""
+    half = position // 2
+    return half if position % 2 == 0 else count - 1 - half

@@ -10,16 +10,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..compiled import jit
+from ..compiled import balanced_order, jit
 from ..errors import InvalidParameterError
 from ..validation import check_positive_int
-
-
-@numba.njit(inline="always")
-def balanced_order(position, count):  # pragma: no cover - compiled
-    """0, n-1, 1, n-2, ...: long and short triangular rows alternate across threads."""
-    half = position // 2
-    return half if position % 2 == 0 else count - 1 - half
 
 
 @jit(parallel=True)

@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterable
 import numba
 import numpy as np
 
-from ..compiled import jit
+from ..compiled import balanced_order, jit
 from ..errors import InvalidInputError
 from ..validation import check_matrix, check_positive_int, list_rows
-from .blocks import assemble, balanced_order, mirror_upper, products
+from .blocks import assemble, mirror_upper, products
 
 # A computed cosine within this many units in the last place of +-1 is taken as +-1.
 SNAP_ULPS = 4

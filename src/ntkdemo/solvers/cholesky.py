@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from scipy import linalg
 
+from ..compiled import jit
 from ..dynamics import GradientDescentDynamics
 from ..errors import InvalidInputError
 from ..kernels import mirror_upper
@@ -94,7 +96,7 @@ def solve(
     # K is symmetric: its transpose is the same matrix, Fortran-ordered when K is
     # C-ordered, which LAPACK factorises in place (its lower triangle = K's upper one).
     work = (K if overwrite_k else K.copy()).T
-    norm_1 = _column_abs_sum_max(work) + ridge
+    norm_1 = float(_largest_row_abs_sum(work.T)) + ridge  # the 1-norm of work
     written = [False]  # whether the lower triangle holds a factor to undo
 
     def factorise(jitter: float):
@@ -198,12 +200,16 @@ def not_positive_definite(jitter: float) -> InvalidInputError:
     )
 
 
-def _column_abs_sum_max(matrix: np.ndarray, block: int = 1024) -> float:
-    """``max_j sum_i |matrix[i, j]|`` (the 1-norm) in row blocks, without an n x n temporary."""
-    sums = np.zeros(matrix.shape[1])
-    for start in range(0, matrix.shape[0], block):
-        sums += np.abs(matrix[start : start + block]).sum(axis=0)
-    return float(sums.max())
+@jit(parallel=True)
+def _largest_row_abs_sum(matrix):  # pragma: no cover - compiled
+    r""":math:`\max_i \sum_j |m_{ij}|`, one row per task (no temporary)."""
+    sums = np.zeros(matrix.shape[0])
+    for i in numba.prange(matrix.shape[0]):
+        total = 0.0
+        for j in range(matrix.shape[1]):
+            total += abs(matrix[i, j])
+        sums[i] = total
+    return sums.max()
 
 
 def _condition_number(lower_factor: np.ndarray, norm_1: float) -> float:
