@@ -139,6 +139,9 @@ class CGOptions:
         blocks: :math:`R = Y - (K + \lambda I) A`, :math:`A \mathrel{+}= \tilde K^{-1} R`.
     max_refinements : int, default=4
         Refinements at most (float32 storage).
+    residual_block_rows : int, default=256
+        Rows per block of the float64 kernel recomputed for a refinement's residual
+        (float32 storage): its workspace is ``residual_block_rows * n`` float64.
     """
 
     strip_rows: int = 256
@@ -149,6 +152,7 @@ class CGOptions:
     max_restarts: int = 3
     storage: type = np.float64
     max_refinements: int = 4
+    residual_block_rows: int = 256
 
 
 DEFAULT_OPTIONS = CGOptions()
@@ -303,24 +307,27 @@ class CGSolver:
         return entry * SymmetricStrips.stored_entries(n_train, self.options.strip_rows)
 
     def estimate_bytes(self, n_train: int, n_test: int, n_features: int, n_outputs: int) -> int:
-        r"""Peak bytes, reached during the solve.
+        r"""Peak bytes: the kernel strips, the inputs and their unit rows (float64), the
+        iteration vectors (ten, and two per thread for the partial sums of a product),
+        and the larger of what the build and the solve add.
 
-        Kernel strips, inputs and their unit rows (float64), the iteration vectors (ten,
-        and two per thread for the partial sums of a product), and the preconditioner:
-        the Nystrom factor :math:`F` (``rank`` columns) and the inverted cluster blocks,
-        whose squared sizes sum to about :math:`1.2\, n \cdot` ``cluster_size`` for
-        k-means clusters (1.25 is used), or, while the kernel is built, a reordered copy
-        of the unit rows, whichever is larger.
+        The build holds a reordered copy of the unit rows (and, for float32 storage, one
+        float64 strip). The solve holds the preconditioner: the Nystrom factor
+        (``rank`` columns) and the inverted cluster blocks, whose squared sizes sum to
+        about :math:`1.2\, n \cdot` ``cluster_size`` for k-means clusters (1.25 is used);
+        for float32 storage also the ``residual_block_rows`` float64 kernel rows of the
+        refinement's residual.
         """
         inputs = 2 * 8 * (n_train + n_test) * n_features
         vectors = 8 * (10 + SymmetricStrips.partial_outputs()) * n_train * n_outputs
         rank = min(self.options.rank, n_train)
         blocks = int(8 * 1.25 * n_train * min(self.options.cluster_size, n_train))
-        preconditioner = 8 * n_train * rank + 8 * rank * rank + blocks
-        reordered = 8 * n_train * n_features
-        if self.options.storage != np.float64:  # float64 blocks: building and refining
-            reordered += 8 * (self.options.strip_rows + 1024) * n_train
-        return self.kernel_bytes(n_train) + inputs + vectors + max(preconditioner, reordered)
+        solve = 8 * n_train * rank + 8 * rank * rank + blocks
+        build = 8 * n_train * n_features
+        if self.options.storage != np.float64:
+            build += 8 * self.options.strip_rows * n_train
+            solve += 8 * self.options.residual_block_rows * n_train
+        return self.kernel_bytes(n_train) + inputs + vectors + max(build, solve)
 
     def fit(
         self,
@@ -336,10 +343,9 @@ class CGSolver:
         watch = Stopwatch()
         with watch.stage("clusters"):
             order, blocks = cluster_order(X_unit, self.options.cluster_size)
-        X_ordered = X_unit[order]
         with watch.stage("kernel"):
             K = ntk_strips_of_unit_rows(
-                X_ordered,
+                X_unit[order],  # a copy for the build alone, freed before the solve
                 strip_rows=self.options.strip_rows,
                 progress=wrap(progress, "kernel strips"),
                 dtype=self.options.storage,
@@ -361,9 +367,9 @@ class CGSolver:
             else:
                 solution, fitted = _refined(
                     K,
-                    X_ordered,
+                    X_unit,
+                    order,
                     Y[order],
-                    blocks,
                     precondition,
                     spec.ridge,
                     self.options,
@@ -379,8 +385,8 @@ class CGSolver:
 def _refined(
     K: SymmetricStrips,
     X_unit: np.ndarray,
+    order: np.ndarray,
     Y: np.ndarray,
-    blocks: list[slice],
     precondition: Callable[[np.ndarray], np.ndarray],
     ridge: float,
     options: CGOptions,
@@ -389,6 +395,9 @@ def _refined(
 ) -> tuple[KernelSolution, np.ndarray]:
     r"""CG on the rounded (float32) triangle, refined against the float64 kernel.
 
+    ``K``, ``Y`` and the solution are in the cluster ``order``; ``X_unit`` is in the
+    original order (``K`` is the kernel of ``X_unit[order]``).
+
     Each pass computes the true residual :math:`R = Y - (K + \lambda I) A` with the
     float64 kernel recomputed in blocks (:func:`~ntkdemo.kernels.ntk.ntk_times_of_unit_rows`,
     half the blocks by symmetry) and adds the float32 solution of :math:`\tilde K \delta = R`.
@@ -396,28 +405,32 @@ def _refined(
     :math:`0.3\,\text{tol} / \rho` of it, where :math:`\rho` is the current float64
     relative residual, and never below :data:`FLOAT32_MODEL_TOL` (what the rounded matrix
     can deliver) nor above 0.1; so the first run goes to 1e-4 and the second, from about
-    1e-4, only by two more digits. Returns the float64 training outputs ``K A`` with the
-    solution.
+    1e-4, only by two more digits. A run is plain :func:`conjugate_gradients`: the
+    float64 pass after it is its check. Returns the float64 training outputs ``K A``
+    with the solution.
     """
     target = float(np.linalg.norm(Y))
     coef, iterations, residual = np.zeros_like(Y), 0, Y
     relative = 1.0
     for refinement in range(options.max_refinements + 1):
         inner_tol = min(0.1, max(FLOAT32_MODEL_TOL, 0.3 * options.tol / relative))
-        step, _ = solve_cg(
-            K,
+        step, run_iterations, _ = conjugate_gradients(
+            lambda V: K @ V + ridge * V,
             residual,
-            blocks,
-            ridge=ridge,
-            options=replace(options, tol=inner_tol, max_restarts=0),
-            precondition=precondition,
+            precondition,
+            tol=inner_tol,
+            max_iter=options.max_iter,
             progress=wrap(progress, "CG iterations"),
         )
-        coef += step.coef
-        iterations += step.iterations
-        fitted = ntk_times_of_unit_rows(
-            X_unit, None, coef, progress=wrap(progress, "float64 residual blocks")
-        )
+        coef += step
+        iterations += run_iterations
+        fitted = ntk_times_of_unit_rows(  # in the rows' own order: no reordered copy
+            X_unit,
+            None,
+            in_original_order(order, coef),
+            block_rows=options.residual_block_rows,
+            progress=wrap(progress, "float64 residual blocks"),
+        )[order]
         residual = Y - fitted - ridge * coef
         relative = float(np.linalg.norm(residual)) / target
         if report:
