@@ -74,6 +74,24 @@ def test_block_preconditioner_matches_the_kernel_on_its_blocks(rank):
     assert off_block < 1e-5 if rank == 103 else off_block > 1e-3
 
 
+def test_block_factor_undoes_failed_attempts_in_place():
+    """D_b = I - F F^T with F = 0.2 (one column of 50) has eigenvalue -1: the shift
+    must grow past 1, and every retry must start again from K_bb (a retry that kept the
+    previous attempt's update would subtract F F^T twice). The factor is written into
+    the block's own storage."""
+    from ntkdemo.solvers.preconditioners import _factor_block
+
+    block = np.asfortranarray(np.eye(50))
+    update = np.asfortranarray(np.full((50, 1), 0.2))
+    factor = _factor_block(block, update, 0.0, 1.0)
+    assert np.shares_memory(factor, block)
+    lower = np.tril(factor)
+    D = lower @ lower.T
+    shift = D[0, 0] - (1 - 0.04)
+    assert 1 < shift <= 10
+    np.testing.assert_allclose(D - shift * np.eye(50), np.eye(50) - 0.04, rtol=0, atol=1e-12)
+
+
 def test_blocks_of_near_duplicates_cut_the_iterations(near_duplicates):
     """Against the same low rank plus only the diagonal (blocks of one row)."""
     X, labels, _ = near_duplicates

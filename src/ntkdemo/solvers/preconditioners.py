@@ -136,15 +136,13 @@ def block_nystrom_preconditioner(
     core = np.asfortranarray(np.eye(factor_t.shape[0]))  # I + F^T D^-1 F (lower triangle)
     for number, block in enumerate(blocks):
         indices = np.arange(block.start, block.stop)
-        residual = K.take(indices, indices).T  # symmetric: the F-ordered view, for LAPACK
-        scale = float(np.mean(np.diagonal(residual))) + ridge
+        kernel_block = K.take(indices, indices).T  # symmetric: the F-ordered view, for LAPACK
+        scale = float(np.mean(np.diagonal(kernel_block))) + ridge
         block_factor = np.asfortranarray(factor_t[:, block].T)  # F_b
-        residual = blas.dsyrk(-1.0, block_factor, beta=1.0, c=residual, lower=1, overwrite_c=1)
-        residual[np.diag_indices_from(residual)] += ridge
-        lower = _cholesky_of_psd(residual, scale)
+        lower = _factor_block(kernel_block, block_factor, ridge, scale)
         whitened = blas.dtrsm(1.0, lower, block_factor, lower=1, overwrite_b=1)  # W_b
         core = blas.dsyrk(1.0, whitened, beta=1.0, c=core, trans=1, lower=1, overwrite_c=1)
-        factor_t[:, block] = blas.dtrsm(1.0, lower, whitened, lower=1, trans_a=1).T  # G_b^T
+        factor_t[:, block] = blas.dtrsm(1.0, lower, whitened, lower=1, trans_a=1, overwrite_b=1).T
         span = slice(inverse_offsets[number], inverse_offsets[number + 1])
         _invert_from_cholesky(lower, inverses[span].reshape(len(indices), len(indices)))
     core_factor = linalg.cho_factor(core, lower=True, check_finite=False)
@@ -176,24 +174,32 @@ def _nystrom_factor_t(K: SymmetricStrips, rank: int, rng: np.random.Generator) -
     return factor.T
 
 
-def _cholesky_of_psd(matrix: np.ndarray, scale: float) -> np.ndarray:
-    r"""Lower Cholesky factor of a PSD block of the preconditioner, shifted as needed.
+def _factor_block(
+    kernel_block: np.ndarray, block_factor: np.ndarray, ridge: float, scale: float
+) -> np.ndarray:
+    r"""Lower Cholesky factor of the block :math:`D_b = K_{bb} - F_b F_b^\top + \lambda I`,
+    computed in the storage of ``kernel_block`` (:math:`K_{bb}`, F-ordered), shifted as
+    needed.
 
     :math:`K_{bb} - F_b F_b^\top` is PSD in exact arithmetic but the subtraction
     cancels: a diagonal shift of :math:`10^{-7}` ``scale`` (the block's mean diagonal),
     grown tenfold until the factorisation succeeds, keeps it factorable. A
     preconditioner only needs to be close to the matrix, and the shift lies far below
     the eigenvalues that matter (near-duplicate images give about :math:`10^{-3}`
-    ``scale``). Only the diagonal of ``matrix`` is changed; the strict upper triangle
-    of the returned factor holds no meaning.
+    ``scale``). The rank update and LAPACK write the lower triangle alone, so a failed
+    attempt is undone from the strict upper one (no copy of the block is made); the
+    strict upper triangle of the returned factor holds no meaning.
     """
     shift = 1e-7 * max(scale, np.finfo(np.float32).tiny)
-    diagonal = np.diagonal(matrix).copy()
+    diagonal = np.diagonal(kernel_block).copy()
     while True:
-        np.fill_diagonal(matrix, diagonal + shift)
-        factor, info = linalg.lapack.dpotrf(matrix, lower=1, clean=0)
+        matrix = blas.dsyrk(-1.0, block_factor, beta=1.0, c=kernel_block, lower=1, overwrite_c=1)
+        np.fill_diagonal(matrix, np.diagonal(matrix) + ridge + shift)
+        factor, info = linalg.lapack.dpotrf(matrix, lower=1, clean=0, overwrite_a=1)
         if info == 0:
             return factor
+        mirror_upper(kernel_block)  # K_bb again below the diagonal
+        np.fill_diagonal(kernel_block, diagonal)
         shift *= 10
 
 
