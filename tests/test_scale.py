@@ -28,7 +28,7 @@ def test_parse_bytes_rejects(text):
 def test_plan_prefers_cholesky_then_the_triangle_then_float32_then_refuses():
     gb = 10**9
     assert plan_memory(60_000, 10_000, 784, 10, available=100 * gb).solver == "cholesky"
-    plan = plan_memory(60_000, 10_000, 784, 10, available=24 * gb)
+    plan = plan_memory(60_000, 10_000, 784, 10, available=24 * gb, process_bytes=3 * 10**8)
     assert plan.solver == "cg"
     assert plan.kernel_bytes == pytest.approx(8 * 60_000 * 60_001 / 2, rel=5e-3)
     assert plan.total_bytes < 18 * gb  # the peak-memory target
