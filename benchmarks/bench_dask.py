@@ -20,7 +20,7 @@ import sys
 import time
 
 import numpy as np
-from bench_scale import tiled_sample
+from bench_scale import gigabytes_of_kib, peak_gb, tiled_sample
 
 
 def one_run(dataset: str, n_train: int, n_test: int, engine: str, workers: int) -> dict:
@@ -42,13 +42,13 @@ def one_run(dataset: str, n_train: int, n_test: int, engine: str, workers: int) 
             plan = plan_memory(*shape, strategies=(DaskSolver(client),))
             result = run_demo(big, plan=plan, spectrum_rows=1000)
             peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-            worker_peaks = [kib / 1e6 for kib in peaks.values()]
+            worker_peaks = [gigabytes_of_kib(kib) for kib in peaks.values()]
     return {
         "seconds": time.perf_counter() - start,
         "timings": result.timings,
         "message": result.solution.message,
         "predictions": result.test_predictions.tolist(),
-        "client_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "client_gb": peak_gb(),
         "worker_gb": worker_peaks,
     }
 

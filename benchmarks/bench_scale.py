@@ -113,6 +113,16 @@ def first_write_seconds_per_gb(gigabytes: float = 2.0) -> float:
     return (time.perf_counter() - start) / gigabytes
 
 
+def gigabytes_of_kib(kib: float) -> float:
+    """Decimal GB of a count in KiB (what ``getrusage`` reports as ``ru_maxrss`` on Linux)."""
+    return kib * 1024 / 1e9
+
+
+def peak_gb() -> float:
+    """Peak resident memory of this process, in decimal GB."""
+    return gigabytes_of_kib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
 def measure_machine() -> dict:
     """T_ref, the FMA rate, the bandwidth, the first-write cost and the strip product."""
     fresh = first_write_seconds_per_gb()
@@ -188,7 +198,7 @@ def one_run(
         "message": result.solution.message,
         "predictions": result.test_predictions.tolist(),
         "planned_gb": plan.total_bytes / 1e9,
-        "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,  # KiB
+        "peak_gb": peak_gb(),
     }
 
 
