@@ -54,17 +54,20 @@ def test_block_preconditioner_with_one_block_inverts_the_matrix(near_duplicates)
     np.testing.assert_allclose(ridged(dense @ R + 0.5 * R), R, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("rank", [7, 103])
-def test_block_preconditioner_matches_the_kernel_on_its_blocks(rank):
+@pytest.mark.parametrize(("rank", "strip_rows"), [(7, 16), (103, 5)])
+def test_block_preconditioner_matches_the_kernel_on_its_blocks(rank, strip_rows):
     """P = F F^T + D equals K on every diagonal block (D_b = K_bb - F_b F_b^T, plus a
     1e-7 relative shift) and, with every column a landmark, everywhere. Uneven blocks,
-    one of a single row, and a rank that is no multiple of four exercise the edges of
-    the compiled passes; the preconditioner's matrix is read off column by column."""
+    one of a single row, strips of the inverted blocks that end short, an odd number of
+    columns and a rank that is no multiple of four exercise the edges of the compiled
+    passes; the preconditioner's matrix is read off column by column."""
     X = np.random.default_rng(3).random((103, 30))
     K = ntk_strips(X, strip_rows=16)
     dense = K.to_dense()
     blocks = [slice(0, 37), slice(37, 38), slice(38, 70), slice(70, 103)]
-    apply = block_nystrom_preconditioner(K, blocks, rank, np.random.default_rng(0))
+    apply = block_nystrom_preconditioner(
+        K, blocks, rank, np.random.default_rng(0), strip_rows=strip_rows
+    )
     inverse = apply(np.eye(103))
     np.testing.assert_allclose(inverse, inverse.T, rtol=0, atol=1e-8 * np.abs(inverse).max())
     P = np.linalg.inv(inverse)

@@ -142,6 +142,9 @@ class CGOptions:
     residual_block_rows : int, default=256
         Rows per block of the float64 kernel recomputed for a refinement's residual
         (float32 storage): its workspace is ``residual_block_rows * n`` float64.
+    block_strip_rows : int, default=16
+        Rows per strip of the preconditioner's inverted blocks, stored as their upper
+        triangles.
     """
 
     strip_rows: int = 256
@@ -153,6 +156,7 @@ class CGOptions:
     storage: type = np.float64
     max_refinements: int = 4
     residual_block_rows: int = 256
+    block_strip_rows: int = 16
 
 
 DEFAULT_OPTIONS = CGOptions()
@@ -169,7 +173,9 @@ def preconditioner_for(
     """The preconditioner every CG strategy uses: Nystrom rank ``options.rank``
     (landmarks drawn with seed 0) plus the cluster ``blocks``
     (:func:`~.preconditioners.block_nystrom_preconditioner`)."""
-    return block_nystrom_preconditioner(K, blocks, options.rank, np.random.default_rng(0), ridge)
+    return block_nystrom_preconditioner(
+        K, blocks, options.rank, np.random.default_rng(0), ridge, options.block_strip_rows
+    )
 
 
 def _shortfall(relative: float, tol: float) -> str:
@@ -313,17 +319,18 @@ class CGSolver:
 
         The build holds a reordered copy of the unit rows (and, for float32 storage, one
         float64 strip). The solve holds the preconditioner: the Nystrom factor
-        (``rank`` columns) and the inverted cluster blocks, whose squared sizes sum to
-        1.15-1.32 :math:`n \cdot` ``cluster_size`` for k-means clusters on tiled
-        Fashion-MNIST (1.35 is used), and while it is set up the largest block with its
-        rows of the factor (clusters reach 2.6 times their target size); for float32
-        storage also the ``residual_block_rows`` float64 kernel rows of the
-        refinement's residual.
+        (``rank`` columns) and the upper triangles of the inverted cluster blocks, whose
+        squared sizes sum to 1.15-1.32 :math:`n \cdot` ``cluster_size`` for k-means
+        clusters on tiled Fashion-MNIST (1.35 is used), and while it is set up the
+        largest block with its rows of the factor (clusters reach 2.6 times their
+        target size); for float32 storage also the ``residual_block_rows`` float64
+        kernel rows of the refinement's residual.
         """
         inputs = 2 * 8 * (n_train + n_test) * n_features
         vectors = 8 * (10 + SymmetricStrips.partial_outputs()) * n_train * n_outputs
         rank = min(self.options.rank, n_train)
-        blocks = int(8 * 1.35 * n_train * min(self.options.cluster_size, n_train))
+        cluster = min(self.options.cluster_size, n_train)
+        blocks = int(8 * (1.35 * cluster + self.options.block_strip_rows) * n_train / 2)
         largest = min(n_train, int(2.6 * self.options.cluster_size))
         solve = 8 * n_train * rank + 8 * rank * rank + blocks + 8 * largest * (largest + rank)
         build = 8 * n_train * n_features

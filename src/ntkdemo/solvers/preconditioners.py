@@ -33,7 +33,7 @@ from sklearn.cluster import KMeans
 from ..compiled import jit
 from ..kernels import mirror_upper
 from ..validation import check_positive_int
-from .strips import SymmetricStrips, four_dots
+from .strips import SymmetricStrips, four_dots, strip_sizes, strip_times
 
 
 def cluster_order(
@@ -93,6 +93,7 @@ def block_nystrom_preconditioner(
     rank: int,
     rng: np.random.Generator,
     ridge: float = 0.0,
+    strip_rows: int = 16,
 ) -> Callable[[np.ndarray], np.ndarray]:
     r"""The map :math:`R \mapsto P^{-1} R` of :math:`P = F F^\top + D` (module docstring).
 
@@ -107,12 +108,16 @@ def block_nystrom_preconditioner(
     rng : numpy.random.Generator
     ridge : float, default=0.0
         :math:`\lambda` of the system :math:`(K + \lambda I)`.
+    strip_rows : int, default=16
+        Rows per strip of each inverted block's upper triangle.
 
     Returns
     -------
     callable
         Takes float64 arrays of shape (n, k) and returns arrays of that shape. It holds
-        the blocks' explicit inverses and :math:`G = D^{-1} F` (in place of :math:`F`).
+        the blocks' explicit inverses, each as its upper triangle in the layout of
+        :class:`~.strips.SymmetricStrips` (half the memory of the square), and
+        :math:`G = D^{-1} F` (in place of :math:`F`).
         Each block is set up from its Cholesky factor :math:`D_b = L_b L_b^\top`:
         :math:`W_b = L_b^{-1} F_b`, :math:`F^\top D^{-1} F = \sum_b W_b^\top W_b`,
         :math:`G_b = L_b^{-\top} W_b` (triangular solves and symmetric rank updates,
@@ -123,15 +128,18 @@ def block_nystrom_preconditioner(
             P^{-1} R = D^{-1} R - G\,(I + F^\top G)^{-1} G^\top R
 
         is two compiled passes on all cores, each reading what it needs once: the
-        blocks' products with :math:`R` together with :math:`G^\top R`, then the
-        subtraction of :math:`G` times the small solve's answer.
+        blocks' products with :math:`R` (:func:`~.strips.strip_times`: each stored
+        entry used for its row and, mirrored, its column) together with
+        :math:`G^\top R`, then the subtraction of :math:`G` times the small solve's
+        answer.
     """
     factor_t = _nystrom_factor_t(K, rank, rng)  # F^T, overwritten block by block by G^T
     sizes = np.array([block.stop - block.start for block in blocks], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     if starts[-1] != K.shape[0]:
         raise ValueError("blocks must cover the rows 0..n in order")
-    inverse_offsets = np.concatenate([[0], np.cumsum(sizes**2)]).astype(np.int64)
+    stored = [strip_sizes(int(size), strip_rows).sum() for size in sizes]
+    inverse_offsets = np.concatenate([[0], np.cumsum(stored)]).astype(np.int64)
     inverses = np.empty(int(inverse_offsets[-1]))
     core = np.asfortranarray(np.eye(factor_t.shape[0]))  # I + F^T D^-1 F (lower triangle)
     for number, block in enumerate(blocks):
@@ -144,17 +152,21 @@ def block_nystrom_preconditioner(
         core = blas.dsyrk(1.0, whitened, beta=1.0, c=core, trans=1, lower=1, overwrite_c=1)
         factor_t[:, block] = blas.dtrsm(1.0, lower, whitened, lower=1, trans_a=1, overwrite_b=1).T
         span = slice(inverse_offsets[number], inverse_offsets[number + 1])
-        _invert_from_cholesky(lower, inverses[span].reshape(len(indices), len(indices)))
+        _invert_from_cholesky(lower, inverses[span], strip_rows)
     core_factor = linalg.cho_factor(core, lower=True, check_finite=False)
 
     def apply(R: np.ndarray) -> np.ndarray:
-        R_t = np.ascontiguousarray(R.T)
+        k = R.shape[1]
+        R_t = np.zeros((k + k % 2, R.shape[0]))  # the block products take columns in pairs
+        R_t[:k] = R.T
         out_t = np.empty_like(R_t)
         projections = np.empty((len(blocks), len(R_t), factor_t.shape[0]))
-        _blocks_and_projection(inverses, inverse_offsets, starts, factor_t, R_t, out_t, projections)
+        _blocks_and_projection(
+            inverses, inverse_offsets, starts, strip_rows, factor_t, R_t, out_t, projections
+        )
         weights = linalg.cho_solve(core_factor, projections.sum(axis=0).T, check_finite=False)
         _subtract_low_rank(factor_t, np.ascontiguousarray(weights.T), out_t)
-        return out_t.T
+        return out_t[:k].T
 
     return apply
 
@@ -203,44 +215,60 @@ def _factor_block(
         shift *= 10
 
 
-def _invert_from_cholesky(lower: np.ndarray, out: np.ndarray) -> None:
-    r"""Write the symmetric inverse of :math:`L L^\top` into ``out`` (C-ordered, square)
-    from the lower factor ``L`` (LAPACK ``dpotri``, in place: a third of the work of
-    solving against the identity)."""
-    out.T[...] = lower  # the F-ordered view LAPACK works in
-    _, info = linalg.lapack.dpotri(out.T, lower=1, overwrite_c=1)
+def _invert_from_cholesky(lower: np.ndarray, packed: np.ndarray, strip_rows: int) -> None:
+    r"""Write the upper triangle of the inverse of :math:`L L^\top` into ``packed``, in the
+    layout of :class:`~.strips.SymmetricStrips` with ``strip_rows`` (each diagonal tile
+    whole), from the lower factor ``L`` (F-ordered; LAPACK ``dpotri`` overwrites it,
+    a third of the work of solving against the identity)."""
+    inverse, info = linalg.lapack.dpotri(lower, lower=1, overwrite_c=1)
     if info != 0:  # pragma: no cover - dpotrf succeeded, so L is nonsingular
         raise linalg.LinAlgError(f"dpotri failed with info={info}")
-    mirror_upper(out)  # LAPACK's lower triangle (F order) is the upper one here
+    _pack_upper(inverse.T, packed, strip_rows)  # LAPACK's lower triangle, read as upper
+
+
+@jit()
+def _pack_upper(upper, packed, strip_rows):  # pragma: no cover - compiled
+    """Copy the upper triangle of the square ``upper`` into ``packed`` strip by strip
+    (rows from the strip's first row on), each diagonal tile whole: its lower half
+    mirrored from the upper."""
+    m = upper.shape[0]
+    position = 0
+    for q in range(0, m, strip_rows):
+        for i in range(q, min(q + strip_rows, m)):
+            for j in range(q, i):
+                packed[position] = upper[j, i]
+                position += 1
+            for j in range(i, m):
+                packed[position] = upper[i, j]
+                position += 1
 
 
 @jit(parallel=True, fastmath=True)
 def _blocks_and_projection(
-    inverses, inverse_offsets, starts, factor_t, R_t, out_t, projections
+    inverses, inverse_offsets, starts, strip_rows, factor_t, R_t, out_t, projections
 ):  # pragma: no cover - compiled
     """First pass of an application, one block per task: ``out_t[:, b] = (D_b^{-1} R_b)^T``
     and ``projections[b] = (G_b^T R_b)^T``, summed over ``b`` by the caller.
 
-    Both are dot products of four contiguous rows (of the block's inverse, of
-    :math:`G^\top` over the block's columns) with a column of ``R``, so each row is read
-    from memory once and then from cache for every column. Rows past the end repeat
-    the last one; their sums are written to its place again, unchanged.
+    The block's inverse is read strip by strip (:func:`~.strips.strip_times`, an even
+    number of columns in ``R_t``). :math:`G_b^\top R_b` is dot products of four
+    contiguous rows of :math:`G^\top` over the block's columns with a column of ``R``,
+    so each row is read from memory once and then from cache for every column; rows
+    past the end repeat the last one, and their sums are written to its place again,
+    unchanged.
     """
     k = R_t.shape[0]
     rank = factor_t.shape[0]
     for b in numba.prange(len(starts) - 1):
         a = starts[b]
         m = starts[b + 1] - a
-        inverse = inverses[inverse_offsets[b] : inverse_offsets[b + 1]]
-        for q in range(0, m, 4):
-            i1, i2, i3 = min(q + 1, m - 1), min(q + 2, m - 1), min(q + 3, m - 1)
-            r0 = inverse[q * m : q * m + m]
-            r1 = inverse[i1 * m : i1 * m + m]
-            r2 = inverse[i2 * m : i2 * m + m]
-            r3 = inverse[i3 * m : i3 * m + m]
-            for c in range(k):
-                s = four_dots(r0, r1, r2, r3, R_t[c, a : a + m])
-                out_t[c, a + q], out_t[c, a + i1], out_t[c, a + i2], out_t[c, a + i3] = s
+        out_t[:, a : a + m] = 0.0
+        sums = np.empty((strip_rows + 3, k))
+        base = inverse_offsets[b]
+        for q in range(0, m, strip_rows):
+            height = min(strip_rows, m - q)
+            strip_times(inverses, base, a + q, height, m - q, R_t, out_t, sums)
+            base += height * (m - q)
         for q in range(0, rank, 4):
             j1, j2, j3 = min(q + 1, rank - 1), min(q + 2, rank - 1), min(q + 3, rank - 1)
             g0, g1 = factor_t[q, a : a + m], factor_t[j1, a : a + m]

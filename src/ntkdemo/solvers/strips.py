@@ -278,87 +278,98 @@ def _four_dots_and_update_twice(
 
 
 @jit(parallel=True, fastmath=True)
-def _strips_times(
-    data, offsets, first, strip_rows, columns, partial, stretch=2048
-):  # pragma: no cover
+def _strips_times(data, offsets, first, strip_rows, columns, partial):  # pragma: no cover
     """``partial.sum(0) = (K @ columns.T).T`` from the strips (an even number of columns).
 
     Strips are dealt round-robin to ``len(partial)`` groups, each with its own output
-    (no two threads write the same memory). Within a strip the columns are walked in
-    stretches of ``stretch``: the stretch's slices of ``V`` and of the output stay in
-    cache while every row of the strip passes, four rows at a time, and each loaded
-    entry serves two columns of ``V`` at once for both of its uses; the row sums wait
-    in ``sums`` until the strip is done. ``fastmath`` lets the compiler split each
-    float64 sum over SIMD lanes (another rounding order, not a lower precision). Rows
-    past a strip's end repeat its last row with weight 0, and their sums are dropped.
-    ``first`` is the number of the first strip in ``data`` (0 unless a part).
+    (no two threads write the same memory), and each strip is one
+    :func:`strip_times`. ``first`` is the number of the first strip in ``data`` (0
+    unless a part).
     """
     n = columns.shape[1]
     n_groups = partial.shape[0]
-    n_columns = columns.shape[0]
     for group in numba.prange(n_groups):
         out = partial[group]
         out[:] = 0.0
-        sums = np.empty((strip_rows + 3, n_columns))
+        sums = np.empty((strip_rows + 3, columns.shape[0]))
         for local in range(group, len(offsets) - 1, n_groups):
             start = (first + local) * strip_rows
             height = min(strip_rows, n - start)
-            width = n - start
-            base = offsets[local]
-            for q in range(0, height, 4):  # the diagonal tile: its own rows' outputs only
-                i1, i2, i3 = min(q + 1, height - 1), min(q + 2, height - 1), min(q + 3, height - 1)
-                row0 = data[base + q * width : base + q * width + height]
-                row1 = data[base + i1 * width : base + i1 * width + height]
-                row2 = data[base + i2 * width : base + i2 * width + height]
-                row3 = data[base + i3 * width : base + i3 * width + height]
-                for c in range(n_columns):
-                    s = four_dots(row0, row1, row2, row3, columns[c, start : start + height])
-                    sums[q, c], sums[q + 1, c], sums[q + 2, c], sums[q + 3, c] = s
-            for j0 in range(height, width, stretch):
-                j1 = min(j0 + stretch, width)
-                for q in range(0, height, 4):
-                    i1 = min(q + 1, height - 1)
-                    i2 = min(q + 2, height - 1)
-                    i3 = min(q + 3, height - 1)
-                    live1 = 1.0 if q + 1 < height else 0.0
-                    live2 = 1.0 if q + 2 < height else 0.0
-                    live3 = 1.0 if q + 3 < height else 0.0
-                    row0 = data[base + q * width + j0 : base + q * width + j1]
-                    row1 = data[base + i1 * width + j0 : base + i1 * width + j1]
-                    row2 = data[base + i2 * width + j0 : base + i2 * width + j1]
-                    row3 = data[base + i3 * width + j0 : base + i3 * width + j1]
-                    for c in range(0, n_columns, 2):
-                        v, u = columns[c], columns[c + 1]
-                        s = _four_dots_and_update_twice(
-                            row0,
-                            row1,
-                            row2,
-                            row3,
-                            v[start + j0 : start + j1],
-                            u[start + j0 : start + j1],
-                            out[c, start + j0 : start + j1],
-                            out[c + 1, start + j0 : start + j1],
-                            (
-                                v[start + q],
-                                v[start + i1] * live1,
-                                v[start + i2] * live2,
-                                v[start + i3] * live3,
-                            ),
-                            (
-                                u[start + q],
-                                u[start + i1] * live1,
-                                u[start + i2] * live2,
-                                u[start + i3] * live3,
-                            ),
-                        )
-                        sums[q, c] += s[0]
-                        sums[q + 1, c] += s[1]
-                        sums[q + 2, c] += s[2]
-                        sums[q + 3, c] += s[3]
-                        sums[q, c + 1] += s[4]
-                        sums[q + 1, c + 1] += s[5]
-                        sums[q + 2, c + 1] += s[6]
-                        sums[q + 3, c + 1] += s[7]
-            for i in range(height):
-                for c in range(n_columns):
-                    out[c, start + i] += sums[i, c]
+            strip_times(data, offsets[local], start, height, n - start, columns, out, sums)
+
+
+@numba.njit(inline="always", fastmath=True)
+def strip_times(
+    data, base, start, height, width, columns, out, sums, stretch=2048
+):  # pragma: no cover - compiled
+    """Add one strip's two uses to ``out``: ``out[:, start:start+height] += S V`` and
+    ``out[:, start+height:start+width] += S[:, height:]^T V[start:start+height]``, for
+    the strip ``S`` of ``height`` rows and ``width`` columns stored from ``data[base]``
+    (its diagonal tile whole), ``V = columns.T`` (an even number of columns).
+
+    The columns are walked in stretches of ``stretch``: the stretch's slices of ``V``
+    and of the output stay in cache while every row of the strip passes, four rows at
+    a time, and each loaded entry serves two columns of ``V`` at once for both of its
+    uses; the row sums wait in ``sums`` (``height + 3`` rows at least) until the strip
+    is done. ``fastmath`` lets the compiler split each float64 sum over SIMD lanes
+    (another rounding order, not a lower precision). Rows past the strip's end repeat
+    its last row with weight 0, and their sums are dropped.
+    """
+    n_columns = columns.shape[0]
+    for q in range(0, height, 4):  # the diagonal tile: its own rows' outputs only
+        i1, i2, i3 = min(q + 1, height - 1), min(q + 2, height - 1), min(q + 3, height - 1)
+        row0 = data[base + q * width : base + q * width + height]
+        row1 = data[base + i1 * width : base + i1 * width + height]
+        row2 = data[base + i2 * width : base + i2 * width + height]
+        row3 = data[base + i3 * width : base + i3 * width + height]
+        for c in range(n_columns):
+            s = four_dots(row0, row1, row2, row3, columns[c, start : start + height])
+            sums[q, c], sums[q + 1, c], sums[q + 2, c], sums[q + 3, c] = s
+    for j0 in range(height, width, stretch):
+        j1 = min(j0 + stretch, width)
+        for q in range(0, height, 4):
+            i1 = min(q + 1, height - 1)
+            i2 = min(q + 2, height - 1)
+            i3 = min(q + 3, height - 1)
+            live1 = 1.0 if q + 1 < height else 0.0
+            live2 = 1.0 if q + 2 < height else 0.0
+            live3 = 1.0 if q + 3 < height else 0.0
+            row0 = data[base + q * width + j0 : base + q * width + j1]
+            row1 = data[base + i1 * width + j0 : base + i1 * width + j1]
+            row2 = data[base + i2 * width + j0 : base + i2 * width + j1]
+            row3 = data[base + i3 * width + j0 : base + i3 * width + j1]
+            for c in range(0, n_columns, 2):
+                v, u = columns[c], columns[c + 1]
+                s = _four_dots_and_update_twice(
+                    row0,
+                    row1,
+                    row2,
+                    row3,
+                    v[start + j0 : start + j1],
+                    u[start + j0 : start + j1],
+                    out[c, start + j0 : start + j1],
+                    out[c + 1, start + j0 : start + j1],
+                    (
+                        v[start + q],
+                        v[start + i1] * live1,
+                        v[start + i2] * live2,
+                        v[start + i3] * live3,
+                    ),
+                    (
+                        u[start + q],
+                        u[start + i1] * live1,
+                        u[start + i2] * live2,
+                        u[start + i3] * live3,
+                    ),
+                )
+                sums[q, c] += s[0]
+                sums[q + 1, c] += s[1]
+                sums[q + 2, c] += s[2]
+                sums[q + 3, c] += s[3]
+                sums[q, c + 1] += s[4]
+                sums[q + 1, c + 1] += s[5]
+                sums[q + 2, c + 1] += s[6]
+                sums[q + 3, c + 1] += s[7]
+    for i in range(height):
+        for c in range(n_columns):
+            out[c, start + i] += sums[i, c]
