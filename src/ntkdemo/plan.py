@@ -35,7 +35,7 @@ PREFERENCES: dict[str, tuple[Solver, ...]] = {
         # within 10 GB (a 16 GB laptop)
         CGSolver(
             name="cg32",
-            options=CGOptions(storage=np.float32, rank=1000, cluster_size=1000),
+            options=CGOptions(storage=np.float32, rank=1500, cluster_size=1000),
         ),
     ),
     "cuda": (CudaSolver(),),

@@ -125,7 +125,7 @@ class CGOptions:
         Rows per strip of the stored upper triangle.
     cluster_size : int, default=1500
         Target rows per k-means cluster: the preconditioner's blocks.
-    rank : int, default=1500
+    rank : int, default=2500
         Landmark columns of the preconditioner's Nystrom part.
     tol : float, default=1e-6
         Float64 relative residual :math:`\|Y - (K + \lambda I) A\|_F / \|Y\|_F` to reach.
@@ -149,7 +149,7 @@ class CGOptions:
 
     strip_rows: int = 256
     cluster_size: int = 1500
-    rank: int = 1500
+    rank: int = 2500
     tol: float = 1e-6
     max_iter: int = 1000
     max_restarts: int = 3
