@@ -52,6 +52,9 @@ def test_take_reads_any_submatrix():
     np.testing.assert_array_equal(taken, K.to_dense()[np.ix_(rows, cols)])  # same storage
     np.testing.assert_allclose(taken, ntk(X)[np.ix_(rows, cols)], rtol=0, atol=ACROSS_PATHS)
     assert K.take(rows, np.array([], dtype=int)).shape == (5, 0)
+    into = np.empty((5, 4))
+    assert K.take(rows, cols, out=into) is into
+    np.testing.assert_array_equal(into, taken)
 
 
 def test_bad_indices_and_shapes_are_refused():
@@ -62,6 +65,8 @@ def test_bad_indices_and_shapes_are_refused():
         K.take(np.array([0]), np.array([-1]))
     with pytest.raises(ValueError, match="10x10"):
         K @ np.ones((9, 2))
+    with pytest.raises(ValueError, match=r"shape \(1, 2\)"):
+        K.take(np.array([0]), np.array([0, 1]), out=np.empty((2, 1)))
 
 
 def test_half_the_float64_bytes():

@@ -141,12 +141,19 @@ def block_nystrom_preconditioner(
     stored = [strip_sizes(int(size), strip_rows).sum() for size in sizes]
     inverse_offsets = np.concatenate([[0], np.cumsum(stored)]).astype(np.int64)
     inverses = np.empty(int(inverse_offsets[-1]))
-    core = np.asfortranarray(np.eye(factor_t.shape[0]))  # I + F^T D^-1 F (lower triangle)
+    rank = factor_t.shape[0]
+    core = np.asfortranarray(np.eye(rank))  # I + F^T D^-1 F (lower triangle)
+    # every block is set up in the same two workspaces: fresh arrays for each would
+    # touch new memory each time (page faults)
+    block_space = np.empty(int(sizes.max()) ** 2)
+    factor_space = np.empty(int(sizes.max()) * rank)
     for number, block in enumerate(blocks):
+        m = block.stop - block.start
         indices = np.arange(block.start, block.stop)
-        kernel_block = K.take(indices, indices).T  # symmetric: the F-ordered view, for LAPACK
+        kernel_block = K.take(indices, indices, out=block_space[: m * m].reshape(m, m)).T
         scale = float(np.mean(np.diagonal(kernel_block))) + ridge
-        block_factor = np.asfortranarray(factor_t[:, block].T)  # F_b
+        block_factor = factor_space[: m * rank].reshape((m, rank), order="F")  # F_b
+        block_factor[...] = factor_t[:, block].T
         lower = _factor_block(kernel_block, block_factor, ridge, scale)
         whitened = blas.dtrsm(1.0, lower, block_factor, lower=1, overwrite_b=1)  # W_b
         core = blas.dsyrk(1.0, whitened, beta=1.0, c=core, trans=1, lower=1, overwrite_c=1)

@@ -126,9 +126,9 @@ class SymmetricStrips:
         _strips_times(self.data, self.offsets, self.first, self.strip_rows, columns, partial)
         return partial.sum(axis=0)[:k].T.reshape(V.shape)
 
-    def take(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    def take(self, rows: np.ndarray, cols: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The dense submatrix ``K[rows][:, cols]`` (any indices, in any order; all strips
-        held)."""
+        held), written into ``out`` (float64, C-contiguous) where given."""
         if not self.complete:
             raise ValueError("take reads a matrix whose strips are all held here")
         rows = np.asarray(rows, dtype=np.int64)
@@ -136,7 +136,11 @@ class SymmetricStrips:
         for name, index in (("rows", rows), ("cols", cols)):
             if index.size and (index.min() < 0 or index.max() >= self.n):
                 raise IndexError(f"{name} must lie in 0..{self.n - 1}")
-        out = np.empty((len(rows), len(cols)))
+        shape = (len(rows), len(cols))
+        if out is None:
+            out = np.empty(shape)
+        elif out.shape != shape or out.dtype != np.float64 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous float64 array of shape {shape}")
         _gather(self.data, self.offsets, self.strip_rows, self.n, rows, cols, out)
         return out
 
