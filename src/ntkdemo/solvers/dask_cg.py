@@ -199,10 +199,10 @@ class ClusterKernel:
             result[first:] += partial
         return result
 
-    def take(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    def take(self, rows: np.ndarray, cols: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """``K[rows][:, cols]`` computed from the unit rows (equal to the strips' entries
-        up to the rounding of the products)."""
-        return ntk_of_unit_rows(self.X_unit[rows], self.X_unit[cols])
+        up to the rounding of the products), written into ``out`` where given."""
+        return ntk_of_unit_rows(self.X_unit[rows], self.X_unit[cols], out=out)
 
 
 def _gather(client: Any, futures: list) -> list:
