@@ -14,8 +14,12 @@ cluster, a :class:`~distributed.LocalCluster` on one machine or any running sche
 * the preconditioner (:mod:`.preconditioners`: Nystrom columns and the cluster blocks)
   reads kernel entries computed on the client from ``X``, where they are cheapest (a
   few thousand columns, never the strips);
-* predictions send each block of test rows to the workers; each multiplies against
-  its own training rows, and the partial outputs are summed.
+* predictions split the training rows and their coefficients into equal shares, one
+  task per worker (which carries them, so a lost share is rebuilt like a part); each
+  block of test rows goes to every share and the partial outputs are summed. The
+  parts are balanced by stored entries, not rows (the first strips are the longest:
+  of two parts the second holds 71% of the rows), so they would share this work
+  unevenly.
 
 A worker lost mid-solve loses its part; the scheduler reruns the part's task on
 another worker (or the restarted one) and the product waits for it, so the solve goes
@@ -130,10 +134,16 @@ def _part_times(part: StripPart, V: np.ndarray) -> np.ndarray:
     return part.strips @ V[part.first :]
 
 
-def _part_outputs(part: StripPart, coef: np.ndarray, X_test: np.ndarray) -> np.ndarray:
-    """On a worker: :math:`K(x, X_{part}) A_{part}`, the part's share of the outputs."""
-    rows = slice(part.first, part.first + len(part.X_rows))
-    return ntk_times_of_unit_rows(X_test, part.X_rows, coef[rows])
+def _prediction_share(X_rows: np.ndarray, coef_rows: np.ndarray) -> tuple[np.ndarray, ...]:
+    """On a worker: training rows and their coefficients, held for the predictions (the
+    task carries them, so the scheduler can rerun it if the worker holding it is lost)."""
+    return X_rows, coef_rows
+
+
+def _share_outputs(share: tuple[np.ndarray, ...], X_test: np.ndarray) -> np.ndarray:
+    """On a worker: :math:`K(x, X_{share}) A_{share}`, the share's part of the outputs."""
+    X_rows, coef_rows = share
+    return ntk_times_of_unit_rows(X_test, X_rows, coef_rows)
 
 
 def balanced_ranges(n: int, strip_rows: int, n_parts: int) -> list[range]:
@@ -234,18 +244,30 @@ class ClusterFitted:
     block_rows: int = 1024
 
     def predict(self, X_unit: np.ndarray, *, progress: Progress | None = None) -> np.ndarray:
-        """Outputs :math:`K(x, X) A`: each block of test rows goes to every part."""
-        kernel = self.kernel
+        """Outputs :math:`K(x, X) A`: the training rows in equal shares, one per worker,
+        and each block of test rows sent to every share (module docstring)."""
+        client = self.kernel.client
+        workers = sorted(client.scheduler_info()["workers"])
+        bounds = np.linspace(0, self.kernel.n, len(workers) + 1).astype(int)
+        shares = [
+            client.submit(
+                _prediction_share,
+                self.kernel.X_unit[a:b],
+                self.coef_ordered[a:b],
+                workers=[worker],
+                allow_other_workers=True,
+                pure=False,
+            )
+            for worker, a, b in zip(workers, bounds[:-1], bounds[1:])
+            if b > a
+        ]
         scores = np.empty((len(X_unit), self.coef_ordered.shape[1]))
         starts = range(0, len(X_unit), self.block_rows)
         wrapper = wrap(progress, "prediction blocks")
         for start in wrapper(starts) if wrapper else starts:
             block = X_unit[start : start + self.block_rows]
-            futures = [
-                kernel.client.submit(_part_outputs, part, self.coef_ordered, block, pure=False)
-                for part in kernel.parts
-            ]
-            scores[start : start + len(block)] = sum(_gather(kernel.client, futures))
+            futures = [client.submit(_share_outputs, share, block, pure=False) for share in shares]
+            scores[start : start + len(block)] = sum(_gather(client, futures))
         return check_finite_result("the predictions", scores)
 
 
