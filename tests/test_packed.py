@@ -57,6 +57,18 @@ def test_take_reads_any_submatrix():
     np.testing.assert_array_equal(into, taken)
 
 
+@pytest.mark.parametrize(("n", "strip_rows"), [(70, 16), (103, 5)])
+def test_whole_rows_read_along_the_stored_rows_match_any_order(n, strip_rows):
+    """Whole rows in ascending order (repeats, the first and the last row included) take
+    the path that walks stored rows; the same entries read column by column in reverse
+    order take the general one."""
+    K = ntk_strips(np.random.default_rng(n).random((n, 6)), strip_rows=strip_rows)
+    reverse = np.arange(n)[::-1].copy()
+    picks = np.sort(np.random.default_rng(1).choice(n, 20, replace=False))
+    for rows in (np.array([0, 3, 3, strip_rows, n - 1]), picks, np.array([n - 1])):
+        np.testing.assert_array_equal(K.take(rows, np.arange(n)), K.take(rows, reverse)[:, ::-1])
+
+
 def test_bad_indices_and_shapes_are_refused():
     K = ntk_strips(np.random.default_rng(3).random((10, 4)))
     with pytest.raises(IndexError, match="0..9"):

@@ -128,7 +128,13 @@ class SymmetricStrips:
 
     def take(self, rows: np.ndarray, cols: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The dense submatrix ``K[rows][:, cols]`` (any indices, in any order; all strips
-        held), written into ``out`` (float64, C-contiguous) where given."""
+        held), written into ``out`` (float64, C-contiguous) where given.
+
+        Whole rows in ascending order (Nystrom landmarks against every column) are read
+        along the stored rows: an entry left of the diagonal, :math:`K_{lb} = K_{bl}`,
+        lies in stored row ``b``, which holds those of every later row, so each stored
+        row is walked once in order rather than each entry fetched on its own.
+        """
         if not self.complete:
             raise ValueError("take reads a matrix whose strips are all held here")
         rows = np.asarray(rows, dtype=np.int64)
@@ -141,7 +147,11 @@ class SymmetricStrips:
             out = np.empty(shape)
         elif out.shape != shape or out.dtype != np.float64 or not out.flags.c_contiguous:
             raise ValueError(f"out must be a C-contiguous float64 array of shape {shape}")
-        _gather(self.data, self.offsets, self.strip_rows, self.n, rows, cols, out)
+        whole_rows = len(cols) == self.n and np.array_equal(cols, np.arange(self.n))
+        if whole_rows and np.all(np.diff(rows) >= 0):
+            _gather_rows(self.data, self.offsets, self.strip_rows, self.n, rows, out)
+        else:
+            _gather(self.data, self.offsets, self.strip_rows, self.n, rows, cols, out)
         return out
 
     def diagonal(self) -> np.ndarray:
@@ -233,6 +243,26 @@ def _gather(data, offsets, strip_rows, n, rows, cols, out):  # pragma: no cover 
     for a in numba.prange(len(rows)):
         for b in range(len(cols)):
             out[a, b] = data[_position(offsets, strip_rows, n, rows[a], cols[b])]
+
+
+@jit(parallel=True)
+def _gather_rows(data, offsets, strip_rows, n, rows, out):  # pragma: no cover - compiled
+    """``out[a] = K[rows[a]]`` for ascending ``rows``: from the diagonal on, a copy of
+    the stored row; left of it, column ``b`` of every row after ``b`` from stored row
+    ``b``, one strip of columns per task (the lines of ``out`` it writes stay in cache
+    from one column to the next)."""
+    for a in numba.prange(len(rows)):
+        row = rows[a]
+        start = _position(offsets, strip_rows, n, row, row)
+        out[a, row:] = data[start : start + n - row]
+    for strip in numba.prange((n + strip_rows - 1) // strip_rows):
+        first = np.searchsorted(rows, strip * strip_rows, side="right")
+        for b in range(strip * strip_rows, min(strip * strip_rows + strip_rows, n)):
+            while first < len(rows) and rows[first] <= b:
+                first += 1
+            stored = _position(offsets, strip_rows, n, b, b) - b  # K[b, l] = data[stored + l]
+            for a in range(first, len(rows)):
+                out[a, b] = data[stored + rows[a]]
 
 
 @jit()
