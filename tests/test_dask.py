@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,7 +22,13 @@ from ntkdemo.errors import MemoryPlanError
 from ntkdemo.kernels import ntk, unit_rows
 from ntkdemo.plan import plan_memory
 from ntkdemo.solvers import one_hot, solve
-from ntkdemo.solvers.dask_cg import DaskSolver, balanced_ranges, connect
+from ntkdemo.solvers.dask_cg import (
+    ClusterFitted,
+    ClusterLostError,
+    DaskSolver,
+    balanced_ranges,
+    connect,
+)
 from ntkdemo.solvers.strips import strip_sizes
 from ntkdemo.spec import KernelSpec
 
@@ -63,6 +70,20 @@ def test_local_cluster_matches_cholesky(problem):
         assert plan_memory(2000, 300, 784, 10, strategies=(strategy,)).solver == "dask"
         with pytest.raises(MemoryPlanError, match=r"the largest training set that fits is \d+"):
             plan_memory(10**7, 300, 784, 10, strategies=(strategy,))  # 400 TB of kernel
+
+
+def test_predictions_with_no_worker_left_are_one_clear_error():
+    """No shares can be made: an error, not outputs summed over nothing (zeros)."""
+
+    class NoWorkers:
+        def scheduler_info(self) -> dict:
+            return {"workers": {}}
+
+    kernel = SimpleNamespace(client=NoWorkers(), n=3, X_unit=np.eye(3))
+    solution = solve(np.eye(3), np.eye(3))
+    fitted = ClusterFitted(kernel, np.eye(3), np.arange(3), solution, np.eye(3))
+    with pytest.raises(ClusterLostError, match="no workers left"):
+        fitted.predict(np.eye(3))
 
 
 def test_a_worker_killed_mid_solve_is_replaced(problem):

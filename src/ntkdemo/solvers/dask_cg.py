@@ -248,6 +248,10 @@ class ClusterFitted:
         and each block of test rows sent to every share (module docstring)."""
         client = self.kernel.client
         workers = sorted(client.scheduler_info()["workers"])
+        if not workers:
+            raise ClusterLostError(
+                "the Dask cluster has no workers left to compute the predictions; add workers"
+            )
         bounds = np.linspace(0, self.kernel.n, len(workers) + 1).astype(int)
         shares = [
             client.submit(
