@@ -178,6 +178,12 @@ def preconditioner_for(
     )
 
 
+def _ridged_product(K: SymmetricStrips, ridge: float) -> Callable[[np.ndarray], np.ndarray]:
+    r"""The map :math:`V \mapsto (K + \lambda I) V` that CG iterates with, from the
+    stored ``K`` and the ridge :math:`\lambda`, added on the fly."""
+    return lambda V: K @ V + ridge * V
+
+
 def _shortfall(relative: float, tol: float) -> str:
     """What a solver message adds when the residual target was missed, else nothing."""
     if relative <= tol:
@@ -234,10 +240,7 @@ def solve_cg(
     tol = options.tol
     if precondition is None:
         precondition = preconditioner_for(K, blocks, ridge, options)
-
-    def times(V: np.ndarray) -> np.ndarray:
-        return K @ V + ridge * V
-
+    times = _ridged_product(K, ridge)
     target = np.linalg.norm(Y)
     coef, total_iterations, start = np.zeros_like(Y), 0, None
     for run in range(options.max_restarts + 1):
@@ -331,7 +334,7 @@ class CGSolver:
         rank = min(self.options.rank, n_train)
         cluster = min(self.options.cluster_size, n_train)
         blocks = int(8 * (1.35 * cluster + self.options.block_strip_rows) * n_train / 2)
-        largest = min(n_train, int(2.6 * self.options.cluster_size))
+        largest = min(n_train, int(2.6 * cluster))
         solve = 8 * n_train * rank + 8 * rank * rank + blocks + 8 * largest * (largest + rank)
         build = 8 * n_train * n_features
         if self.options.storage != np.float64:
@@ -425,7 +428,7 @@ def _refined(
     for refinement in range(options.max_refinements + 1):
         inner_tol = min(0.1, max(FLOAT32_MODEL_TOL, 0.3 * options.tol / relative))
         step, run_iterations, _ = conjugate_gradients(
-            lambda V: K @ V + ridge * V,
+            _ridged_product(K, ridge),
             residual,
             precondition,
             tol=inner_tol,
