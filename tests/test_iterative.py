@@ -173,6 +173,23 @@ def test_solve_cg_matches_cholesky(near_duplicates):
     assert "not reached" not in iterative.message
 
 
+@pytest.mark.parametrize(
+    ("options", "n", "expected"),
+    [
+        (CGOptions(), 300, 300),  # every row a landmark
+        (CGOptions(), 5000, 500),  # the floor
+        (CGOptions(), 10000, 834),  # ceil(10000 / 12)
+        (CGOptions(), 20000, 1667),
+        (CGOptions(), 60000, 2500),  # the cap
+        (CGOptions(rank=1500), 60000, 1500),
+        (CGOptions(rank=50), 10000, 50),
+        (CGOptions(rows_per_landmark=4, min_rank=10), 100, 25),
+    ],
+)
+def test_nystrom_rank_grows_with_the_rows_up_to_its_cap(options, n, expected):
+    assert options.nystrom_rank(n) == expected
+
+
 def test_solve_cg_with_a_ridge_matches_the_direct_solve():
     rng = np.random.default_rng(4)
     X = rng.random((300, 20)) ** 3

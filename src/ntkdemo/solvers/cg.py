@@ -126,7 +126,12 @@ class CGOptions:
     cluster_size : int, default=1500
         Target rows per k-means cluster: the preconditioner's blocks.
     rank : int, default=2500
-        Landmark columns of the preconditioner's Nystrom part.
+        Landmark columns of the preconditioner's Nystrom part, at most: see
+        :meth:`nystrom_rank`.
+    rows_per_landmark : int, default=12
+        Training rows per landmark column below that cap.
+    min_rank : int, default=500
+        Landmark columns at least (all of them for smaller ``n``), below the cap.
     tol : float, default=1e-6
         Float64 relative residual :math:`\|Y - (K + \lambda I) A\|_F / \|Y\|_F` to reach.
     max_iter : int, default=1000
@@ -150,6 +155,8 @@ class CGOptions:
     strip_rows: int = 256
     cluster_size: int = 1500
     rank: int = 2500
+    rows_per_landmark: int = 12
+    min_rank: int = 500
     tol: float = 1e-6
     max_iter: int = 1000
     max_restarts: int = 3
@@ -157,6 +164,19 @@ class CGOptions:
     max_refinements: int = 4
     residual_block_rows: int = 256
     block_strip_rows: int = 16
+
+    def nystrom_rank(self, n: int) -> int:
+        r"""Landmark columns for ``n`` training rows:
+        :math:`\min(\text{rank},\ n,\ \max(\text{min\_rank},\ \lceil n /
+        \text{rows\_per\_landmark} \rceil))`.
+
+        A landmark costs set-up time in proportion to ``n`` times the rank and saves
+        iterations, each of which costs :math:`n^2`, so the rank that gives the
+        shortest set-up plus solve grows with ``n`` until memory caps it (``rank``: the
+        Nystrom factor holds ``8 n rank`` bytes). README, "The scale benchmark", has
+        the measurements behind ``rows_per_landmark``.
+        """
+        return min(self.rank, n, max(self.min_rank, -(-n // self.rows_per_landmark)))
 
 
 DEFAULT_OPTIONS = CGOptions()
@@ -170,11 +190,12 @@ limits what a run can gain against the float64 kernel."""
 def preconditioner_for(
     K: SymmetricStrips, blocks: list[slice], ridge: float, options: CGOptions
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """The preconditioner every CG strategy uses: Nystrom rank ``options.rank``
-    (landmarks drawn with seed 0) plus the cluster ``blocks``
+    """The preconditioner every CG strategy uses: Nystrom rank
+    ``options.nystrom_rank(n)`` (landmarks drawn with seed 0) plus the cluster ``blocks``
     (:func:`~.preconditioners.block_nystrom_preconditioner`)."""
+    rank = options.nystrom_rank(K.shape[0])
     return block_nystrom_preconditioner(
-        K, blocks, options.rank, np.random.default_rng(0), ridge, options.block_strip_rows
+        K, blocks, rank, np.random.default_rng(0), ridge, options.block_strip_rows
     )
 
 
@@ -322,16 +343,17 @@ class CGSolver:
 
         The build holds a reordered copy of the unit rows (and, for float32 storage, one
         float64 strip). The solve holds the preconditioner: the Nystrom factor
-        (``rank`` columns) and the upper triangles of the inverted cluster blocks, whose
-        squared sizes sum to 1.15-1.32 :math:`n \cdot` ``cluster_size`` for k-means
-        clusters on tiled Fashion-MNIST (1.35 is used), and while it is set up the
+        (:meth:`CGOptions.nystrom_rank` columns) and the upper triangles of the inverted
+        cluster blocks, whose squared sizes sum to 1.15-1.32 :math:`n \cdot`
+        ``cluster_size`` for k-means clusters on tiled Fashion-MNIST (1.35 is used),
+        and while it is set up the
         largest block with its rows of the factor (clusters reach 2.6 times their
         target size); for float32 storage also the ``residual_block_rows`` float64
         kernel rows of the refinement's residual.
         """
         inputs = 2 * 8 * (n_train + n_test) * n_features
         vectors = 8 * (10 + SymmetricStrips.partial_outputs()) * n_train * n_outputs
-        rank = min(self.options.rank, n_train)
+        rank = self.options.nystrom_rank(n_train)
         cluster = min(self.options.cluster_size, n_train)
         blocks = int(8 * (1.35 * cluster + self.options.block_strip_rows) * n_train / 2)
         largest = min(n_train, int(2.6 * cluster))
