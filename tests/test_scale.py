@@ -41,6 +41,27 @@ def test_plan_prefers_cholesky_then_the_triangle_then_float32_then_refuses():
         plan_memory(60_000, 10_000, 784, 10, available=24 * gb, max_memory=6 * gb)
 
 
+def test_refusal_names_the_stored_kernel_and_what_the_process_holds():
+    gb = 10**9
+    with pytest.raises(MemoryPlanError) as refused:
+        plan_memory(
+            60_000, 10_000, 784, 10, available=24 * gb, max_memory=6 * gb, process_bytes=3 * 10**8
+        )
+    message = str(refused.value)
+    # cg32, the last strategy tried: 4 bytes for n(n+1)/2 entries and half of each
+    # 256-row diagonal tile, 4 * (60,000 * 60,001 / 2 + 60,000 * 128) = 7.2308e9
+    assert "(upper triangle of the kernel in float32: 7.23 GB)" in message
+    assert "on top of the 300.00 MB this process holds" in message
+    largest = int(message.split("fits is ")[1].split()[0])
+    assert 30_000 < largest < 60_000
+    assert estimate_bytes("cg32", largest, 10_000, 784, 10) <= 6 * gb - 3 * 10**8
+    with pytest.raises(MemoryPlanError, match="(float64 kernel: 28.80 GB)") as refused:
+        plan_memory(60_000, 10_000, 784, 10, solver="cholesky", available=20 * gb, process_bytes=0)
+    assert "this process holds" not in str(refused.value)
+    with pytest.raises(MemoryPlanError, match="this process alone holds that much; free memory"):
+        plan_memory(1000, 100, 784, 10, max_memory=10**8, process_bytes=2 * 10**8)
+
+
 def test_largest_training_set_is_tight():
     budget = 10**9
     n = largest_training_set(budget, 100, 784, 10, "cg")
@@ -67,7 +88,7 @@ def test_too_big_fails_fast_naming_the_limit(fashion_mnist, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "8226 training images need about" in err and "100.00 MB allowed" in err
-    assert "largest training set that fits is" in err
+    assert "this process alone holds that much" in err  # the interpreter and libraries
     assert elapsed < 3  # no image decoded: dataset opening and the label column only
 
 

@@ -195,22 +195,24 @@ def _refusal(
     largest = _largest(strategy, room, n_test, n_features, n_outputs)
     images = 2 * 8 * (n_train + n_test) * n_features
     kernel = strategy.kernel_bytes(n_train)
-    what = {"cg": "upper triangle of the kernel"}.get(strategy.name, "float64 kernel")
     cause = (
-        f"{what} {format_bytes(kernel)}"
+        f"{strategy.kernel_label()}: {format_bytes(kernel)}"
         if kernel >= images
-        else f"the images themselves {format_bytes(images)}: {n_features} values each"
+        else f"the images themselves: {format_bytes(images)}, {n_features} values each"
     )
-    advice = (
-        f"the largest training set that fits is {largest} images"
-        if kernel >= images or largest > 0
-        else "use smaller images or fewer test images"
-    )
+    if process_bytes and process_bytes >= budget:
+        advice = "this process alone holds that much; free memory or raise --max-memory"
+    elif kernel >= images or largest > 0:
+        advice = f"the largest training set that fits is {largest} images"
+    else:
+        advice = "use smaller images or fewer test images"
     where = " on the GPU" if strategy.name == "cuda" else ""
+    held = (
+        f" on top of the {format_bytes(process_bytes)} this process holds" if process_bytes else ""
+    )
     return MemoryPlanError(
-        f"{n_train} training images need about {format_bytes(needed)}{where} ({cause}) on top "
-        f"of the {format_bytes(process_bytes)} this process holds, more than the "
-        f"{format_bytes(budget)} allowed (free memory or --max-memory); {advice}"
+        f"{n_train} training images need about {format_bytes(needed)}{where} ({cause}){held}, "
+        f"more than the {format_bytes(budget)} allowed (free memory or --max-memory); {advice}"
     )
 
 

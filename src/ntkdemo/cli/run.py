@@ -111,7 +111,6 @@ def add_command(commands) -> str:
 
 def command_run(options) -> int:
     """``ntkdemo run``: the end-to-end demo."""
-    from ..demo import run_demo
     from ..outputs import prepare_out_dir
     from ..plan import plan_memory
     from ..process_status import record
@@ -145,6 +144,8 @@ def command_run(options) -> int:
         record("plan", planned_peak_bytes=plan.total_bytes, allowed_bytes=plan.budget_bytes)
         sample, load_seconds = decode_draw(draw, say, started)
         record("compute")
+        from ..demo import run_demo  # after the plan: a refusal imports no scikit-learn
+
         result = run_demo(sample, spec, plan=plan, progress=say.progress, report=say)
     result.timings = {"load": load_seconds, **result.timings}
     record("write")

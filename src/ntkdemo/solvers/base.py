@@ -96,6 +96,10 @@ class Solver(Protocol):
         """Bytes of the stored training kernel."""
         ...
 
+    def kernel_label(self) -> str:
+        """What the stored training kernel is, in a few words (``"float64 kernel"``)."""
+        ...
+
     def available_bytes(self) -> int:
         """Free memory where it computes (host, device or cluster)."""
         ...

@@ -323,10 +323,15 @@ class CGSolver:
     def describe(self) -> str:
         if self.options.storage == np.float32:
             return (
-                "upper triangle of the kernel in float32 (half the memory), preconditioned "
-                "conjugate gradients refined against the float64 kernel"
+                f"{self.kernel_label()} (half the memory), preconditioned conjugate "
+                "gradients refined against the float64 kernel"
             )
-        return "upper triangle of the float64 kernel, preconditioned conjugate gradients"
+        return f"{self.kernel_label()}, preconditioned conjugate gradients"
+
+    def kernel_label(self) -> str:
+        if self.options.storage == np.float32:
+            return "upper triangle of the kernel in float32"
+        return "upper triangle of the float64 kernel"
 
     def available_bytes(self) -> int:
         return host_available_bytes()

@@ -250,6 +250,9 @@ class CholeskySolver:
         """The whole float64 matrix."""
         return 8 * n_train**2
 
+    def kernel_label(self) -> str:
+        return "float64 kernel"
+
     def estimate_bytes(self, n_train: int, n_test: int, n_features: int, n_outputs: int) -> int:
         """Kernel, inputs and their unit rows (float64), one block of streamed kernel rows,
         and a few (n_train x n_outputs) vectors."""

@@ -104,6 +104,9 @@ class CudaSolver:
     def kernel_bytes(self, n_train: int) -> int:
         return 8 * n_train**2
 
+    def kernel_label(self) -> str:
+        return "float64 kernel"
+
     def estimate_bytes(self, n_train: int, n_test: int, n_features: int, n_outputs: int) -> int:
         """GPU bytes: kernel and factor (``2 * 8 n^2``), inputs, one block of test rows."""
         return 16 * n_train**2 + 16 * n_train * n_features + 8 * self.block_rows * n_train

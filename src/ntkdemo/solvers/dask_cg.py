@@ -300,12 +300,15 @@ class DaskSolver:
 
     def describe(self) -> str:
         return (
-            f"upper triangle of the float64 kernel over {len(self._workers())} Dask workers, "
+            f"{self.kernel_label()} over {len(self._workers())} Dask workers, "
             "preconditioned conjugate gradients"
         )
 
     def kernel_bytes(self, n_train: int) -> int:
         return 8 * SymmetricStrips.stored_entries(n_train, self.options.strip_rows)
+
+    def kernel_label(self) -> str:
+        return "upper triangle of the float64 kernel"
 
     def estimate_bytes(self, n_train: int, n_test: int, n_features: int, n_outputs: int) -> int:
         """Cluster bytes: the strips, and on every worker the unit rows, a block of test

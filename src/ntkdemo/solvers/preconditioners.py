@@ -28,7 +28,6 @@ import numba
 import numpy as np
 from scipy import linalg
 from scipy.linalg import blas
-from sklearn.cluster import KMeans
 
 from ..compiled import jit
 from ..kernels import mirror_upper
@@ -64,6 +63,8 @@ def cluster_order(
     blocks : list of slice
         The clusters' positions in ``X[order]``.
     """
+    from sklearn.cluster import KMeans  # here: the memory plan imports this module
+
     n = len(X_unit)
     n_clusters = -(-n // check_positive_int("block_size", block_size))
     if n_clusters == 1:
