@@ -468,3 +468,15 @@ def test_readme_lists_the_catalogue():
     assert not missing, f"README.md error table lacks {missing}"
     assert len(CASES) >= 15
     json.dumps([c.name for c in CASES])
+    rows = {}  # name -> (error type, message) from "| name | how | type | message |"
+    for line in readme.splitlines():
+        cells = [cell.strip() for cell in line.split("|")]
+        if len(cells) >= 6:
+            rows[cells[1]] = (cells[3], "|".join(cells[4:-1]).strip())
+    stale = [
+        case.name
+        for case in CASES
+        if rows[case.name][0] != case.error.__name__
+        or not re.search(case.message, rows[case.name][1])
+    ]
+    assert not stale, f"README.md shows other errors or messages for {stale}"
