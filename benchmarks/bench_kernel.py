@@ -3,7 +3,11 @@
 Prints one table of times and ratios measured in this run:
 
 * kernel vs a Python double loop over pairs (n = 200 and 1,000, d = 784);
-* kernel vs the bare ``X @ X.T`` it cannot avoid (n = 2,000 / 5,000 / 10,000, float64);
+* kernel vs the bare ``X @ X.T`` it cannot avoid (n = 2,000 / 5,000 / 10,000, float64),
+  each allocating its result, and again each writing into an array written before
+  (``out=``): a virtual machine whose host backs memory only when first touched makes
+  the first write to fresh memory cost as much as the product, and it falls unevenly
+  on the two sides (pages freed a moment before are cheap again);
 * ``load_sample`` vs iterating and decoding the whole split once per label.
 
 Usage: ``python benchmarks/bench_kernel.py [--dataset PATH] [--sizes 2000,5000,10000]``
@@ -84,6 +88,15 @@ def main() -> None:
         X = X_full[:n]
         kernel, product = best_times([lambda X=X: ntk(X), lambda X=X: X @ X.T], repeats=5)
         rows.append((f"kernel / bare X @ X.T, n={n}", kernel, product, kernel / product))
+        ours, theirs = np.ones((n, n)), np.ones((n, n))
+        kernel, product = best_times(
+            [
+                lambda X=X, out=ours: ntk(X, out=out),
+                lambda X=X, out=theirs: np.matmul(X, X.T, out=out),
+            ],
+            repeats=5,
+        )
+        rows.append(("  the same into written memory", kernel, product, kernel / product))
     (slow,) = best_times([lambda: naive_sampling(options.dataset, 100)], repeats=1)
     (fast,) = best_times([lambda: load_sample(options.dataset, 100, 50)])
     rows.append(("sampling: iterate+decode vs ours", slow, fast, slow / fast))

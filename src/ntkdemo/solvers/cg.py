@@ -351,10 +351,9 @@ class CGSolver:
         (:meth:`CGOptions.nystrom_rank` columns) and the upper triangles of the inverted
         cluster blocks, whose squared sizes sum to 1.15-1.32 :math:`n \cdot`
         ``cluster_size`` for k-means clusters on tiled Fashion-MNIST (1.35 is used),
-        and while it is set up the
-        largest block with its rows of the factor (clusters reach 2.6 times their
-        target size); for float32 storage also the ``residual_block_rows`` float64
-        kernel rows of the refinement's residual.
+        and while it is set up the largest block with its rows of the factor (clusters
+        reach 2.6 times their target size); for float32 storage also the
+        ``residual_block_rows`` float64 kernel rows of the refinement's residual.
         """
         inputs = 2 * 8 * (n_train + n_test) * n_features
         vectors = 8 * (10 + SymmetricStrips.partial_outputs()) * n_train * n_outputs
