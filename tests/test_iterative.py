@@ -5,8 +5,9 @@ import pytest
 
 from ntkdemo.kernels import ntk, unit_rows
 from ntkdemo.solvers import ntk_strips, one_hot, solve
-from ntkdemo.solvers.cg import CGOptions, conjugate_gradients, solve_cg
+from ntkdemo.solvers.cg import CGOptions, CGSolver, conjugate_gradients, solve_cg
 from ntkdemo.solvers.preconditioners import block_nystrom_preconditioner, cluster_order
+from ntkdemo.spec import KernelSpec
 
 
 @pytest.fixture
@@ -65,9 +66,16 @@ def test_block_preconditioner_matches_the_kernel_on_its_blocks(rank, strip_rows)
     K = ntk_strips(X, strip_rows=16)
     dense = K.to_dense()
     blocks = [slice(0, 37), slice(37, 38), slice(38, 70), slice(70, 103)]
+    seen = []
     apply = block_nystrom_preconditioner(
-        K, blocks, rank, np.random.default_rng(0), strip_rows=strip_rows
+        K,
+        blocks,
+        rank,
+        np.random.default_rng(0),
+        strip_rows=strip_rows,
+        progress=lambda numbers: (seen.append(number) or number for number in numbers),
     )
+    assert seen == [0, 1, 2, 3]  # the progress wrapper sees every block once, in order
     inverse = apply(np.eye(103))
     np.testing.assert_allclose(inverse, inverse.T, rtol=0, atol=1e-8 * np.abs(inverse).max())
     P = np.linalg.inv(inverse)
@@ -171,6 +179,28 @@ def test_solve_cg_matches_cholesky(near_duplicates):
     assert len(lines) == 1 and lines[0].startswith("CG: ")
     assert "CG iterations, relative residual" in iterative.message
     assert "not reached" not in iterative.message
+
+
+def test_cg_strategy_reports_progress_of_every_long_stage(near_duplicates):
+    X, labels, _ = near_duplicates
+    counts: dict[str, int] = {}
+
+    def progress(description):
+        def count(iterable):
+            for item in iterable:
+                counts[description] = counts.get(description, 0) + 1
+                yield item
+
+        return count
+
+    solver = CGSolver(options=CGOptions(rank=30, cluster_size=40, strip_rows=32))
+    fitted = solver.fit(unit_rows(X), one_hot(labels, 5), KernelSpec(), progress=progress)
+    fitted.predict(unit_rows(X[:10]), progress=progress)
+    _, blocks = cluster_order(unit_rows(X), 40)
+    assert counts["kernel strips"] == -(-len(X) // 32)
+    assert counts["preconditioner blocks"] == len(blocks) > 1
+    assert counts["CG iterations"] == fitted.solution.iterations
+    assert counts["prediction blocks"] == 1
 
 
 @pytest.mark.parametrize(

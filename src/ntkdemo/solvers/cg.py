@@ -188,14 +188,19 @@ limits what a run can gain against the float64 kernel."""
 
 
 def preconditioner_for(
-    K: SymmetricStrips, blocks: list[slice], ridge: float, options: CGOptions
+    K: SymmetricStrips,
+    blocks: list[slice],
+    ridge: float,
+    options: CGOptions,
+    progress: Callable[[Iterable], Iterable] | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
     """The preconditioner every CG strategy uses: Nystrom rank
     ``options.nystrom_rank(n)`` (landmarks drawn with seed 0) plus the cluster ``blocks``
-    (:func:`~.preconditioners.block_nystrom_preconditioner`)."""
+    (:func:`~.preconditioners.block_nystrom_preconditioner`); ``progress`` wraps the
+    blocks' set-up."""
     rank = options.nystrom_rank(K.shape[0])
     return block_nystrom_preconditioner(
-        K, blocks, rank, np.random.default_rng(0), ridge, options.block_strip_rows
+        K, blocks, rank, np.random.default_rng(0), ridge, options.block_strip_rows, progress
     )
 
 
@@ -390,7 +395,9 @@ class CGSolver:
                 dtype=self.options.storage,
             )
         with watch.stage("preconditioner"):
-            precondition = preconditioner_for(K, blocks, spec.ridge, self.options)
+            precondition = preconditioner_for(
+                K, blocks, spec.ridge, self.options, wrap(progress, "preconditioner blocks")
+            )
         with watch.stage("solve"):
             if self.options.storage == np.float64:
                 solution, fitted = solve_cg(

@@ -350,6 +350,7 @@ class DaskSolver:
                 blocks,
                 spec.ridge,
                 self.options,
+                wrap(progress, "preconditioner blocks"),
             )
         with watch.stage("solve"):
             solution, fitted = solve_cg(

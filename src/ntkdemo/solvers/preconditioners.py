@@ -22,7 +22,7 @@ the same cluster."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numba
 import numpy as np
@@ -95,6 +95,7 @@ def block_nystrom_preconditioner(
     rng: np.random.Generator,
     ridge: float = 0.0,
     strip_rows: int = 16,
+    progress: Callable[[Iterable], Iterable] | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
     r"""The map :math:`R \mapsto P^{-1} R` of :math:`P = F F^\top + D` (module docstring).
 
@@ -111,6 +112,8 @@ def block_nystrom_preconditioner(
         :math:`\lambda` of the system :math:`(K + \lambda I)`.
     strip_rows : int, default=16
         Rows per strip of each inverted block's upper triangle.
+    progress : callable, optional
+        Wraps the iterator over the block numbers (a progress bar).
 
     Returns
     -------
@@ -148,7 +151,9 @@ def block_nystrom_preconditioner(
     # touch new memory each time (page faults)
     block_space = np.empty(int(sizes.max()) ** 2)
     factor_space = np.empty(int(sizes.max()) * rank)
-    for number, block in enumerate(blocks):
+    numbers = range(len(blocks))
+    for number in progress(numbers) if progress else numbers:
+        block = blocks[number]
         m = block.stop - block.start
         indices = np.arange(block.start, block.stop)
         kernel_block = K.take(indices, indices, out=block_space[: m * m].reshape(m, m)).T
