@@ -68,8 +68,12 @@ def test_local_cluster_matches_cholesky(problem):
         assert "2 parts" in fitted.solution.message
         strategy = DaskSolver(client)
         assert plan_memory(2000, 300, 784, 10, strategies=(strategy,)).solver == "dask"
-        with pytest.raises(MemoryPlanError, match=r"the largest training set that fits is \d+"):
+        with pytest.raises(
+            MemoryPlanError, match=r"the largest training set that fits is \d+"
+        ) as refused:
             plan_memory(10**7, 300, 784, 10, strategies=(strategy,))  # 400 TB of kernel
+        assert "allowed (the Dask workers' memory limits, summed)" in str(refused.value)
+        assert "this process holds" not in str(refused.value)
 
 
 def test_predictions_with_no_worker_left_are_one_clear_error():

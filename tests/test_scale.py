@@ -9,6 +9,7 @@ import pytest
 from ntkdemo.cli import main
 from ntkdemo.errors import InvalidParameterError, MemoryPlanError
 from ntkdemo.plan import estimate_bytes, largest_training_set, plan_memory
+from ntkdemo.solvers import CudaSolver
 from ntkdemo.units import parse_bytes
 
 
@@ -60,6 +61,12 @@ def test_refusal_names_the_stored_kernel_and_what_the_process_holds():
     assert "this process holds" not in str(refused.value)
     with pytest.raises(MemoryPlanError, match="this process alone holds that much; free memory"):
         plan_memory(1000, 100, 784, 10, max_memory=10**8, process_bytes=2 * 10**8)
+    with pytest.raises(MemoryPlanError) as refused:  # its budget is given: no GPU is asked
+        plan_memory(10**5, 1000, 784, 10, strategies=(CudaSolver(),), available=80 * gb)
+    assert (
+        "(float64 kernel: 80.00 GB), more than the 72.00 GB allowed (free GPU memory); the "
+        "largest training set that fits is"
+    ) in str(refused.value)
 
 
 def test_largest_training_set_is_tight():

@@ -206,13 +206,12 @@ def _refusal(
         advice = f"the largest training set that fits is {largest} images"
     else:
         advice = "use smaller images or fewer test images"
-    where = " on the GPU" if strategy.name == "cuda" else ""
     held = (
         f" on top of the {format_bytes(process_bytes)} this process holds" if process_bytes else ""
     )
     return MemoryPlanError(
-        f"{n_train} training images need about {format_bytes(needed)}{where} ({cause}){held}, "
-        f"more than the {format_bytes(budget)} allowed (free memory or --max-memory); {advice}"
+        f"{n_train} training images need about {format_bytes(needed)} ({cause}){held}, more "
+        f"than the {format_bytes(budget)} allowed ({strategy.memory_label()}); {advice}"
     )
 
 

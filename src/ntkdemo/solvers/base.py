@@ -104,6 +104,10 @@ class Solver(Protocol):
         """Free memory where it computes (host, device or cluster)."""
         ...
 
+    def memory_label(self) -> str:
+        """What bounds its memory, in a few words (``"free GPU memory"``)."""
+        ...
+
     @property
     def in_process(self) -> bool:
         """Whether its memory is this process's (then what the process holds counts too)."""

@@ -341,6 +341,9 @@ class CGSolver:
     def available_bytes(self) -> int:
         return host_available_bytes()
 
+    def memory_label(self) -> str:
+        return "free memory or --max-memory"
+
     def kernel_bytes(self, n_train: int) -> int:
         """The strips of the upper triangle (:class:`~.strips.SymmetricStrips`)."""
         entry = np.dtype(self.options.storage).itemsize

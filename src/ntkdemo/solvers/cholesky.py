@@ -246,6 +246,9 @@ class CholeskySolver:
     def available_bytes(self) -> int:
         return host_available_bytes()
 
+    def memory_label(self) -> str:
+        return "free memory or --max-memory"
+
     def kernel_bytes(self, n_train: int) -> int:
         """The whole float64 matrix."""
         return 8 * n_train**2

@@ -116,6 +116,9 @@ class CudaSolver:
         free, _ = require_cupy().cuda.runtime.memGetInfo()
         return int(free)
 
+    def memory_label(self) -> str:
+        return "free GPU memory"
+
     def fit(
         self,
         X_unit: np.ndarray,

@@ -324,6 +324,9 @@ class DaskSolver:
         """The workers' memory limits, summed."""
         return int(sum(worker.get("memory_limit") or 0 for worker in self._workers().values()))
 
+    def memory_label(self) -> str:
+        return "the Dask workers' memory limits, summed"
+
     def fit(
         self,
         X_unit: np.ndarray,
