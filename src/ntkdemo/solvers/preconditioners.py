@@ -32,7 +32,7 @@ from scipy.linalg import blas
 from ..compiled import jit
 from ..kernels import mirror_upper
 from ..validation import check_positive_int
-from .strips import SymmetricStrips, four_dots, strip_sizes, strip_times
+from .strips import SymmetricStrips, four_dots_twice, strip_sizes, strip_times
 
 
 def cluster_order(
@@ -265,10 +265,10 @@ def _blocks_and_projection(
 
     The block's inverse is read strip by strip (:func:`~.strips.strip_times`, an even
     number of columns in ``R_t``). :math:`G_b^\top R_b` is dot products of four
-    contiguous rows of :math:`G^\top` over the block's columns with a column of ``R``,
-    so each row is read from memory once and then from cache for every column; rows
-    past the end repeat the last one, and their sums are written to its place again,
-    unchanged.
+    contiguous rows of :math:`G^\top` over the block's columns with two columns of
+    ``R`` at a time (each loaded entry serves both), so each row is read from memory
+    once and then from cache for every pair; rows past the end repeat the last one,
+    and their sums are written to its place again, unchanged.
     """
     k = R_t.shape[0]
     rank = factor_t.shape[0]
@@ -286,19 +286,21 @@ def _blocks_and_projection(
             j1, j2, j3 = min(q + 1, rank - 1), min(q + 2, rank - 1), min(q + 3, rank - 1)
             g0, g1 = factor_t[q, a : a + m], factor_t[j1, a : a + m]
             g2, g3 = factor_t[j2, a : a + m], factor_t[j3, a : a + m]
-            for c in range(k):
-                s = four_dots(g0, g1, g2, g3, R_t[c, a : a + m])
-                row = projections[b, c]
-                row[q], row[j1], row[j2], row[j3] = s
+            for c in range(0, k, 2):
+                s = four_dots_twice(g0, g1, g2, g3, R_t[c, a : a + m], R_t[c + 1, a : a + m])
+                row, next_row = projections[b, c], projections[b, c + 1]
+                row[q], row[j1], row[j2], row[j3] = s[0], s[1], s[2], s[3]
+                next_row[q], next_row[j1], next_row[j2], next_row[j3] = s[4], s[5], s[6], s[7]
 
 
 @jit(parallel=True, fastmath=True)
-def _subtract_low_rank(factor_t, weights_t, out_t, stretch=1024):  # pragma: no cover
-    """Second pass: ``out_t -= weights_t @ factor_t``, stretches of columns in parallel.
+def _subtract_low_rank(factor_t, weights_t, out_t, stretch=2048):  # pragma: no cover
+    """Second pass: ``out_t -= weights_t @ factor_t`` (an even number of rows in
+    ``weights_t``), stretches of columns in parallel.
 
     Four rows of :math:`G^\top` over a stretch are read from memory once and serve
-    every column of the answer while its stretch stays in cache; rows past the end
-    repeat the last one with weight 0.
+    every column of the answer, two at a time (each loaded entry serves both), while
+    its stretch stays in cache; rows past the end repeat the last one with weight 0.
     """
     rank, n = factor_t.shape
     k = weights_t.shape[0]
@@ -312,11 +314,13 @@ def _subtract_low_rank(factor_t, weights_t, out_t, stretch=1024):  # pragma: no 
             live3 = 1.0 if q + 3 < rank else 0.0
             g0, g1 = factor_t[q, j0:j1], factor_t[i1, j0:j1]
             g2, g3 = factor_t[i2, j0:j1], factor_t[i3, j0:j1]
-            for c in range(k):
-                w0 = weights_t[c, q]
-                w1 = weights_t[c, i1] * live1
-                w2 = weights_t[c, i2] * live2
-                w3 = weights_t[c, i3] * live3
-                target = out_t[c, j0:j1]
+            for c in range(0, k, 2):
+                w0, z0 = weights_t[c, q], weights_t[c + 1, q]
+                w1, z1 = weights_t[c, i1] * live1, weights_t[c + 1, i1] * live1
+                w2, z2 = weights_t[c, i2] * live2, weights_t[c + 1, i2] * live2
+                w3, z3 = weights_t[c, i3] * live3, weights_t[c + 1, i3] * live3
+                target, next_target = out_t[c, j0:j1], out_t[c + 1, j0:j1]
                 for j in range(j1 - j0):
-                    target[j] -= w0 * g0[j] + w1 * g1[j] + w2 * g2[j] + w3 * g3[j]
+                    e0, e1, e2, e3 = g0[j], g1[j], g2[j], g3[j]
+                    target[j] -= w0 * e0 + w1 * e1 + w2 * e2 + w3 * e3
+                    next_target[j] -= z0 * e0 + z1 * e1 + z2 * e2 + z3 * e3

@@ -285,6 +285,26 @@ def four_dots(r0, r1, r2, r3, v):  # pragma: no cover - compiled
 
 
 @numba.njit(inline="always")
+def four_dots_twice(r0, r1, r2, r3, v, u):  # pragma: no cover - compiled
+    """Dot products of four rows with two columns, ``(r0 . v, ..., r3 . v, r0 . u, ...,
+    r3 . u)``, from the same loads: each row entry is read once for both columns."""
+    s0 = s1 = s2 = s3 = t0 = t1 = t2 = t3 = 0.0
+    for j in range(len(v)):
+        x = v[j]
+        y = u[j]
+        e0, e1, e2, e3 = r0[j], r1[j], r2[j], r3[j]
+        s0 += e0 * x
+        s1 += e1 * x
+        s2 += e2 * x
+        s3 += e3 * x
+        t0 += e0 * y
+        t1 += e1 * y
+        t2 += e2 * y
+        t3 += e3 * y
+    return s0, s1, s2, s3, t0, t1, t2, t3
+
+
+@numba.njit(inline="always")
 def _four_dots_and_update_twice(
     r0, r1, r2, r3, v, u, out_v, out_u, w, z
 ):  # pragma: no cover - compiled
