@@ -272,22 +272,11 @@ def _gather_diagonal(data, offsets, strip_rows, n, index, out):  # pragma: no co
 
 
 @numba.njit(inline="always")
-def four_dots(r0, r1, r2, r3, v):  # pragma: no cover - compiled
-    """Dot products of four rows with ``v`` (loops from 0, so they vectorise)."""
-    s0 = s1 = s2 = s3 = 0.0
-    for j in range(len(v)):
-        x = v[j]
-        s0 += r0[j] * x
-        s1 += r1[j] * x
-        s2 += r2[j] * x
-        s3 += r3[j] * x
-    return s0, s1, s2, s3
-
-
-@numba.njit(inline="always")
 def four_dots_twice(r0, r1, r2, r3, v, u):  # pragma: no cover - compiled
     """Dot products of four rows with two columns, ``(r0 . v, ..., r3 . v, r0 . u, ...,
-    r3 . u)``, from the same loads: each row entry is read once for both columns."""
+    r3 . u)``, from the same loads: each row entry is read once for both columns (loops
+    from 0, so they vectorise). :func:`_four_dots_and_update_twice` repeats this loop
+    with the updates inside it: the strip product needs one pass for both."""
     s0 = s1 = s2 = s3 = t0 = t1 = t2 = t3 = 0.0
     for j in range(len(v)):
         x = v[j]
@@ -376,9 +365,12 @@ def strip_times(
         row1 = data[base + i1 * width : base + i1 * width + height]
         row2 = data[base + i2 * width : base + i2 * width + height]
         row3 = data[base + i3 * width : base + i3 * width + height]
-        for c in range(n_columns):
-            s = four_dots(row0, row1, row2, row3, columns[c, start : start + height])
-            sums[q, c], sums[q + 1, c], sums[q + 2, c], sums[q + 3, c] = s
+        for c in range(0, n_columns, 2):
+            v, u = columns[c, start : start + height], columns[c + 1, start : start + height]
+            s = four_dots_twice(row0, row1, row2, row3, v, u)
+            sums[q, c], sums[q + 1, c], sums[q + 2, c], sums[q + 3, c] = s[0], s[1], s[2], s[3]
+            sums[q, c + 1], sums[q + 1, c + 1] = s[4], s[5]
+            sums[q + 2, c + 1], sums[q + 3, c + 1] = s[6], s[7]
     for j0 in range(height, width, stretch):
         j1 = min(j0 + stretch, width)
         for q in range(0, height, 4):
