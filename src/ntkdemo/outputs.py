@@ -1,17 +1,19 @@
 """A run's result files, replaced as one set: old or new, never a mix, never half-written.
 
-Layout of an output folder ``OUT``::
+Layout of an output folder ``OUT`` (``SCOPE`` is the subcommand: ``run``, ``curve``, ...)::
 
-    OUT/metrics.json  -> .ntkdemo/current/metrics.json     (one link per file name)
-    OUT/.ntkdemo/current -> sets/<id>                     (the set now shown)
-    OUT/.ntkdemo/sets/<id>/metrics.json, *.png, ...        (each set, written whole)
-    OUT/.ntkdemo/lock                                      (held by the run writing)
+    OUT/metrics.json  -> .ntkdemo/current-run/metrics.json   (one link per file name)
+    OUT/.ntkdemo/current-SCOPE -> sets/SCOPE.set-<id>         (the set now shown)
+    OUT/.ntkdemo/sets/SCOPE.set-<id>/metrics.json, *.png, ... (each set, written whole)
+    OUT/.ntkdemo/lock                                         (held by the run writing)
 
 A run writes its files into a new set folder; only when all are written does it point
-``current`` at it, by renaming a new link over the old one: one atomic step, so a crash,
-a kill or a Ctrl-C at any moment leaves the old set or the new one, whole. The lock
-(``flock``) keeps two runs from writing one folder at once; the run that holds it
-removes what an interrupted run left behind. Files are created with the permissions
+``current-SCOPE`` at it, by renaming a new link over the old one: one atomic step, so a
+crash, a kill or a Ctrl-C at any moment leaves the old set or the new one, whole. Each
+subcommand has its own scope, so ``ntkdemo run`` then ``ntkdemo dynamics`` into one folder
+keeps both results: a set replaces only the files of its own scope. The lock (``flock``)
+keeps two runs from writing one folder at once; the run that holds it removes what an
+interrupted run of the same scope left behind. Files and set folders get the permissions
 the umask allows, as any other program's.
 """
 
@@ -41,6 +43,8 @@ class OutputSet:
     ----------
     path : str or os.PathLike
         The output folder; created if needed.
+    scope : str, default "run"
+        The subcommand writing; a set replaces only the files of its own scope.
 
     Raises
     ------
@@ -49,7 +53,7 @@ class OutputSet:
         run is writing to it.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, scope: str = "run"):
         if not str(path).strip():
             raise InvalidParameterError(
                 "--out is empty; name a folder for the results, e.g. --out ntkdemo-out"
@@ -81,8 +85,10 @@ class OutputSet:
                 f"({free / 1e6:.1f} MB free); free some space or choose another folder"
             )
         self._state = state
+        self._scope = scope
+        self._current = f"current-{scope}"
         self._remove_leftovers()
-        self._staging = Path(tempfile.mkdtemp(prefix="new-", dir=state / "sets"))
+        self._staging = Path(tempfile.mkdtemp(prefix=f"{scope}.new-", dir=state / "sets"))
         self._names: list[str] = []
 
     def __str__(self) -> str:
@@ -121,18 +127,20 @@ class OutputSet:
         os.umask(umask)
         for name in self._names:
             os.chmod(self._staging / name, 0o666 & ~umask)
-        final = self._staging.with_name(self._staging.name.replace("new-", "set-", 1))
+        os.chmod(self._staging, 0o777 & ~umask)  # mkdtemp made it 0700
+        final = self._staging.with_name(
+            self._staging.name.replace(f"{self._scope}.new-", f"{self._scope}.set-", 1)
+        )
         self._staging.rename(final)
         for name in self._names:  # links for new names first: they dangle until the swap
-            self._link(self.path / name, Path(STATE_FOLDER) / "current" / name)
+            self._link(self.path / name, Path(STATE_FOLDER) / self._current / name)
         record("write commit")
-        self._link(self._state / "current", Path("sets") / final.name)
+        self._link(self._state / self._current, Path("sets") / final.name)
         record("write tidy")
+        ours = f"{STATE_FOLDER}{os.sep}{self._current}{os.sep}"
         for entry in self.path.iterdir():  # links to files the new set does not have
-            if entry.is_symlink() and not entry.exists():
-                target = os.readlink(entry)
-                if target.startswith(f"{STATE_FOLDER}{os.sep}current{os.sep}"):
-                    entry.unlink()
+            if entry.is_symlink() and not entry.exists() and os.readlink(entry).startswith(ours):
+                entry.unlink()
         self._remove_leftovers()
         self._release()
 
@@ -152,11 +160,11 @@ class OutputSet:
         os.replace(temporary, path)
 
     def _remove_leftovers(self) -> None:
-        """Remove sets other than the current one, and temporary links, of earlier runs."""
-        current = self._state / "current"
-        shown = os.readlink(current) if current.is_symlink() else None
+        """Remove this scope's sets other than its current one, and temporary links."""
+        current = self._state / self._current
+        shown = Path(os.readlink(current)).name if current.is_symlink() else None
         for entry in (self._state / "sets").iterdir():
-            if shown is None or entry.name != Path(shown).name:
+            if entry.name.startswith(f"{self._scope}.") and entry.name != shown:
                 if entry != getattr(self, "_staging", None):
                     shutil.rmtree(entry, ignore_errors=True)
         for folder in (self.path, self._state):
@@ -164,6 +172,6 @@ class OutputSet:
                 entry.unlink(missing_ok=True)
 
 
-def prepare_out_dir(path: str | os.PathLike) -> OutputSet:
-    """Open the output folder for a new set of results (see :class:`OutputSet`)."""
-    return OutputSet(path)
+def prepare_out_dir(path: str | os.PathLike, scope: str = "run") -> OutputSet:
+    """Open the output folder for a new set of ``scope``'s results (see :class:`OutputSet`)."""
+    return OutputSet(path, scope)

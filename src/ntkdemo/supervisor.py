@@ -15,13 +15,22 @@ new one, whole.
 
 Signals: Ctrl-C reaches the child directly (it shares the terminal's process group) and
 ends it with its own one-line message and exit 130; the parent ignores it meanwhile.
-SIGTERM and SIGHUP sent to the parent are passed on to the child.
+SIGTERM and SIGHUP sent to the parent are passed on to the child. On Linux the child
+asks the kernel to kill it when its parent dies (``PR_SET_PDEATHSIG``), so a parent
+killed with SIGKILL takes its child along and nothing is written after; the status
+folders such a parent leaves are removed by the next ``ntkdemo``.
+
+Known native crashes are avoided before they happen: OpenBLAS's ``SkylakeX`` kernels
+(which it picks on AMD CPUs with AVX-512) crash in multi-threaded Cholesky from about
+16,000 rows, so on such a CPU the child gets ``OPENBLAS_CORETYPE=Haswell`` unless the
+user set ``OPENBLAS_CORETYPE`` (:func:`blas_environment`; about the same speed).
 
 This module imports nothing heavy: the parent stays small and starts fast.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
@@ -29,7 +38,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .process_status import FAULT_FILE, STATUS_DIR_VARIABLE, read_status
@@ -43,6 +52,8 @@ CRASH_SIGNALS = {
     signal.SIGABRT: "abort",
 }
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+STATUS_PREFIX = "ntkdemo-status-"
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Inside the child (``$NTKDEMO_STATUS_DIR`` set) it runs :func:`ntkdemo.cli.main`.
     """
     arguments = list(sys.argv[1:] if argv is None else argv)
+    _replace_closed_streams()
     if os.environ.get(STATUS_DIR_VARIABLE):
         from .cli import main as run_in_this_process
         from .process_status import watch_for_crashes
@@ -58,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not os.environ.get("NTKDEMO_DEBUG"):
             watch_for_crashes()
         return run_in_this_process(arguments)
-    folder = Path(tempfile.mkdtemp(prefix="ntkdemo-status-"))
+    _remove_orphaned_status_folders(Path(tempfile.gettempdir()))
+    folder = Path(tempfile.mkdtemp(prefix=f"{STATUS_PREFIX}{os.getpid()}-"))
     try:
         return_code = _run_child(arguments, folder)
         if return_code >= 0:
@@ -72,8 +85,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_child(arguments: list[str], folder: Path) -> int:
     """Run ``python -m ntkdemo ARGUMENTS`` with the status folder; its return code."""
-    environment = {**os.environ, STATUS_DIR_VARIABLE: str(folder)}
-    child = subprocess.Popen([sys.executable, "-m", "ntkdemo", *arguments], env=environment)
+    environment = {
+        **os.environ,
+        **blas_environment(os.environ, _read_cpuinfo()),
+        STATUS_DIR_VARIABLE: str(folder),
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-m", "ntkdemo", *arguments],
+        env=environment,
+        preexec_fn=_die_with_parent(os.getpid()),
+    )
     previous = {number: signal.getsignal(number) for number in FORWARDED_SIGNALS}
     previous_interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
     for number in FORWARDED_SIGNALS:
@@ -84,6 +105,98 @@ def _run_child(arguments: list[str], folder: Path) -> int:
         signal.signal(signal.SIGINT, previous_interrupt)
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def blas_environment(environ: Mapping[str, str], cpuinfo: str) -> dict[str, str]:
+    """The BLAS settings the child needs on this CPU that the user has not made.
+
+    OpenBLAS picks its ``SkylakeX`` kernels on any CPU with AVX-512, and on AMD CPUs with
+    AVX-512 (Zen 4 and later) its multi-threaded Cholesky (``dpotrf``) crashes from about
+    16,000 rows; its ``Haswell`` kernels run there at about the same speed. So on an AMD
+    CPU with AVX-512 this returns ``{"OPENBLAS_CORETYPE": "Haswell"}``, unless
+    ``environ`` already sets ``OPENBLAS_CORETYPE`` (the user's choice stands).
+
+    Parameters
+    ----------
+    environ : Mapping of str to str
+        The environment the child would inherit.
+    cpuinfo : str
+        The text of ``/proc/cpuinfo`` (empty where there is none: nothing is set).
+
+    Returns
+    -------
+    dict of str to str
+        Variables to add to the child's environment (possibly none).
+    """
+    if "OPENBLAS_CORETYPE" in environ:
+        return {}
+    fields = dict(
+        (key.strip(), value.strip())
+        for key, _, value in (line.partition(":") for line in cpuinfo.splitlines())
+        if key.strip() in ("vendor_id", "flags")
+    )
+    amd = fields.get("vendor_id") == "AuthenticAMD"
+    avx512 = "avx512f" in fields.get("flags", "").split()
+    return {"OPENBLAS_CORETYPE": "Haswell"} if amd and avx512 else {}
+
+
+def _read_cpuinfo() -> str:
+    """``/proc/cpuinfo``, or an empty string where the system has none."""
+    try:
+        return Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _die_with_parent(parent: int):
+    """A ``preexec_fn`` asking Linux to SIGKILL the child when ``parent`` dies (else None)."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def arrange() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return arrange
+
+
+def _remove_orphaned_status_folders(temporary: Path) -> None:
+    """Remove status folders of supervisors that died without tidying (SIGKILL)."""
+    for folder in temporary.glob(f"{STATUS_PREFIX}*-*"):
+        owner = folder.name[len(STATUS_PREFIX) :].split("-", 1)[0]
+        if owner.isdigit() and not _process_exists(int(owner)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _replace_closed_streams() -> None:
+    """Give a closed standard stream (``2>&-``) the null device, so writes go nowhere.
+
+    The descriptor itself is filled too, so no file opened later takes number 2 and
+    receives the child's messages.
+    """
+    for number in (0, 1, 2):
+        try:
+            os.fstat(number)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != number:
+                os.dup2(null, number)
+                os.close(null)
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)
 
 
 def explain_signal(number: int, folder: Path) -> str:

@@ -236,6 +236,13 @@ class Console:
         except BrokenPipeError:  # the reader left (e.g. | head -1): finish the run silently
             self.quiet = True
             sys.stdout = open(os.devnull, "w")  # for the rest of the process
+        except OSError as exc:  # e.g. standard output is /dev/full
+            self.quiet = True
+            sys.stdout = open(os.devnull, "w")
+            raise UsageError(
+                f"cannot write to standard output ({exc.strerror or exc}); "
+                "redirect it elsewhere or use --quiet"
+            ) from None
 
     def progress(self, description: str):
         """A tqdm factory for block loops, or None when quiet or not on a terminal."""
@@ -311,7 +318,7 @@ def write_outputs(out, name: str, payload: dict, figure, log_lines: Sequence[str
     out.write_json(f"{name}.json", {**payload, "versions": versions()})
     out.save_figure(f"{name}.png", figure)
     if log_lines:
-        out.write_bytes("log.txt", "\n".join([*log_lines, ""]).encode())
+        out.write_bytes(f"{name}-log.txt", "\n".join([*log_lines, ""]).encode())
     out.commit()
 
 

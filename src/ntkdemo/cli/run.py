@@ -125,7 +125,7 @@ def command_run(options) -> int:
         time=options.time,
     )
     say = Console(options.quiet)
-    out = prepare_out_dir(options.out)
+    out = prepare_out_dir(options.out, options.command)
     with _engine(options) as strategies:
         started = time.perf_counter()
         draw = draw_from_options(options, say)

@@ -227,7 +227,7 @@ def command_curve(options) -> int:
     from ..theory.experiments import learning_curve
 
     say = Console(options.quiet)
-    out = prepare_out_dir(options.out)
+    out = prepare_out_dir(options.out, options.command)
     sample, _ = load_from_options(options, say)
     largest = len(sample.y_train) // sample.n_classes
     if options.times is not None or options.widths is not None:
@@ -360,7 +360,7 @@ def command_dynamics(options) -> int:
             f"--t-min ({options.t_min:g}) must be below --t-max ({options.t_max:g})"
         )
     say = Console(options.quiet)
-    out = prepare_out_dir(options.out)
+    out = prepare_out_dir(options.out, options.command)
     sample, _ = load_from_options(options, say)
     if not 2 <= options.points <= MAX_TIME_POINTS:
         raise InvalidParameterError(
@@ -416,7 +416,7 @@ def command_spectrum(options) -> int:
             f"--bound-classes needs exactly two class ids such as 1,3, got {options.bound_classes}"
         )
     say = Console(options.quiet)
-    out = prepare_out_dir(options.out)
+    out = prepare_out_dir(options.out, options.command)
     sample, _ = load_from_options(options, say)
     data_eigenvalues = np.linalg.eigvalsh(ntk(sample.X_train))[::-1]
     circle_eigenvalues = np.linalg.eigvalsh(ntk(circle_points(options.circle_points)))[::-1]
@@ -481,7 +481,7 @@ def command_verify(options) -> int:
     from ..theory.experiments import monte_carlo_error
 
     say = Console(options.quiet)
-    out = prepare_out_dir(options.out)
+    out = prepare_out_dir(options.out, options.command)
     sample, _ = load_from_options(options, say)
     say(f"empirical NTK of random networks on {len(sample.y_train)} images ...")
     result = monte_carlo_error(
@@ -520,7 +520,7 @@ def command_compare_network(options) -> int:
     from ..theory.experiments import compare_with_networks
 
     say = Console(options.quiet)
-    out = prepare_out_dir(options.out)
+    out = prepare_out_dir(options.out, options.command)
     sample, _ = load_from_options(options, say)
     say(f"training networks of widths {options.widths} for {options.steps} steps ...")
     result = compare_with_networks(

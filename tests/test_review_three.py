@@ -1,0 +1,151 @@
+"""Defects found by the third hostile review (issue 26), each reproduced and now passing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ntkdemo.outputs import OutputSet
+from ntkdemo.supervisor import blas_environment
+
+AMD_AVX512 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 avx512f avx512dq\n"
+AMD_AVX2 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2\n"
+INTEL_AVX512 = "vendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 avx512f\n"
+
+
+def command(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "ntkdemo", *arguments]
+
+
+def tiny(dataset: Path, out: Path, *extra: str) -> list[str]:
+    return ["--dataset", str(dataset), "--train-per-class", "4", "--test-per-class", "2"] + [
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, environ, expected",
+    [
+        (AMD_AVX512, {}, {"OPENBLAS_CORETYPE": "Haswell"}),
+        (AMD_AVX512, {"OPENBLAS_CORETYPE": "Zen"}, {}),  # the user's choice stands
+        (AMD_AVX2, {}, {}),
+        (INTEL_AVX512, {}, {}),
+        ("", {}, {}),  # no /proc/cpuinfo
+    ],
+)
+def test_openblas_coretype_is_set_only_on_amd_with_avx512(cpuinfo, environ, expected):
+    assert blas_environment(environ, cpuinfo) == expected
+
+
+def test_each_subcommand_keeps_the_others_results(tmp_path):
+    run = OutputSet(tmp_path, "run")
+    run.write_json("metrics.json", {"run": 1})
+    run.write_bytes("log.txt", b"x")
+    run.commit()
+    dynamics = OutputSet(tmp_path, "dynamics")
+    dynamics.write_json("dynamics.json", {"t": 1})
+    dynamics.commit()
+    again = OutputSet(tmp_path, "dynamics")
+    again.write_json("dynamics.json", {"t": 2})
+    again.commit()
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"run": 1}
+    assert (tmp_path / "log.txt").read_bytes() == b"x"
+    assert json.loads((tmp_path / "dynamics.json").read_text()) == {"t": 2}
+    assert len(list((tmp_path / ".ntkdemo" / "sets").iterdir())) == 2  # one per scope
+    rerun = OutputSet(tmp_path, "run")  # a new run set drops only the run's old files
+    rerun.write_json("metrics.json", {"run": 2})
+    rerun.commit()
+    assert not (tmp_path / "log.txt").exists()
+    assert json.loads((tmp_path / "dynamics.json").read_text()) == {"t": 2}
+
+
+def test_run_then_a_theory_command_keeps_both(tiny_dataset, tmp_path):
+    out = tmp_path / "out"
+    for arguments in (
+        tiny(tiny_dataset, out, "--quiet"),
+        ["dynamics", *tiny(tiny_dataset, out, "--quiet", "--points", "3")],
+    ):
+        done = subprocess.run(command(*arguments), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    assert (out / "metrics.json").is_file() and (out / "dynamics.json").is_file()
+
+
+def test_result_folders_follow_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        result = OutputSet(tmp_path)
+        result.write_json("metrics.json", {})
+        result.commit()
+    finally:
+        os.umask(previous)
+    folder = (tmp_path / ".ntkdemo" / "current-run").resolve()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert stat.S_IMODE((folder / "metrics.json").stat().st_mode) == 0o644
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_child_dies_with_its_parent_and_writes_nothing(tiny_dataset, tmp_path):
+    out = tmp_path / "out"
+    parent = subprocess.Popen(
+        command(*tiny(tiny_dataset, out, "--quiet")),
+        env={**os.environ, "NTKDEMO_TEST_FAULT": "compute:SIGSTOP"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        children: list[psutil.Process] = []
+        while time.monotonic() < deadline:
+            children = psutil.Process(parent.pid).children()
+            if children and children[0].status() == psutil.STATUS_STOPPED:
+                break
+            time.sleep(0.1)
+        assert children, "the child never reached the compute stage"
+        status_folders = list(Path(tempfile.gettempdir()).glob(f"ntkdemo-status-{parent.pid}-*"))
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        gone, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, "the child outlived its parent"
+    finally:
+        parent.kill()
+    assert not (out / "metrics.json").exists()
+    assert status_folders  # left by the killed parent, removed by the next run
+    done = subprocess.run(command("--version"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0
+    assert not any(folder.exists() for folder in status_folders)
+
+
+def test_closed_stderr_and_full_stdout(tiny_dataset, tmp_path):
+    closed = subprocess.run(
+        command(*tiny(tiny_dataset, tmp_path / "a", "--quiet")),
+        stderr=subprocess.DEVNULL,
+        timeout=300,
+        preexec_fn=lambda: os.close(2),
+    )
+    assert closed.returncode == 0
+    assert (tmp_path / "a" / "metrics.json").is_file()
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            command(*tiny(tiny_dataset, tmp_path / "b")),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    assert done.returncode == 2
+    assert done.stderr == (
+        "ntkdemo: error: cannot write to standard output (No space left on device); "
+        "redirect it elsewhere or use --quiet\n"
+    )
