@@ -25,6 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..errors import InvalidInputError
 from ..kernels.ntk import ntk_times_of_unit_rows
 from ..spec import KernelSpec
 from ..validation import check_finite_result, check_matrix
@@ -194,7 +195,21 @@ def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
     Returns
     -------
     ndarray of shape (n_samples, n_classes), float64
+
+    Raises
+    ------
+    InvalidInputError
+        If a label is not a whole number in ``0 .. n_classes - 1`` (a negative label
+        would otherwise index the last class).
     """
+    labels = np.asarray(labels)
+    if labels.size and (
+        not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= n_classes
+    ):
+        raise InvalidInputError(
+            f"labels must be whole numbers in 0..{n_classes - 1}, got values from "
+            f"{labels.min()} to {labels.max()}; encode the classes as 0..n_classes-1"
+        )
     targets = np.zeros((len(labels), n_classes))
     targets[np.arange(len(labels)), labels] = 1.0
     return targets

@@ -210,11 +210,101 @@ def _ridged_product(K: SymmetricStrips, ridge: float) -> Callable[[np.ndarray], 
     return lambda V: K @ V + ridge * V
 
 
-def _shortfall(relative: float, tol: float) -> str:
-    """What a solver message adds when the residual target was missed, else nothing."""
-    if relative <= tol:
-        return ""
-    return f" (target {tol:.0e} not reached: K may be singular; try a small --ridge)"
+class CGNotConverged(InvalidInputError):
+    """CG ended above its residual target (stalled, or broke down on a singular matrix).
+
+    Attributes
+    ----------
+    relative : float
+        The float64 relative residual reached (inf where CG broke down).
+    iterations : int
+        Iterations spent.
+    """
+
+    def __init__(self, relative: float, iterations: int, tol: float):
+        self.relative, self.iterations = relative, iterations
+        super().__init__(
+            f"conjugate gradients stopped at relative residual {relative:.3g} after "
+            f"{iterations} iterations (target {tol:.0e} not reached): K + ridge*I is "
+            "singular or too ill-conditioned, e.g. identical images with different labels; "
+            "pass a small --ridge (e.g. 1e-6) or use --solver cholesky, which adds jitter"
+        )
+
+
+CG_JITTERS = (1e-8, 1e-6, 1e-4)
+r"""Jitters tried, relative to :math:`\operatorname{tr}(K)/n`, when CG misses its target."""
+
+
+def solve_with_jitter(
+    attempt: Callable[[float], tuple[KernelSolution, np.ndarray]],
+    scale: float,
+    ridge: float,
+    report: Callable[[str], None] | None = None,
+) -> tuple[KernelSolution, np.ndarray]:
+    r"""``attempt(0)``; where CG misses its target, ``attempt(jitter)`` with growing jitter.
+
+    A CG answer above its residual target is never returned: near-singular kernels
+    (duplicated images with different labels) make CG stall or diverge, and its
+    predictions are then no better than chance. As :func:`~.cholesky.solve` does, the
+    diagonal is raised by :math:`\epsilon \operatorname{tr}(K)/n` for each
+    :math:`\epsilon` of :data:`CG_JITTERS` until CG converges; the solution says so.
+
+    Parameters
+    ----------
+    attempt : callable
+        ``jitter -> (solution, fitted)`` solving :math:`(K + (\lambda + 	ext{jitter}) I)
+        A = Y`; raises :class:`CGNotConverged` when it misses its target.
+    scale : float
+        :math:`\operatorname{tr}(K)/n`.
+    ridge : float
+        The ridge :math:`\lambda` asked for (named in the messages).
+    report : callable, optional
+        Receives a line per retry.
+
+    Raises
+    ------
+    InvalidInputError
+        If CG misses its target with every jitter (one line, with what to do).
+    """
+    try:
+        return attempt(0.0)
+    except CGNotConverged as failure:
+        last = failure
+    if ridge > 1e8 * scale or not np.isfinite(last.relative) and ridge > scale:
+        raise InvalidInputError(
+            f"conjugate gradients cannot solve with --ridge {ridge:g}: it dwarfs the kernel "
+            f"(trace(K)/n = {scale:.3g}), so K + ridge*I loses K's digits or overflows; choose "
+            f"a ridge below {1e8 * scale:.3g}, or use --solver cholesky"
+        ) from None
+    for relative_jitter in CG_JITTERS:
+        jitter = relative_jitter * scale
+        if report:
+            report(
+                f"CG missed its target (relative residual {last.relative:.2e}); retrying with "
+                f"jitter {jitter:.3g} = {relative_jitter:.0e} * trace(K)/n"
+            )
+        try:
+            solution, fitted = attempt(jitter)
+        except CGNotConverged as failure:
+            last = failure
+            continue
+        message = (
+            f"{solution.message}; K + ridge*I was too ill-conditioned for CG (relative "
+            f"residual {last.relative:.2e} without jitter): added jitter {jitter:.3g} = "
+            f"{relative_jitter:.0e} * trace(K)/n"
+        )
+        return replace(solution, ridge=ridge, jitter=jitter, message=message), fitted
+    raise InvalidInputError(
+        f"conjugate gradients did not converge even with jitter {CG_JITTERS[-1]:.0e} * "
+        f"trace(K)/n (relative residual {last.relative:.3g}): K + ridge*I is too "
+        "ill-conditioned for CG; use --solver cholesky, or pass a larger --ridge"
+    ) from None
+
+
+def kernel_scale(K: SymmetricStrips) -> float:
+    r""":math:`\operatorname{tr}(K)/n`, estimated from the first 256 diagonal entries."""
+    first = np.arange(min(256, K.shape[0]))
+    return float(np.mean(np.diag(K.take(first, first))))
 
 
 def solve_cg(
@@ -256,10 +346,15 @@ def solve_cg(
     Returns
     -------
     solution : KernelSolution
-        ``message`` gives the iterations and the final relative residual (and says so
-        if ``tol`` was not reached).
+        ``message`` gives the iterations and the final relative residual.
     fitted : ndarray of shape (n, n_outputs)
         :math:`K A`, the training outputs (a by-product of the residual check).
+
+    Raises
+    ------
+    CGNotConverged
+        If ``tol`` is not reached after ``max_restarts`` restarts, or CG broke down
+        (:func:`solve_with_jitter` retries with jitter).
     """
     ridge = check_nonnegative_float("ridge", ridge)
     Y = np.asarray(Y, dtype=np.float64).reshape(len(Y), -1)
@@ -268,7 +363,7 @@ def solve_cg(
         precondition = preconditioner_for(K, blocks, ridge, options)
     times = _ridged_product(K, ridge)
     target = np.linalg.norm(Y)
-    coef, total_iterations, start = np.zeros_like(Y), 0, None
+    coef, total_iterations, start, previous = np.zeros_like(Y), 0, None, np.inf
     for run in range(options.max_restarts + 1):
         coef, iterations, _ = conjugate_gradients(
             times,
@@ -287,18 +382,14 @@ def solve_cg(
         if report:
             what = f"CG restart {run}" if run else "CG"
             report(f"{what}: {iterations} iterations, relative residual {relative:.2e}")
-        if relative <= tol:
+        if relative <= tol or relative >= previous:  # done, or restarts no longer help
             break
-        start = coef
+        start, previous = coef, relative
     if not (np.isfinite(relative) and np.isfinite(coef).all()):
-        raise InvalidInputError(
-            f"conjugate gradients broke down after {total_iterations} iterations (relative "
-            f"residual {relative:.3g}): K + ridge*I is singular to working precision, e.g. "
-            "identical images with different labels; pass a small --ridge (e.g. 1e-6) or "
-            "use --solver cholesky, which adds jitter"
-        )
+        raise CGNotConverged(np.inf, total_iterations, tol)
+    if relative > tol:
+        raise CGNotConverged(relative, total_iterations, tol)
     message = f"{total_iterations} CG iterations, relative residual {relative:.2e}"
-    message += _shortfall(relative, tol)
     solution = KernelSolution(
         coef=coef,
         method="preconditioned conjugate gradients (Nystrom + cluster blocks)",
@@ -397,35 +488,30 @@ class CGSolver:
                 progress=wrap(progress, "kernel strips"),
                 dtype=self.options.storage,
             )
-        with watch.stage("preconditioner"):
-            precondition = preconditioner_for(
-                K, blocks, spec.ridge, self.options, wrap(progress, "preconditioner blocks")
-            )
-        with watch.stage("solve"):
-            if self.options.storage == np.float64:
-                solution, fitted = solve_cg(
-                    K,
-                    Y[order],
-                    blocks,
-                    ridge=spec.ridge,
-                    options=self.options,
-                    report=report,
-                    progress=wrap(progress, "CG iterations"),
-                    precondition=precondition,
+
+        def attempt(jitter: float) -> tuple[KernelSolution, np.ndarray]:
+            ridge = spec.ridge + jitter
+            with watch.stage("preconditioner"):
+                precondition = preconditioner_for(
+                    K, blocks, ridge, self.options, wrap(progress, "preconditioner blocks")
                 )
-            else:
-                solution, fitted = _refined(
-                    K,
-                    X_unit,
-                    order,
-                    Y[order],
-                    precondition,
-                    spec.ridge,
-                    self.options,
-                    report,
-                    progress,
+            with watch.stage("solve"):
+                if self.options.storage == np.float64:
+                    return solve_cg(
+                        K,
+                        Y[order],
+                        blocks,
+                        ridge=ridge,
+                        options=self.options,
+                        report=report,
+                        progress=wrap(progress, "CG iterations"),
+                        precondition=precondition,
+                    )
+                return _refined(
+                    K, X_unit, order, Y[order], precondition, ridge, self.options, report, progress
                 )
-            del K
+
+        solution, fitted = solve_with_jitter(attempt, kernel_scale(K), spec.ridge, report)
         coef = in_original_order(order, solution.coef)
         train_scores = in_original_order(order, fitted)
         return FittedKernel(X_unit, spec, replace(solution, coef=coef), train_scores, watch.timings)
@@ -485,17 +571,15 @@ def _refined(
         if report:
             report(f"CG float64 pass {refinement}: relative residual {relative:.2e}")
         if not np.isfinite(relative):
-            raise InvalidInputError(
-                "conjugate gradients broke down on the float32 triangle: K + ridge*I is "
-                "singular to working precision; pass a small --ridge (e.g. 1e-6)"
-            )
+            raise CGNotConverged(np.inf, iterations, options.tol)
         if relative <= options.tol:
             break
+    if relative > options.tol:
+        raise CGNotConverged(relative, iterations, options.tol)
     message = (
         f"{iterations} CG iterations on the float32 triangle and {refinement} float64 "
         f"refinement{'' if refinement == 1 else 's'}, relative residual {relative:.2e}"
     )
-    message += _shortfall(relative, options.tol)
     solution = KernelSolution(
         coef=coef,
         method="preconditioned conjugate gradients on the float32 triangle, refined in float64",

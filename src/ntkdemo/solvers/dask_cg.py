@@ -42,7 +42,14 @@ from ..kernels.ntk import ntk_of_unit_rows, ntk_times_of_unit_rows
 from ..spec import KernelSpec
 from ..validation import check_finite_result
 from .base import KernelSolution, Progress, Stopwatch, wrap
-from .cg import DEFAULT_OPTIONS, CGOptions, preconditioner_for, solve_cg
+from .cg import (
+    DEFAULT_OPTIONS,
+    CGOptions,
+    kernel_scale,
+    preconditioner_for,
+    solve_cg,
+    solve_with_jitter,
+)
 from .preconditioners import cluster_order, in_original_order
 from .strips import SymmetricStrips, ntk_strips_of_unit_rows, strip_sizes
 
@@ -347,25 +354,34 @@ class DaskSolver:
                 self.options.strip_rows,
                 wrap(progress, "kernel parts"),
             )
-        with watch.stage("preconditioner"):
-            precondition = preconditioner_for(
-                kernel,  # type: ignore[arg-type]  # the SymmetricStrips interface CG uses
-                blocks,
-                spec.ridge,
-                self.options,
-                wrap(progress, "preconditioner blocks"),
-            )
-        with watch.stage("solve"):
-            solution, fitted = solve_cg(
-                kernel,  # type: ignore[arg-type]
-                Y[order],
-                blocks,
-                ridge=spec.ridge,
-                options=self.options,
-                report=report,
-                progress=wrap(progress, "CG iterations"),
-                precondition=precondition,
-            )
+
+        def attempt(jitter: float) -> tuple[KernelSolution, np.ndarray]:
+            with watch.stage("preconditioner"):
+                precondition = preconditioner_for(
+                    kernel,  # type: ignore[arg-type]  # the SymmetricStrips interface CG uses
+                    blocks,
+                    spec.ridge + jitter,
+                    self.options,
+                    wrap(progress, "preconditioner blocks"),
+                )
+            with watch.stage("solve"):
+                return solve_cg(
+                    kernel,  # type: ignore[arg-type]
+                    Y[order],
+                    blocks,
+                    ridge=spec.ridge + jitter,
+                    options=self.options,
+                    report=report,
+                    progress=wrap(progress, "CG iterations"),
+                    precondition=precondition,
+                )
+
+        solution, fitted = solve_with_jitter(
+            attempt,
+            kernel_scale(kernel),  # type: ignore[arg-type]
+            spec.ridge,
+            report,
+        )
         coef = in_original_order(order, solution.coef)
         train_scores = in_original_order(order, fitted)
         message = (
