@@ -21,15 +21,19 @@ One eigendecomposition :math:`K = V \Lambda V^\top` serves every t:
     K^{-1}(I - e^{-\eta t K/m})
     = V\,\mathrm{diag}\big(-\mathrm{expm1}(-\eta t \lambda/m)/\lambda\big)V^\top,
 
-with eigenvalues clamped at 0 and a null eigenvalue contributing nothing (for a PSD
-kernel :math:`K(x, X)v = 0` when :math:`Kv = 0`).
+with a null eigenvalue contributing nothing (for a PSD kernel :math:`K(x, X)v = 0` when
+:math:`Kv = 0`). Eigenvalues at or below :math:`n\,\epsilon\,\lambda_{max}` (the
+round-off of ``eigh``, as in ``numpy.linalg.matrix_rank``) count as null: their
+computed values are noise, and dividing by them would blow noise up to :math:`10^{30}`
+(identical training images would no longer get identical predictions). A kernel with
+an eigenvalue below :math:`-\sqrt{\epsilon}\,\lambda_{max}` is not PSD and is refused.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .errors import InvalidParameterError
+from .errors import InvalidInputError, InvalidParameterError
 from .validation import (
     check_finite_result,
     check_kernel_matrix,
@@ -58,7 +62,7 @@ class GradientDescentDynamics:
         k = check_kernel_matrix(k_train_train)
         y = check_targets("y_train", y_train, k.shape[0])
         eigenvalues, self.eigenvectors_ = np.linalg.eigh(k)
-        self.eigenvalues_ = np.maximum(eigenvalues, 0.0)
+        self.eigenvalues_ = null_eigenvalues_cut(eigenvalues)
         self.projected_targets_ = self.eigenvectors_.T @ y.reshape(len(y), -1)
         self.normalisation_ = y.size
         self._output_shape = y.shape[1:]
@@ -85,6 +89,13 @@ class GradientDescentDynamics:
         """
         steps = check_positive_int("steps", steps)
         rate = self.learning_rate * self.eigenvalues_ / self.normalisation_
+        if rate[-1] >= 2:
+            limit = 2 * self.normalisation_ / self.eigenvalues_[-1]
+            raise InvalidParameterError(
+                f"learning_rate {self.learning_rate:g} is past the stability limit "
+                f"2 m / lambda_max = {limit:.4g} of discrete gradient descent (it diverges); "
+                f"use a learning_rate below {limit:.4g}"
+            )
         positive = self.eigenvalues_ > 0
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             stable = rate < 1
@@ -162,6 +173,28 @@ def gradient_descent_mean(
     ndarray of shape (n_test, n_outputs), or (len(t), n_test, n_outputs) for several t
     """
     return GradientDescentDynamics(k_train_train, y_train, learning_rate).predict(k_test_train, t)
+
+
+def null_eigenvalues_cut(eigenvalues: np.ndarray) -> np.ndarray:
+    r"""Ascending eigenvalues of a PSD kernel with round-off set to exactly 0.
+
+    Those at or below :math:`n\,\epsilon\,\lambda_{max}` become 0 (module docstring).
+
+    Raises
+    ------
+    InvalidInputError
+        If the kernel is not positive semi-definite: its largest eigenvalue is not
+        positive, or one is below :math:`-\sqrt{\epsilon}\,\lambda_{max}`.
+    """
+    largest = float(eigenvalues[-1])
+    if not largest > 0 or eigenvalues[0] < -np.sqrt(np.finfo(float).eps) * largest:
+        raise InvalidInputError(
+            f"K is not positive semi-definite (eigenvalues from {eigenvalues[0]:.3g} to "
+            f"{largest:.3g}); a kernel matrix K(X, X) has none below 0: pass the NTK or "
+            "NNGP of the training inputs"
+        )
+    cutoff = len(eigenvalues) * np.finfo(float).eps * largest
+    return np.where(eigenvalues > cutoff, eigenvalues, 0.0)
 
 
 def check_times(t) -> np.ndarray:
