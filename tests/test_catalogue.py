@@ -267,7 +267,7 @@ CASES = [
         ["--dataset", "{sizes}"],
         lambda d: load_sample(str(d["sizes"]), 2, 2),
         errors.DatasetError,
-        "'train' images have 64 values but 'test' images 100",
+        r"'train' images have shape \(8, 8\) but 'test' images \(10, 10\)",
     ),
     Case(
         "blank image (zero norm)",

@@ -204,3 +204,135 @@ def test_one_hot_refuses_labels_outside_the_classes(labels):
 
     with pytest.raises(InvalidInputError, match="labels must be whole numbers in 0..1"):
         one_hot(np.array(labels), 2)
+
+
+PEAK_OF_A_RUN = """
+import resource, subprocess, sys
+done = subprocess.run([sys.executable, "-m", "ntkdemo", *sys.argv[1:]], capture_output=True)
+sys.stderr.write(done.stderr.decode())
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, done.returncode)
+"""
+
+
+@pytest.mark.parametrize("cap, solver", [("450MB", "auto"), ("600MB", "cg32")])
+def test_max_memory_bounds_the_whole_run(fashion_mnist, tmp_path, cap, solver):
+    """The plan counts what the run loads after it (scikit-learn, matplotlib, figures):
+    the review measured peaks 95-157 MB above --max-memory."""
+    from ntkdemo.units import parse_bytes
+
+    per_class = "100" if solver == "auto" else "300"
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_OF_A_RUN, "--dataset", str(fashion_mnist)]
+        + ["--train-per-class", per_class, "--max-memory", cap, "--solver", solver]
+        + ["--out", str(tmp_path), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    peak, code = (int(v) for v in done.stdout.split())
+    assert code == 0, done.stderr
+    assert peak <= parse_bytes(cap)
+
+
+def test_max_memory_with_a_strategy_outside_this_process_is_refused():
+    from ntkdemo.errors import InvalidParameterError
+    from ntkdemo.plan import plan_memory
+
+    with pytest.raises(InvalidParameterError, match="the cuda strategy is bounded by its free"):
+        plan_memory(100, 10, 784, 10, device="cuda", max_memory=1000)
+
+
+def _dataset(
+    folder: Path, train_shape=(8, 8), test_shape=(8, 8), test_names=None, test_images=None
+):
+    from conftest import random_images, write_image_dataset
+
+    rng = np.random.default_rng(5)
+    labels = np.repeat([0, 1, 2], 6)
+    names = ["a", "b", "c"]
+    write_image_dataset(folder, {"train": (random_images(rng, labels, train_shape), labels)}, names)
+    images = random_images(rng, labels, test_shape) if test_images is None else test_images
+    write_image_dataset(folder, {"test": (images, labels)}, test_names or names)
+    return folder
+
+
+def _run(*arguments: str):
+    return subprocess.run(command(*arguments), capture_output=True, text=True, timeout=300)
+
+
+def test_splits_that_name_their_classes_differently_are_refused(tmp_path):
+    folder = _dataset(tmp_path / "d", test_names=["b", "a", "c"])
+    done = _run(
+        "--dataset",
+        str(folder),
+        "--train-per-class",
+        "3",
+        "--test-per-class",
+        "3",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "name their classes differently (['a', 'b', 'c'] against ['b', 'a', 'c'])" in (
+        done.stderr
+    )
+
+
+def test_splits_of_different_image_shapes_are_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(1, 255, size=(18, 8, 8, 3), dtype=np.uint8)
+    folder = _dataset(tmp_path / "d", test_images=rgb[:, :, :, 0].repeat(3, axis=2))  # 8 x 24
+    del rgb
+    done = _run(
+        "--dataset",
+        str(folder),
+        "--train-per-class",
+        "3",
+        "--test-per-class",
+        "3",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "have shape (8, 8) but 'test' images (8, 24)" in done.stderr
+
+
+def test_class_names_with_control_characters_are_printed_escaped(tmp_path):
+    from conftest import random_images, write_image_dataset
+
+    rng = np.random.default_rng(5)
+    labels = np.repeat([0, 1], 6)
+    images = random_images(rng, labels)
+    folder = write_image_dataset(
+        tmp_path / "d",
+        {"train": (images, labels), "test": (images, labels)},
+        ["line\nbreak", "\x1b[31mred"],
+    )
+    done = _run(
+        "--dataset",
+        str(folder),
+        "--train-per-class",
+        "3",
+        "--test-per-class",
+        "2",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "line\\nbreak" in done.stdout and "\\x1b[31mred" in done.stdout
+    assert "\x1b" not in done.stdout and "line\nbreak" not in done.stdout
+
+
+@pytest.mark.parametrize("value, expected", [("-1,3", "unknown class id(s) [-1, 3]")])
+def test_negative_values_reach_their_check(tiny_dataset, tmp_path, value, expected):
+    done = _run("--dataset", str(tiny_dataset), "--classes", value, "--out", str(tmp_path))
+    assert done.returncode == 2 and expected in done.stderr
+
+
+@pytest.mark.parametrize("text", ["1 0GB", "GB", "5XB"])
+def test_memory_sizes_with_stray_characters_are_refused(text):
+    from ntkdemo.errors import InvalidParameterError
+    from ntkdemo.units import parse_bytes
+
+    with pytest.raises(InvalidParameterError, match="cannot read the memory size"):
+        parse_bytes(text)

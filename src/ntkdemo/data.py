@@ -9,6 +9,7 @@ same layout (Parquet files with an ``image`` and a ``label`` column) works the s
 from __future__ import annotations
 
 import atexit
+import json
 import numbers
 import os
 import re
@@ -109,13 +110,14 @@ class SampleDraw:
         X_train, image_shape = decode_images(
             train, self.train_indices, self.image_column, self.source, train_name
         )
-        X_test, _ = decode_images(
+        X_test, test_shape = decode_images(
             test, self.test_indices, self.image_column, self.source, test_name
         )
-        if X_train.shape[1] != X_test.shape[1]:
+        if image_shape != test_shape:
             raise DatasetError(
-                f"{self.source!r}: {train_name!r} images have {X_train.shape[1]} values but "
-                f"{test_name!r} images {X_test.shape[1]}; both splits need one image size"
+                f"{self.source!r}: {train_name!r} images have shape {image_shape} but "
+                f"{test_name!r} images {test_shape}; both splits need one image size and "
+                "the same channels"
             )
         return Sample(
             X_train=X_train,
@@ -289,11 +291,22 @@ def draw_sample(
     image_column, label_column = find_columns(train, source, image_column, label_column)
     test = _get_split(splits, test_split, source)
     names = _class_names(train, label_column)
+    test_names = _class_names(test, label_column)
+    if Path(source).is_dir():  # datasets gives every split the first file's names
+        names = _declared_class_names(Path(source), train_split, label_column) or names
+        test_names = _declared_class_names(Path(source), test_split, label_column) or test_names
+    if test_names != names:
+        raise DatasetError(
+            f"the {train_split!r} and {test_split!r} splits of {source!r} name their classes "
+            f"differently ({_shown(names)} against {_shown(test_names)}), so a label would "
+            "mean one class in training and another in testing; give both splits one "
+            "ClassLabel feature"
+        )
     labels_train = _label_array(train, label_column, source, train_split, names)
     labels_test = _label_array(test, label_column, source, test_split, names)
     available = list(range(len(names))) if names else np.unique(labels_train).tolist()
     chosen_classes = _check_classes(classes, available)
-    class_names = tuple(names[c] if names else str(c) for c in chosen_classes)
+    class_names = tuple(printable(names[c]) if names else str(c) for c in chosen_classes)
 
     rng_train, rng_test = np.random.default_rng(checked_seed).spawn(2)
     train_rows = balanced_indices(
@@ -454,6 +467,12 @@ def decode_images(
     if isinstance(images, np.ndarray) and images.dtype != object:
         stacked = images
     else:
+        missing = [int(row) for row, image in zip(rows, images) if image is None]
+        if missing:
+            raise DatasetError(
+                f"row(s) {list_rows(np.sort(missing))} of {where} have no image; remove them "
+                "from the dataset or draw another sample with --seed"
+            )
         shapes = {np.shape(image) for image in images}
         if len(shapes) > 1:
             raise DatasetError(
@@ -468,6 +487,12 @@ def decode_images(
         )
     scale = np.iinfo(stacked.dtype).max if np.issubdtype(stacked.dtype, np.integer) else 1.0
     flat = stacked.reshape(len(rows), -1).astype(np.float64) / scale
+    broken = rows[~np.isfinite(flat).all(axis=1)]
+    if broken.size:
+        raise DatasetError(
+            f"row(s) {list_rows(np.sort(broken))} of {where} hold NaN or infinite pixels; "
+            "repair or remove them"
+        )
     blank = rows[~flat.any(axis=1)]
     if blank.size:
         raise DatasetError(
@@ -490,6 +515,19 @@ def _undecodable(column, rows: np.ndarray, image_column: str, where: str) -> Dat
                 "; repair or remove that row"
             )
     return DatasetError(f"cannot decode the images of {where}")
+
+
+def printable(name: str) -> str:
+    """``name`` with control characters (newlines, terminal escapes) written as escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+
+
+def _shown(names: list[str] | None) -> str:
+    """A short rendering of a split's class names for a message."""
+    if names is None:
+        return "no class names"
+    shown = ", ".join(repr(printable(n)) for n in names[:4])
+    return f"[{shown}{', ...' if len(names) > 4 else ''}]"
 
 
 def _check_seed(seed: object) -> int | None:
@@ -557,6 +595,25 @@ def _get_split(splits, name: str, source: str):
             f"the {name!r} split of {source!r} is empty; every split needs at least one image"
         )
     return split
+
+
+def _declared_class_names(folder: Path, split: str, label_column: str) -> list[str] | None:
+    """The class names a local folder's Parquet files of ``split`` declare (None if none).
+
+    ``datasets`` casts every split to the features of the first file it reads, so splits
+    whose files name their classes differently load as if they agreed; the files' own
+    ``huggingface`` metadata tells.
+    """
+    import pyarrow.parquet as parquet
+
+    for path in sorted(folder.rglob(f"{split}-*.parquet")):
+        metadata = parquet.read_schema(path).metadata or {}
+        try:
+            info = json.loads(metadata.get(b"huggingface", b"{}"))
+            return list(info["info"]["features"][label_column]["names"])
+        except (ValueError, KeyError, TypeError):
+            return None
+    return None
 
 
 def _class_names(split, label_column: str) -> list[str] | None:

@@ -111,6 +111,7 @@ def plan_memory(
     available: int | None = None,
     solver: str = "auto",
     process_bytes: int | None = None,
+    later_bytes: int = 0,
     strategies: Sequence[Solver] | None = None,
 ) -> MemoryPlan:
     """Choose the strategy for a run, before anything large is allocated.
@@ -135,6 +136,10 @@ def plan_memory(
         default: its resident set size now where the strategy computes in this process
         (0 on a GPU or a cluster). It counts against the budget and is part of
         ``total_bytes``.
+    later_bytes : int, default=0
+        What the run will load besides the strategy's arrays after the plan is made
+        (libraries imported late so that a refusal stays quick, figures); added to
+        ``process_bytes`` where the strategy computes in this process.
     strategies : sequence of Solver, optional
         The strategies to choose from instead of the device's (e.g. a
         :class:`~ntkdemo.solvers.dask_cg.DaskSolver` bound to a cluster).
@@ -165,10 +170,16 @@ def plan_memory(
             "the CPU"
         )
     local = candidates[0].in_process
+    if max_memory is not None and not local:
+        raise InvalidParameterError(
+            f"--max-memory bounds a run that computes in this process, but the "
+            f"{candidates[0].name} strategy is bounded by its {candidates[0].memory_label()}; "
+            "drop --max-memory"
+        )
     if available is None:
         available = candidates[0].available_bytes()
     if process_bytes is None:
-        process_bytes = int(psutil.Process().memory_info().rss) if local else 0
+        process_bytes = int(psutil.Process().memory_info().rss) + later_bytes if local else 0
     budget = int(0.9 * available) + process_bytes
     if max_memory is not None and local:
         budget = min(budget, int(max_memory))
@@ -207,7 +218,9 @@ def _refusal(
     else:
         advice = "use smaller images or fewer test images"
     held = (
-        f" on top of the {format_bytes(process_bytes)} this process holds" if process_bytes else ""
+        f" on top of the {format_bytes(process_bytes)} this process holds or will load"
+        if process_bytes
+        else ""
     )
     return MemoryPlanError(
         f"{n_train} training images need about {format_bytes(needed)} ({cause}){held}, more "

@@ -7,6 +7,7 @@ Standard library only: the command's thin parent process uses it too.
 from __future__ import annotations
 
 import math
+import re
 
 from .errors import InvalidParameterError
 
@@ -23,12 +24,10 @@ def parse_bytes(text: str) -> int:
         If the text is not a number with an optional unit, or the size is not finite or
         below one byte.
     """
-    cleaned = text.strip().upper().replace(" ", "")
-    number = cleaned.rstrip("KMGTB")
-    unit = cleaned[len(number) :]
+    written = re.fullmatch(r"\s*([^\sKMGTB]+)\s*([KMGT]?B?)\s*", text.upper())
     try:
-        value = float(number) * _UNITS[unit]
-    except (ValueError, KeyError):
+        value = float(written.group(1)) * _UNITS[written.group(2)]  # type: ignore[union-attr]
+    except (AttributeError, ValueError, KeyError):
         raise InvalidParameterError(
             f"cannot read the memory size {text!r}; write e.g. 16GB, 500MB or 2e9"
         ) from None

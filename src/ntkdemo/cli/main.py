@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -33,6 +34,27 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
     return parser, names
 
 
+def attach_negative_values(arguments: list[str]) -> list[str]:
+    """Write ``--option -1,3`` as ``--option=-1,3`` so a negative value reaches its check.
+
+    argparse takes a value that starts with ``-`` (``-1,3``, ``-inf``, ``-1e3``) for an
+    option and answers "expected one argument"; attached with ``=``, the option's own
+    check runs and says what is wrong with the value.
+    """
+    attached: list[str] = []
+    for token in arguments:
+        previous = attached[-1] if attached else ""
+        if (
+            previous.startswith("--")
+            and "=" not in previous
+            and re.match(r"-(\d|\.\d|inf|nan)", token, re.IGNORECASE)
+        ):
+            attached[-1] = f"{previous}={token}"
+        else:
+            attached.append(token)
+    return attached
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ntkdemo``; returns the exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
@@ -42,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         arguments.insert(0, "run")
     try:
-        options = parser.parse_args(arguments)
+        options = parser.parse_args(attach_negative_values(arguments))
         with diagnostics_kept() as diagnostics:
             options.diagnostics = diagnostics
             return options.handler(options)
