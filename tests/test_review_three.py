@@ -336,3 +336,30 @@ def test_memory_sizes_with_stray_characters_are_refused(text):
 
     with pytest.raises(InvalidParameterError, match="cannot read the memory size"):
         parse_bytes(text)
+
+
+def test_a_folder_named_like_a_result_is_one_clear_error_and_the_old_set_stays(tmp_path):
+    from ntkdemo.errors import InvalidParameterError
+
+    first = OutputSet(tmp_path)
+    first.write_json("metrics.json", {"run": 1})
+    first.commit()
+    (tmp_path / "confusion.png").mkdir()
+    second = OutputSet(tmp_path)
+    second.write_json("metrics.json", {"run": 2})
+    second.write_bytes("confusion.png", b"png")
+    with pytest.raises(InvalidParameterError, match="already holds a folder named 'confusion.png'"):
+        second.commit()
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"run": 1}
+    OutputSet(tmp_path).abandon()  # the lock was released
+
+
+def test_library_calls_take_paths_and_read_only_arrays(fashion_mnist):
+    from ntkdemo.data import load_sample
+    from ntkdemo.solvers import solve
+
+    sample = load_sample(fashion_mnist, 2, 1)
+    assert sample.X_train.shape == (20, 784)
+    K = np.eye(3) + 1
+    K.setflags(write=False)
+    np.testing.assert_allclose(solve(K, np.ones(3), overwrite_k=True).coef, np.full(3, 0.25))

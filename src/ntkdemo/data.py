@@ -133,10 +133,11 @@ class SampleDraw:
         )
 
 
-def resolve_dataset(dataset: str | None) -> str:
-    """Return the dataset to use: ``dataset``, else ``$NTKDEMO_DATASET``, else the hub id."""
+def resolve_dataset(dataset: str | os.PathLike | None) -> str:
+    """Return the dataset to use: ``dataset`` (a hub id or a folder, as text), else
+    ``$NTKDEMO_DATASET``, else the hub id."""
     if dataset:
-        return dataset
+        return os.fspath(dataset)
     return os.environ.get(DATASET_ENV) or HUB_DATASET
 
 
@@ -203,7 +204,7 @@ def balanced_indices(
 
 
 def load_sample(
-    dataset: str | None = None,
+    dataset: str | os.PathLike | None = None,
     train_per_class: int | None = 100,
     test_per_class: int | None = 50,
     classes: Sequence[int] | None = None,
@@ -222,7 +223,7 @@ def load_sample(
 
     Parameters
     ----------
-    dataset : str, optional
+    dataset : str or os.PathLike, optional
         Hugging Face hub id or local folder in the hub layout. Default:
         ``$NTKDEMO_DATASET`` if set, else ``"zalando-datasets/fashion_mnist"``.
     train_per_class, test_per_class : int or None, default=100 and 50
@@ -266,7 +267,7 @@ def load_sample(
 
 
 def draw_sample(
-    dataset: str | None = None,
+    dataset: str | os.PathLike | None = None,
     train_per_class: int | None = 100,
     test_per_class: int | None = 50,
     classes: Sequence[int] | None = None,

@@ -122,20 +122,44 @@ class OutputSet:
         self.write_bytes(name, buffer.getvalue())
 
     def commit(self) -> None:
-        """Show the new set in place of the old one (one atomic rename), then tidy up."""
+        """Show the new set in place of the old one (one atomic rename), then tidy up.
+
+        Raises
+        ------
+        InvalidParameterError
+            If ``--out`` holds something of its own under one of the set's names (a
+            folder named ``metrics.json``, say), or the links cannot be made (no space or
+            no inodes left); the old set is then shown as it was.
+        """
+        for name in self._names:
+            if (self.path / name).exists() and not (self.path / name).is_symlink():
+                self.abandon()
+                raise InvalidParameterError(
+                    f"--out {str(self.path)!r} already holds a {_kind(self.path / name)} named "
+                    f"{name!r} that ntkdemo did not write; move it away or choose another "
+                    "folder"
+                )
         umask = os.umask(0)
         os.umask(umask)
-        for name in self._names:
-            os.chmod(self._staging / name, 0o666 & ~umask)
-        os.chmod(self._staging, 0o777 & ~umask)  # mkdtemp made it 0700
-        final = self._staging.with_name(
-            self._staging.name.replace(f"{self._scope}.new-", f"{self._scope}.set-", 1)
-        )
-        self._staging.rename(final)
-        for name in self._names:  # links for new names first: they dangle until the swap
-            self._link(self.path / name, Path(STATE_FOLDER) / self._current / name)
-        record("write commit")
-        self._link(self._state / self._current, Path("sets") / final.name)
+        try:
+            for name in self._names:
+                os.chmod(self._staging / name, 0o666 & ~umask)
+            os.chmod(self._staging, 0o777 & ~umask)  # mkdtemp made it 0700
+            final = self._staging.with_name(
+                self._staging.name.replace(f"{self._scope}.new-", f"{self._scope}.set-", 1)
+            )
+            self._staging.rename(final)
+            self._staging = final  # what abandon() removes, until the swap below
+            for name in self._names:  # links for new names first: they dangle until the swap
+                self._link(self.path / name, Path(STATE_FOLDER) / self._current / name)
+            record("write commit")
+            self._link(self._state / self._current, Path("sets") / final.name)
+        except OSError as exc:
+            self.abandon()
+            raise InvalidParameterError(
+                f"cannot write the results to --out {str(self.path)!r} ({exc.strerror or exc}); "
+                "the files shown there are unchanged: free some space or choose another folder"
+            ) from None
         record("write tidy")
         ours = f"{STATE_FOLDER}{os.sep}{self._current}{os.sep}"
         for entry in self.path.iterdir():  # links to files the new set does not have
@@ -170,6 +194,10 @@ class OutputSet:
         for folder in (self.path, self._state):
             for entry in folder.glob(".*.link-*"):
                 entry.unlink(missing_ok=True)
+
+
+def _kind(path: Path) -> str:
+    return "folder" if path.is_dir() else "file"
 
 
 def prepare_out_dir(path: str | os.PathLike, scope: str = "run") -> OutputSet:

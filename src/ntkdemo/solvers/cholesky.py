@@ -77,7 +77,8 @@ def solve(
     overwrite_k : bool, default=False
         Factorise ``K`` in place (no second n x n array: what lets the largest kernels
         fit); ``K`` then holds the factor afterwards. A failed attempt is undone from
-        the triangle LAPACK does not touch, so the jitter fallback still works.
+        the triangle LAPACK does not touch, so the jitter fallback still works. A
+        read-only ``K`` is copied instead.
 
     Returns
     -------
@@ -95,7 +96,7 @@ def solve(
     diagonal = np.diagonal(K).copy()
     # K is symmetric: its transpose is the same matrix, Fortran-ordered when K is
     # C-ordered, which LAPACK factorises in place (its lower triangle = K's upper one).
-    work = (K if overwrite_k else K.copy()).T
+    work = (K if overwrite_k and K.flags.writeable else K.copy()).T
     norm_1 = float(_largest_row_abs_sum(work.T)) + ridge  # the 1-norm of work
     written = [False]  # whether the lower triangle holds a factor to undo
 
