@@ -180,3 +180,73 @@ def test_dask_with_a_deep_kernel_is_refused(tiny_dataset, tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert code == 2 and "serves the default kernel at convergence only" in err
+
+
+@pytest.mark.parametrize(
+    "answer, message",
+    [
+        (None, "cannot reach the Dask scheduler at .* within 3 s"),
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", "is not a Dask scheduler"),
+    ],
+)
+def test_a_port_that_is_no_scheduler_is_one_clear_error_in_time(answer, message):
+    """A port that accepts and never answers (the review: still waiting at 100 s), or a
+    service speaking another protocol (it was called 'out of memory')."""
+    import threading
+
+    from ntkdemo.errors import InvalidParameterError
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held = []
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            held.append(connection)
+            if answer:
+                connection.recv(64)
+                connection.sendall(answer * 20)
+                connection.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(InvalidParameterError, match=message):
+            with connect(f"tcp://127.0.0.1:{listener.getsockname()[1]}", timeout=3):
+                pass
+    finally:
+        listener.close()
+    assert time.perf_counter() - start < 10
+
+
+def test_tls_without_settings_is_one_clear_error():
+    from ntkdemo.errors import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match="a tls:// scheduler needs TLS settings"):
+        with connect(f"tls://127.0.0.1:{free_port()}", timeout=3):
+            pass
+
+
+def test_a_cluster_without_workers_ends_the_wait():
+    """All workers gone (the review: an external cluster whose workers were killed waited
+    forever): after the grace period the wait is one clear error."""
+    from distributed import Client, LocalCluster
+
+    from ntkdemo.solvers.dask_cg import _gather
+
+    with (
+        LocalCluster(
+            n_workers=0, processes=True, host="127.0.0.1", dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        future = client.submit(sum, [1, 2])
+        start = time.perf_counter()
+        with pytest.raises(ClusterLostError, match="has had no workers for 3 s"):
+            _gather(client, [future], workerless_seconds=3)
+        assert time.perf_counter() - start < 15

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -85,6 +86,7 @@ def connect(
         ) from None
     logging.getLogger("distributed").setLevel(logging.ERROR)
     if address is not None:
+        _probe_scheduler(address, timeout)
         try:
             client = Client(address, timeout=f"{timeout}s")
         except (OSError, TimeoutError, ValueError) as exc:
@@ -113,6 +115,62 @@ def connect(
     )
     with cluster, Client(cluster) as client:
         yield client
+
+
+def _probe_scheduler(address: str, timeout: float) -> None:
+    """Ask ``address`` who it is, within ``timeout`` seconds in all.
+
+    ``distributed.Client`` bounds the connection but not the handshake after it, so a
+    port that accepts and never answers would hold the run forever; and a service that
+    is no Dask scheduler answers in ways the client reports confusingly. One ``identity``
+    call under a hard deadline tells both apart from a scheduler.
+
+    Raises
+    ------
+    InvalidParameterError
+        If no answer comes in time, the answer is not a scheduler's, or a ``tls://``
+        address has no TLS settings.
+    """
+    import asyncio
+
+    import distributed.comm
+    from distributed.security import Security
+
+    async def identity() -> dict:
+        arguments = Security().get_connection_args("client")
+        comm = await distributed.comm.connect(address, timeout=f"{timeout}s", **arguments)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            await comm.close()
+
+    try:
+        reply = asyncio.run(asyncio.wait_for(identity(), timeout))
+    except (TimeoutError, asyncio.TimeoutError, OSError) as exc:
+        raise InvalidParameterError(
+            f"cannot reach the Dask scheduler at {address!r} within {timeout:g} s "
+            f"({type(exc).__name__}); start one (dask scheduler) or leave out --scheduler "
+            "for a local cluster"
+        ) from None
+    except (TypeError, ValueError) as exc:
+        tls = address.startswith("tls://")
+        raise InvalidParameterError(
+            f"cannot talk to {address!r} ({type(exc).__name__}: {exc}); "
+            + (
+                "a tls:// scheduler needs TLS settings: set distributed.comm.tls.ca-file and "
+                "distributed.comm.tls.client.cert/key in the Dask configuration"
+                if tls
+                else "is it a Dask scheduler's address?"
+            )
+        ) from None
+    except Exception:  # a service speaking another protocol
+        reply = None
+    if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
+        raise InvalidParameterError(
+            f"the service at {address!r} is not a Dask scheduler (it does not answer in "
+            "Dask's protocol); give --scheduler the scheduler's address, e.g. tcp://HOST:8786"
+        )
 
 
 @dataclass
@@ -222,10 +280,37 @@ class ClusterKernel:
         return ntk_of_unit_rows(self.X_unit[rows], self.X_unit[cols], out=out)
 
 
-def _gather(client: Any, futures: list) -> list:
-    """Results of ``futures``; a part that can no longer be computed is one clear error."""
+WORKERLESS_SECONDS = 60.0
+"""How long results are waited for while the cluster has no worker at all: long enough
+for a restarted worker (or a nanny's new one) to join, short enough not to hang."""
+
+
+def _gather(client: Any, futures: list, workerless_seconds: float = WORKERLESS_SECONDS) -> list:
+    """Results of ``futures``; a part that can no longer be computed, or a cluster left
+    without workers for ``workerless_seconds``, is one clear error."""
+    import asyncio
+
+    from distributed import wait
+
+    alone_since = None
     try:
-        return client.gather(futures)
+        while True:
+            try:
+                wait(futures, timeout=2.0)
+                return client.gather(futures)
+            except (TimeoutError, asyncio.TimeoutError):  # distinct before Python 3.11
+                if client.scheduler_info().get("workers"):
+                    alone_since = None
+                    continue
+                alone_since = alone_since or time.monotonic()
+                if time.monotonic() - alone_since > workerless_seconds:
+                    raise ClusterLostError(
+                        f"the Dask cluster has had no workers for {workerless_seconds:g} s "
+                        "while results were awaited; start workers (dask worker ADDRESS) "
+                        "and run again"
+                    ) from None
+    except ClusterLostError:
+        raise
     except Exception as exc:  # KilledWorker, CancelledError, CommClosedError, ...
         raise ClusterLostError(
             f"the Dask cluster lost the workers holding the kernel and could not rebuild "
