@@ -363,3 +363,43 @@ def test_library_calls_take_paths_and_read_only_arrays(fashion_mnist):
     K = np.eye(3) + 1
     K.setflags(write=False)
     np.testing.assert_allclose(solve(K, np.ones(3), overwrite_k=True).coef, np.full(3, 0.25))
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["curve", "--times", "1,10", "--widths", "300000000"], "--widths: a network of width"),
+        (["verify", "--widths", "1000000000000"], "use widths up to"),
+        (["compare-network", "--steps", "1000000000"], "hours at 50 GFLOP/s"),
+        (["spectrum", "--circle-points", "100000"], "--circle-points 100000: its Gram matrix"),
+    ],
+)
+def test_theory_requests_past_memory_or_time_are_refused_up_front(
+    tiny_dataset, tmp_path, arguments, message
+):
+    """The review: OOM-killed after 64 s, or running on; advice naming --max-memory."""
+    start = time.monotonic()
+    done = _run(
+        *arguments,
+        "--dataset",
+        str(tiny_dataset),
+        "--out",
+        str(tmp_path),
+        "--train-per-class",
+        "5",
+        "--test-per-class",
+        "1",
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr and "--max-memory" not in done.stderr
+    assert time.monotonic() - start < 60
+
+
+def test_network_cost_model():
+    from ntkdemo.errors import InvalidParameterError
+    from ntkdemo.theory.cost import check_networks, network_bytes
+
+    assert network_bytes(10, 784, 100) == 8 * 100 * (2 * 784 + 50)
+    check_networks([100], 10, 784, available=network_bytes(10, 784, 100))
+    with pytest.raises(InvalidParameterError, match="use widths up to 100$"):
+        check_networks([101], 10, 784, available=network_bytes(10, 784, 100))

@@ -78,11 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ntkdemo: interrupted; --out holds the previous set of files", file=sys.stderr)
         return 130
     except MemoryError:
-        print(
-            "ntkdemo: error: ran out of memory; lower --max-memory below the free memory, "
-            "or use fewer images",
-            file=sys.stderr,
+        advice = (
+            "lower --max-memory below the free memory, or use fewer images"
+            if arguments[0] == "run"
+            else "ask for less: fewer images, smaller --widths or fewer points"
         )
+        print(f"ntkdemo: error: ran out of memory; {advice}", file=sys.stderr)
         return 2
     except Exception as exc:  # a bug, not a user error: one line, the traceback on request
         if os.environ.get("NTKDEMO_DEBUG"):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidParameterError
+from ..theory.cost import check_gram, check_networks
 from .options import (
     Console,
     add_data_options,
@@ -24,6 +25,13 @@ from .options import (
     print_table,
     write_outputs,
 )
+
+
+def free_bytes() -> int:
+    """90% of the memory free now: what a theory command may take."""
+    import psutil
+
+    return int(0.9 * psutil.virtual_memory().available)
 
 
 def int_list(text: str) -> list[int]:
@@ -281,6 +289,13 @@ def _curve_by_time_and_width(options, say: Console, out, sample, largest: int) -
     times = options.times or [10.0, 1e3, 1e5, 1e7, float("inf")]
     widths = options.widths or [64, 256, 1024, 2048]
     training = {"gd": "gradient descent", "sgd": "sgd"}[options.training]
+    check_networks(
+        widths,
+        max(sizes) * classes,
+        sample.X_train.shape[1],
+        available=free_bytes(),
+        steps=len(sizes) * (options.steps if options.training == "gd" else options.epochs),
+    )
     say(
         f"kernels at times {times}; networks of widths {widths} ({training}); images per "
         f"class {sizes} ..."
@@ -417,6 +432,7 @@ def command_spectrum(options) -> int:
         )
     say = Console(options.quiet)
     out = prepare_out_dir(options.out, options.command)
+    check_gram(options.circle_points, available=free_bytes(), option="--circle-points")
     sample, _ = load_from_options(options, say)
     data_eigenvalues = np.linalg.eigvalsh(ntk(sample.X_train))[::-1]
     circle_eigenvalues = np.linalg.eigvalsh(ntk(circle_points(options.circle_points)))[::-1]
@@ -483,6 +499,13 @@ def command_verify(options) -> int:
     say = Console(options.quiet)
     out = prepare_out_dir(options.out, options.command)
     sample, _ = load_from_options(options, say)
+    check_networks(
+        options.widths,
+        len(sample.y_train),
+        sample.X_train.shape[1],
+        available=free_bytes(),
+        steps=options.repeats,
+    )
     say(f"empirical NTK of random networks on {len(sample.y_train)} images ...")
     result = monte_carlo_error(
         sample.X_train,
@@ -522,6 +545,13 @@ def command_compare_network(options) -> int:
     say = Console(options.quiet)
     out = prepare_out_dir(options.out, options.command)
     sample, _ = load_from_options(options, say)
+    check_networks(
+        options.widths,
+        len(sample.y_train),
+        sample.X_train.shape[1],
+        available=free_bytes(),
+        steps=options.steps,
+    )
     say(f"training networks of widths {options.widths} for {options.steps} steps ...")
     result = compare_with_networks(
         sample,
