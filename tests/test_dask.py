@@ -180,6 +180,7 @@ def test_dask_with_a_deep_kernel_is_refused(tiny_dataset, tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert code == 2 and "serves the default kernel at convergence only" in err
+    assert "run without --engine dask" in err  # not --solver cholesky, which dask refuses
 
 
 @pytest.mark.parametrize(
@@ -250,3 +251,49 @@ def test_a_cluster_without_workers_ends_the_wait():
         with pytest.raises(ClusterLostError, match="has had no workers for 3 s"):
             _gather(client, [future], workerless_seconds=3)
         assert time.perf_counter() - start < 15
+
+
+def test_ctrl_c_during_a_dask_run_is_one_line(fashion_mnist, tmp_path):
+    """SIGINT to the terminal's process group reaches the workers too: they ignore it
+    (started while it was ignored), so only the run's own line is printed (the review:
+    about 40 lines of worker tracebacks)."""
+    import psutil
+
+    run = subprocess.Popen(
+        [sys.executable, "-m", "ntkdemo", "--engine", "dask", "--dask-workers", "2"]
+        + ["--dataset", str(fashion_mnist), "--train-per-class", "300"]
+        + ["--out", str(tmp_path), "--quiet"],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if len(psutil.Process(run.pid).children(recursive=True)) >= 3:  # child, 2 workers
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)
+        os.killpg(run.pid, signal.SIGINT)
+        _, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 130, err
+    assert err == "ntkdemo: interrupted; --out holds the previous set of files\n"
+
+
+def test_a_cluster_without_memory_is_named_as_such():
+    """No workers, or --memory-limit 0 (the review: 'the images themselves ... more than
+    0 B allowed')."""
+    from ntkdemo.solvers.cg import CGSolver
+
+    class NoWorkers(CGSolver):
+        def available_bytes(self) -> int:
+            return 0
+
+        def memory_label(self) -> str:
+            return "the Dask workers' memory limits, summed"
+
+    with pytest.raises(MemoryPlanError, match=r"no memory to use .*: 0 B\): no workers"):
+        plan_memory(100, 10, 784, 10, strategies=[NoWorkers(name="dask", in_process=False)])

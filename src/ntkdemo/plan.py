@@ -164,10 +164,14 @@ def plan_memory(
         candidates = [strategy_named(solver, device)]
     if not candidates or not candidates[0].serves(spec):
         name = candidates[0].name if candidates else device
+        elsewhere = (
+            "use --solver cholesky on the CPU"
+            if strategies is None
+            else (f"run without --engine {name} (--solver cholesky on the CPU)")
+        )
         raise InvalidParameterError(
             f"the {name} solver serves the default kernel at convergence only; drop "
-            "--kernel, --depth, --w-std, --b-std and --time, or use --solver cholesky on "
-            "the CPU"
+            f"--kernel, --depth, --w-std, --b-std and --time, or {elsewhere}"
         )
     local = candidates[0].in_process
     if max_memory is not None and not local:
@@ -178,6 +182,12 @@ def plan_memory(
         )
     if available is None:
         available = candidates[0].available_bytes()
+    if available <= 0 and not local:
+        raise MemoryPlanError(
+            f"the {candidates[0].name} strategy has no memory to use "
+            f"({candidates[0].memory_label()}: 0 B): no workers, or a memory limit of 0; "
+            "start workers with memory, or run without it"
+        )
     if process_bytes is None:
         process_bytes = int(psutil.Process().memory_info().rss) + later_bytes if local else 0
     budget = int(0.9 * available) + process_bytes

@@ -64,7 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     _replace_closed_streams()
     if os.environ.get(STATUS_DIR_VARIABLE):
-        from .cli import main as run_in_this_process
+        try:  # Ctrl-C while the libraries load is one line too
+            from .cli import main as run_in_this_process
+        except KeyboardInterrupt:
+            print("ntkdemo: interrupted; --out was left as it was", file=sys.stderr)
+            return 130
         from .process_status import watch_for_crashes
 
         if not os.environ.get("NTKDEMO_DEBUG"):

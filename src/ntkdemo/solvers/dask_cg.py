@@ -31,6 +31,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -104,17 +106,33 @@ def connect(
     # disk (distributed's default above 60% of the limit) would pickle gigabytes per task.
     dask.config.set({"distributed.worker.memory.target": False})
     dask.config.set({"distributed.worker.memory.spill": False})
-    cluster = LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-        env={"NUMBA_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads},
-    )
+    with _interrupts_left_to_this_process():
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+            env={"NUMBA_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads},
+        )
     with cluster, Client(cluster) as client:
         yield client
+
+
+@contextlib.contextmanager
+def _interrupts_left_to_this_process() -> Iterator[None]:
+    """Start processes that ignore Ctrl-C: Python keeps SIGINT ignored in a child started
+    while it is ignored, so the local workers leave an interrupt to this process (which
+    closes them) instead of each printing its traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _probe_scheduler(address: str, timeout: float) -> None:
