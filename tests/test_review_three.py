@@ -403,3 +403,26 @@ def test_network_cost_model():
     check_networks([100], 10, 784, available=network_bytes(10, 784, 100))
     with pytest.raises(InvalidParameterError, match="use widths up to 100$"):
         check_networks([101], 10, 784, available=network_bytes(10, 784, 100))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: {"y_train": s.y_train[:-1]}, "one label per image of sample.X_train"),
+        (lambda s: {"X_test": s.X_test[:, :5]}, "sample.X_test has 5 features"),
+        (lambda s: {"y_test": s.y_test + 20}, r"sample.y_test must hold whole numbers in 0..2"),
+        (lambda s: {"X_train": s.X_train.astype(str)}, "sample.X_train must hold real numbers"),
+    ],
+)
+def test_run_demo_names_the_field_of_a_bad_sample(tiny_dataset, change, message):
+    import dataclasses
+
+    from ntkdemo.data import load_sample
+    from ntkdemo.demo import run_demo
+    from ntkdemo.errors import InvalidInputError
+
+    sample = load_sample(tiny_dataset, 4, 2)
+    with pytest.raises(InvalidInputError, match=message):
+        run_demo(dataclasses.replace(sample, **change(sample)))
+    with pytest.raises(InvalidInputError, match="run_demo needs a Sample"):
+        run_demo("not a sample")

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .data import Sample
+from .errors import InvalidInputError
 from .evaluate import ClassificationReport, evaluate
 from .kernels import unit_rows
 from .plan import MemoryPlan, plan_memory
 from .solvers.base import KernelSolution, Progress, Stopwatch, one_hot
 from .spec import KernelSpec
+from .validation import check_matrix
 
 
 @dataclass
@@ -90,6 +92,7 @@ def run_demo(
     DemoResult
     """
     spec = spec or KernelSpec()
+    _check_sample(sample)
     n_train, n_features = sample.X_train.shape
     plan = plan or plan_memory(
         n_train, len(sample.y_test), n_features, sample.n_classes, spec=spec, device=device
@@ -114,3 +117,35 @@ def run_demo(
         plan=plan,
         timings={"spectrum": watch.timings["spectrum"], **fitted.timings, **watch.timings},
     )
+
+
+def _check_sample(sample: object) -> None:
+    """Refuse what is no usable :class:`~ntkdemo.data.Sample`, naming the field at fault.
+
+    Raises
+    ------
+    InvalidInputError
+    """
+    if not isinstance(sample, Sample):
+        raise InvalidInputError(
+            f"run_demo needs a Sample (ntkdemo.load_sample), got {type(sample).__name__}"
+        )
+    X_train = check_matrix("sample.X_train", sample.X_train)
+    check_matrix("sample.X_test", sample.X_test, n_features=X_train.shape[1])
+    for name, X, y in (
+        ("train", sample.X_train, sample.y_train),
+        ("test", sample.X_test, sample.y_test),
+    ):
+        labels = np.asarray(y)
+        if labels.shape != (len(X),):
+            raise InvalidInputError(
+                f"sample.y_{name} must hold one label per image of sample.X_{name} "
+                f"({len(X)}), got shape {labels.shape}"
+            )
+        if labels.size and (
+            labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= sample.n_classes
+        ):
+            raise InvalidInputError(
+                f"sample.y_{name} must hold whole numbers in 0..{sample.n_classes - 1} (one per "
+                f"entry of sample.classes), got values from {labels.min()} to {labels.max()}"
+            )

@@ -88,7 +88,14 @@ class OutputSet:
         self._scope = scope
         self._current = f"current-{scope}"
         self._remove_leftovers()
-        self._staging = Path(tempfile.mkdtemp(prefix=f"{scope}.new-", dir=state / "sets"))
+        try:
+            self._staging = Path(tempfile.mkdtemp(prefix=f"{scope}.new-", dir=state / "sets"))
+        except OSError as exc:  # no inodes left, say
+            self._release()
+            raise InvalidParameterError(
+                f"cannot write to --out {str(self.path)!r} ({exc.strerror or exc}); free some "
+                "space or choose another folder"
+            ) from None
         self._names: list[str] = []
 
     def __str__(self) -> str:
