@@ -1,7 +1,9 @@
-"""Closed-form kernels of infinitely wide fully-connected ReLU networks.
+"""Closed-form kernels of infinitely wide ReLU networks.
 
 * :mod:`~ntkdemo.kernels.ntk` -- the one-hidden-layer NTK as a map of cosines;
 * :mod:`~ntkdemo.kernels.deep` -- NNGP and NTK of deeper networks, a fold of layer steps;
+* :mod:`~ntkdemo.kernels.conv` -- the same fold for convolutional networks (with
+  :mod:`~ntkdemo.kernels.conv_loops`, its compiled loops);
 * :mod:`~ntkdemo.kernels.matrix` -- the kernel a run uses, chosen by name;
 * :mod:`~ntkdemo.kernels.blocks` -- block assembly and mirroring.
 
@@ -9,11 +11,14 @@ This layer imports nothing from the solvers, the plan or the command line.
 """
 
 from .blocks import mirror_upper
+from .conv import architecture_layers, conv_kernels
 from .deep import fc_kernels
 from .matrix import is_default_kernel, kernel_matrix
 from .ntk import ntk, ntk_of_cosine, ntk_times, scaled_unit_rows, unit_rows
 
 __all__ = [
+    "architecture_layers",
+    "conv_kernels",
     "fc_kernels",
     "is_default_kernel",
     "kernel_matrix",

@@ -1,0 +1,490 @@
+r"""NNGP and NTK of infinitely wide convolutional ReLU networks, as a fold of layer steps.
+
+Novak et al. 2019, "Bayesian Deep Convolutional Networks with Many Channels are
+Gaussian Processes"; Arora et al. 2019, "On Exact Computation with an Infinitely Wide
+Neural Net"; Shankar et al. 2020, "Neural Kernels Without Tangents" (the Myrtle
+networks). Conventions of neural-tangents' ``stax`` ('ntk' parameterisation), as for
+:func:`~ntkdemo.kernels.deep.fc_kernels`.
+
+The state of a pair of images :math:`(x, y)` is the covariance of a layer's
+pre-activations between every position :math:`p` of :math:`x` and :math:`p'` of
+:math:`y`, :math:`K(p, p')` (the NNGP), and the tangent kernel :math:`\Theta(p, p')`.
+It starts from :math:`K_0(p, p') = \sum_c x_{pc} y_{p'c} / C`, :math:`\Theta_0 = 0`, and
+passes through:
+
+* ``Conv`` (3 x 3, 'SAME' zero padding): with :math:`A` the mean over the nine offsets
+  :math:`d`, :math:`(A K)(p, p') = \frac19 \sum_d K(p + d, p' + d)` (the same offset on
+  both sides, so each relative offset :math:`p' - p` evolves on its own),
+  :math:`K' = \sigma_w^2 A K + \sigma_b^2` and :math:`\Theta' = K' + \sigma_w^2 A \Theta`;
+* ``Relu``: the arc-cosine step of :func:`~ntkdemo.kernels.deep.fc_kernels` entry by
+  entry, with the variances :math:`q_x(p) = K_{xx}(p, p)` and :math:`q_y(p')` of each
+  image (computed once per image, by the same fold on the pair :math:`(x, x)`);
+  positions of zero variance (black borders at :math:`\sigma_b = 0`) give 0, never NaN;
+* ``AvgPool`` (2 x 2, stride 2): the mean over the four positions of each block on
+  both sides;
+* ``GlobalAvgPool``: the mean over all :math:`(p, p')`; ``Flatten``: the mean over the
+  diagonal :math:`p = p'`; both end the spatial part;
+* ``Dense``: :math:`K' = \sigma_w^2 K + \sigma_b^2`, :math:`\Theta' = K' + \sigma_w^2 \Theta`.
+
+The read-out decides what is stored: without pooling, a ``Flatten`` read-out needs only
+the entries :math:`K(p, p)` (``H W`` per pair: the conv maps them among themselves),
+with pooling the whole :math:`(H W)^2`. Pairs are computed in chunks, so memory is
+bounded by the chunk, never by the :math:`(n_1, n_2, H, W, H, W)` tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InvalidParameterError
+from ..validation import check_matrix, check_nonnegative_float
+
+__all__ = [
+    "AvgPool",
+    "Conv",
+    "Dense",
+    "Flatten",
+    "GlobalAvgPool",
+    "Relu",
+    "architecture_layers",
+    "conv_kernels",
+]
+
+
+@dataclass(frozen=True)
+class Conv:
+    """A 3 x 3 convolution with 'SAME' zero padding (neural-tangents' ``stax.Conv``)."""
+
+    w_std: float
+    b_std: float
+
+
+@dataclass(frozen=True)
+class Relu:
+    """The ReLU nonlinearity."""
+
+
+@dataclass(frozen=True)
+class AvgPool:
+    """2 x 2 average pooling with stride 2 ('VALID': an odd last row or column is dropped)."""
+
+
+@dataclass(frozen=True)
+class GlobalAvgPool:
+    """The mean over all positions: ends the spatial part."""
+
+
+@dataclass(frozen=True)
+class Flatten:
+    """All positions as one feature vector: ends the spatial part."""
+
+
+@dataclass(frozen=True)
+class Dense:
+    """A fully connected read-out layer."""
+
+    w_std: float
+    b_std: float
+
+
+Layer = Conv | Relu | AvgPool | GlobalAvgPool | Flatten | Dense
+
+MYRTLE_FACTORS = {"myrtle5": (2, 1, 1), "myrtle7": (2, 2, 2), "myrtle10": (3, 3, 3)}
+"""Convolutions before the first pool, between the pools, and after the second."""
+
+
+def architecture_layers(name: str, w_std: float = 2**0.5, b_std: float = 0.0) -> tuple[Layer, ...]:
+    """The layers of a named architecture (every ``conv`` is a ``Conv`` then a ``Relu``).
+
+    Parameters
+    ----------
+    name : str
+        ``cnn-flatten-L`` (L convolutions, ``Flatten``, ``Dense``), ``cnn-gap-L`` (L
+        convolutions, ``GlobalAvgPool``, ``Dense``), ``myrtle5``, ``myrtle7`` or
+        ``myrtle10`` (f1 convolutions, ``AvgPool``, f2, ``AvgPool``, f3,
+        ``GlobalAvgPool``, ``Dense``; factors in :data:`MYRTLE_FACTORS`).
+    w_std, b_std : float
+        Weight and bias standard deviations of every ``Conv`` and the ``Dense``.
+
+    Raises
+    ------
+    InvalidParameterError
+        If the name is none of these (``fc-L`` is served by
+        :func:`~ntkdemo.kernels.deep.fc_kernels`).
+    """
+
+    def convs(count: int) -> list[Layer]:
+        return [layer for _ in range(count) for layer in (Conv(w_std, b_std), Relu())]
+
+    written = re.fullmatch(r"cnn-(flatten|gap)-(\d+)", name)
+    if written and int(written.group(2)) >= 1:
+        ending: Layer = Flatten() if written.group(1) == "flatten" else GlobalAvgPool()
+        return (*convs(int(written.group(2))), ending, Dense(w_std, b_std))
+    if name in MYRTLE_FACTORS:
+        f1, f2, f3 = MYRTLE_FACTORS[name]
+        return (
+            *convs(f1),
+            AvgPool(),
+            *convs(f2),
+            AvgPool(),
+            *convs(f3),
+            GlobalAvgPool(),
+            Dense(w_std, b_std),
+        )
+    raise InvalidParameterError(
+        f"unknown architecture {name!r}; use fc-L, cnn-flatten-L, cnn-gap-L (L >= 1), "
+        "myrtle5, myrtle7 or myrtle10"
+    )
+
+
+def needs_full_covariance(layers: Sequence[Layer]) -> bool:
+    """Whether any layer averages over positions (then all :math:`(p, p')` are needed)."""
+    return any(isinstance(layer, AvgPool | GlobalAvgPool) for layer in layers)
+
+
+def _check_layers(layers: Sequence[Layer]) -> tuple[Layer, ...]:
+    """The layers, checked: spatial steps, one read-out, then ``Dense`` only."""
+    layers = tuple(layers)
+    ends = [i for i, layer in enumerate(layers) if isinstance(layer, GlobalAvgPool | Flatten)]
+    if len(ends) != 1 or not layers or not isinstance(layers[-1], Dense):
+        raise InvalidParameterError(
+            "a convolutional architecture needs exactly one GlobalAvgPool or Flatten, and "
+            f"a Dense layer last; got {[type(layer).__name__ for layer in layers]}"
+        )
+    end = ends[0]
+    if any(isinstance(layer, Dense) for layer in layers[:end]) or any(
+        isinstance(layer, Conv | AvgPool) for layer in layers[end:]
+    ):
+        raise InvalidParameterError(
+            "Conv and AvgPool come before the GlobalAvgPool or Flatten, Dense after it"
+        )
+    for layer in layers:
+        if isinstance(layer, Conv | Dense):
+            check_nonnegative_float("w_std", layer.w_std)
+            check_nonnegative_float("b_std", layer.b_std)
+    return layers
+
+
+def conv_kernels(
+    X: np.ndarray,
+    Y: np.ndarray | None = None,
+    *,
+    architecture: str | Sequence[Layer],
+    w_std: float = 2**0.5,
+    b_std: float = 0.0,
+    image_shape: tuple[int, ...] | None = None,
+    pairs_per_chunk: int | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""NNGP and NTK of an infinitely wide convolutional ReLU network.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples_X, H, W, C), (n_samples_X, H, W) or (n_samples_X, H * W * C)
+        Images; flat rows (as :func:`ntkdemo.load_sample` gives them) need ``image_shape``.
+    Y : array-like, optional
+        Second set of images (default ``X``: the symmetric Gram matrix).
+    architecture : str or sequence of layers
+        A name for :func:`architecture_layers` (``w_std`` and ``b_std`` apply), ``fc-L``
+        (:func:`~ntkdemo.kernels.deep.fc_kernels` at depth L, on the flattened images),
+        or the layers themselves (``Conv``, ``Relu``, ``AvgPool``, ``GlobalAvgPool``,
+        ``Flatten``, ``Dense``).
+    w_std, b_std : float, default=sqrt(2) and 0
+        For a named architecture.
+    image_shape : tuple of int, optional
+        ``(H, W)`` or ``(H, W, C)`` of one image, for flat rows.
+    pairs_per_chunk : int, optional
+        Pairs computed together (default: as many as fit in about 256 MB).
+    progress : callable, optional
+        Wraps the iterator over chunks of pairs.
+
+    Returns
+    -------
+    nngp, ntk : ndarray of shape (n_samples_X, n_samples_Y)
+        float64.
+    """
+    if isinstance(architecture, str) and re.fullmatch(r"fc-\d+", architecture):
+        from .deep import fc_kernels
+
+        depth = int(architecture.split("-")[1])
+        flat_X = _images(X, image_shape, "X").reshape(len(X), -1)
+        flat_Y = None if Y is None else _images(Y, image_shape, "Y").reshape(len(Y), -1)
+        return fc_kernels(flat_X, flat_Y, depth=depth, w_std=w_std, b_std=b_std)
+    layers = _check_layers(
+        architecture_layers(architecture, w_std, b_std)
+        if isinstance(architecture, str)
+        else architecture
+    )
+    images_X = _images(X, image_shape, "X")
+    images_Y = images_X if Y is None else _images(Y, image_shape, "Y")
+    if images_Y.shape[1:] != images_X.shape[1:]:
+        raise InvalidParameterError(
+            f"X and Y images differ in shape: {images_X.shape[1:]} and {images_Y.shape[1:]}"
+        )
+    if needs_full_covariance(layers):
+        nngp, ntk = _full_covariance_kernels(images_X, images_Y, Y is None, layers, progress)
+    else:
+        nngp, ntk = _diagonal_kernels(images_X, images_Y, Y is None, layers, pairs_per_chunk)
+    if Y is None:
+        lower = np.tril_indices(len(images_X), -1)
+        nngp[lower] = nngp.T[lower]
+        ntk[lower] = ntk.T[lower]
+    return nngp, ntk
+
+
+def _pairs(n_X: int, n_Y: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of each pair computed: the upper triangle when ``symmetric``."""
+    if symmetric:
+        return np.triu_indices(n_X)
+    rows, cols = np.indices((n_X, n_Y))
+    return rows.ravel(), cols.ravel()
+
+
+PAIRS_PER_TASK = 16
+"""Pairs a thread computes between two looks at the progress bar."""
+
+
+def _full_covariance_kernels(
+    images_X: np.ndarray,
+    images_Y: np.ndarray,
+    symmetric: bool,
+    layers: Sequence[Layer],
+    progress: Callable[[Iterable], Iterable] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Kernels whose read-out pools: each pair's whole position covariance, compiled,
+    on every core (:mod:`.conv_loops`)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import conv_loops
+
+    encoded = _encode(layers, images_X.shape[1:3])
+    threads = max(1, min(os.cpu_count() or 1, len(images_X) * len(images_Y)))
+    workspaces = np.empty((threads, 4, (images_X.shape[1] * images_X.shape[2]) ** 2))
+    rows, cols = _pairs(len(images_X), len(images_Y), symmetric)
+    values_nngp, values_ntk = np.empty(len(rows)), np.empty(len(rows))
+    with ThreadPoolExecutor(threads) as pool:
+
+        def variances_of(images: np.ndarray) -> np.ndarray:
+            found = np.zeros((len(images), encoded[0][-1]))
+            bounds = np.linspace(0, len(images), threads + 1).astype(int)
+            shares = [slice(bounds[t], bounds[t + 1]) for t in range(threads)]
+            list(
+                pool.map(
+                    lambda t: conv_loops.self_variances(
+                        images[shares[t]], found[shares[t]], encoded, workspaces[t]
+                    ),
+                    range(threads),
+                )
+            )
+            return found
+
+        variances_X = variances_of(images_X)
+        variances_Y = variances_X if symmetric else variances_of(images_Y)
+
+        def task(chunk: slice, thread: int) -> None:
+            conv_loops.fold_pairs(
+                images_X,
+                images_Y,
+                rows[chunk],
+                cols[chunk],
+                variances_X,
+                variances_Y,
+                encoded,
+                values_nngp[chunk],
+                values_ntk[chunk],
+                workspaces[thread],
+            )
+
+        starts = range(0, len(rows), PAIRS_PER_TASK * threads)
+        for start in progress(starts) if progress else starts:
+            chunks = [
+                slice(start + t * PAIRS_PER_TASK, start + (t + 1) * PAIRS_PER_TASK)
+                for t in range(threads)
+            ]
+            list(pool.map(task, chunks, range(threads)))
+    nngp = np.empty((len(images_X), len(images_Y)))
+    ntk = np.empty_like(nngp)
+    nngp[rows, cols], ntk[rows, cols] = values_nngp, values_ntk
+    return nngp, ntk
+
+
+def _encode(
+    layers: Sequence[Layer], shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    r"""The offset of each ReLU's variance map in an image's flat row (last: the row's
+    length), the layer codes of :mod:`.conv_loops` and their :math:`\sigma_w^2,
+    \sigma_b^2`."""
+    from . import conv_loops
+
+    codes, w2s, b2s, offsets = [], [], [], [0]
+    height, width = shape
+    for layer in layers:
+        w2 = b2 = 0.0
+        if isinstance(layer, Conv | Dense):
+            w2, b2 = float(layer.w_std) ** 2, float(layer.b_std) ** 2
+        if isinstance(layer, Relu):
+            offsets.append(offsets[-1] + height * width)
+        if isinstance(layer, AvgPool):
+            height, width = height // 2, width // 2
+            if min(height, width) < 1:
+                raise InvalidParameterError(
+                    f"images of {shape[0]} x {shape[1]} are too small for this architecture's "
+                    "pooling layers"
+                )
+        code = {
+            Conv: conv_loops.CONV,
+            Relu: conv_loops.RELU,
+            AvgPool: conv_loops.POOL,
+            GlobalAvgPool: conv_loops.GLOBAL_POOL,
+            Flatten: conv_loops.FLATTEN,
+            Dense: conv_loops.DENSE,
+        }[type(layer)]
+        codes.append(code)
+        w2s.append(w2)
+        b2s.append(b2)
+    return (
+        np.array(offsets, dtype=np.int64),
+        np.array(codes, dtype=np.int64),
+        np.array(w2s),
+        np.array(b2s),
+    )
+
+
+def _diagonal_kernels(
+    images_X: np.ndarray,
+    images_Y: np.ndarray,
+    symmetric: bool,
+    layers: Sequence[Layer],
+    pairs_per_chunk: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Kernels read out by ``Flatten`` without pooling: only :math:`K(p, p)` per pair."""
+    positions = images_X.shape[1] * images_X.shape[2]
+    chunk = pairs_per_chunk or max(1, 64_000_000 // (8 * positions))
+    variances_X = _self_variances(images_X, layers, chunk)
+    variances_Y = variances_X if symmetric else _self_variances(images_Y, layers, chunk)
+    rows, cols = _pairs(len(images_X), len(images_Y), symmetric)
+    nngp = np.empty((len(images_X), len(images_Y)))
+    ntk = np.empty_like(nngp)
+    for start in range(0, len(rows), chunk):
+        r, c = rows[start : start + chunk], cols[start : start + chunk]
+        nngp[r, c], ntk[r, c] = _fold_pairs(
+            images_X[r],
+            images_Y[c],
+            [v[r] for v in variances_X],
+            [v[c] for v in variances_Y],
+            layers,
+        )
+    return nngp, ntk
+
+
+def _images(X: object, image_shape: tuple[int, ...] | None, name: str) -> np.ndarray:
+    """Images as float64 of shape (n, H, W, C)."""
+    array = np.asarray(X)
+    if array.ndim == 2:
+        if image_shape is None:
+            raise InvalidParameterError(
+                f"{name} holds flat rows of {array.shape[1]} values; pass image_shape=(H, W) or "
+                "(H, W, C) (a Sample's image_shape), or images of shape (n, H, W, C)"
+            )
+        if math.prod(image_shape) != array.shape[1]:
+            raise InvalidParameterError(
+                f"image_shape {tuple(image_shape)} holds {math.prod(image_shape)} values but "
+                f"the rows of {name} have {array.shape[1]}"
+            )
+        array = array.reshape(len(array), *image_shape)
+    if array.ndim == 3:
+        array = array[..., None]
+    if array.ndim != 4 or min(array.shape[1:]) < 1:
+        raise InvalidParameterError(
+            f"{name} must be images of shape (n, H, W, C), (n, H, W) or flat rows, got "
+            f"shape {array.shape}"
+        )
+    checked = check_matrix(name, array.reshape(len(array), -1)).astype(np.float64, copy=False)
+    return checked.reshape(array.shape)
+
+
+def _input_covariance(images_a: np.ndarray, images_b: np.ndarray) -> np.ndarray:
+    r""":math:`K_0(p, p) = \sum_c a_{pc} b_{pc} / C` for each pair (row i of both)."""
+    return np.einsum("nijc,nijc->nij", images_a, images_b) / images_a.shape[-1]
+
+
+def _shift_mean(K: np.ndarray) -> np.ndarray:
+    r"""The conv's :math:`(A K)(p, p) = \frac19\sum_d K(p + d, p + d)`, zero outside."""
+    height, width = K.shape[1:3]
+    padded = np.pad(K, [(0, 0), (1, 1), (1, 1)])
+    total = np.zeros_like(K)
+    for dy in range(3):
+        for dx in range(3):
+            total += padded[:, dy : dy + height, dx : dx + width]
+    return total / 9.0
+
+
+def _relu(
+    nngp: np.ndarray, ntk: np.ndarray, var_a: np.ndarray, var_b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The arc-cosine step, entry by entry (see :func:`~ntkdemo.kernels.deep._relu`)."""
+    product = var_a * var_b
+    sine_term = np.sqrt(np.maximum(product - nngp**2, 0.0))
+    theta = np.arctan2(sine_term, nngp)
+    new_nngp = np.maximum((sine_term + (np.pi - theta) * nngp) / (2 * np.pi), 0.0)
+    return new_nngp, ntk * ((np.pi - theta) / (2 * np.pi))
+
+
+def _fold_pairs(
+    images_a: np.ndarray,
+    images_b: np.ndarray,
+    variances_a: list[np.ndarray],
+    variances_b: list[np.ndarray],
+    layers: Sequence[Layer],
+) -> tuple[np.ndarray, np.ndarray]:
+    """NNGP and NTK of the pairs (images_a[i], images_b[i]) of a ``Flatten`` read-out
+    without pooling, given each image's variances before each ReLU."""
+    nngp = _input_covariance(images_a, images_b)
+    ntk = np.zeros_like(nngp)
+    relu_number = 0
+    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+        for layer in layers:
+            if isinstance(layer, Conv):
+                w2, b2 = layer.w_std**2, layer.b_std**2
+                nngp = w2 * _shift_mean(nngp) + b2
+                ntk = nngp + w2 * _shift_mean(ntk)
+            elif isinstance(layer, Relu):
+                nngp, ntk = _relu(nngp, ntk, variances_a[relu_number], variances_b[relu_number])
+                relu_number += 1
+            elif isinstance(layer, Flatten):
+                nngp, ntk = nngp.reshape(len(nngp), -1).mean(1), ntk.reshape(len(ntk), -1).mean(1)
+            elif isinstance(layer, Dense):
+                w2, b2 = layer.w_std**2, layer.b_std**2
+                nngp = w2 * nngp + b2
+                ntk = nngp + w2 * ntk
+    return nngp, ntk
+
+
+def _self_variances(images: np.ndarray, layers: Sequence[Layer], chunk: int) -> list[np.ndarray]:
+    """Each image's variances :math:`K_{xx}(p, p)` before each ReLU, shape (n, H, W) per
+    ReLU: the fold on the pairs (x, x), whose ReLUs read their own diagonal."""
+    found: list[list[np.ndarray]] = []
+    for start in range(0, len(images), chunk):
+        part = images[start : start + chunk]
+        nngp = _input_covariance(part, part)
+        ntk = np.zeros_like(nngp)
+        per_relu = []
+        for layer in layers:
+            if isinstance(layer, Flatten):
+                break
+            if isinstance(layer, Conv):
+                w2, b2 = layer.w_std**2, layer.b_std**2
+                nngp = w2 * _shift_mean(nngp) + b2
+                ntk = nngp + w2 * _shift_mean(ntk)
+            elif isinstance(layer, Relu):
+                per_relu.append(nngp.copy())
+                with np.errstate(invalid="ignore", under="ignore"):
+                    nngp, ntk = _relu(nngp, ntk, per_relu[-1], per_relu[-1])
+        found.append(per_relu)
+    return [np.concatenate(parts) for parts in zip(*found)]

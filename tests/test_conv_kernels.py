@@ -1,0 +1,127 @@
+"""Convolutional NNGP and NTK against neural-tangents, and the fold's properties."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ntkdemo.errors import InvalidParameterError
+from ntkdemo.kernels import fc_kernels
+from ntkdemo.kernels.conv import (
+    AvgPool,
+    Conv,
+    Dense,
+    Flatten,
+    GlobalAvgPool,
+    Relu,
+    architecture_layers,
+    conv_kernels,
+)
+
+REFERENCE = np.load(Path(__file__).parent / "data" / "conv_reference.npz")
+CASES = [str(key) for key in REFERENCE.files if key.startswith("case") and "_" not in key]
+DUPLICATES = {"grey": [1, 7, 8], "colour": [0, 3]}  # rescaled and near-duplicate images
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_architectures_equal_neural_tangents(case):
+    """<= 1e-11 of the largest entry everywhere, <= 3e-8 where two images have cosine 1
+    (a rescaled or near-duplicate image: the angle is ill-conditioned there) and on the
+    diagonal, where ntkdemo is exact (theta = 0) and neural-tangents rounds."""
+    inputs, name, w_std, b_std = REFERENCE[case]
+    images = REFERENCE[str(inputs)]
+    nngp, ntk = conv_kernels(images, architecture=str(name), w_std=float(w_std), b_std=float(b_std))
+    for got, want in ((nngp, REFERENCE[f"{case}_nngp"]), (ntk, REFERENCE[f"{case}_ntk"])):
+        scale = np.abs(want).max()
+        error = np.abs(got - want) / scale
+        tolerant = np.zeros_like(error, dtype=bool)
+        tolerant[np.ix_(DUPLICATES[str(inputs)], DUPLICATES[str(inputs)])] = True
+        np.fill_diagonal(tolerant, True)
+        assert error[~tolerant].max() <= 1e-11, (name, error[~tolerant].max())
+        assert error.max() <= 3e-8
+        assert np.isfinite(got).all()
+
+
+def test_flat_rows_with_image_shape_equal_images():
+    images = REFERENCE["colour"]
+    flat = images.reshape(len(images), -1)
+    for name in ("cnn-gap-1", "cnn-flatten-2"):
+        expected = conv_kernels(images, architecture=name)
+        got = conv_kernels(flat, architecture=name, image_shape=(8, 8, 3))
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+
+
+@pytest.mark.parametrize("name", ["cnn-gap-2", "cnn-flatten-2", "myrtle5"])
+def test_cross_kernel_equals_the_gram_blocks(name):
+    """K(X, Y) computed as a cross kernel equals the rows and columns of the Gram matrix
+    of X and Y together: symmetric and cross paths agree."""
+    images = REFERENCE["grey"][:5, ::2, ::2]  # 14 x 14: quick
+    nngp, ntk = conv_kernels(images, architecture=name)
+    cross_nngp, cross_ntk = conv_kernels(images[:2], images[2:], architecture=name)
+    np.testing.assert_allclose(cross_nngp, nngp[:2, 2:], rtol=1e-14, atol=0)
+    np.testing.assert_allclose(cross_ntk, ntk[:2, 2:], rtol=1e-14, atol=0)
+    np.testing.assert_array_equal(nngp, nngp.T)
+    assert np.linalg.eigvalsh(ntk).min() > -1e-12 * np.abs(ntk).max()
+
+
+def test_black_borders_give_zero_not_nan():
+    """At b_std = 0 the zero positions of real images have zero variance: the ReLU must
+    give 0 there, and a wholly black image a zero row."""
+    images = REFERENCE["grey"][:3, ::2, ::2].copy()
+    images[2] = 0.0
+    for name in ("myrtle5", "cnn-flatten-3", "cnn-gap-1"):
+        nngp, ntk = conv_kernels(images, architecture=name, b_std=0.0)
+        assert np.isfinite(nngp).all() and np.isfinite(ntk).all()
+        assert (nngp[2] == 0).all() and (ntk[2] == 0).all()
+
+
+def test_fc_names_are_the_fully_connected_kernels():
+    images = REFERENCE["colour"]
+    got = conv_kernels(images, architecture="fc-2", w_std=1.3, b_std=0.2)
+    expected = fc_kernels(images.reshape(len(images), -1), depth=2, w_std=1.3, b_std=0.2)
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+
+
+def test_named_architectures_are_their_layers():
+    w, b = 1.5, 0.1
+    assert architecture_layers("cnn-gap-1", w, b) == (
+        Conv(w, b),
+        Relu(),
+        GlobalAvgPool(),
+        Dense(w, b),
+    )
+    assert architecture_layers("cnn-flatten-1", w, b) == (
+        Conv(w, b),
+        Relu(),
+        Flatten(),
+        Dense(w, b),
+    )
+    myrtle = architecture_layers("myrtle5", w, b)
+    assert sum(isinstance(layer, Conv) for layer in myrtle) == 4
+    assert [type(layer) for layer in myrtle].count(AvgPool) == 2
+    assert len(architecture_layers("myrtle10")) == 2 * 9 + 4
+
+
+@pytest.mark.parametrize(
+    "architecture, message",
+    [
+        ("resnet", "unknown architecture 'resnet'"),
+        ("cnn-gap-0", "unknown architecture"),
+        ([Conv(1.0, 0.0), Relu(), Dense(1.0, 0.0)], "exactly one GlobalAvgPool or Flatten"),
+        ([Conv(1.0, 0.0), Flatten(), AvgPool(), Dense(1.0, 0.0)], "Conv and AvgPool come before"),
+    ],
+)
+def test_bad_architectures_are_refused(architecture, message):
+    with pytest.raises(InvalidParameterError, match=message):
+        conv_kernels(REFERENCE["colour"], architecture=architecture)
+
+
+def test_flat_rows_need_an_image_shape():
+    with pytest.raises(InvalidParameterError, match="pass image_shape"):
+        conv_kernels(np.ones((2, 64)), architecture="cnn-gap-1")
+    with pytest.raises(InvalidParameterError, match="holds 49 values but the rows of X have 64"):
+        conv_kernels(np.ones((2, 64)), architecture="cnn-gap-1", image_shape=(7, 7))
