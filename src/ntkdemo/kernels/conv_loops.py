@@ -25,8 +25,9 @@ CONV, RELU, POOL, GLOBAL_POOL, FLATTEN, DENSE = range(6)
 
 
 @jit(error_model="numpy")
-def _shift_mean(source, target):  # pragma: no cover - compiled
-    r"""``target = A source``: :math:`\frac19\sum_d source(p + d, p' + d)`, zero padding."""
+def _shift_sum(source, target):  # pragma: no cover - compiled
+    r"""``target`` :math:`= \sum_d source(p + d, p' + d)` over the nine offsets, zero
+    outside (nine times the conv's mean :math:`A`)."""
     height, width = source.shape[0], source.shape[1]
     target[...] = 0.0
     for i in range(height):
@@ -44,7 +45,6 @@ def _shift_mean(source, target):  # pragma: no cover - compiled
                         last = min(width, width - dx)
                         for m in range(first, last):
                             row[m] += shifted[m + dx]
-    target *= 1.0 / 9.0
 
 
 @jit(inline="always", error_model="numpy")
@@ -108,8 +108,11 @@ def _angle(sine, cosine):  # pragma: no cover - compiled
 
 
 @jit(error_model="numpy")
-def _relu(nngp, ntk, var_a, var_b):  # pragma: no cover - compiled
-    """The arc-cosine step in place; ``var_a`` (H, W) and ``var_b`` (H, W)."""
+def _affine_relu(nngp, ntk, scale, bias, tangent, var_a, var_b):  # pragma: no cover - compiled
+    r"""In place, an affine step then the arc-cosine step, in one pass over memory:
+    :math:`K = s K + b`, :math:`\Theta = t K + s \Theta`, then the ReLU with the
+    variances ``var_a`` (H, W) and ``var_b`` (H, W). After a conv (on its nine-offset
+    sums) ``t = 1``; a ReLU alone is ``s, b, t = 1, 0, 0``."""
     height, width = var_a.shape
     size = height * width
     columns = var_b.reshape(size)
@@ -120,11 +123,11 @@ def _relu(nngp, ntk, var_a, var_b):  # pragma: no cover - compiled
             row_nngp = nngp[i, j].reshape(size)
             row_ntk = ntk[i, j].reshape(size)
             for m in range(size):
-                q = row_nngp[m]
+                q = scale * row_nngp[m] + bias
                 sine = np.sqrt(max(row_variance * columns[m] - q * q, 0.0))
                 rest = np.pi - _angle(sine, q)
                 row_nngp[m] = max((sine + rest * q) * inverse, 0.0)
-                row_ntk[m] *= rest * inverse
+                row_ntk[m] = (tangent * q + scale * row_ntk[m]) * (rest * inverse)
 
 
 @jit(error_model="numpy")
@@ -132,14 +135,19 @@ def _pool(source, target):  # pragma: no cover - compiled
     """``target`` (h/2, w/2, h/2, w/2): 2 x 2 blocks of ``source`` averaged on both sides
     (an odd last row or column dropped)."""
     height, width = target.shape[0], target.shape[1]
-    target[...] = 0.0
-    for i in range(2 * height):
-        for j in range(2 * width):
-            for k in range(2 * height):
-                row = target[i // 2, j // 2, k // 2]
-                for m in range(2 * width):
-                    row[m // 2] += source[i, j, k, m]
-    target *= 1.0 / 16.0
+    for i in range(height):
+        for j in range(width):
+            for k in range(height):
+                row = target[i, j, k]
+                row[:] = 0.0
+                for di in range(2):
+                    for dj in range(2):
+                        for dk in range(2):
+                            block = source[2 * i + di, 2 * j + dj, 2 * k + dk]
+                            for m in range(width):
+                                row[m] += block[2 * m] + block[2 * m + 1]
+                for m in range(width):
+                    row[m] *= 1.0 / 16.0
 
 
 @jit(error_model="numpy")
@@ -163,6 +171,7 @@ def _fold_one_pair(
     ntk = _view(workspace[1], height, width)
     spare_nngp = _view(workspace[2], height, width)
     spare_ntk = _view(workspace[3], height, width)
+    inverse = 1.0 / channels
     for i in range(height):
         for j in range(width):
             for k in range(height):
@@ -171,7 +180,7 @@ def _fold_one_pair(
                     total = 0.0
                     for c in range(channels):
                         total += a[i, j, c] * b[k, m, c]
-                    row[m] = total / channels
+                    row[m] = total * inverse
     ntk[...] = 0.0
     relu = 0
     step = 0
@@ -179,25 +188,30 @@ def _fold_one_pair(
     ntk_out = 0.0
     while step < len(codes):
         code = codes[step]
-        if code == CONV:
-            _shift_mean(nngp, spare_nngp)
-            _shift_mean(ntk, spare_ntk)
-            spare_nngp *= w2s[step]
-            spare_nngp += b2s[step]
-            spare_ntk *= w2s[step]
-            spare_ntk += spare_nngp
-            nngp, spare_nngp = spare_nngp, nngp
-            ntk, spare_ntk = spare_ntk, ntk
-        elif code == RELU:
-            size = height * width
-            map_a = var_a[offsets[relu] : offsets[relu] + size].reshape((height, width))
-            map_b = var_b[offsets[relu] : offsets[relu] + size].reshape((height, width))
-            if record:
-                for i in range(height):
-                    for j in range(width):
-                        map_a[i, j] = nngp[i, j, i, j]
-            _relu(nngp, ntk, map_a, map_b)
-            relu += 1
+        if code == CONV or code == RELU:
+            scale, bias, tangent = 1.0, 0.0, 0.0  # a ReLU alone
+            if code == CONV:
+                _shift_sum(nngp, spare_nngp)
+                _shift_sum(ntk, spare_ntk)
+                nngp, spare_nngp = spare_nngp, nngp
+                ntk, spare_ntk = spare_ntk, ntk
+                scale, bias, tangent = w2s[step] / 9.0, b2s[step], 1.0
+            if code == RELU or (step + 1 < len(codes) and codes[step + 1] == RELU):
+                size = height * width
+                map_a = var_a[offsets[relu] : offsets[relu] + size].reshape((height, width))
+                map_b = var_b[offsets[relu] : offsets[relu] + size].reshape((height, width))
+                if record:
+                    for i in range(height):
+                        for j in range(width):
+                            map_a[i, j] = scale * nngp[i, j, i, j] + bias
+                _affine_relu(nngp, ntk, scale, bias, tangent, map_a, map_b)
+                relu += 1
+                step += code == CONV  # the conv's ReLU is done too
+            else:  # a conv whose output is not rectified
+                flat_nngp, flat_ntk = nngp.reshape(-1), ntk.reshape(-1)
+                for index in range(len(flat_nngp)):
+                    flat_nngp[index] = scale * flat_nngp[index] + bias
+                    flat_ntk[index] = flat_nngp[index] + scale * flat_ntk[index]
         elif code == POOL:
             height, width = height // 2, width // 2
             pooled_nngp = _view(spare_nngp.reshape(-1), height, width)
