@@ -179,7 +179,6 @@ def conv_kernels(
     w_std: float = 2**0.5,
     b_std: float = 0.0,
     image_shape: tuple[int, ...] | None = None,
-    pairs_per_chunk: int | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     r"""NNGP and NTK of an infinitely wide convolutional ReLU network.
@@ -199,8 +198,6 @@ def conv_kernels(
         For a named architecture.
     image_shape : tuple of int, optional
         ``(H, W)`` or ``(H, W, C)`` of one image, for flat rows.
-    pairs_per_chunk : int, optional
-        Pairs computed together (default: as many as fit in about 256 MB).
     progress : callable, optional
         Wraps the iterator over chunks of pairs.
 
@@ -227,10 +224,7 @@ def conv_kernels(
         raise InvalidParameterError(
             f"X and Y images differ in shape: {images_X.shape[1:]} and {images_Y.shape[1:]}"
         )
-    if needs_full_covariance(layers):
-        nngp, ntk = _full_covariance_kernels(images_X, images_Y, Y is None, layers, progress)
-    else:
-        nngp, ntk = _diagonal_kernels(images_X, images_Y, Y is None, layers, pairs_per_chunk)
+    nngp, ntk = _compiled_kernels(images_X, images_Y, Y is None, layers, progress)
     if Y is None:
         lower = np.tril_indices(len(images_X), -1)
         nngp[lower] = nngp.T[lower]
@@ -246,26 +240,33 @@ def _pairs(n_X: int, n_Y: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]
     return rows.ravel(), cols.ravel()
 
 
-PAIRS_PER_TASK = 16
-"""Pairs a thread computes between two looks at the progress bar."""
+ENTRIES_PER_TASK = 10_000_000
+"""Stored entries (pairs times entries per pair) a thread computes between two looks at
+the progress bar: 16 pairs of whole 28 x 28 covariances, 12,755 of their diagonals."""
 
 
-def _full_covariance_kernels(
+def _compiled_kernels(
     images_X: np.ndarray,
     images_Y: np.ndarray,
     symmetric: bool,
     layers: Sequence[Layer],
     progress: Callable[[Iterable], Iterable] | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Kernels whose read-out pools: each pair's whole position covariance, compiled,
-    on every core (:mod:`.conv_loops`)."""
+    """The fold for every pair, compiled, on every core (:mod:`.conv_loops`): each pair's
+    whole position covariance where the read-out pools, else its diagonal."""
     from concurrent.futures import ThreadPoolExecutor
 
     from . import conv_loops
 
+    full = needs_full_covariance(layers)
+    fold_pairs = conv_loops.fold_pairs if full else conv_loops.fold_pairs_diagonal
+    self_variances = conv_loops.self_variances if full else conv_loops.self_variances_diagonal
     encoded = _encode(layers, images_X.shape[1:3])
     threads = max(1, min(os.cpu_count() or 1, len(images_X) * len(images_Y)))
-    workspaces = np.empty((threads, 4, (images_X.shape[1] * images_X.shape[2]) ** 2))
+    positions = images_X.shape[1] * images_X.shape[2]
+    stored = positions**2 if full else positions
+    workspaces = np.empty((threads, 4, stored))
+    per_task = max(1, ENTRIES_PER_TASK // stored)
     rows, cols = _pairs(len(images_X), len(images_Y), symmetric)
     values_nngp, values_ntk = np.empty(len(rows)), np.empty(len(rows))
     with ThreadPoolExecutor(threads) as pool:
@@ -276,7 +277,7 @@ def _full_covariance_kernels(
             shares = [slice(bounds[t], bounds[t + 1]) for t in range(threads)]
             list(
                 pool.map(
-                    lambda t: conv_loops.self_variances(
+                    lambda t: self_variances(
                         images[shares[t]], found[shares[t]], encoded, workspaces[t]
                     ),
                     range(threads),
@@ -288,7 +289,7 @@ def _full_covariance_kernels(
         variances_Y = variances_X if symmetric else variances_of(images_Y)
 
         def task(chunk: slice, thread: int) -> None:
-            conv_loops.fold_pairs(
+            fold_pairs(
                 images_X,
                 images_Y,
                 rows[chunk],
@@ -301,10 +302,10 @@ def _full_covariance_kernels(
                 workspaces[thread],
             )
 
-        starts = range(0, len(rows), PAIRS_PER_TASK * threads)
+        starts = range(0, len(rows), per_task * threads)
         for start in progress(starts) if progress else starts:
             chunks = [
-                slice(start + t * PAIRS_PER_TASK, start + (t + 1) * PAIRS_PER_TASK)
+                slice(start + t * per_task, start + (t + 1) * per_task)
                 for t in range(threads)
             ]
             list(pool.map(task, chunks, range(threads)))
@@ -356,33 +357,6 @@ def _encode(
     )
 
 
-def _diagonal_kernels(
-    images_X: np.ndarray,
-    images_Y: np.ndarray,
-    symmetric: bool,
-    layers: Sequence[Layer],
-    pairs_per_chunk: int | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Kernels read out by ``Flatten`` without pooling: only :math:`K(p, p)` per pair."""
-    positions = images_X.shape[1] * images_X.shape[2]
-    chunk = pairs_per_chunk or max(1, 64_000_000 // (8 * positions))
-    variances_X = _self_variances(images_X, layers, chunk)
-    variances_Y = variances_X if symmetric else _self_variances(images_Y, layers, chunk)
-    rows, cols = _pairs(len(images_X), len(images_Y), symmetric)
-    nngp = np.empty((len(images_X), len(images_Y)))
-    ntk = np.empty_like(nngp)
-    for start in range(0, len(rows), chunk):
-        r, c = rows[start : start + chunk], cols[start : start + chunk]
-        nngp[r, c], ntk[r, c] = _fold_pairs(
-            images_X[r],
-            images_Y[c],
-            [v[r] for v in variances_X],
-            [v[c] for v in variances_Y],
-            layers,
-        )
-    return nngp, ntk
-
-
 def _images(X: object, image_shape: tuple[int, ...] | None, name: str) -> np.ndarray:
     """Images as float64 of shape (n, H, W, C)."""
     array = np.asarray(X)
@@ -407,84 +381,3 @@ def _images(X: object, image_shape: tuple[int, ...] | None, name: str) -> np.nda
         )
     checked = check_matrix(name, array.reshape(len(array), -1)).astype(np.float64, copy=False)
     return checked.reshape(array.shape)
-
-
-def _input_covariance(images_a: np.ndarray, images_b: np.ndarray) -> np.ndarray:
-    r""":math:`K_0(p, p) = \sum_c a_{pc} b_{pc} / C` for each pair (row i of both)."""
-    return np.einsum("nijc,nijc->nij", images_a, images_b) / images_a.shape[-1]
-
-
-def _shift_mean(K: np.ndarray) -> np.ndarray:
-    r"""The conv's :math:`(A K)(p, p) = \frac19\sum_d K(p + d, p + d)`, zero outside."""
-    height, width = K.shape[1:3]
-    padded = np.pad(K, [(0, 0), (1, 1), (1, 1)])
-    total = np.zeros_like(K)
-    for dy in range(3):
-        for dx in range(3):
-            total += padded[:, dy : dy + height, dx : dx + width]
-    return total / 9.0
-
-
-def _relu(
-    nngp: np.ndarray, ntk: np.ndarray, var_a: np.ndarray, var_b: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """The arc-cosine step, entry by entry (see :func:`~ntkdemo.kernels.deep._relu`)."""
-    product = var_a * var_b
-    sine_term = np.sqrt(np.maximum(product - nngp**2, 0.0))
-    theta = np.arctan2(sine_term, nngp)
-    new_nngp = np.maximum((sine_term + (np.pi - theta) * nngp) / (2 * np.pi), 0.0)
-    return new_nngp, ntk * ((np.pi - theta) / (2 * np.pi))
-
-
-def _fold_pairs(
-    images_a: np.ndarray,
-    images_b: np.ndarray,
-    variances_a: list[np.ndarray],
-    variances_b: list[np.ndarray],
-    layers: Sequence[Layer],
-) -> tuple[np.ndarray, np.ndarray]:
-    """NNGP and NTK of the pairs (images_a[i], images_b[i]) of a ``Flatten`` read-out
-    without pooling, given each image's variances before each ReLU."""
-    nngp = _input_covariance(images_a, images_b)
-    ntk = np.zeros_like(nngp)
-    relu_number = 0
-    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
-        for layer in layers:
-            if isinstance(layer, Conv):
-                w2, b2 = layer.w_std**2, layer.b_std**2
-                nngp = w2 * _shift_mean(nngp) + b2
-                ntk = nngp + w2 * _shift_mean(ntk)
-            elif isinstance(layer, Relu):
-                nngp, ntk = _relu(nngp, ntk, variances_a[relu_number], variances_b[relu_number])
-                relu_number += 1
-            elif isinstance(layer, Flatten):
-                nngp, ntk = nngp.reshape(len(nngp), -1).mean(1), ntk.reshape(len(ntk), -1).mean(1)
-            elif isinstance(layer, Dense):
-                w2, b2 = layer.w_std**2, layer.b_std**2
-                nngp = w2 * nngp + b2
-                ntk = nngp + w2 * ntk
-    return nngp, ntk
-
-
-def _self_variances(images: np.ndarray, layers: Sequence[Layer], chunk: int) -> list[np.ndarray]:
-    """Each image's variances :math:`K_{xx}(p, p)` before each ReLU, shape (n, H, W) per
-    ReLU: the fold on the pairs (x, x), whose ReLUs read their own diagonal."""
-    found: list[list[np.ndarray]] = []
-    for start in range(0, len(images), chunk):
-        part = images[start : start + chunk]
-        nngp = _input_covariance(part, part)
-        ntk = np.zeros_like(nngp)
-        per_relu = []
-        for layer in layers:
-            if isinstance(layer, Flatten):
-                break
-            if isinstance(layer, Conv):
-                w2, b2 = layer.w_std**2, layer.b_std**2
-                nngp = w2 * _shift_mean(nngp) + b2
-                ntk = nngp + w2 * _shift_mean(ntk)
-            elif isinstance(layer, Relu):
-                per_relu.append(nngp.copy())
-                with np.errstate(invalid="ignore", under="ignore"):
-                    nngp, ntk = _relu(nngp, ntk, per_relu[-1], per_relu[-1])
-        found.append(per_relu)
-    return [np.concatenate(parts) for parts in zip(*found)]

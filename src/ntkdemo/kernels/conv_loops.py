@@ -1,4 +1,5 @@
-r"""Compiled loops of the convolutional fold over whole position covariances.
+r"""Compiled loops of the convolutional fold, over whole position covariances (a
+pooling read-out) or their diagonals (``Flatten`` without pooling).
 
 :mod:`.conv` describes the maths; these loops compute it one pair of images at a time.
 Each thread (:func:`fold_pairs` releases the GIL) takes a share of the pairs and has
@@ -272,6 +273,119 @@ def self_variances(images, variances, encoded, workspace):  # pragma: no cover -
     offsets, codes, w2s, b2s = encoded
     for p in range(len(images)):
         _fold_one_pair(
+            images[p],
+            images[p],
+            variances[p],
+            variances[p],
+            offsets,
+            codes,
+            w2s,
+            b2s,
+            True,
+            workspace,
+        )
+
+
+@jit(nogil=True, error_model="numpy")
+def _fold_one_pair_diagonal(
+    a, b, var_a, var_b, offsets, codes, w2s, b2s, record, workspace
+):  # pragma: no cover - compiled
+    """As :func:`_fold_one_pair` for a ``Flatten`` read-out without pooling: only the
+    entries :math:`K(p, p)` (a conv maps them among themselves), (H, W) per pair."""
+    height, width, channels = a.shape
+    size = height * width
+    nngp = workspace[0, :size].reshape((height, width))
+    ntk = workspace[1, :size].reshape((height, width))
+    sum_nngp = workspace[2, :size].reshape((height, width))
+    sum_ntk = workspace[3, :size].reshape((height, width))
+    inverse = 1.0 / channels
+    for i in range(height):
+        for j in range(width):
+            total = 0.0
+            for c in range(channels):
+                total += a[i, j, c] * b[i, j, c]
+            nngp[i, j] = total * inverse
+    ntk[...] = 0.0
+    relu = 0
+    step = 0
+    nngp_out = 0.0
+    ntk_out = 0.0
+    half_pi_inverse = 1.0 / (2.0 * np.pi)
+    while step < len(codes):
+        code = codes[step]
+        if code == CONV or code == RELU:
+            scale, bias, tangent = 1.0, 0.0, 0.0  # a ReLU alone
+            if code == CONV:
+                sum_nngp[...] = 0.0
+                sum_ntk[...] = 0.0
+                for dy in range(-1, 2):
+                    for dx in range(-1, 2):
+                        for i in range(max(0, -dy), min(height, height - dy)):
+                            for j in range(max(0, -dx), min(width, width - dx)):
+                                sum_nngp[i, j] += nngp[i + dy, j + dx]
+                                sum_ntk[i, j] += ntk[i + dy, j + dx]
+                nngp[...] = sum_nngp
+                ntk[...] = sum_ntk
+                scale, bias, tangent = w2s[step] / 9.0, b2s[step], 1.0
+            if code == RELU or (step + 1 < len(codes) and codes[step + 1] == RELU):
+                map_a = var_a[offsets[relu] : offsets[relu] + size].reshape((height, width))
+                map_b = var_b[offsets[relu] : offsets[relu] + size].reshape((height, width))
+                for i in range(height):
+                    for j in range(width):
+                        q = scale * nngp[i, j] + bias
+                        if record:
+                            map_a[i, j] = q
+                        sine = np.sqrt(max(map_a[i, j] * map_b[i, j] - q * q, 0.0))
+                        rest = np.pi - _angle(sine, q)
+                        nngp[i, j] = max((sine + rest * q) * half_pi_inverse, 0.0)
+                        ntk[i, j] = (tangent * q + scale * ntk[i, j]) * (rest * half_pi_inverse)
+                relu += 1
+                step += code == CONV  # the conv's ReLU is done too
+            else:  # a conv whose output is not rectified
+                for i in range(height):
+                    for j in range(width):
+                        nngp[i, j] = scale * nngp[i, j] + bias
+                        ntk[i, j] = nngp[i, j] + scale * ntk[i, j]
+        elif code == FLATTEN:
+            nngp_out = nngp.mean()
+            ntk_out = ntk.mean()
+            step += 1
+            break
+        step += 1
+    while step < len(codes):  # Dense read-out layers
+        nngp_out = w2s[step] * nngp_out + b2s[step]
+        ntk_out = nngp_out + w2s[step] * ntk_out
+        step += 1
+    return nngp_out, ntk_out
+
+
+@jit(nogil=True, error_model="numpy")
+def fold_pairs_diagonal(
+    images_a, images_b, rows, cols, variances_a, variances_b, encoded, nngp, ntk, workspace
+):  # pragma: no cover - compiled
+    """:func:`fold_pairs` for a ``Flatten`` read-out without pooling."""
+    offsets, codes, w2s, b2s = encoded
+    for p in range(len(rows)):
+        nngp[p], ntk[p] = _fold_one_pair_diagonal(
+            images_a[rows[p]],
+            images_b[cols[p]],
+            variances_a[rows[p]],
+            variances_b[cols[p]],
+            offsets,
+            codes,
+            w2s,
+            b2s,
+            False,
+            workspace,
+        )
+
+
+@jit(nogil=True, error_model="numpy")
+def self_variances_diagonal(images, variances, encoded, workspace):  # pragma: no cover
+    """:func:`self_variances` for a ``Flatten`` read-out without pooling."""
+    offsets, codes, w2s, b2s = encoded
+    for p in range(len(images)):
+        _fold_one_pair_diagonal(
             images[p],
             images[p],
             variances[p],
