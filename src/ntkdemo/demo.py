@@ -8,7 +8,7 @@ inputs are normalised once, here, and every strategy trusts them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -93,6 +93,8 @@ def run_demo(
     """
     spec = spec or KernelSpec()
     _check_sample(sample)
+    if spec.architecture is not None and not spec.image_shape:
+        spec = replace(spec, image_shape=tuple(sample.image_shape))
     n_train, n_features = sample.X_train.shape
     plan = plan or plan_memory(
         n_train, len(sample.y_test), n_features, sample.n_classes, spec=spec, device=device

@@ -13,6 +13,7 @@ nothing is trained iteratively.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -20,6 +21,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .errors import InvalidParameterError
 from .kernels import unit_rows
 from .solvers import CholeskySolver, one_hot
 from .spec import KernelSpec
@@ -32,16 +34,38 @@ class NumericalFallbackWarning(UserWarning):
 class _KernelModel(BaseEstimator):
     """Shared parameters, fitting and outputs of the two estimators."""
 
-    def __init__(self, kernel="ntk", depth=1, w_std=1.0, b_std=0.0, ridge=0.0, time=None):
+    def __init__(
+        self,
+        kernel="ntk",
+        depth=1,
+        w_std=1.0,
+        b_std=0.0,
+        ridge=0.0,
+        time=None,
+        architecture=None,
+        image_shape=None,
+    ):
         self.kernel = kernel
         self.depth = depth
         self.w_std = w_std
         self.b_std = b_std
         self.ridge = ridge
         self.time = time
+        self.architecture = architecture
+        self.image_shape = image_shape
 
-    def _spec(self) -> KernelSpec:
-        """The estimator's parameters as a validated :class:`~ntkdemo.spec.KernelSpec`."""
+    def _spec(self, n_features: int) -> KernelSpec:
+        """The estimator's parameters as a validated :class:`~ntkdemo.spec.KernelSpec`;
+        a convolutional architecture without ``image_shape`` sees square grey images."""
+        shape = self.image_shape
+        if self.architecture is not None and shape is None:
+            side = math.isqrt(n_features)
+            if side * side != n_features:
+                raise InvalidParameterError(
+                    f"architecture {self.architecture!r} needs image_shape=(H, W) or (H, W, C): "
+                    f"{n_features} features are no square grey image"
+                )
+            shape = (side, side)
         return KernelSpec(
             kernel=self.kernel,
             depth=self.depth,
@@ -49,10 +73,12 @@ class _KernelModel(BaseEstimator):
             b_std=self.b_std,
             ridge=self.ridge,
             time=self.time,
+            architecture=self.architecture,
+            image_shape=tuple(shape) if shape is not None else (),
         )
 
     def _fit_targets(self, X, targets):
-        fitted = CholeskySolver().fit(unit_rows(X, "X"), targets, self._spec())
+        fitted = CholeskySolver().fit(unit_rows(X, "X"), targets, self._spec(X.shape[1]))
         if fitted.solution.jitter:
             warnings.warn(fitted.solution.message, NumericalFallbackWarning, stacklevel=3)
         self.X_fit_ = X
@@ -85,6 +111,12 @@ class NTKClassifier(ClassifierMixin, _KernelModel):
     time : float, optional
         Gradient-descent time t (learning rate 1, neural-tangents' convention; inputs
         rescaled to ``x.x/d = 1``); None is the converged network.
+    architecture : str, optional
+        A convolutional network (``cnn-flatten-L``, ``cnn-gap-L``, ``myrtle5``, ...:
+        :func:`ntkdemo.kernels.conv_kernels`) in place of the fully connected one.
+    image_shape : tuple of int, optional
+        ``(H, W)`` or ``(H, W, C)`` of one image for ``architecture`` (default: square
+        grey images).
 
     Attributes
     ----------

@@ -1,7 +1,8 @@
 """What a run computes: the kernel and how the network is read out, validated once.
 
-A :class:`KernelSpec` names the kernel (the one-layer formula or a deep NTK/NNGP with
-weight and bias scales), the ridge and the training time. Every layer below the
+A :class:`KernelSpec` names the kernel (the one-layer formula, a deep fully connected
+or a convolutional NTK/NNGP with weight and bias scales), the ridge and the training
+time. Every layer below the
 command line receives one and trusts it: the decisions that depend on it (is this the
 one-layer formula the fast paths serve? converged network or finite time?) are its
 properties, made here once.
@@ -10,6 +11,7 @@ properties, made here once.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -17,6 +19,7 @@ import numpy as np
 
 from .dynamics import check_times
 from .errors import InvalidParameterError
+from .kernels.conv import architecture_layers, conv_kernels
 from .kernels.matrix import is_default_kernel, kernel_of_unit_rows
 from .validation import check_nonnegative_float, check_positive_int
 
@@ -38,6 +41,13 @@ class KernelSpec:
     time : float or None, default=None
         Gradient-descent time of the infinite network (learning rate 1,
         neural-tangents' convention); None (or inf) is convergence. Not with a ridge.
+    architecture : str or None, default=None
+        A network of :func:`ntkdemo.kernels.conv_kernels` (``cnn-flatten-L``,
+        ``cnn-gap-L``, ``myrtle5``, ...) in place of the fully connected one; ``fc-L``
+        is the fully connected network of depth L (it sets ``depth``).
+    image_shape : tuple of int, default=()
+        ``(H, W)`` or ``(H, W, C)`` of one image, which a convolutional architecture
+        needs to see the flat rows as images (``run_demo`` takes it from the sample).
 
     Raises
     ------
@@ -51,10 +61,19 @@ class KernelSpec:
     b_std: float = 0.0
     ridge: float = 0.0
     time: float | None = None
+    architecture: str | None = None
+    image_shape: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kernel not in ("ntk", "nngp"):
             raise InvalidParameterError(f"kernel must be 'ntk' or 'nngp', got {self.kernel!r}")
+        if self.architecture is not None:
+            fully_connected = re.fullmatch(r"fc-(\d+)", self.architecture)
+            if fully_connected:
+                object.__setattr__(self, "depth", int(fully_connected.group(1)))
+                object.__setattr__(self, "architecture", None)
+            else:
+                architecture_layers(self.architecture)  # refuses unknown names
         check_positive_int("depth", self.depth)
         if check_nonnegative_float("w_std", self.w_std) == 0:
             raise InvalidParameterError(
@@ -82,9 +101,16 @@ class KernelSpec:
     @property
     def is_one_layer_formula(self) -> bool:
         """The default kernel at convergence: what the strips, CG and CUDA paths serve."""
-        return self.time is None and is_default_kernel(
-            self.kernel, self.depth, self.w_std, self.b_std
+        return (
+            self.time is None
+            and self.architecture is None
+            and is_default_kernel(self.kernel, self.depth, self.w_std, self.b_std)
         )
+
+    def describe(self) -> str:
+        """The network in a few words, for the console."""
+        network = self.architecture or f"fc-{self.depth}"
+        return f"{self.kernel.upper()} of {network} (w_std {self.w_std:g}, b_std {self.b_std:g})"
 
     def matrix(
         self,
@@ -96,8 +122,27 @@ class KernelSpec:
         """The kernel of unit rows ``X_unit`` (against ``Y_unit``, default themselves).
 
         A finite time fixes what a unit of time means, so then the kernel is in
-        neural-tangents' scale (:func:`ntkdemo.kernels.fc_kernels`).
+        neural-tangents' scale (:func:`ntkdemo.kernels.fc_kernels`). A convolutional
+        architecture sees the rows rescaled to ``x.x/d = 1`` as images of
+        ``image_shape`` (:func:`ntkdemo.kernels.conv_kernels`).
         """
+        if self.architecture is not None:
+            if not self.image_shape:
+                raise InvalidParameterError(
+                    f"architecture {self.architecture!r} needs the images' shape: pass "
+                    "image_shape=(H, W) or (H, W, C)"
+                )
+            scale = np.sqrt(X_unit.shape[1])
+            nngp, ntk = conv_kernels(
+                X_unit * scale,
+                None if Y_unit is None else Y_unit * scale,
+                architecture=self.architecture,
+                w_std=self.w_std,
+                b_std=self.b_std,
+                image_shape=self.image_shape,
+                progress=progress,
+            )
+            return ntk if self.kernel == "ntk" else nngp
         return kernel_of_unit_rows(
             X_unit,
             Y_unit,

@@ -158,6 +158,14 @@ def add_kernel_options(parser: argparse.ArgumentParser) -> None:
         help="hidden ReLU layers (default: 1, the one-layer formula)",
     )
     group.add_argument(
+        "--architecture",
+        default=None,
+        metavar="NAME",
+        help="a convolutional network in place of the fully connected one: cnn-flatten-L, "
+        "cnn-gap-L, myrtle5, myrtle7, myrtle10 (fc-L is --depth L); whole training sets "
+        "of these are slow: about 7 ms per image pair on two cores for the pooling ones",
+    )
+    group.add_argument(
         "--w-std",
         type=nonnegative_float,
         default=1.0,

@@ -129,6 +129,7 @@ def command_run(options) -> int:
         b_std=options.b_std,
         ridge=options.ridge,
         time=options.time,
+        architecture=options.architecture,
     )
     say = Console(options.quiet)
     out = prepare_out_dir(options.out, options.command)
