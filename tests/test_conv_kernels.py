@@ -125,3 +125,78 @@ def test_flat_rows_need_an_image_shape():
         conv_kernels(np.ones((2, 64)), architecture="cnn-gap-1")
     with pytest.raises(InvalidParameterError, match="holds 49 values but the rows of X have 64"):
         conv_kernels(np.ones((2, 64)), architecture="cnn-gap-1", image_shape=(7, 7))
+
+
+def test_spec_with_an_architecture_is_the_conv_kernel_of_rescaled_rows():
+    from ntkdemo.kernels import unit_rows
+    from ntkdemo.spec import KernelSpec
+
+    images = REFERENCE["colour"]
+    X_unit = unit_rows(images.reshape(len(images), -1))
+    spec = KernelSpec(architecture="cnn-gap-1", w_std=1.3, image_shape=(8, 8, 3))
+    assert not spec.is_one_layer_formula
+    expected = conv_kernels(
+        X_unit * np.sqrt(192), architecture="cnn-gap-1", w_std=1.3, image_shape=(8, 8, 3)
+    )
+    np.testing.assert_array_equal(spec.matrix(X_unit), expected[1])
+    nngp_spec = KernelSpec(
+        kernel="nngp", architecture="cnn-gap-1", w_std=1.3, image_shape=(8, 8, 3)
+    )
+    np.testing.assert_array_equal(nngp_spec.matrix(X_unit), expected[0])
+    assert KernelSpec(architecture="fc-3").depth == 3  # fc-L is the fully connected network
+    with pytest.raises(InvalidParameterError, match="unknown architecture"):
+        KernelSpec(architecture="resnet50")
+    with pytest.raises(InvalidParameterError, match="needs the images' shape"):
+        KernelSpec(architecture="myrtle5").matrix(X_unit)
+
+
+def test_command_line_and_estimator_take_an_architecture(tiny_dataset, tmp_path, capsys):
+    """ntkdemo --architecture runs end to end (Cholesky); the estimator agrees with it."""
+    import json
+
+    from ntkdemo import NTKClassifier, load_sample
+    from ntkdemo.cli import main
+
+    arguments = ["--dataset", str(tiny_dataset), "--train-per-class", "5", "--test-per-class", "3"]
+    code = main([*arguments, "--architecture", "cnn-gap-2", "--out", str(tmp_path), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["arguments"]["architecture"] == "cnn-gap-2"
+    sample = load_sample(tiny_dataset, 5, 3)
+    model = NTKClassifier(architecture="cnn-gap-2").fit(sample.X_train, sample.y_train)
+    accuracy = model.score(sample.X_test, sample.y_test)
+    assert accuracy == pytest.approx(metrics["test_accuracy"])
+    code = main([*arguments, "--architecture", "vgg", "--out", str(tmp_path)])
+    assert code == 2 and "unknown architecture 'vgg'" in capsys.readouterr().err
+    with pytest.raises(InvalidParameterError, match="no square grey image"):
+        NTKClassifier(architecture="myrtle5").fit(np.ones((4, 10)), [0, 1, 0, 1])
+
+
+@pytest.mark.parametrize(
+    "spec_settings",
+    [
+        {"depth": 3, "w_std": 1.4, "b_std": 0.1},
+        {"kernel": "nngp", "depth": 2},
+        {"architecture": "cnn-gap-1", "w_std": 2**0.5, "image_shape": (8, 8, 3)},
+        {"architecture": "cnn-flatten-2", "kernel": "nngp", "image_shape": (8, 8, 3)},
+    ],
+)
+def test_cg_serves_every_kernel_at_convergence(spec_settings):
+    """Deep and convolutional kernels solved by the cg strategy (their strips from
+    KernelSpec.matrix) give Cholesky's answer."""
+    from ntkdemo.kernels import unit_rows
+    from ntkdemo.solvers import CGOptions, CGSolver, CholeskySolver, one_hot
+    from ntkdemo.spec import KernelSpec
+
+    rng = np.random.default_rng(7)
+    X_unit = unit_rows(rng.random((90, 192)) ** 2)
+    Y = one_hot(rng.integers(0, 3, 90), 3)
+    spec = KernelSpec(**spec_settings)
+    solver = CGSolver(options=CGOptions(rank=20, cluster_size=30, strip_rows=16))
+    assert solver.serves(spec) and not CGSolver(options=CGOptions(storage=np.float32)).serves(spec)
+    iterative = solver.fit(X_unit, Y, spec)
+    direct = CholeskySolver().fit(X_unit, Y, spec)
+    scale = np.abs(direct.solution.coef).max()
+    np.testing.assert_allclose(iterative.solution.coef, direct.solution.coef, atol=1e-5 * scale)
+    test = unit_rows(rng.random((20, 192)) ** 2)
+    np.testing.assert_array_equal(iterative.predict(test).argmax(1), direct.predict(test).argmax(1))

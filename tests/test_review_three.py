@@ -426,3 +426,22 @@ def test_run_demo_names_the_field_of_a_bad_sample(tiny_dataset, change, message)
         run_demo(dataclasses.replace(sample, **change(sample)))
     with pytest.raises(InvalidInputError, match="run_demo needs a Sample"):
         run_demo("not a sample")
+
+
+def test_a_swallowed_ctrl_c_is_sent_again():
+    """A KeyboardInterrupt raised inside a callback (distributed's gc hook, seen under load)
+    is 'ignored' by Python; the command's hook sends SIGINT again instead of printing it."""
+    from types import SimpleNamespace
+
+    from ntkdemo.cli.main import _interrupt_again_if_lost
+
+    received, passed_on = [], []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        hook = _interrupt_again_if_lost(passed_on.append)
+        hook(SimpleNamespace(exc_type=KeyboardInterrupt))
+        other = SimpleNamespace(exc_type=ValueError)
+        hook(other)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert received == [signal.SIGINT] and passed_on == [other]

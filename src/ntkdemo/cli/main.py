@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -32,6 +33,25 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     names = {run.add_command(commands), *theory.add_commands(commands)}
     return parser, names
+
+
+def _interrupt_again_if_lost(previous_hook):
+    """An unraisable-exception hook that re-sends a Ctrl-C Python had to swallow.
+
+    A KeyboardInterrupt raised while a callback runs (a library's garbage-collection
+    hook, say) cannot propagate; Python prints it as "Exception ignored" and goes on, so
+    the run would neither stop nor stay quiet. This hook sends SIGINT again instead,
+    which interrupts the run at its next step, and leaves other exceptions to
+    ``previous_hook``.
+    """
+
+    def hook(unraisable) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        else:
+            previous_hook(unraisable)
+
+    return hook
 
 
 def attach_negative_values(arguments: list[str]) -> list[str]:
@@ -63,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         arguments[0] not in names and arguments[0] not in ("-h", "--help", "--version")
     ):
         arguments.insert(0, "run")
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _interrupt_again_if_lost(previous_hook)
     try:
         options = parser.parse_args(attach_negative_values(arguments))
         with diagnostics_kept() as diagnostics:
@@ -94,3 +116,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        sys.unraisablehook = previous_hook

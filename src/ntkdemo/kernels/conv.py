@@ -305,8 +305,7 @@ def _compiled_kernels(
         starts = range(0, len(rows), per_task * threads)
         for start in progress(starts) if progress else starts:
             chunks = [
-                slice(start + t * per_task, start + (t + 1) * per_task)
-                for t in range(threads)
+                slice(start + t * per_task, start + (t + 1) * per_task) for t in range(threads)
             ]
             list(pool.map(task, chunks, range(threads)))
     nngp = np.empty((len(images_X), len(images_Y)))

@@ -23,7 +23,7 @@ from ..spec import KernelSpec
 from ..validation import check_nonnegative_float
 from .base import FittedKernel, KernelSolution, Progress, Stopwatch, host_available_bytes, wrap
 from .preconditioners import block_nystrom_preconditioner, cluster_order, in_original_order
-from .strips import SymmetricStrips, ntk_strips_of_unit_rows
+from .strips import SymmetricStrips, kernel_strips_of_unit_rows, ntk_strips_of_unit_rows
 
 
 def conjugate_gradients(
@@ -404,9 +404,11 @@ def solve_cg(
 class CGSolver:
     """Strategy: the upper triangle of ``K`` in float64 and preconditioned CG.
 
-    Serves the one-layer formula at convergence (the strips hold that kernel); needs
-    about half the memory of :class:`~.cholesky.CholeskySolver` and, for large ``n``,
-    less time (``n^2`` per iteration against ``n^3 / 3``).
+    With float64 storage it serves every kernel at convergence (the one-layer formula's
+    strips by its own compiled map, any other by ``KernelSpec.matrix`` strip by strip);
+    float32 storage serves the one-layer formula, whose float64 rows the refinement
+    recomputes. Needs about half the memory of :class:`~.cholesky.CholeskySolver` and,
+    for large ``n``, less time (``n^2`` per iteration against ``n^3 / 3``).
     """
 
     name: str = "cg"
@@ -414,6 +416,8 @@ class CGSolver:
     in_process: bool = True
 
     def serves(self, spec: KernelSpec) -> bool:
+        if self.options.storage == np.float64:
+            return spec.time is None
         return spec.is_one_layer_formula
 
     def describe(self) -> str:
@@ -482,12 +486,20 @@ class CGSolver:
         with watch.stage("clusters"):
             order, blocks = cluster_order(X_unit, self.options.cluster_size)
         with watch.stage("kernel"):
-            K = ntk_strips_of_unit_rows(
-                X_unit[order],  # a copy for the build alone, freed before the solve
-                strip_rows=self.options.strip_rows,
-                progress=wrap(progress, "kernel strips"),
-                dtype=self.options.storage,
-            )
+            if spec.is_one_layer_formula:
+                K = ntk_strips_of_unit_rows(
+                    X_unit[order],  # a copy for the build alone, freed before the solve
+                    strip_rows=self.options.strip_rows,
+                    progress=wrap(progress, "kernel strips"),
+                    dtype=self.options.storage,
+                )
+            else:
+                K = kernel_strips_of_unit_rows(
+                    X_unit[order],
+                    spec.matrix,
+                    strip_rows=self.options.strip_rows,
+                    progress=wrap(progress, "kernel strips"),
+                )
 
         def attempt(jitter: float) -> tuple[KernelSolution, np.ndarray]:
             ridge = spec.ridge + jitter

@@ -223,6 +223,26 @@ def ntk_strips_of_unit_rows(
     return K
 
 
+def kernel_strips_of_unit_rows(
+    X_unit: np.ndarray,
+    kernel: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    *,
+    strip_rows: int = 256,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> SymmetricStrips:
+    """Any kernel's upper triangle in float64: strip ``[a:b]`` is ``kernel(X[a:b],
+    X[a:])`` (``KernelSpec.matrix`` of the spec at hand), its diagonal tile mirrored
+    from its upper half so the stored matrix is exactly symmetric."""
+    K = SymmetricStrips(len(X_unit), strip_rows)
+    numbers = K.strip_numbers
+    for number in progress(numbers) if progress else numbers:
+        rows = K.rows_of(number)
+        strip = K.strip(number)
+        strip[...] = kernel(X_unit[rows], X_unit[rows.start :])
+        mirror_upper(strip[:, : rows.stop - rows.start])
+    return K
+
+
 def strip_sizes(n: int, strip_rows: int) -> np.ndarray:
     """Entries of each strip: its rows times its columns (from its first row on)."""
     starts = np.arange(0, n, strip_rows, dtype=np.int64)
