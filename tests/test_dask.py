@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -256,8 +257,11 @@ def test_a_cluster_without_workers_ends_the_wait():
 def test_ctrl_c_during_a_dask_run_is_one_line(fashion_mnist, tmp_path):
     """SIGINT to the terminal's process group reaches the workers too: they ignore it
     (started while it was ignored), so only the run's own line is printed (the review:
-    about 40 lines of worker tracebacks)."""
-    import psutil
+    about 40 lines of worker tracebacks). Sent once the run computes (its status file
+    says so): the second or two while the workers start is not covered."""
+    import tempfile
+
+    from ntkdemo.process_status import read_status
 
     run = subprocess.Popen(
         [sys.executable, "-m", "ntkdemo", "--engine", "dask", "--dask-workers", "2"]
@@ -270,10 +274,11 @@ def test_ctrl_c_during_a_dask_run_is_one_line(fashion_mnist, tmp_path):
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if len(psutil.Process(run.pid).children(recursive=True)) >= 3:  # child, 2 workers
+            folders = Path(tempfile.gettempdir()).glob(f"ntkdemo-status-{run.pid}-*")
+            if any(read_status(folder).get("stage") == "compute" for folder in folders):
                 break
-            time.sleep(0.2)
-        time.sleep(1.0)
+            time.sleep(0.05)
+        time.sleep(0.5)
         os.killpg(run.pid, signal.SIGINT)
         _, err = run.communicate(timeout=120)
     finally:

@@ -428,20 +428,26 @@ def test_run_demo_names_the_field_of_a_bad_sample(tiny_dataset, change, message)
         run_demo("not a sample")
 
 
-def test_a_swallowed_ctrl_c_is_sent_again():
+def test_a_swallowed_ctrl_c_is_sent_again_and_repeats_are_ignored():
     """A KeyboardInterrupt raised inside a callback (distributed's gc hook, seen under load)
-    is 'ignored' by Python; the command's hook sends SIGINT again instead of printing it."""
+    is 'ignored' by Python; the command's hook sends SIGINT again instead of printing it.
+    A second SIGINT just after one was raised is ignored (nothing interrupts the line)."""
     from types import SimpleNamespace
 
-    from ntkdemo.cli.main import _interrupt_again_if_lost
+    from ntkdemo.cli.main import Interrupts
 
     received, passed_on = [], []
     previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
     try:
-        hook = _interrupt_again_if_lost(passed_on.append)
-        hook(SimpleNamespace(exc_type=KeyboardInterrupt))
+        interrupts = Interrupts(passed_on.append)
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.on_signal(signal.SIGINT, None)
+        interrupts.on_signal(signal.SIGINT, None)  # a repeat: ignored
+        interrupts.unraisable(SimpleNamespace(exc_type=KeyboardInterrupt))  # that one was lost
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.on_signal(signal.SIGINT, None)  # so the re-sent one is raised
         other = SimpleNamespace(exc_type=ValueError)
-        hook(other)
+        interrupts.unraisable(other)
     finally:
         signal.signal(signal.SIGINT, previous)
     assert received == [signal.SIGINT] and passed_on == [other]

@@ -149,7 +149,7 @@ def test_whole_local_split(fashion_mnist, tmp_path, capsys):
     assert np.array(metrics["confusion"]).sum() == 3000
 
 
-def test_other_kernels_refuse_the_cg_path(tiny_dataset, tmp_path, capsys):
+def test_other_kernels_refuse_the_cg32_path(tiny_dataset, tmp_path, capsys):
     code = main(
         [
             "--dataset",
@@ -159,7 +159,7 @@ def test_other_kernels_refuse_the_cg_path(tiny_dataset, tmp_path, capsys):
             "--test-per-class",
             "5",
             "--solver",
-            "cg",
+            "cg32",
             "--depth",
             "2",
             "--out",

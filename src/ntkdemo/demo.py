@@ -65,7 +65,7 @@ def run_demo(
     *,
     plan: MemoryPlan | None = None,
     device: str = "cpu",
-    spectrum_rows: int = 2000,
+    spectrum_rows: int | None = None,
     progress: Progress | None = None,
     report: Callable[[str], None] | None = None,
 ) -> DemoResult:
@@ -80,8 +80,9 @@ def run_demo(
         Default: :func:`ntkdemo.plan.plan_memory` for this sample, ``spec`` and ``device``.
     device : {"cpu", "cuda"}, default="cpu"
         Where the default plan computes.
-    spectrum_rows : int, default=2000
-        Largest Gram matrix whose eigenvalues are computed for the spectrum.
+    spectrum_rows : int, optional
+        Largest Gram matrix whose eigenvalues are computed for the spectrum (default
+        :func:`spectrum_rows_for` the spec).
     progress : callable, optional
         ``progress(description)`` returns a wrapper for a block iterator, or None.
     report : callable, optional
@@ -101,7 +102,7 @@ def run_demo(
     )
     X_train, X_test = unit_rows(sample.X_train, "X_train"), unit_rows(sample.X_test, "X_test")
     watch = Stopwatch()
-    shown = min(spectrum_rows, n_train)
+    shown = min(spectrum_rows or spectrum_rows_for(spec), n_train)
     with watch.stage("spectrum"):
         eigenvalues = np.linalg.eigvalsh(spec.matrix(X_train[:shown]))
     targets = one_hot(sample.y_train, sample.n_classes)
@@ -119,6 +120,12 @@ def run_demo(
         plan=plan,
         timings={"spectrum": watch.timings["spectrum"], **fitted.timings, **watch.timings},
     )
+
+
+def spectrum_rows_for(spec: KernelSpec) -> int:
+    """Rows of the Gram matrix whose spectrum a run shows: 2,000, or 200 for a
+    convolutional kernel (whose entries cost milliseconds each)."""
+    return 2000 if spec.architecture is None else 200
 
 
 def _check_sample(sample: object) -> None:

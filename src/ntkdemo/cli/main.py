@@ -12,6 +12,8 @@ import os
 import re
 import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from importlib import metadata
 
@@ -35,23 +37,36 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
     return parser, names
 
 
-def _interrupt_again_if_lost(previous_hook):
-    """An unraisable-exception hook that re-sends a Ctrl-C Python had to swallow.
+class Interrupts:
+    """Ctrl-C ends a run once, with one line, whatever callback it lands in.
 
     A KeyboardInterrupt raised while a callback runs (a library's garbage-collection
-    hook, say) cannot propagate; Python prints it as "Exception ignored" and goes on, so
-    the run would neither stop nor stay quiet. This hook sends SIGINT again instead,
-    which interrupts the run at its next step, and leaves other exceptions to
-    ``previous_hook``.
+    hook, say) cannot propagate: Python prints it as "Exception ignored" and goes on, so
+    the run would neither stop nor stay quiet. :meth:`unraisable` (the unraisable-
+    exception hook) sends SIGINT again instead, which interrupts the run at its next
+    step. :meth:`on_signal` raises once per interrupt: a second SIGINT within
+    :attr:`REPEAT_SECONDS` of one it raised (the terminal's and a re-sent one arriving
+    together) is ignored, so nothing interrupts the one line that ends the run.
     """
 
-    def hook(unraisable) -> None:
+    REPEAT_SECONDS = 2.0
+
+    def __init__(self, previous_hook) -> None:
+        self.previous_hook = previous_hook
+        self.raised_at: float | None = None
+
+    def on_signal(self, number, frame) -> None:
+        now = time.monotonic()
+        if self.raised_at is None or now - self.raised_at > self.REPEAT_SECONDS:
+            self.raised_at = now
+            raise KeyboardInterrupt
+
+    def unraisable(self, unraisable) -> None:
         if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            self.raised_at = None  # that one was lost: the next is raised
             os.kill(os.getpid(), signal.SIGINT)
         else:
-            previous_hook(unraisable)
-
-    return hook
+            self.previous_hook(unraisable)
 
 
 def attach_negative_values(arguments: list[str]) -> list[str]:
@@ -83,8 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         arguments[0] not in names and arguments[0] not in ("-h", "--help", "--version")
     ):
         arguments.insert(0, "run")
-    previous_hook = sys.unraisablehook
-    sys.unraisablehook = _interrupt_again_if_lost(previous_hook)
+    interrupts = Interrupts(sys.unraisablehook)
+    sys.unraisablehook = interrupts.unraisable
+    watched = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGINT, interrupts.on_signal) if watched else None
     try:
         options = parser.parse_args(attach_negative_values(arguments))
         with diagnostics_kept() as diagnostics:
@@ -117,4 +134,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     finally:
-        sys.unraisablehook = previous_hook
+        sys.unraisablehook = interrupts.previous_hook
+        if watched:
+            signal.signal(signal.SIGINT, previous_handler)

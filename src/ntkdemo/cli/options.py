@@ -175,6 +175,19 @@ def add_kernel_options(parser: argparse.ArgumentParser) -> None:
         "--b-std", type=nonnegative_float, default=0.0, help="bias standard deviation (default: 0)"
     )
     group.add_argument(
+        "--zca",
+        type=nonnegative_float,
+        default=None,
+        metavar="EPS",
+        help="ZCA-whiten the images, fitted on the training images, regularised by EPS "
+        "times the mean eigenvalue (e.g. 0.1)",
+    )
+    group.add_argument(
+        "--flip",
+        action="store_true",
+        help="add each training image mirrored left to right (twice the training set)",
+    )
+    group.add_argument(
         "--ridge",
         type=nonnegative_float,
         default=0.0,

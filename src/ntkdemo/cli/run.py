@@ -137,7 +137,7 @@ def command_run(options) -> int:
         started = time.perf_counter()
         draw = draw_from_options(options, say)
         plan = plan_memory(
-            len(draw.y_train),
+            len(draw.y_train) * (2 if options.flip else 1),
             len(draw.y_test),
             draw.n_values,
             draw.n_classes,
@@ -153,16 +153,46 @@ def command_run(options) -> int:
         sample, load_seconds = decode_draw(draw, say, started)
         record("compute")
         from ..demo import run_demo  # after the plan: a refusal imports no scikit-learn
+        from ..preprocess import with_flips, zca_whitened
 
+        test_images = sample.X_test  # as decoded, for the figure
+        if options.flip:
+            sample = with_flips(sample)
+        if options.zca is not None:
+            sample = zca_whitened(sample, options.zca)
+
+        if spec.architecture is not None:
+            say(_conv_estimate(spec, sample))
         result = run_demo(sample, spec, plan=plan, progress=say.progress, report=say)
     result.timings = {"load": load_seconds, **result.timings}
     record("write")
-    _write_run(out, options, sample, result)  # files first: a closed pipe cannot lose them
+    _write_run(out, options, sample, result, test_images)  # first: a closed pipe loses none
     _print_run(say, sample, result)
     lines = len(options.diagnostics.lines)
     logged = f", log.txt ({lines} lines)" if lines else ""
     say(f"wrote metrics.json, predictions.png, confusion.png, spectrum.png{logged} to {out}/")
     return 0
+
+
+def _conv_estimate(spec, sample) -> str:
+    """One line: how long the convolutional kernel will take here, from a per-pair cost
+    measured now: its spectrum's rows, the training Gram twice (the training outputs
+    are computed afresh, not from the factorised matrix) and the test rows."""
+    from ..demo import spectrum_rows_for
+    from ..kernels.conv import seconds_per_pair
+
+    n_train, n_test = len(sample.y_train), len(sample.y_test)
+    per_pair = seconds_per_pair(
+        spec.architecture, sample.image_shape, w_std=spec.w_std, b_std=spec.b_std
+    )
+    shown = min(n_train, spectrum_rows_for(spec))
+    pairs = n_train * (n_train + 1) + shown * (shown + 1) // 2 + n_test * n_train
+    seconds = pairs * per_pair
+    when = f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
+    return (
+        f"kernel: about {when} here ({pairs:,} image pairs at {per_pair * 1e3:.2f} ms each, "
+        "measured now)"
+    )
 
 
 @contextlib.contextmanager
@@ -212,7 +242,8 @@ def _print_run(say: Console, sample, result) -> None:
         say(f"{name:<{width}}  " + " ".join(f"{v:4d}" for v in test.confusion[index]))
 
 
-def _write_run(out: OutputSet, options, sample, result) -> None:
+def _write_run(out: OutputSet, options, sample, result, test_images: np.ndarray) -> None:
+    """metrics.json and the figures; ``test_images`` as decoded (before --zca)."""
     from ..figures import confusion_figure, prediction_grid, spectrum_figure
 
     eigenvalues = result.eigenvalues
@@ -262,7 +293,7 @@ def _write_run(out: OutputSet, options, sample, result) -> None:
     out.save_figure(
         "predictions.png",
         prediction_grid(
-            sample.X_test,
+            test_images,
             sample.y_test,
             result.test_predictions,
             sample.class_names,

@@ -232,6 +232,31 @@ def conv_kernels(
     return nngp, ntk
 
 
+def seconds_per_pair(
+    architecture: str | Sequence[Layer],
+    image_shape: tuple[int, ...],
+    *,
+    w_std: float = 2**0.5,
+    b_std: float = 0.0,
+    images: int = 12,
+) -> float:
+    """Seconds one image pair of ``conv_kernels`` takes on this machine, measured.
+
+    The Gram matrix of ``images`` random images of ``image_shape`` is computed twice
+    (the first call loads or compiles the loops) and the second timed, divided by its
+    pairs: a calibrated cost for estimating a whole run (every core in use).
+    """
+    import time
+
+    shape = tuple(image_shape)
+    rng = np.random.default_rng(0)
+    sample = rng.random((images, *shape))
+    conv_kernels(sample[:2], architecture=architecture, w_std=w_std, b_std=b_std)
+    start = time.perf_counter()
+    conv_kernels(sample, architecture=architecture, w_std=w_std, b_std=b_std)
+    return (time.perf_counter() - start) / (images * (images + 1) / 2)
+
+
 def _pairs(n_X: int, n_Y: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
     """Row and column of each pair computed: the upper triangle when ``symmetric``."""
     if symmetric:

@@ -106,7 +106,7 @@ def connect(
     # disk (distributed's default above 60% of the limit) would pickle gigabytes per task.
     dask.config.set({"distributed.worker.memory.target": False})
     dask.config.set({"distributed.worker.memory.spill": False})
-    with _interrupts_left_to_this_process():
+    with _workers_ignoring_interrupts():
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
@@ -121,10 +121,14 @@ def connect(
 
 
 @contextlib.contextmanager
-def _interrupts_left_to_this_process() -> Iterator[None]:
-    """Start processes that ignore Ctrl-C: Python keeps SIGINT ignored in a child started
-    while it is ignored, so the local workers leave an interrupt to this process (which
-    closes them) instead of each printing its traceback."""
+def _workers_ignoring_interrupts() -> Iterator[None]:
+    """Start processes that ignore Ctrl-C: Python keeps SIGINT ignored in a process
+    started while it is ignored, so an interrupt at the terminal reaches the run alone
+    (one line; it closes the workers) instead of each worker printing its traceback.
+
+    A Ctrl-C pressed in the second or two the workers take to start is not seen; the
+    next one is.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
