@@ -14,7 +14,9 @@ Result files are only written at the end of a run, and replaced as one set
 new one, whole.
 
 Signals: Ctrl-C reaches the child directly (it shares the terminal's process group) and
-ends it with its own one-line message and exit 130; the parent ignores it meanwhile.
+ends it with its own one-line message and exit 130; the parent ignores it meanwhile, and
+the child ignores it until its command line is loaded (one pressed in the first
+fraction of a second of the parent's own interpreter start is Python's to report).
 SIGTERM and SIGHUP sent to the parent are passed on to the child. On Linux the child
 asks the kernel to kill it when its parent dies (``PR_SET_PDEATHSIG``), so a parent
 killed with SIGKILL takes its child along and nothing is written after; the status
@@ -64,18 +66,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     _replace_closed_streams()
     if os.environ.get(STATUS_DIR_VARIABLE):
-        try:  # Ctrl-C while the libraries load is one line too
-            from .cli import main as run_in_this_process
-        except KeyboardInterrupt:
-            print("ntkdemo: interrupted; --out was left as it was", file=sys.stderr)
-            return 130
+        from .cli import main as run_in_this_process
         from .process_status import watch_for_crashes
 
         if not os.environ.get("NTKDEMO_DEBUG"):
             watch_for_crashes()
-        return run_in_this_process(arguments)
-    _remove_orphaned_status_folders(Path(tempfile.gettempdir()))
-    folder = Path(tempfile.mkdtemp(prefix=f"{STATUS_PREFIX}{os.getpid()}-"))
+        try:
+            return run_in_this_process(arguments)
+        except KeyboardInterrupt:  # after the command had said its line: nothing more
+            return 130
+        finally:  # the run has ended: an interrupt still on its way changes nothing
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _remove_orphaned_status_folders(Path(tempfile.gettempdir()))
+        folder = Path(tempfile.mkdtemp(prefix=f"{STATUS_PREFIX}{os.getpid()}-"))
+    except KeyboardInterrupt:  # Ctrl-C before the child exists
+        print("ntkdemo: interrupted; --out was left as it was", file=sys.stderr)
+        return 130
     try:
         return_code = _run_child(arguments, folder)
         if return_code >= 0:
@@ -94,13 +101,16 @@ def _run_child(arguments: list[str], folder: Path) -> int:
         **blas_environment(os.environ, _read_cpuinfo()),
         STATUS_DIR_VARIABLE: str(folder),
     }
+    # Ignored before the child starts, so the child starts ignoring it too (Python keeps
+    # an ignored SIGINT ignored) until its command line installs its own handler: a
+    # Ctrl-C while its interpreter and libraries load is not a traceback.
+    previous_interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
     child = subprocess.Popen(
         [sys.executable, "-m", "ntkdemo", *arguments],
         env=environment,
         preexec_fn=_die_with_parent(os.getpid()),
     )
     previous = {number: signal.getsignal(number) for number in FORWARDED_SIGNALS}
-    previous_interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
     for number in FORWARDED_SIGNALS:
         signal.signal(number, lambda received, _frame: child.send_signal(received))
     try:

@@ -1,0 +1,65 @@
+"""Test accuracy of each architecture x kernel x training size, with ZCA and flips on
+and off, on ``../shared/fashion_mnist_60k``'s test images: one table.
+
+Every row is ``run_demo`` with the Cholesky strategy (kernel regression, ridge 0) on a
+class-balanced sample (seed 0): ``--sizes`` images per class for training, the first
+``--test`` test images (all 3,000 by default; the pooling kernels cost milliseconds per
+image pair, so give them fewer). A row's time is printed beside it.
+
+Usage: ``python benchmarks/accuracy_conv.py [--architectures fc-1,cnn-flatten-3]
+[--sizes 10,100] [--test 3000] [--kernels ntk,nngp]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="../shared/fashion_mnist_60k")
+    parser.add_argument("--architectures", default="fc-1,cnn-flatten-3,cnn-flatten-6")
+    parser.add_argument("--kernels", default="ntk,nngp")
+    parser.add_argument("--sizes", default="10,100")
+    parser.add_argument("--test", type=int, default=3000)
+    parser.add_argument("--zca", type=float, default=0.1, help="epsilon of the ZCA rows")
+    options = parser.parse_args()
+    from ntkdemo import KernelSpec, load_sample, run_demo
+    from ntkdemo.preprocess import with_flips, zca_whitened
+
+    print(
+        f"{'architecture':<15} {'kernel':<6} {'per class':>9} {'zca':>5} {'flip':>5} "
+        f"{'test':>5} {'accuracy':>8} {'seconds':>8}",
+        flush=True,
+    )
+    for size in (int(s) for s in options.sizes.split(",")):
+        base = load_sample(options.dataset, size, None, seed=0)
+        base = replace(
+            base,
+            X_test=base.X_test[: options.test],
+            y_test=base.y_test[: options.test],
+            test_indices=base.test_indices[: options.test],
+        )
+        for architecture in options.architectures.split(","):
+            for kernel in options.kernels.split(","):
+                for zca, flip in ((False, False), (True, False), (False, True), (True, True)):
+                    sample = with_flips(base) if flip else base
+                    sample = zca_whitened(sample, options.zca) if zca else sample
+                    spec = KernelSpec(kernel=kernel, architecture=architecture, w_std=2**0.5)
+                    start = time.perf_counter()
+                    result = run_demo(sample, spec, spectrum_rows=10)
+                    seconds = time.perf_counter() - start
+                    print(
+                        f"{architecture:<15} {kernel:<6} {size:>9} {'yes' if zca else 'no':>5} "
+                        f"{'yes' if flip else 'no':>5} {len(sample.y_test):>5} "
+                        f"{result.test_report.accuracy:>8.4f} {seconds:>8.1f}",
+                        flush=True,
+                    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
