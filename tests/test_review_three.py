@@ -451,3 +451,53 @@ def test_a_swallowed_ctrl_c_is_sent_again_and_repeats_are_ignored():
     finally:
         signal.signal(signal.SIGINT, previous)
     assert received == [signal.SIGINT] and passed_on == [other]
+
+
+def _array_dataset(folder: Path, train_images: list, labels: list[int]) -> Path:
+    """Train and test splits whose images are float arrays (or missing), as some hub
+    datasets store them."""
+    import datasets
+
+    features = datasets.Features(
+        {
+            "image": datasets.Array2D(shape=(4, 4), dtype="float32"),
+            "label": datasets.ClassLabel(names=["a", "b"]),
+        }
+    )
+    (folder / "data").mkdir(parents=True)
+    for split in ("train", "test"):
+        table = datasets.Dataset.from_dict(
+            {"image": train_images, "label": labels}, features=features
+        )
+        table.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return folder
+
+
+def test_a_nan_pixel_is_named_by_its_dataset_row(tmp_path):
+    from ntkdemo.data import load_sample
+    from ntkdemo.errors import DatasetError
+
+    rng = np.random.default_rng(3)
+    images = [rng.random((4, 4)).astype(np.float32) + 0.1 for _ in range(8)]
+    images[5][2, 2] = np.nan
+    folder = _array_dataset(tmp_path / "d", [image.tolist() for image in images], [0, 1] * 4)
+    with pytest.raises(DatasetError, match=r"row\(s\) 5 of the 'train' split .* hold NaN"):
+        load_sample(folder, 4, 1, seed=0, image_column="image")
+
+
+def test_a_missing_image_is_named_by_its_dataset_row(tmp_path):
+    from conftest import random_images, write_image_dataset
+    from ntkdemo.data import load_sample
+    from ntkdemo.errors import DatasetError
+
+    rng = np.random.default_rng(4)
+    labels = np.repeat([0, 1], 4)
+    images = list(random_images(rng, labels))
+    images[3] = None
+    folder = write_image_dataset(
+        tmp_path / "d",
+        {"train": (images, labels), "test": (random_images(rng, labels), labels)},
+        ["a", "b"],
+    )
+    with pytest.raises(DatasetError, match=r"row\(s\) 3 of the 'train' split .* have no image"):
+        load_sample(folder, 4, 1, seed=0)
