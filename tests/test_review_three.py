@@ -260,8 +260,8 @@ def _run(*arguments: str):
     return subprocess.run(command(*arguments), capture_output=True, text=True, timeout=300)
 
 
-def test_splits_that_name_their_classes_differently_are_refused(tmp_path):
-    folder = _dataset(tmp_path / "d", test_names=["b", "a", "c"])
+def _one_line_refusal(folder: Path, out: Path) -> str:
+    """stderr of a run on ``folder`` that must end in one line with exit code 2."""
     done = _run(
         "--dataset",
         str(folder),
@@ -270,12 +270,16 @@ def test_splits_that_name_their_classes_differently_are_refused(tmp_path):
         "--test-per-class",
         "3",
         "--out",
-        str(tmp_path / "o"),
+        str(out),
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
-    assert "name their classes differently (['a', 'b', 'c'] against ['b', 'a', 'c'])" in (
-        done.stderr
-    )
+    return done.stderr
+
+
+def test_splits_that_name_their_classes_differently_are_refused(tmp_path):
+    folder = _dataset(tmp_path / "d", test_names=["b", "a", "c"])
+    stderr = _one_line_refusal(folder, tmp_path / "o")
+    assert "name their classes differently (['a', 'b', 'c'] against ['b', 'a', 'c'])" in stderr
 
 
 def test_splits_of_different_image_shapes_are_refused(tmp_path):
@@ -283,18 +287,8 @@ def test_splits_of_different_image_shapes_are_refused(tmp_path):
     rgb = rng.integers(1, 255, size=(18, 8, 8, 3), dtype=np.uint8)
     folder = _dataset(tmp_path / "d", test_images=rgb[:, :, :, 0].repeat(3, axis=2))  # 8 x 24
     del rgb
-    done = _run(
-        "--dataset",
-        str(folder),
-        "--train-per-class",
-        "3",
-        "--test-per-class",
-        "3",
-        "--out",
-        str(tmp_path / "o"),
-    )
-    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
-    assert "have shape (8, 8) but 'test' images (8, 24)" in done.stderr
+    stderr = _one_line_refusal(folder, tmp_path / "o")
+    assert "have shape (8, 8) but 'test' images (8, 24)" in stderr
 
 
 def test_class_names_with_control_characters_are_printed_escaped(tmp_path):

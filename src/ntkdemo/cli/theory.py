@@ -34,6 +34,13 @@ def free_bytes() -> int:
     return int(0.9 * psutil.virtual_memory().available)
 
 
+def networks_fit(sample, widths, *, steps: int, n_images: int | None = None) -> None:
+    """Refuse networks of ``widths`` trained ``steps`` times on the sample's training
+    images (or ``n_images`` of them) that would exceed free memory or the time bound."""
+    count = len(sample.y_train) if n_images is None else n_images
+    check_networks(widths, count, sample.X_train.shape[1], available=free_bytes(), steps=steps)
+
+
 def int_list(text: str) -> list[int]:
     """Parse a comma-separated list of whole numbers >= 1, e.g. ``16,64,256``."""
     try:
@@ -289,12 +296,11 @@ def _curve_by_time_and_width(options, say: Console, out, sample, largest: int) -
     times = options.times or [10.0, 1e3, 1e5, 1e7, float("inf")]
     widths = options.widths or [64, 256, 1024, 2048]
     training = {"gd": "gradient descent", "sgd": "sgd"}[options.training]
-    check_networks(
+    networks_fit(
+        sample,
         widths,
-        max(sizes) * classes,
-        sample.X_train.shape[1],
-        available=free_bytes(),
         steps=len(sizes) * (options.steps if options.training == "gd" else options.epochs),
+        n_images=max(sizes) * classes,
     )
     say(
         f"kernels at times {times}; networks of widths {widths} ({training}); images per "
@@ -499,13 +505,7 @@ def command_verify(options) -> int:
     say = Console(options.quiet)
     out = prepare_out_dir(options.out, options.command)
     sample, _ = load_from_options(options, say)
-    check_networks(
-        options.widths,
-        len(sample.y_train),
-        sample.X_train.shape[1],
-        available=free_bytes(),
-        steps=options.repeats,
-    )
+    networks_fit(sample, options.widths, steps=options.repeats)
     say(f"empirical NTK of random networks on {len(sample.y_train)} images ...")
     result = monte_carlo_error(
         sample.X_train,
@@ -545,13 +545,7 @@ def command_compare_network(options) -> int:
     say = Console(options.quiet)
     out = prepare_out_dir(options.out, options.command)
     sample, _ = load_from_options(options, say)
-    check_networks(
-        options.widths,
-        len(sample.y_train),
-        sample.X_train.shape[1],
-        available=free_bytes(),
-        steps=options.steps,
-    )
+    networks_fit(sample, options.widths, steps=options.steps)
     say(f"training networks of widths {options.widths} for {options.steps} steps ...")
     result = compare_with_networks(
         sample,

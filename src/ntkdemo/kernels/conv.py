@@ -284,8 +284,7 @@ def _compiled_kernels(
     from . import conv_loops
 
     full = needs_full_covariance(layers)
-    fold_pairs = conv_loops.fold_pairs if full else conv_loops.fold_pairs_diagonal
-    self_variances = conv_loops.self_variances if full else conv_loops.self_variances_diagonal
+    fold = conv_loops.fold_one_pair if full else conv_loops.fold_one_pair_diagonal
     encoded = _encode(layers, images_X.shape[1:3])
     threads = max(1, min(os.cpu_count() or 1, len(images_X) * len(images_Y)))
     positions = images_X.shape[1] * images_X.shape[2]
@@ -302,8 +301,8 @@ def _compiled_kernels(
             shares = [slice(bounds[t], bounds[t + 1]) for t in range(threads)]
             list(
                 pool.map(
-                    lambda t: self_variances(
-                        images[shares[t]], found[shares[t]], encoded, workspaces[t]
+                    lambda t: conv_loops.self_variances(
+                        fold, images[shares[t]], found[shares[t]], encoded, workspaces[t]
                     ),
                     range(threads),
                 )
@@ -314,7 +313,8 @@ def _compiled_kernels(
         variances_Y = variances_X if symmetric else variances_of(images_Y)
 
         def task(chunk: slice, thread: int) -> None:
-            fold_pairs(
+            conv_loops.fold_pairs(
+                fold,
                 images_X,
                 images_Y,
                 rows[chunk],

@@ -152,13 +152,23 @@ def _pool(source, target):  # pragma: no cover - compiled
 
 
 @jit(error_model="numpy")
+def _dense_read_out(nngp, ntk, step, codes, w2s, b2s):  # pragma: no cover - compiled
+    """The ``Dense`` layers from ``step`` on, on one pair's NNGP and NTK."""
+    while step < len(codes):
+        nngp = w2s[step] * nngp + b2s[step]
+        ntk = nngp + w2s[step] * ntk
+        step += 1
+    return nngp, ntk
+
+
+@jit(error_model="numpy")
 def _view(buffer, height, width):  # pragma: no cover - compiled
     """The first ``(height * width)**2`` entries of a flat workspace as (h, w, h, w)."""
     return buffer[: (height * width) ** 2].reshape((height, width, height, width))
 
 
 @jit(nogil=True, error_model="numpy")
-def _fold_one_pair(
+def fold_one_pair(
     a, b, var_a, var_b, offsets, codes, w2s, b2s, record, workspace
 ):  # pragma: no cover - compiled
     """NNGP and NTK of images ``a``, ``b`` (H, W, C); with ``record`` (a self pair) each
@@ -237,60 +247,14 @@ def _fold_one_pair(
             step += 1
             break
         step += 1
-    while step < len(codes):  # Dense read-out layers
-        nngp_out = w2s[step] * nngp_out + b2s[step]
-        ntk_out = nngp_out + w2s[step] * ntk_out
-        step += 1
-    return nngp_out, ntk_out
+    return _dense_read_out(nngp_out, ntk_out, step, codes, w2s, b2s)
 
 
 @jit(nogil=True, error_model="numpy")
-def fold_pairs(
-    images_a, images_b, rows, cols, variances_a, variances_b, encoded, nngp, ntk, workspace
-):  # pragma: no cover - compiled
-    """``nngp[p], ntk[p]`` of the pairs ``(images_a[rows[p]], images_b[cols[p]])``;
-    ``encoded`` is ``(offsets, codes, w2s, b2s)``. Releases the GIL: threads run it on
-    disjoint pairs, each with its own ``workspace``."""
-    offsets, codes, w2s, b2s = encoded
-    for p in range(len(rows)):
-        nngp[p], ntk[p] = _fold_one_pair(
-            images_a[rows[p]],
-            images_b[cols[p]],
-            variances_a[rows[p]],
-            variances_b[cols[p]],
-            offsets,
-            codes,
-            w2s,
-            b2s,
-            False,
-            workspace,
-        )
-
-
-@jit(nogil=True, error_model="numpy")
-def self_variances(images, variances, encoded, workspace):  # pragma: no cover - compiled
-    """Each image's variances before each ReLU, into ``variances`` (n, total)."""
-    offsets, codes, w2s, b2s = encoded
-    for p in range(len(images)):
-        _fold_one_pair(
-            images[p],
-            images[p],
-            variances[p],
-            variances[p],
-            offsets,
-            codes,
-            w2s,
-            b2s,
-            True,
-            workspace,
-        )
-
-
-@jit(nogil=True, error_model="numpy")
-def _fold_one_pair_diagonal(
+def fold_one_pair_diagonal(
     a, b, var_a, var_b, offsets, codes, w2s, b2s, record, workspace
 ):  # pragma: no cover - compiled
-    """As :func:`_fold_one_pair` for a ``Flatten`` read-out without pooling: only the
+    """As :func:`fold_one_pair` for a ``Flatten`` read-out without pooling: only the
     entries :math:`K(p, p)` (a conv maps them among themselves), (H, W) per pair."""
     height, width, channels = a.shape
     size = height * width
@@ -352,21 +316,20 @@ def _fold_one_pair_diagonal(
             step += 1
             break
         step += 1
-    while step < len(codes):  # Dense read-out layers
-        nngp_out = w2s[step] * nngp_out + b2s[step]
-        ntk_out = nngp_out + w2s[step] * ntk_out
-        step += 1
-    return nngp_out, ntk_out
+    return _dense_read_out(nngp_out, ntk_out, step, codes, w2s, b2s)
 
 
 @jit(nogil=True, error_model="numpy")
-def fold_pairs_diagonal(
-    images_a, images_b, rows, cols, variances_a, variances_b, encoded, nngp, ntk, workspace
+def fold_pairs(
+    fold, images_a, images_b, rows, cols, variances_a, variances_b, encoded, nngp, ntk, workspace
 ):  # pragma: no cover - compiled
-    """:func:`fold_pairs` for a ``Flatten`` read-out without pooling."""
+    """``nngp[p], ntk[p]`` of the pairs ``(images_a[rows[p]], images_b[cols[p]])`` by
+    ``fold`` (:func:`fold_one_pair` or :func:`fold_one_pair_diagonal`); ``encoded`` is
+    ``(offsets, codes, w2s, b2s)``. Releases the GIL: threads run it on disjoint pairs,
+    each with its own ``workspace``."""
     offsets, codes, w2s, b2s = encoded
     for p in range(len(rows)):
-        nngp[p], ntk[p] = _fold_one_pair_diagonal(
+        nngp[p], ntk[p] = fold(
             images_a[rows[p]],
             images_b[cols[p]],
             variances_a[rows[p]],
@@ -381,11 +344,12 @@ def fold_pairs_diagonal(
 
 
 @jit(nogil=True, error_model="numpy")
-def self_variances_diagonal(images, variances, encoded, workspace):  # pragma: no cover
-    """:func:`self_variances` for a ``Flatten`` read-out without pooling."""
+def self_variances(fold, images, variances, encoded, workspace):  # pragma: no cover - compiled
+    """Each image's variances before each ReLU, into ``variances`` (n, total), by ``fold``
+    on the pairs (x, x)."""
     offsets, codes, w2s, b2s = encoded
     for p in range(len(images)):
-        _fold_one_pair_diagonal(
+        fold(
             images[p],
             images[p],
             variances[p],
