@@ -7,7 +7,7 @@ class-balanced sample (seed 0): ``--sizes`` images per class for training, the f
 image pair, so give them fewer). A row's time is printed beside it.
 
 Usage: ``python benchmarks/accuracy_conv.py [--architectures fc-1,cnn-flatten-3]
-[--sizes 10,100] [--test 3000] [--kernels ntk,nngp]``
+[--sizes 10,100] [--test 3000] [--kernels ntk,nngp] [--variants plain,zca]``
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ def main() -> int:
     parser.add_argument("--sizes", default="10,100")
     parser.add_argument("--test", type=int, default=3000)
     parser.add_argument("--zca", type=float, default=0.1, help="epsilon of the ZCA rows")
+    parser.add_argument(
+        "--variants", default="plain,zca,flip,zca+flip", help="preprocessings to run"
+    )
     options = parser.parse_args()
     from ntkdemo import KernelSpec, load_sample, run_demo
     from ntkdemo.preprocess import with_flips, zca_whitened
@@ -45,7 +48,8 @@ def main() -> int:
         )
         for architecture in options.architectures.split(","):
             for kernel in options.kernels.split(","):
-                for zca, flip in ((False, False), (True, False), (False, True), (True, True)):
+                for variant in options.variants.split(","):
+                    zca, flip = "zca" in variant, "flip" in variant
                     sample = with_flips(base) if flip else base
                     sample = zca_whitened(sample, options.zca) if zca else sample
                     spec = KernelSpec(kernel=kernel, architecture=architecture, w_std=2**0.5)
