@@ -174,3 +174,18 @@ def test_theory_errors_are_one_line(tiny_dataset, tmp_path, capsys, argv, messag
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("ntkdemo: error:")
     assert re.search(message, err), err
+
+
+def test_learning_curve_past_whole_matrices_runs_the_one_layer_ntk(tiny_dataset):
+    """Sizes above whole_matrix_rows are solved as a run solves them (the plan's strategy),
+    for the one-layer NTK, with the same accuracy as the whole-matrix path; the other
+    kernels and the SVC above its limit are NaN there (not computed)."""
+    sample = load_sample(str(tiny_dataset), 9, 5)
+    whole = learning_curve(sample, [3, 9], depths=[1, 2])
+    split = learning_curve(
+        sample, [3, 9], depths=[1, 2], whole_matrix_rows=9, svc_max_rows=9, progress=print
+    )
+    assert split.accuracy["NTK depth 1"][1] == whole.accuracy["NTK depth 1"][1]
+    assert split.accuracy["NTK depth 1"][0] == whole.accuracy["NTK depth 1"][0]
+    assert np.isnan(split.accuracy["NTK depth 2"][1]) and np.isnan(split.accuracy["RBF SVC"][1])
+    assert split.accuracy["RBF SVC"][0] == whole.accuracy["RBF SVC"][0]

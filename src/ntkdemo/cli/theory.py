@@ -254,13 +254,19 @@ def command_curve(options) -> int:
             f"raise --train-per-class to {max(sizes)}"
         )
     say(f"kernels at depths {options.depths}, sizes per class {sizes} ...")
-    curve = learning_curve(sample, sizes, depths=options.depths, svc_baseline=not options.no_svc)
+    curve = learning_curve(
+        sample, sizes, depths=options.depths, svc_baseline=not options.no_svc, progress=say
+    )
     models = list(curve.accuracy)
+
+    def shown(value: float) -> float | str:
+        return "-" if np.isnan(value) else float(value)
+
     print_table(
         say,
         ["per class", *models],
         [
-            [int(size), *(float(curve.accuracy[m][i]) for m in models)]
+            [int(size), *(shown(curve.accuracy[m][i]) for m in models)]
             for i, size in enumerate(curve.sizes)
         ],
     )
@@ -271,7 +277,10 @@ def command_curve(options) -> int:
             "dataset": sample.dataset,
             "sizes_per_class": curve.sizes.tolist(),
             "test_images": len(sample.y_test),
-            "accuracy": {name: values.tolist() for name, values in curve.accuracy.items()},
+            "accuracy": {  # null: not computed at that size
+                name: [None if np.isnan(v) else float(v) for v in values]
+                for name, values in curve.accuracy.items()
+            },
         },
         learning_curve_figure(curve.sizes, curve.accuracy, sample.n_classes),
         log_lines=options.diagnostics.lines,

@@ -13,7 +13,7 @@ network (:mod:`ntkdemo.network`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -59,13 +59,19 @@ def learning_curve(
     *,
     depths: Sequence[int] = (1, 2, 3),
     svc_baseline: bool = True,
+    whole_matrix_rows: int = 8000,
+    svc_max_rows: int = 20000,
+    progress: Callable[[str], None] | None = None,
 ) -> LearningCurve:
     """Test accuracy of kernel regression (NTK and NNGP) and an RBF SVC against size.
 
     The sample's training rows are interleaved class by class (see
     :func:`ntkdemo.data.balanced_indices`), so its first ``k * n_classes`` rows hold ``k``
-    images of each class: one kernel matrix per depth serves every size, each size
-    solving its leading block.
+    images of each class: one kernel matrix per depth serves every size up to
+    ``whole_matrix_rows`` images, each size solving its leading block. Larger sizes are
+    run as the demo runs them (:func:`ntkdemo.demo.run_demo`: the memory plan picks
+    Cholesky, ``cg`` or ``cg32``), for the one-layer NTK only; the other kernels are NaN
+    there, as the SVC is above ``svc_max_rows`` images (its time grows as the square).
 
     Parameters
     ----------
@@ -75,29 +81,55 @@ def learning_curve(
     depths : sequence of int, default=(1, 2, 3)
     svc_baseline : bool, default=True
         Also fit ``sklearn.svm.SVC(kernel="rbf", gamma="scale")`` on the same samples.
+    whole_matrix_rows : int, default=8000
+        Largest training set whose kernels are held whole (8,000 images: 0.5 GB each).
+    svc_max_rows : int, default=20000
+        Largest training set the SVC is fitted on.
+    progress : callable, optional
+        Receives a line as each large size or SVC fit starts.
     """
+    from ..demo import run_demo
+    from ..spec import KernelSpec
+
     sizes = np.array(sorted({check_positive_int("size", s) for s in sizes_per_class}))
+    images = sizes * sample.n_classes
+    whole = images <= whole_matrix_rows
     targets = one_hot(sample.y_train, sample.n_classes)
     accuracy: dict[str, np.ndarray] = {}
+    held = replace(sample, X_train=sample.X_train[: max(images[whole], default=0)])
     for depth in depths:
-        train_kernels, test_kernels = sample_kernels(sample, depth)
+        train_kernels, test_kernels = sample_kernels(held, depth) if whole.any() else ((), ())
         for name, K, K_test in zip(("NNGP", "NTK"), train_kernels, test_kernels):
-            scores = []
-            for size in sizes:
-                n = size * sample.n_classes
+            scores = np.full(len(sizes), np.nan)
+            for index in np.flatnonzero(whole):
+                n = images[index]
                 solution = solve(K[:n, :n], targets[:n])
                 predicted = predict(K_test[:, :n], solution).argmax(axis=1)
-                scores.append(np.mean(predicted == sample.y_test))
-            accuracy[f"{name} depth {depth}"] = np.array(scores)
+                scores[index] = np.mean(predicted == sample.y_test)
+            accuracy[f"{name} depth {depth}"] = scores
+    one_layer = accuracy.setdefault("NTK depth 1", np.full(len(sizes), np.nan))
+    for index in np.flatnonzero(~whole):
+        n = images[index]
+        if progress:
+            progress(f"{sizes[index]} per class ({n} images): the one-layer NTK, as a run")
+        part = replace(
+            sample,
+            X_train=sample.X_train[:n],
+            y_train=sample.y_train[:n],
+            train_indices=sample.train_indices[:n],
+        )
+        one_layer[index] = run_demo(part, KernelSpec(), spectrum_rows=10).test_report.accuracy
     if svc_baseline:
         from sklearn.svm import SVC
 
-        scores = []
-        for size in sizes:
-            n = size * sample.n_classes
+        scores = np.full(len(sizes), np.nan)
+        for index in np.flatnonzero(images <= svc_max_rows):
+            n = images[index]
+            if progress and n > whole_matrix_rows:
+                progress(f"RBF SVC on {n} images (its time grows as the square of that)")
             model = SVC(kernel="rbf", gamma="scale").fit(sample.X_train[:n], sample.y_train[:n])
-            scores.append(model.score(sample.X_test, sample.y_test))
-        accuracy["RBF SVC"] = np.array(scores)
+            scores[index] = model.score(sample.X_test, sample.y_test)
+        accuracy["RBF SVC"] = scores
     return LearningCurve(sizes, accuracy)
 
 
