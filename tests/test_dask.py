@@ -174,9 +174,9 @@ def test_an_unreachable_scheduler_is_one_line_within_ten_seconds(tiny_dataset, t
     assert elapsed < 15  # the 10 s connection timeout and the rest of the run's start
 
 
-def test_dask_with_a_deep_kernel_is_refused(tiny_dataset, tmp_path, capsys):
+def test_dask_with_a_finite_time_is_refused(tiny_dataset, tmp_path, capsys):
     code = main(
-        ["--engine", "dask", "--dask-workers", "1", "--depth", "2", "--dataset", str(tiny_dataset)]
+        ["--engine", "dask", "--dask-workers", "1", "--time", "100", "--dataset", str(tiny_dataset)]
         + ["--out", str(tmp_path), "--train-per-class", "4", "--test-per-class", "2"]
     )
     err = capsys.readouterr().err
@@ -302,3 +302,30 @@ def test_a_cluster_without_memory_is_named_as_such():
 
     with pytest.raises(MemoryPlanError, match=r"no memory to use .*: 0 B\): no workers"):
         plan_memory(100, 10, 784, 10, strategies=[NoWorkers(name="dask", in_process=False)])
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        KernelSpec(depth=2, w_std=1.4, b_std=0.1),
+        KernelSpec(architecture="cnn-gap-1", w_std=2**0.5, image_shape=(8, 8, 3)),
+    ],
+    ids=["fc-2", "cnn-gap-1"],
+)
+def test_dask_serves_deep_and_convolutional_kernels(spec):
+    """The workers build their parts' strips from the spec (KernelSpec.matrix) and
+    predict with it: the answer is Cholesky's."""
+    from ntkdemo.solvers import CGOptions, CholeskySolver
+
+    rng = np.random.default_rng(8)
+    X_unit = unit_rows(rng.random((80, 192)) ** 2)
+    Y = one_hot(rng.integers(0, 3, 80), 3)
+    test = unit_rows(rng.random((15, 192)) ** 2)
+    direct = CholeskySolver().fit(X_unit, Y, spec)
+    options = CGOptions(rank=20, cluster_size=30, strip_rows=16)
+    with connect(n_workers=2) as client:
+        fitted = DaskSolver(client, options=options).fit(X_unit, Y, spec)
+        scores = fitted.predict(test)
+    scale = np.abs(direct.solution.coef).max()
+    np.testing.assert_allclose(fitted.solution.coef, direct.solution.coef, atol=1e-5 * scale)
+    np.testing.assert_array_equal(scores.argmax(1), direct.predict(test).argmax(1))

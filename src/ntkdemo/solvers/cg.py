@@ -23,7 +23,7 @@ from ..spec import KernelSpec
 from ..validation import check_nonnegative_float
 from .base import FittedKernel, KernelSolution, Progress, Stopwatch, host_available_bytes, wrap
 from .preconditioners import block_nystrom_preconditioner, cluster_order, in_original_order
-from .strips import SymmetricStrips, kernel_strips_of_unit_rows, ntk_strips_of_unit_rows
+from .strips import SymmetricStrips, kernel_strips_of_unit_rows
 
 
 def conjugate_gradients(
@@ -486,20 +486,13 @@ class CGSolver:
         with watch.stage("clusters"):
             order, blocks = cluster_order(X_unit, self.options.cluster_size)
         with watch.stage("kernel"):
-            if spec.is_one_layer_formula:
-                K = ntk_strips_of_unit_rows(
-                    X_unit[order],  # a copy for the build alone, freed before the solve
-                    strip_rows=self.options.strip_rows,
-                    progress=wrap(progress, "kernel strips"),
-                    dtype=self.options.storage,
-                )
-            else:
-                K = kernel_strips_of_unit_rows(
-                    X_unit[order],
-                    spec.matrix,
-                    strip_rows=self.options.strip_rows,
-                    progress=wrap(progress, "kernel strips"),
-                )
+            K = kernel_strips_of_unit_rows(
+                X_unit[order],  # a copy for the build alone, freed before the solve
+                spec,
+                strip_rows=self.options.strip_rows,
+                progress=wrap(progress, "kernel strips"),
+                dtype=self.options.storage,
+            )
 
         def attempt(jitter: float) -> tuple[KernelSolution, np.ndarray]:
             ridge = spec.ridge + jitter

@@ -41,10 +41,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidParameterError, NTKDemoError
-from ..kernels.ntk import ntk_of_unit_rows, ntk_times_of_unit_rows
+from ..kernels.ntk import ntk_of_unit_rows
 from ..spec import KernelSpec
 from ..validation import check_finite_result
-from .base import KernelSolution, Progress, Stopwatch, wrap
+from .base import KernelSolution, Progress, Stopwatch, kernel_outputs, wrap
 from .cg import (
     DEFAULT_OPTIONS,
     CGOptions,
@@ -54,7 +54,7 @@ from .cg import (
     solve_with_jitter,
 )
 from .preconditioners import cluster_order, in_original_order
-from .strips import SymmetricStrips, ntk_strips_of_unit_rows, strip_sizes
+from .strips import SymmetricStrips, kernel_strips_of_unit_rows, strip_sizes
 
 
 class ClusterLostError(NTKDemoError, RuntimeError):
@@ -205,13 +205,16 @@ class StripPart:
     X_rows: np.ndarray
 
 
-def _build_part(X_tail: np.ndarray, first: int, n_strips: int, strip_rows: int) -> StripPart:
-    """On a worker: the first ``n_strips`` strips of the kernel of ``X_tail = X[first:]``.
+def _build_part(
+    X_tail: np.ndarray, first: int, n_strips: int, strip_rows: int, spec: KernelSpec
+) -> StripPart:
+    """On a worker: the first ``n_strips`` strips of ``spec``'s kernel of ``X_tail =
+    X[first:]``.
 
     The task carries its own rows, so the scheduler can rerun it anywhere if the worker
     holding its result is lost.
     """
-    strips = ntk_strips_of_unit_rows(X_tail, strip_rows=strip_rows, strips=range(n_strips))
+    strips = kernel_strips_of_unit_rows(X_tail, spec, strip_rows=strip_rows, strips=range(n_strips))
     stop = min(n_strips * strip_rows, len(X_tail))
     return StripPart(first, strips, np.ascontiguousarray(X_tail[:stop]))
 
@@ -227,10 +230,12 @@ def _prediction_share(X_rows: np.ndarray, coef_rows: np.ndarray) -> tuple[np.nda
     return X_rows, coef_rows
 
 
-def _share_outputs(share: tuple[np.ndarray, ...], X_test: np.ndarray) -> np.ndarray:
+def _share_outputs(
+    share: tuple[np.ndarray, ...], X_test: np.ndarray, spec: KernelSpec
+) -> np.ndarray:
     """On a worker: :math:`K(x, X_{share}) A_{share}`, the share's part of the outputs."""
     X_rows, coef_rows = share
-    return ntk_times_of_unit_rows(X_test, X_rows, coef_rows)
+    return kernel_outputs(spec, X_test, X_rows, coef_rows)
 
 
 def balanced_ranges(n: int, strip_rows: int, n_parts: int) -> list[range]:
@@ -243,7 +248,8 @@ def balanced_ranges(n: int, strip_rows: int, n_parts: int) -> list[range]:
 
 
 class ClusterKernel:
-    """The kernel of unit rows ``X_unit`` held as strip parts on the workers of ``client``.
+    """``spec``'s kernel of unit rows ``X_unit`` held as strip parts on the workers of
+    ``client``.
 
     ``K @ V`` is computed by the workers; ``take`` (for the preconditioner) on the client
     from ``X_unit``. ``bytes_per_product`` counts what one product sends and receives.
@@ -254,11 +260,12 @@ class ClusterKernel:
         client: Any,
         X_unit: np.ndarray,
         strip_rows: int,
+        spec: KernelSpec,
         progress: Callable | None = None,
     ) -> None:
         from distributed import as_completed
 
-        self.client, self.X_unit = client, X_unit
+        self.client, self.X_unit, self.spec = client, X_unit, spec
         self.n = len(X_unit)
         workers = sorted(client.scheduler_info()["workers"])
         self.ranges = balanced_ranges(self.n, strip_rows, len(workers))
@@ -270,6 +277,7 @@ class ClusterKernel:
                 first,
                 len(strips),
                 strip_rows,
+                spec,
                 workers=[workers[i % len(workers)]],
                 allow_other_workers=True,
                 pure=False,
@@ -299,7 +307,13 @@ class ClusterKernel:
     def take(self, rows: np.ndarray, cols: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """``K[rows][:, cols]`` computed from the unit rows (equal to the strips' entries
         up to the rounding of the products), written into ``out`` where given."""
-        return ntk_of_unit_rows(self.X_unit[rows], self.X_unit[cols], out=out)
+        if self.spec.is_one_layer_formula:
+            return ntk_of_unit_rows(self.X_unit[rows], self.X_unit[cols], out=out)
+        block = self.spec.matrix(self.X_unit[rows], self.X_unit[cols])
+        if out is None:
+            return block
+        out[...] = block
+        return out
 
 
 WORKERLESS_SECONDS = 60.0
@@ -384,7 +398,10 @@ class ClusterFitted:
         wrapper = wrap(progress, "prediction blocks")
         for start in wrapper(starts) if wrapper else starts:
             block = X_unit[start : start + self.block_rows]
-            futures = [client.submit(_share_outputs, share, block, pure=False) for share in shares]
+            futures = [
+                client.submit(_share_outputs, share, block, self.kernel.spec, pure=False)
+                for share in shares
+            ]
             scores[start : start + len(block)] = sum(_gather(client, futures))
         return check_finite_result("the predictions", scores)
 
@@ -407,7 +424,7 @@ class DaskSolver:
     in_process: bool = False
 
     def serves(self, spec: KernelSpec) -> bool:
-        return spec.is_one_layer_formula
+        return spec.time is None
 
     def _workers(self) -> dict:
         return self.client.scheduler_info()["workers"]
@@ -459,6 +476,7 @@ class DaskSolver:
                 self.client,
                 X_unit[order],
                 self.options.strip_rows,
+                spec,
                 wrap(progress, "kernel parts"),
             )
 

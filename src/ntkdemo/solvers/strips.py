@@ -20,6 +20,7 @@ uses it twice:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
@@ -28,6 +29,9 @@ from ..compiled import jit
 from ..kernels import mirror_upper, unit_rows
 from ..kernels.ntk import cosines_to_ntk
 from ..validation import check_positive_int
+
+if TYPE_CHECKING:
+    from ..spec import KernelSpec
 
 
 class SymmetricStrips:
@@ -225,20 +229,30 @@ def ntk_strips_of_unit_rows(
 
 def kernel_strips_of_unit_rows(
     X_unit: np.ndarray,
-    kernel: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    spec: KernelSpec,
     *,
     strip_rows: int = 256,
+    strips: range | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    dtype: type = np.float64,
 ) -> SymmetricStrips:
-    """Any kernel's upper triangle in float64: strip ``[a:b]`` is ``kernel(X[a:b],
-    X[a:])`` (``KernelSpec.matrix`` of the spec at hand), its diagonal tile mirrored
-    from its upper half so the stored matrix is exactly symmetric."""
-    K = SymmetricStrips(len(X_unit), strip_rows)
+    """The upper triangle of ``spec``'s kernel (or the ``strips`` of it, a part).
+
+    The one-layer formula by :func:`ntk_strips_of_unit_rows` (its compiled map, float32
+    storage possible); any other kernel in float64, strip ``[a:b]`` being
+    ``spec.matrix(X[a:b], X[a:])``, its diagonal tile mirrored from its upper half so the
+    stored matrix is exactly symmetric.
+    """
+    if spec.is_one_layer_formula:
+        return ntk_strips_of_unit_rows(
+            X_unit, strip_rows=strip_rows, strips=strips, progress=progress, dtype=dtype
+        )
+    K = SymmetricStrips(len(X_unit), strip_rows, strips)
     numbers = K.strip_numbers
     for number in progress(numbers) if progress else numbers:
         rows = K.rows_of(number)
         strip = K.strip(number)
-        strip[...] = kernel(X_unit[rows], X_unit[rows.start :])
+        strip[...] = spec.matrix(X_unit[rows], X_unit[rows.start :])
         mirror_upper(strip[:, : rows.stop - rows.start])
     return K
 
