@@ -165,3 +165,15 @@ def test_dataset_without_a_test_split_says_so(tmp_path):
     )
     with pytest.raises(DatasetError, match=r"has no 'test' split \(splits: train\); choose one"):
         load_sample(str(folder), 2, 2)
+
+
+def test_every_row_drawn_is_interleaved_as_far_as_the_smallest_class_goes():
+    """per_class=None (``all``): the leading rows are balanced too, so learning curves and
+    the scale benchmark can take the first k images per class of a whole split."""
+    from ntkdemo.data import balanced_indices
+
+    labels = np.array([0] * 5 + [1] * 3 + [2] * 4)
+    rows = balanced_indices(labels, None, [0, 1, 2], np.random.default_rng(0))
+    assert sorted(rows.tolist()) == list(range(12))
+    np.testing.assert_array_equal(labels[rows[:9]], np.tile([0, 1, 2], 3))
+    np.testing.assert_array_equal(np.sort(labels[rows[9:]]), [0, 0, 2])

@@ -164,8 +164,10 @@ def balanced_indices(
     labels : ndarray of shape (n_rows,)
         Label of every row of the split.
     per_class : int or None
-        Rows per class; None takes every row of every class (then unbalanced
-        if the classes differ in size, in label-then-permutation order).
+        Rows per class; None takes every row of every class, interleaved rank by rank
+        as far as the smallest class goes, then the rest of the larger classes (so the
+        first ``k * len(classes)`` rows are still balanced for ``k`` up to the smallest
+        class's size).
     classes : sequence of int
         Label ids to sample.
     rng : numpy.random.Generator
@@ -198,9 +200,10 @@ def balanced_indices(
                 f"but {per_class} per class were asked; use at most {len(rows)}"
             )
         chosen.append(rows[rng.permutation(len(rows))][:per_class])
-    if per_class is None:
-        return np.concatenate(chosen).astype(np.int64)
-    return np.stack(chosen, axis=1).reshape(-1).astype(np.int64)
+    balanced = min(len(rows) for rows in chosen) if per_class is None else per_class
+    interleaved = np.stack([rows[:balanced] for rows in chosen], axis=1).reshape(-1)
+    rest = [rows[balanced:] for rows in chosen]
+    return np.concatenate([interleaved, *rest]).astype(np.int64)
 
 
 def load_sample(
