@@ -200,3 +200,9 @@ def test_cg_serves_every_kernel_at_convergence(spec_settings):
     np.testing.assert_allclose(iterative.solution.coef, direct.solution.coef, atol=1e-5 * scale)
     test = unit_rows(rng.random((20, 192)) ** 2)
     np.testing.assert_array_equal(iterative.predict(test).argmax(1), direct.predict(test).argmax(1))
+
+
+def test_a_workspace_beyond_memory_is_refused_up_front():
+    """A pooling read-out of 256 x 256 images would need 137 GB per thread."""
+    with pytest.raises(InvalidParameterError, match="need .* of workspace for a pooling read-out"):
+        conv_kernels(np.ones((2, 256, 256)), architecture="cnn-gap-1")

@@ -289,6 +289,7 @@ def _compiled_kernels(
     threads = max(1, min(os.cpu_count() or 1, len(images_X) * len(images_Y)))
     positions = images_X.shape[1] * images_X.shape[2]
     stored = positions**2 if full else positions
+    _check_workspace(threads * 4 * 8 * stored, images_X.shape[1:3])
     workspaces = np.empty((threads, 4, stored))
     per_task = max(1, ENTRIES_PER_TASK // stored)
     rows, cols = _pairs(len(images_X), len(images_Y), symmetric)
@@ -337,6 +338,22 @@ def _compiled_kernels(
     ntk = np.empty_like(nngp)
     nngp[rows, cols], ntk[rows, cols] = values_nngp, values_ntk
     return nngp, ntk
+
+
+def _check_workspace(needed: int, shape: tuple[int, ...]) -> None:
+    """Refuse workspaces beyond the free memory (pooling read-outs hold ``(H W)^2``
+    entries per pair: 137 GB per thread at 256 x 256)."""
+    import psutil
+
+    from ..units import format_bytes
+
+    free = psutil.virtual_memory().available
+    if needed > 0.9 * free:
+        raise InvalidParameterError(
+            f"images of {shape[0]} x {shape[1]} need {format_bytes(needed)} of workspace for a "
+            f"pooling read-out (4 covariances of (H W)^2 entries per thread), more than the "
+            f"{format_bytes(free)} free; use smaller images or a Flatten read-out (cnn-flatten-L)"
+        )
 
 
 def _encode(
