@@ -252,7 +252,7 @@ def solve_with_jitter(
     Parameters
     ----------
     attempt : callable
-        ``jitter -> (solution, fitted)`` solving :math:`(K + (\lambda + 	ext{jitter}) I)
+        ``jitter -> (solution, fitted)`` solving :math:`(K + (\lambda + \text{jitter}) I)
         A = Y`; raises :class:`CGNotConverged` when it misses its target.
     scale : float
         :math:`\operatorname{tr}(K)/n`.
