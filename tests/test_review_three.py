@@ -438,6 +438,9 @@ def test_a_swallowed_ctrl_c_is_sent_again_and_repeats_are_ignored():
             interrupts.on_signal(signal.SIGINT, None)
         interrupts.on_signal(signal.SIGINT, None)  # a repeat: ignored
         interrupts.unraisable(SimpleNamespace(exc_type=KeyboardInterrupt))  # that one was lost
+        deadline = time.monotonic() + 5
+        while not received and time.monotonic() < deadline:  # sent again, from a timer
+            time.sleep(0.01)
         with pytest.raises(KeyboardInterrupt):
             interrupts.on_signal(signal.SIGINT, None)  # so the re-sent one is raised
         other = SimpleNamespace(exc_type=ValueError)

@@ -64,7 +64,9 @@ class Interrupts:
     def unraisable(self, unraisable) -> None:
         if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
             self.raised_at = None  # that one was lost: the next is raised
-            os.kill(os.getpid(), signal.SIGINT)
+            # from another thread, a moment later: sent from here, it would be raised
+            # inside this hook, where it would be lost again
+            threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT)).start()
         else:
             self.previous_hook(unraisable)
 

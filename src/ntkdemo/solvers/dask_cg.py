@@ -69,9 +69,10 @@ def connect(
 
     The local cluster has ``n_workers`` processes (default: one per core) of one thread
     each, listens on 127.0.0.1 only, starts no dashboard, never spills a part to disk and
-    keeps its log lines below ERROR off the terminal. ``tls://`` addresses use
-    distributed's own security settings (``distributed.comm.tls.*`` in the Dask
-    configuration). Both are closed on exit.
+    keeps its workers' log lines below CRITICAL off the terminal (a worker that outlives the
+    scheduler as the run ends logs ERRORs; real failures reach the client as errors).
+    ``tls://`` addresses use distributed's own security settings
+    (``distributed.comm.tls.*`` in the Dask configuration). Both are closed on exit.
 
     Raises
     ------
@@ -113,7 +114,7 @@ def connect(
             processes=True,
             host="127.0.0.1",
             dashboard_address=None,
-            silence_logs=logging.ERROR,
+            silence_logs=logging.CRITICAL,
             env={"NUMBA_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads},
         )
     with cluster, Client(cluster) as client:
