@@ -301,6 +301,48 @@ def solve_with_jitter(
     ) from None
 
 
+def preconditioned_solve(
+    K: SymmetricStrips,
+    Y: np.ndarray,
+    blocks: list[slice],
+    ridge: float,
+    options: CGOptions,
+    watch: Stopwatch,
+    *,
+    report: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
+    solve: Callable[[Callable, float], tuple[KernelSolution, np.ndarray]] | None = None,
+) -> tuple[KernelSolution, np.ndarray]:
+    r"""What every CG strategy does once its kernel is stored: the preconditioner for
+    :math:`K + \lambda I` and the solve (stages ``preconditioner`` and ``solve`` of
+    ``watch``), again with growing jitter while CG misses its target
+    (:func:`solve_with_jitter`).
+
+    ``solve(precondition, ridge)`` replaces :func:`solve_cg` (the float32 refinement).
+    """
+
+    def attempt(jitter: float) -> tuple[KernelSolution, np.ndarray]:
+        with watch.stage("preconditioner"):
+            precondition = preconditioner_for(
+                K, blocks, ridge + jitter, options, wrap(progress, "preconditioner blocks")
+            )
+        with watch.stage("solve"):
+            if solve is not None:
+                return solve(precondition, ridge + jitter)
+            return solve_cg(
+                K,
+                Y,
+                blocks,
+                ridge=ridge + jitter,
+                options=options,
+                report=report,
+                progress=wrap(progress, "CG iterations"),
+                precondition=precondition,
+            )
+
+    return solve_with_jitter(attempt, kernel_scale(K), ridge, report)
+
+
 def kernel_scale(K: SymmetricStrips) -> float:
     r""":math:`\operatorname{tr}(K)/n`, estimated from the first 256 diagonal entries."""
     first = np.arange(min(256, K.shape[0]))
@@ -494,29 +536,25 @@ class CGSolver:
                 dtype=self.options.storage,
             )
 
-        def attempt(jitter: float) -> tuple[KernelSolution, np.ndarray]:
-            ridge = spec.ridge + jitter
-            with watch.stage("preconditioner"):
-                precondition = preconditioner_for(
-                    K, blocks, ridge, self.options, wrap(progress, "preconditioner blocks")
-                )
-            with watch.stage("solve"):
-                if self.options.storage == np.float64:
-                    return solve_cg(
-                        K,
-                        Y[order],
-                        blocks,
-                        ridge=ridge,
-                        options=self.options,
-                        report=report,
-                        progress=wrap(progress, "CG iterations"),
-                        precondition=precondition,
-                    )
+        refine = None
+        if self.options.storage != np.float64:
+
+            def refine(precondition, ridge):
                 return _refined(
                     K, X_unit, order, Y[order], precondition, ridge, self.options, report, progress
                 )
 
-        solution, fitted = solve_with_jitter(attempt, kernel_scale(K), spec.ridge, report)
+        solution, fitted = preconditioned_solve(
+            K,
+            Y[order],
+            blocks,
+            spec.ridge,
+            self.options,
+            watch,
+            report=report,
+            progress=progress,
+            solve=refine,
+        )
         coef = in_original_order(order, solution.coef)
         train_scores = in_original_order(order, fitted)
         return FittedKernel(X_unit, spec, replace(solution, coef=coef), train_scores, watch.timings)

@@ -45,14 +45,7 @@ from ..kernels.ntk import ntk_of_unit_rows
 from ..spec import KernelSpec
 from ..validation import check_finite_result
 from .base import KernelSolution, Progress, Stopwatch, kernel_outputs, wrap
-from .cg import (
-    DEFAULT_OPTIONS,
-    CGOptions,
-    kernel_scale,
-    preconditioner_for,
-    solve_cg,
-    solve_with_jitter,
-)
+from .cg import DEFAULT_OPTIONS, CGOptions, preconditioned_solve
 from .preconditioners import cluster_order, in_original_order
 from .strips import SymmetricStrips, kernel_strips_of_unit_rows, strip_sizes
 
@@ -481,32 +474,15 @@ class DaskSolver:
                 wrap(progress, "kernel parts"),
             )
 
-        def attempt(jitter: float) -> tuple[KernelSolution, np.ndarray]:
-            with watch.stage("preconditioner"):
-                precondition = preconditioner_for(
-                    kernel,  # type: ignore[arg-type]  # the SymmetricStrips interface CG uses
-                    blocks,
-                    spec.ridge + jitter,
-                    self.options,
-                    wrap(progress, "preconditioner blocks"),
-                )
-            with watch.stage("solve"):
-                return solve_cg(
-                    kernel,  # type: ignore[arg-type]
-                    Y[order],
-                    blocks,
-                    ridge=spec.ridge + jitter,
-                    options=self.options,
-                    report=report,
-                    progress=wrap(progress, "CG iterations"),
-                    precondition=precondition,
-                )
-
-        solution, fitted = solve_with_jitter(
-            attempt,
-            kernel_scale(kernel),  # type: ignore[arg-type]
+        solution, fitted = preconditioned_solve(
+            kernel,  # type: ignore[arg-type]  # the SymmetricStrips interface CG uses
+            Y[order],
+            blocks,
             spec.ridge,
-            report,
+            self.options,
+            watch,
+            report=report,
+            progress=progress,
         )
         coef = in_original_order(order, solution.coef)
         train_scores = in_original_order(order, fitted)
