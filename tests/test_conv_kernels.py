@@ -25,6 +25,16 @@ CASES = [str(key) for key in REFERENCE.files if key.startswith("case") and "_" n
 DUPLICATES = {"grey": [1, 7, 8], "colour": [0, 3]}  # rescaled and near-duplicate images
 
 
+def composed(name: str, w_std: float, b_std: float) -> list:
+    """The layer values of the generator's ``composed-*`` cases: the first step is not
+    a rectified conv (pooled pixels; an unrectified conv), a ReLU stands alone."""
+    start = {
+        "composed-pool": [AvgPool(), Conv(w_std, b_std), Relu(), Conv(w_std, b_std)],
+        "composed-diagonal": [Conv(w_std, b_std), Relu(), Conv(w_std, b_std)],
+    }[name]
+    return [*start, Conv(w_std, b_std), Relu(), Flatten(), Dense(w_std, b_std)]
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_architectures_equal_neural_tangents(case):
     """<= 1e-11 of the largest entry everywhere, <= 3e-8 where two images have cosine 1
@@ -32,7 +42,11 @@ def test_architectures_equal_neural_tangents(case):
     diagonal, where ntkdemo is exact (theta = 0) and neural-tangents rounds."""
     inputs, name, w_std, b_std = REFERENCE[case]
     images = REFERENCE[str(inputs)]
-    nngp, ntk = conv_kernels(images, architecture=str(name), w_std=float(w_std), b_std=float(b_std))
+    w_std, b_std = float(w_std), float(b_std)
+    architecture = (
+        composed(str(name), w_std, b_std) if str(name).startswith("composed-") else str(name)
+    )
+    nngp, ntk = conv_kernels(images, architecture=architecture, w_std=w_std, b_std=b_std)
     for got, want in ((nngp, REFERENCE[f"{case}_nngp"]), (ntk, REFERENCE[f"{case}_ntk"])):
         scale = np.abs(want).max()
         error = np.abs(got - want) / scale
@@ -113,6 +127,11 @@ def test_named_architectures_are_their_layers():
         ("cnn-gap-0", "unknown architecture"),
         ([Conv(1.0, 0.0), Relu(), Dense(1.0, 0.0)], "exactly one GlobalAvgPool or Flatten"),
         ([Conv(1.0, 0.0), Flatten(), AvgPool(), Dense(1.0, 0.0)], "Conv and AvgPool come before"),
+        ([Relu(), Conv(1.0, 0.0), Flatten(), Dense(1.0, 0.0)], "a ReLU needs a Conv before"),
+        (
+            [Conv(1.0, 0.0), Relu(), AvgPool(), Relu(), Flatten(), Dense(1.0, 0.0)],
+            "a ReLU needs a Conv before",
+        ),
     ],
 )
 def test_bad_architectures_are_refused(architecture, message):
@@ -206,3 +225,22 @@ def test_a_workspace_beyond_memory_is_refused_up_front():
     """A pooling read-out of 256 x 256 images would need 137 GB per thread."""
     with pytest.raises(InvalidParameterError, match="need .* of workspace for a pooling read-out"):
         conv_kernels(np.ones((2, 256, 256)), architecture="cnn-gap-1")
+
+
+def test_relu_angle_is_arctan2_within_two_ulp():
+    """The fold's straight-line arctan2 (one division) against numpy's, across angles and
+    magnitudes; exact at cos = +-1 and 0 at (0, 0), as arctan2."""
+    import numba
+
+    from ntkdemo.kernels.conv_loops import _angle
+
+    angles = numba.njit(lambda s, c: np.array([_angle(s[i], c[i]) for i in range(len(s))]))
+    rng = np.random.default_rng(1)
+    theta = np.concatenate([rng.uniform(0, np.pi, 200_000), np.linspace(0, np.pi, 10_001)])
+    radius = np.exp(rng.uniform(-300, 300, len(theta)))
+    sine, cosine = np.abs(np.sin(theta)) * radius, np.cos(theta) * radius
+    want = np.arctan2(sine, cosine)
+    ulps = np.abs(angles(sine, cosine) - want) / np.spacing(np.maximum(want, 1e-300))
+    assert ulps.max() <= 2.0
+    edges = angles(np.zeros(3), np.array([2.0, -3.0, 0.0]))
+    np.testing.assert_array_equal(edges, [0.0, np.pi, 0.0])

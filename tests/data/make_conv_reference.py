@@ -29,8 +29,18 @@ def conv(w_std, b_std):
     return [stax.Conv(1, (3, 3), padding="SAME", W_std=w_std, b_std=b_std), stax.Relu()]
 
 
+def composed(name, w_std, b_std):
+    """The layer lists the tests name ``composed-*`` (ntkdemo's layer values)."""
+    plain_conv = stax.Conv(1, (3, 3), padding="SAME", W_std=w_std, b_std=b_std)
+    if name == "composed-pool":  # pooled pixels, a ReLU alone, an unrectified conv
+        return [stax.AvgPool((2, 2), strides=(2, 2)), plain_conv, stax.Relu(), plain_conv]
+    return [plain_conv, stax.Relu(), plain_conv]  # composed-diagonal
+
+
 def network(name, w_std, b_std):
-    if name.startswith("cnn-flatten-"):
+    if name.startswith("composed-"):
+        layers = composed(name, w_std, b_std) + conv(w_std, b_std) + [stax.Flatten()]
+    elif name.startswith("cnn-flatten-"):
         layers = sum((conv(w_std, b_std) for _ in range(int(name.rsplit("-", 1)[1]))), [])
         layers += [stax.Flatten()]
     elif name.startswith("cnn-gap-"):
@@ -74,6 +84,8 @@ cases = [
     ("colour", "cnn-gap-2", 1.3, 0.2),
     ("colour", "myrtle7", 2**0.5, 0.1),
     ("colour", "cnn-flatten-1", 2**0.5, 0.0),
+    ("grey", "composed-pool", 1.3, 0.2),
+    ("colour", "composed-diagonal", 1.1, 0.3),
 ]
 for number, (inputs, name, w_std, b_std) in enumerate(cases):
     x = payload[inputs]

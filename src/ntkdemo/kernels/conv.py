@@ -164,6 +164,14 @@ def _check_layers(layers: Sequence[Layer]) -> tuple[Layer, ...]:
         raise InvalidParameterError(
             "Conv and AvgPool come before the GlobalAvgPool or Flatten, Dense after it"
         )
+    gaussian = False  # is the input of the next layer a Gaussian process?
+    for layer in layers:
+        if isinstance(layer, Relu) and not gaussian:
+            raise InvalidParameterError(
+                "a ReLU needs a Conv before it (with no ReLU between): the arc-cosine step "
+                "holds for Gaussian inputs, which only a random affine step gives"
+            )
+        gaussian = isinstance(layer, Conv | Dense) or (gaussian and isinstance(layer, AvgPool))
     for layer in layers:
         if isinstance(layer, Conv | Dense):
             check_nonnegative_float("w_std", layer.w_std)
@@ -287,8 +295,7 @@ def _compiled_kernels(
     fold = conv_loops.fold_one_pair if full else conv_loops.fold_one_pair_diagonal
     encoded = _encode(layers, images_X.shape[1:3])
     threads = max(1, min(os.cpu_count() or 1, len(images_X) * len(images_Y)))
-    positions = images_X.shape[1] * images_X.shape[2]
-    stored = positions**2 if full else positions
+    stored = conv_loops.workspace_entries(*images_X.shape[1:3], full)
     _check_workspace(threads * 4 * 8 * stored, images_X.shape[1:3])
     workspaces = np.empty((threads, 4, stored))
     per_task = max(1, ENTRIES_PER_TASK // stored)

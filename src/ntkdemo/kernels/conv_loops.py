@@ -3,17 +3,24 @@ pooling read-out) or their diagonals (``Flatten`` without pooling).
 
 :mod:`.conv` describes the maths; these loops compute it one pair of images at a time.
 Each thread (:func:`fold_pairs` releases the GIL) takes a share of the pairs and has
-its own workspace: the NNGP and NTK of a pair before and after a step,
-``4 * 8 * (H W)^2`` bytes (20 MB at 28 x 28), written once and reused by every pair,
-since first writes to fresh memory cost more than the arithmetic. Layers arrive
+its own workspace: the NNGP and NTK of a pair before and after a step, written once
+and reused by every pair, since first writes to fresh memory cost more than the
+arithmetic (:func:`workspace_entries`: 22.6 MB per thread at 28 x 28). Layers arrive
 encoded (:data:`CONV`, :data:`RELU`, ... with :math:`\sigma_w^2, \sigma_b^2`),
 per-image variances as one flat row per image with the offset of each ReLU's map.
 
-Every step reads and writes whole rows of the last position index, so the inner loops
-are contiguous and vectorised (``error_model="numpy"``: a division is a division, with
-no check for zero that would stop the vectoriser); the ReLU's angle comes from
-:func:`_angle`, an ``arctan2`` within 2 ulp in straight-line code (exact at
-:math:`\cos = \pm 1`), and a zero variance gives 0.
+**Planes.** A covariance is held as planes: for each position :math:`p` of the first
+image, the :math:`(H + 2) \times (W + 2)` plane of positions :math:`p'` of the second
+with a border of zeros (a diagonal is one such plane). A conv's nine-offset sum then
+adds nine copies of a plane shifted by :math:`d_y (W + 2) + d_x` over one long
+contiguous run (from :math:`p' = (0, 0)` to :math:`(H-1, W-1)`, the borders between
+rows included), reading the zeros of ``SAME`` padding from the border instead of
+testing bounds; the border entries written on the way are cleared after each step, so
+that the border stays zero. Every loop over a plane is one vectorised run
+(``error_model="numpy"``: a division is a division, with no check for zero that would
+stop the vectoriser); the ReLU's angle comes from :func:`_angle`, an ``arctan2`` in
+straight-line code with one division (exact at :math:`\cos = \pm 1`), and a zero
+variance gives 0.
 """
 
 from __future__ import annotations
@@ -25,46 +32,118 @@ from ..compiled import jit
 CONV, RELU, POOL, GLOBAL_POOL, FLATTEN, DENSE = range(6)
 
 
-@jit(error_model="numpy")
-def _shift_sum(source, target):  # pragma: no cover - compiled
-    r"""``target`` :math:`= \sum_d source(p + d, p' + d)` over the nine offsets, zero
-    outside (nine times the conv's mean :math:`A`)."""
-    height, width = source.shape[0], source.shape[1]
-    target[...] = 0.0
-    for i in range(height):
-        for j in range(width):
-            for k in range(height):
-                row = target[i, j, k]
-                for dy in range(-1, 2):
-                    if i + dy < 0 or i + dy >= height or k + dy < 0 or k + dy >= height:
-                        continue
-                    for dx in range(-1, 2):
-                        if j + dx < 0 or j + dx >= width:
-                            continue
-                        shifted = source[i + dy, j + dx, k + dy]
-                        first = max(0, -dx)
-                        last = min(width, width - dx)
-                        for m in range(first, last):
-                            row[m] += shifted[m + dx]
+def workspace_entries(height: int, width: int, full: bool) -> int:
+    """Entries of one of a thread's four workspace rows: the planes of one covariance,
+    :math:`H W (H+2)(W+2)` for a whole one (``full``), :math:`(H+2)(W+2)` for a diagonal."""
+    plane = (height + 2) * (width + 2)
+    return height * width * plane if full else plane
+
+
+@jit(inline="always", error_model="numpy")
+def _run(height, width):  # pragma: no cover - compiled
+    """``first, last``: the run of a bordered plane from position (0, 0) to (H-1, W-1)."""
+    row = width + 2
+    return row + 1, height * row + width + 1
+
+
+@jit(inline="always", error_model="numpy")
+def _clear_border(plane, height, width):  # pragma: no cover - compiled
+    """Zero the border entries inside a plane's run (left and right of each row)."""
+    row = width + 2
+    for k in range(1, height):
+        plane[k * row + width + 1] = 0.0
+        plane[(k + 1) * row] = 0.0
+
+
+@jit(inline="always", error_model="numpy")
+def _nine_offset_sum(
+    plane, up_left, up, up_right, left, centre, right, down_left, down, down_right, height, width
+):  # pragma: no cover - compiled
+    r"""``plane`` :math:`= \sum_d` of the nine bordered planes, each shifted by its offset
+    :math:`d`, over the run (the rest zero): one pass, the sum held in registers. The
+    run is taken as slices indexed from 0 (an index that could be negative costs numba a
+    wraparound test per entry, which stops the vectoriser)."""
+    first, last = _run(height, width)
+    row = width + 2
+    into = plane[first:last]
+    a0, a1, a2 = up_left[first - row - 1 :], up[first - row :], up_right[first - row + 1 :]
+    a3, a4, a5 = left[first - 1 :], centre[first:], right[first + 1 :]
+    a6, a7, a8 = down_left[first + row - 1 :], down[first + row :], down_right[first + row + 1 :]
+    for m in range(last - first):
+        into[m] = ((a0[m] + a1[m]) + (a2[m] + a3[m])) + ((a4[m] + a5[m]) + (a6[m] + a7[m])) + a8[m]
+    plane[:first] = 0.0
+    plane[last:] = 0.0
+    _clear_border(plane, height, width)
+
+
+@jit(inline="always", error_model="numpy")
+def _sum_plane(source, plane, i, j, zero, height, width):  # pragma: no cover - compiled
+    r"""``plane`` :math:`(p') = \sum_d source(p + d, p' + d)` over the nine offsets for
+    :math:`p = (i, j)`, zero outside (nine times the conv's mean :math:`A`); ``source``
+    holds bordered planes (H, W, plane), ``zero`` a plane of zeros for the offsets past
+    the image's edge."""
+    up, down, left, right = i > 0, i < height - 1, j > 0, j < width - 1
+    _nine_offset_sum(
+        plane,
+        source[i - 1, j - 1] if up and left else zero,
+        source[i - 1, j] if up else zero,
+        source[i - 1, j + 1] if up and right else zero,
+        source[i, j - 1] if left else zero,
+        source[i, j],
+        source[i, j + 1] if right else zero,
+        source[i + 1, j - 1] if down and left else zero,
+        source[i + 1, j] if down else zero,
+        source[i + 1, j + 1] if down and right else zero,
+        height,
+        width,
+    )
+
+
+@jit(inline="always", error_model="numpy")
+def _patch_products(
+    plane, a, channel_planes, i, j, low, high, height, width
+):  # pragma: no cover - compiled
+    r"""``plane`` :math:`(p') = \sum_{d} \sum_c a(p + d, c)\, b(p' + d, c) / C` for
+    :math:`p = (i, j)` over the offsets :math:`d \in [low, high)^2` inside the image:
+    the pixels' covariance (``0, 1``) or its nine-offset sum (``-1, 2``), straight from
+    the images; ``channel_planes`` holds :math:`b / C` as bordered planes."""
+    first, last = _run(height, width)
+    row = width + 2
+    plane[:] = 0.0
+    into = plane[first:last]
+    for dy in range(max(low, -i), min(high, height - i)):
+        for dx in range(max(low, -j), min(high, width - j)):
+            shift = dy * row + dx
+            for c in range(a.shape[2]):
+                weight = a[i + dy, j + dx, c]
+                shifted = channel_planes[c, first + shift : last + shift]
+                for m in range(last - first):
+                    into[m] += weight * shifted[m]
+    _clear_border(plane, height, width)
 
 
 @jit(inline="always", error_model="numpy")
 def _angle(sine, cosine):  # pragma: no cover - compiled
-    r"""``arctan2(sine, cosine)`` for ``sine >= 0``, within 2 ulp, in straight-line code.
+    r"""``arctan2(sine, cosine)`` for ``sine >= 0``, in straight-line code with one division.
 
     libm's ``atan2`` is a call per entry, which keeps the ReLU step from vectorising
     (19 ns against 1.9 ns per entry here). This is fdlibm's ``atan`` (Sun, 1993; the
     polynomial and the split :math:`\pi/4, \arctan\frac12` constants are its own) on
-    :math:`t = \min/\max(|s|, |c|) \in [0, 1]`, every branch a select, then the
-    octant: :math:`\pi/2 - \theta` above the diagonal, :math:`\pi - \theta` for
-    :math:`c < 0`. ``(0, 0)`` gives 0, as ``arctan2``.
+    :math:`t = s/c \in [0, 1]` for :math:`s = \min(|\sin|, |\cos|)`,
+    :math:`c = \max(\ldots)`, its reduced argument formed from :math:`s, c` in one
+    division (:math:`(s - c)/(s + c)` for :math:`t \ge 0.6875`, :math:`(2s - c)/(2c + s)`
+    for :math:`t \ge 0.4375`, else :math:`s/c`), every branch a select, then the octant:
+    :math:`\pi/2 - \theta` above the diagonal, :math:`\pi - \theta` for :math:`\cos < 0`.
+    ``(0, 0)`` gives 0, as ``arctan2``.
     """
     magnitude = abs(cosine)
     larger = max(sine, magnitude)
-    t = min(sine, magnitude) / larger if larger > 0.0 else 0.0
-    upper = t >= 0.6875
-    middle = t >= 0.4375
-    x = (t - 1.0) / (t + 1.0) if upper else ((2.0 * t - 1.0) / (2.0 + t) if middle else t)
+    smaller = min(sine, magnitude)
+    upper = (smaller >= 0.6875 * larger) & (larger > 0.0)  # (0, 0) is in neither
+    middle = (smaller >= 0.4375 * larger) & (larger > 0.0)
+    numerator = smaller - larger if upper else (2.0 * smaller - larger if middle else smaller)
+    denominator = smaller + larger if upper else (2.0 * larger + smaller if middle else larger)
+    x = numerator / denominator if larger > 0.0 else 0.0
     high = 7.85398163397448278999e-01 if upper else (4.63647609000806093515e-01 if middle else 0.0)
     low = 3.06161699786838301793e-17 if upper else (2.26987774529616870924e-17 if middle else 0.0)
     z = x * x
@@ -108,47 +187,57 @@ def _angle(sine, cosine):  # pragma: no cover - compiled
     )
 
 
-@jit(error_model="numpy")
-def _affine_relu(nngp, ntk, scale, bias, tangent, var_a, var_b):  # pragma: no cover - compiled
-    r"""In place, an affine step then the arc-cosine step, in one pass over memory:
+@jit(inline="always", error_model="numpy")
+def _relu_plane(
+    nngp, ntk, scale, bias, tangent, variance, columns, height, width
+):  # pragma: no cover - compiled
+    r"""In place over a plane's run, an affine step then the arc-cosine step in one pass:
     :math:`K = s K + b`, :math:`\Theta = t K + s \Theta`, then the ReLU with the
-    variances ``var_a`` (H, W) and ``var_b`` (H, W). After a conv (on its nine-offset
-    sums) ``t = 1``; a ReLU alone is ``s, b, t = 1, 0, 0``."""
-    height, width = var_a.shape
-    size = height * width
-    columns = var_b.reshape(size)
+    variances ``variance * columns[m]``. After a conv (on its nine-offset sums)
+    ``t = 1``; a ReLU alone is ``s, b, t = 1, 0, 0``. The border is cleared after."""
+    first, last = _run(height, width)
     inverse = 1.0 / (2.0 * np.pi)
-    for i in range(height):
-        for j in range(width):
-            row_variance = var_a[i, j]
-            row_nngp = nngp[i, j].reshape(size)
-            row_ntk = ntk[i, j].reshape(size)
-            for m in range(size):
-                q = scale * row_nngp[m] + bias
-                sine = np.sqrt(max(row_variance * columns[m] - q * q, 0.0))
-                rest = np.pi - _angle(sine, q)
-                row_nngp[m] = max((sine + rest * q) * inverse, 0.0)
-                row_ntk[m] = (tangent * q + scale * row_ntk[m]) * (rest * inverse)
+    nngp_run, ntk_run, columns_run = nngp[first:last], ntk[first:last], columns[first:last]
+    for m in range(last - first):
+        q = scale * nngp_run[m] + bias
+        sine = np.sqrt(max(variance * columns_run[m] - q * q, 0.0))
+        rest = np.pi - _angle(sine, q)
+        nngp_run[m] = max((sine + rest * q) * inverse, 0.0)
+        ntk_run[m] = (tangent * q + scale * ntk_run[m]) * (rest * inverse)
+    _clear_border(nngp, height, width)
+    _clear_border(ntk, height, width)
+
+
+@jit(inline="always", error_model="numpy")
+def _bordered(values, plane, height, width):  # pragma: no cover - compiled
+    """``values`` (H W,) into the inside of the bordered ``plane``, zeros around."""
+    row = width + 2
+    plane[:] = 0.0
+    for k in range(height):
+        plane[(k + 1) * row + 1 : (k + 1) * row + width + 1] = values[k * width : (k + 1) * width]
 
 
 @jit(error_model="numpy")
-def _pool(source, target):  # pragma: no cover - compiled
-    """``target`` (h/2, w/2, h/2, w/2): 2 x 2 blocks of ``source`` averaged on both sides
-    (an odd last row or column dropped)."""
-    height, width = target.shape[0], target.shape[1]
-    for i in range(height):
-        for j in range(width):
-            for k in range(height):
-                row = target[i, j, k]
-                row[:] = 0.0
-                for di in range(2):
-                    for dj in range(2):
+def _pool(source, target, height, width):  # pragma: no cover - compiled
+    """``target`` planes (h/2, w/2, plane): 2 x 2 blocks of ``source`` (h, w, plane)
+    averaged on both sides (an odd last row or column dropped)."""
+    half_height, half_width = height // 2, width // 2
+    row, half_row = width + 2, half_width + 2
+    for i in range(half_height):
+        for j in range(half_width):
+            plane = target[i, j]
+            plane[:] = 0.0
+            for di in range(2):
+                for dj in range(2):
+                    block = source[2 * i + di, 2 * j + dj]
+                    for k in range(half_height):
                         for dk in range(2):
-                            block = source[2 * i + di, 2 * j + dj, 2 * k + dk]
-                            for m in range(width):
-                                row[m] += block[2 * m] + block[2 * m + 1]
-                for m in range(width):
-                    row[m] *= 1.0 / 16.0
+                            start = (2 * k + dk + 1) * row + 1
+                            out = (k + 1) * half_row + 1
+                            for m in range(half_width):
+                                plane[out + m] += block[start + 2 * m] + block[start + 2 * m + 1]
+            for m in range(len(plane)):
+                plane[m] *= 1.0 / 16.0
 
 
 @jit(error_model="numpy")
@@ -162,9 +251,24 @@ def _dense_read_out(nngp, ntk, step, codes, w2s, b2s):  # pragma: no cover - com
 
 
 @jit(error_model="numpy")
-def _view(buffer, height, width):  # pragma: no cover - compiled
-    """The first ``(height * width)**2`` entries of a flat workspace as (h, w, h, w)."""
-    return buffer[: (height * width) ** 2].reshape((height, width, height, width))
+def _planes(buffer, height, width):  # pragma: no cover - compiled
+    """The first entries of a flat workspace row as bordered planes (h, w, plane)."""
+    plane = (height + 2) * (width + 2)
+    return buffer[: height * width * plane].reshape((height, width, plane))
+
+
+@jit(error_model="numpy")
+def _affine_planes(nngp, ntk, scale, bias, height, width):  # pragma: no cover - compiled
+    """A conv whose output is not rectified: :math:`K = s K + b`, :math:`\\Theta = K +
+    s \\Theta` inside each plane (the border stays zero)."""
+    row = width + 2
+    for i in range(nngp.shape[0]):
+        for j in range(nngp.shape[1]):
+            for k in range(height):
+                for column in range(width):
+                    m = (k + 1) * row + column + 1
+                    nngp[i, j, m] = scale * nngp[i, j, m] + bias
+                    ntk[i, j, m] = nngp[i, j, m] + scale * ntk[i, j, m]
 
 
 @jit(nogil=True, error_model="numpy")
@@ -174,74 +278,124 @@ def fold_one_pair(
     """NNGP and NTK of images ``a``, ``b`` (H, W, C); with ``record`` (a self pair) each
     ReLU reads its own diagonal and writes it into ``var_a`` (== ``var_b``).
 
-    ``workspace`` (4, (H W)^2) holds the current and the next NNGP and NTK: written
-    once, reused by every pair of the thread.
+    ``workspace`` (4, :func:`workspace_entries`) holds the current and the next NNGP
+    and NTK: written once, reused by every pair of the thread.
     """
     height, width, channels = a.shape
-    nngp = _view(workspace[0], height, width)
-    ntk = _view(workspace[1], height, width)
-    spare_nngp = _view(workspace[2], height, width)
-    spare_ntk = _view(workspace[3], height, width)
-    inverse = 1.0 / channels
-    for i in range(height):
-        for j in range(width):
-            for k in range(height):
-                row = nngp[i, j, k]
-                for m in range(width):
-                    total = 0.0
-                    for c in range(channels):
-                        total += a[i, j, c] * b[k, m, c]
-                    row[m] = total * inverse
-    ntk[...] = 0.0
+    nngp = _planes(workspace[0], height, width)
+    ntk = _planes(workspace[1], height, width)
+    spare_nngp = _planes(workspace[2], height, width)
+    spare_ntk = _planes(workspace[3], height, width)
+    plane_size = (height + 2) * (width + 2)
+    columns = np.empty(plane_size)
+    zero = np.zeros(plane_size)
+    row = width + 2
+    channel_planes = np.zeros((channels, plane_size))  # b's channels, bordered, / C
+    for k in range(height):
+        for m in range(width):
+            for c in range(channels):
+                channel_planes[c, (k + 1) * row + m + 1] = b[k, m, c] / channels
+    # A first conv sums the images' patches straight into its planes (each plane is
+    # rectified at once); other layers start from the covariance of the pixels.
+    from_patches = codes[0] == CONV
+    if not from_patches:
+        for i in range(height):
+            for j in range(width):
+                _patch_products(nngp[i, j], a, channel_planes, i, j, 0, 1, height, width)
+        ntk[...] = 0.0
+    ntk_zero = True  # until the first affine step: its nine-offset sums are zero too
     relu = 0
     step = 0
     nngp_out = 0.0
     ntk_out = 0.0
     while step < len(codes):
         code = codes[step]
+        row = width + 2
+        first, last = _run(height, width)
         if code == CONV or code == RELU:
             scale, bias, tangent = 1.0, 0.0, 0.0  # a ReLU alone
+            rectified = code == RELU or (step + 1 < len(codes) and codes[step + 1] == RELU)
+            size = height * width
+            map_a = var_a[offsets[relu] : offsets[relu] + size]
+            map_b = var_b[offsets[relu] : offsets[relu] + size]
+            if rectified:
+                _bordered(map_b, columns[: (height + 2) * row], height, width)
+            # Without ``record`` the variances are known: each plane's sums are
+            # rectified while still in cache. A self pair records its diagonal first.
+            fused = code == CONV and rectified and not record
             if code == CONV:
-                _shift_sum(nngp, spare_nngp)
-                _shift_sum(ntk, spare_ntk)
-                nngp, spare_nngp = spare_nngp, nngp
-                ntk, spare_ntk = spare_ntk, ntk
                 scale, bias, tangent = w2s[step] / 9.0, b2s[step], 1.0
-            if code == RELU or (step + 1 < len(codes) and codes[step + 1] == RELU):
-                size = height * width
-                map_a = var_a[offsets[relu] : offsets[relu] + size].reshape((height, width))
-                map_b = var_b[offsets[relu] : offsets[relu] + size].reshape((height, width))
+                for i in range(height):
+                    for j in range(width):
+                        if from_patches and step == 0:
+                            _patch_products(
+                                spare_nngp[i, j], a, channel_planes, i, j, -1, 2, height, width
+                            )
+                        else:
+                            _sum_plane(nngp, spare_nngp[i, j], i, j, zero, height, width)
+                        if ntk_zero:  # its sums are zero: rectified in place
+                            ntk[i, j, :] = 0.0
+                        else:
+                            _sum_plane(ntk, spare_ntk[i, j], i, j, zero, height, width)
+                        if fused:
+                            _relu_plane(
+                                spare_nngp[i, j],
+                                spare_ntk[i, j] if not ntk_zero else ntk[i, j],
+                                scale,
+                                bias,
+                                tangent,
+                                map_a[i * width + j],
+                                columns,
+                                height,
+                                width,
+                            )
+                nngp, spare_nngp = spare_nngp, nngp
+                if not ntk_zero:
+                    ntk, spare_ntk = spare_ntk, ntk
+            if rectified and not fused:
                 if record:
                     for i in range(height):
                         for j in range(width):
-                            map_a[i, j] = scale * nngp[i, j, i, j] + bias
-                _affine_relu(nngp, ntk, scale, bias, tangent, map_a, map_b)
+                            map_a[i * width + j] = scale * nngp[i, j, (i + 1) * row + j + 1] + bias
+                    _bordered(map_b, columns[: (height + 2) * row], height, width)
+                for i in range(height):
+                    for j in range(width):
+                        _relu_plane(
+                            nngp[i, j],
+                            ntk[i, j],
+                            scale,
+                            bias,
+                            tangent,
+                            map_a[i * width + j],
+                            columns,
+                            height,
+                            width,
+                        )
+            if rectified:
                 relu += 1
                 step += code == CONV  # the conv's ReLU is done too
             else:  # a conv whose output is not rectified
-                flat_nngp, flat_ntk = nngp.reshape(-1), ntk.reshape(-1)
-                for index in range(len(flat_nngp)):
-                    flat_nngp[index] = scale * flat_nngp[index] + bias
-                    flat_ntk[index] = flat_nngp[index] + scale * flat_ntk[index]
+                _affine_planes(nngp, ntk, scale, bias, height, width)
+            ntk_zero = False
         elif code == POOL:
+            pooled_nngp = _planes(spare_nngp.reshape(-1), height // 2, width // 2)
+            pooled_ntk = _planes(spare_ntk.reshape(-1), height // 2, width // 2)
+            _pool(nngp, pooled_nngp, height, width)
+            _pool(ntk, pooled_ntk, height, width)
             height, width = height // 2, width // 2
-            pooled_nngp = _view(spare_nngp.reshape(-1), height, width)
-            pooled_ntk = _view(spare_ntk.reshape(-1), height, width)
-            _pool(nngp, pooled_nngp)
-            _pool(ntk, pooled_ntk)
-            spare_nngp = _view(nngp.reshape(-1), height, width)
-            spare_ntk = _view(ntk.reshape(-1), height, width)
+            spare_nngp = _planes(nngp.reshape(-1), height, width)
+            spare_ntk = _planes(ntk.reshape(-1), height, width)
             nngp, ntk = pooled_nngp, pooled_ntk
         elif code == GLOBAL_POOL:
-            nngp_out = nngp.mean()
-            ntk_out = ntk.mean()
+            nngp_out = nngp.sum() / (height * width) ** 2
+            ntk_out = ntk.sum() / (height * width) ** 2
             step += 1
             break
         elif code == FLATTEN:
             for i in range(height):
                 for j in range(width):
-                    nngp_out += nngp[i, j, i, j]
-                    ntk_out += ntk[i, j, i, j]
+                    nngp_out += nngp[i, j, (i + 1) * row + j + 1]
+                    ntk_out += ntk[i, j, (i + 1) * row + j + 1]
             nngp_out /= height * width
             ntk_out /= height * width
             step += 1
@@ -255,64 +409,66 @@ def fold_one_pair_diagonal(
     a, b, var_a, var_b, offsets, codes, w2s, b2s, record, workspace
 ):  # pragma: no cover - compiled
     """As :func:`fold_one_pair` for a ``Flatten`` read-out without pooling: only the
-    entries :math:`K(p, p)` (a conv maps them among themselves), (H, W) per pair."""
+    entries :math:`K(p, p)` (a conv maps them among themselves), one plane per pair."""
     height, width, channels = a.shape
     size = height * width
-    nngp = workspace[0, :size].reshape((height, width))
-    ntk = workspace[1, :size].reshape((height, width))
-    sum_nngp = workspace[2, :size].reshape((height, width))
-    sum_ntk = workspace[3, :size].reshape((height, width))
+    row = width + 2
+    nngp, ntk, spare, products = workspace[0], workspace[1], workspace[2], workspace[3]
+    products[:] = 0.0  # its border
+    first, last = _run(height, width)
     inverse = 1.0 / channels
+    nngp[:] = 0.0
     for i in range(height):
         for j in range(width):
             total = 0.0
             for c in range(channels):
                 total += a[i, j, c] * b[i, j, c]
-            nngp[i, j] = total * inverse
-    ntk[...] = 0.0
+            nngp[(i + 1) * row + j + 1] = total * inverse
+    ntk[:] = 0.0
+    ntk_zero = True
     relu = 0
     step = 0
     nngp_out = 0.0
     ntk_out = 0.0
-    half_pi_inverse = 1.0 / (2.0 * np.pi)
     while step < len(codes):
         code = codes[step]
         if code == CONV or code == RELU:
             scale, bias, tangent = 1.0, 0.0, 0.0  # a ReLU alone
             if code == CONV:
-                sum_nngp[...] = 0.0
-                sum_ntk[...] = 0.0
-                for dy in range(-1, 2):
-                    for dx in range(-1, 2):
-                        for i in range(max(0, -dy), min(height, height - dy)):
-                            for j in range(max(0, -dx), min(width, width - dx)):
-                                sum_nngp[i, j] += nngp[i + dy, j + dx]
-                                sum_ntk[i, j] += ntk[i + dy, j + dx]
-                nngp[...] = sum_nngp
-                ntk[...] = sum_ntk
+                _nine_offset_sum(
+                    spare, nngp, nngp, nngp, nngp, nngp, nngp, nngp, nngp, nngp, height, width
+                )
+                nngp, spare = spare, nngp
+                if not ntk_zero:
+                    _nine_offset_sum(
+                        spare, ntk, ntk, ntk, ntk, ntk, ntk, ntk, ntk, ntk, height, width
+                    )
+                    ntk, spare = spare, ntk
                 scale, bias, tangent = w2s[step] / 9.0, b2s[step], 1.0
             if code == RELU or (step + 1 < len(codes) and codes[step + 1] == RELU):
-                map_a = var_a[offsets[relu] : offsets[relu] + size].reshape((height, width))
-                map_b = var_b[offsets[relu] : offsets[relu] + size].reshape((height, width))
+                map_a = var_a[offsets[relu] : offsets[relu] + size]
+                map_b = var_b[offsets[relu] : offsets[relu] + size]
+                if record:
+                    for i in range(height):
+                        for j in range(width):
+                            map_a[i * width + j] = scale * nngp[(i + 1) * row + j + 1] + bias
                 for i in range(height):
                     for j in range(width):
-                        q = scale * nngp[i, j] + bias
-                        if record:
-                            map_a[i, j] = q
-                        sine = np.sqrt(max(map_a[i, j] * map_b[i, j] - q * q, 0.0))
-                        rest = np.pi - _angle(sine, q)
-                        nngp[i, j] = max((sine + rest * q) * half_pi_inverse, 0.0)
-                        ntk[i, j] = (tangent * q + scale * ntk[i, j]) * (rest * half_pi_inverse)
+                        products[(i + 1) * row + j + 1] = (
+                            map_a[i * width + j] * map_b[i * width + j]
+                        )
+                _relu_plane(nngp, ntk, scale, bias, tangent, 1.0, products, height, width)
                 relu += 1
                 step += code == CONV  # the conv's ReLU is done too
             else:  # a conv whose output is not rectified
-                for i in range(height):
-                    for j in range(width):
-                        nngp[i, j] = scale * nngp[i, j] + bias
-                        ntk[i, j] = nngp[i, j] + scale * ntk[i, j]
+                nngp[first:last] = scale * nngp[first:last] + bias
+                ntk[first:last] = nngp[first:last] + scale * ntk[first:last]
+                _clear_border(nngp, height, width)
+                _clear_border(ntk, height, width)
+            ntk_zero = False
         elif code == FLATTEN:
-            nngp_out = nngp.mean()
-            ntk_out = ntk.mean()
+            nngp_out = nngp.sum() / size
+            ntk_out = ntk.sum() / size
             step += 1
             break
         step += 1
