@@ -295,7 +295,7 @@ def _compiled_kernels(
     fold = conv_loops.fold_one_pair if full else conv_loops.fold_one_pair_diagonal
     encoded = _encode(layers, images_X.shape[1:3])
     threads = max(1, min(os.cpu_count() or 1, len(images_X) * len(images_Y)))
-    stored = conv_loops.workspace_entries(*images_X.shape[1:3], full)
+    stored = conv_loops.workspace_entries(images_X.shape[1], images_X.shape[2], full)
     _check_workspace(threads * 4 * 8 * stored, images_X.shape[1:3])
     workspaces = np.empty((threads, 4, stored))
     per_task = max(1, ENTRIES_PER_TASK // stored)
