@@ -378,7 +378,7 @@ def _encode(
         if isinstance(layer, Conv | Dense):
             w2, b2 = float(layer.w_std) ** 2, float(layer.b_std) ** 2
         if isinstance(layer, Relu):
-            offsets.append(offsets[-1] + height * width)
+            offsets.append(offsets[-1] + (height + 2) * (width + 2))
         if isinstance(layer, AvgPool):
             height, width = height // 2, width // 2
             if min(height, width) < 1:

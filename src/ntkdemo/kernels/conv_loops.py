@@ -188,33 +188,50 @@ def _angle(sine, cosine):  # pragma: no cover - compiled
 
 
 @jit(inline="always", error_model="numpy")
+def _relu_entry(nngp, ntk, scale, bias, tangent, variances):  # pragma: no cover - compiled
+    r"""One entry's affine step then arc-cosine step: :math:`q = s K + b`, then with
+    :math:`\sin = \sqrt{(q_x q_y - q^2)_+}` and :math:`\rho = \pi - \theta`
+    (``variances`` :math:`= q_x q_y`), the NNGP :math:`(\sin + \rho q) / 2\pi` and
+    the NTK :math:`(t q + s \Theta) \rho / 2\pi`."""
+    inverse = 1.0 / (2.0 * np.pi)
+    q = scale * nngp + bias
+    sine = np.sqrt(max(variances - q * q, 0.0))
+    rest = np.pi - _angle(sine, q)
+    return max((sine + rest * q) * inverse, 0.0), (tangent * q + scale * ntk) * (rest * inverse)
+
+
+@jit(inline="always", error_model="numpy")
 def _relu_plane(
     nngp, ntk, scale, bias, tangent, variance, columns, height, width
 ):  # pragma: no cover - compiled
-    r"""In place over a plane's run, an affine step then the arc-cosine step in one pass:
-    :math:`K = s K + b`, :math:`\Theta = t K + s \Theta`, then the ReLU with the
-    variances ``variance * columns[m]``. After a conv (on its nine-offset sums)
-    ``t = 1``; a ReLU alone is ``s, b, t = 1, 0, 0``. The border is cleared after."""
+    r"""In place over a plane's run, the conv's affine step then the ReLU
+    (:func:`_relu_entry`) with the variances ``variance * columns[m]``; the border is
+    cleared after. After a conv (on its nine-offset sums) ``t = 1``; a ReLU alone is
+    ``s, b, t = 1, 0, 0``."""
     first, last = _run(height, width)
-    inverse = 1.0 / (2.0 * np.pi)
     nngp_run, ntk_run, columns_run = nngp[first:last], ntk[first:last], columns[first:last]
     for m in range(last - first):
-        q = scale * nngp_run[m] + bias
-        sine = np.sqrt(max(variance * columns_run[m] - q * q, 0.0))
-        rest = np.pi - _angle(sine, q)
-        nngp_run[m] = max((sine + rest * q) * inverse, 0.0)
-        ntk_run[m] = (tangent * q + scale * ntk_run[m]) * (rest * inverse)
+        nngp_run[m], ntk_run[m] = _relu_entry(
+            nngp_run[m], ntk_run[m], scale, bias, tangent, variance * columns_run[m]
+        )
     _clear_border(nngp, height, width)
     _clear_border(ntk, height, width)
 
 
 @jit(inline="always", error_model="numpy")
-def _bordered(values, plane, height, width):  # pragma: no cover - compiled
-    """``values`` (H W,) into the inside of the bordered ``plane``, zeros around."""
-    row = width + 2
-    plane[:] = 0.0
-    for k in range(height):
-        plane[(k + 1) * row + 1 : (k + 1) * row + width + 1] = values[k * width : (k + 1) * width]
+def _relu_diagonal(
+    nngp, ntk, scale, bias, tangent, rows, columns, height, width
+):  # pragma: no cover - compiled
+    """As :func:`_relu_plane` on a diagonal, with the variances ``rows[m] * columns[m]``."""
+    first, last = _run(height, width)
+    nngp_run, ntk_run = nngp[first:last], ntk[first:last]
+    rows_run, columns_run = rows[first:last], columns[first:last]
+    for m in range(last - first):
+        nngp_run[m], ntk_run[m] = _relu_entry(
+            nngp_run[m], ntk_run[m], scale, bias, tangent, rows_run[m] * columns_run[m]
+        )
+    _clear_border(nngp, height, width)
+    _clear_border(ntk, height, width)
 
 
 @jit(error_model="numpy")
@@ -287,7 +304,6 @@ def fold_one_pair(
     spare_nngp = _planes(workspace[2], height, width)
     spare_ntk = _planes(workspace[3], height, width)
     plane_size = (height + 2) * (width + 2)
-    columns = np.empty(plane_size)
     zero = np.zeros(plane_size)
     row = width + 2
     channel_planes = np.zeros((channels, plane_size))  # b's channels, bordered, / C
@@ -315,11 +331,8 @@ def fold_one_pair(
         if code == CONV or code == RELU:
             scale, bias, tangent = 1.0, 0.0, 0.0  # a ReLU alone
             rectified = code == RELU or (step + 1 < len(codes) and codes[step + 1] == RELU)
-            size = height * width
-            map_a = var_a[offsets[relu] : offsets[relu] + size]
-            map_b = var_b[offsets[relu] : offsets[relu] + size]
-            if rectified:
-                _bordered(map_b, columns[: (height + 2) * row], height, width)
+            map_a = var_a[offsets[relu] : offsets[relu + 1]]  # bordered planes
+            map_b = var_b[offsets[relu] : offsets[relu + 1]]
             # Without ``record`` the variances are known: each plane's sums are
             # rectified while still in cache. A self pair records its diagonal first.
             fused = code == CONV and rectified and not record
@@ -344,8 +357,8 @@ def fold_one_pair(
                                 scale,
                                 bias,
                                 tangent,
-                                map_a[i * width + j],
-                                columns,
+                                map_a[(i + 1) * row + j + 1],
+                                map_b,
                                 height,
                                 width,
                             )
@@ -356,8 +369,8 @@ def fold_one_pair(
                 if record:
                     for i in range(height):
                         for j in range(width):
-                            map_a[i * width + j] = scale * nngp[i, j, (i + 1) * row + j + 1] + bias
-                    _bordered(map_b, columns[: (height + 2) * row], height, width)
+                            diagonal = (i + 1) * row + j + 1
+                            map_a[diagonal] = scale * nngp[i, j, diagonal] + bias
                 for i in range(height):
                     for j in range(width):
                         _relu_plane(
@@ -366,8 +379,8 @@ def fold_one_pair(
                             scale,
                             bias,
                             tangent,
-                            map_a[i * width + j],
-                            columns,
+                            map_a[(i + 1) * row + j + 1],
+                            map_b,
                             height,
                             width,
                         )
@@ -413,17 +426,15 @@ def fold_one_pair_diagonal(
     height, width, channels = a.shape
     size = height * width
     row = width + 2
-    nngp, ntk, spare, products = workspace[0], workspace[1], workspace[2], workspace[3]
-    products[:] = 0.0  # its border
+    nngp, ntk, spare = workspace[0], workspace[1], workspace[2]
     first, last = _run(height, width)
     inverse = 1.0 / channels
     nngp[:] = 0.0
-    for i in range(height):
-        for j in range(width):
-            total = 0.0
-            for c in range(channels):
-                total += a[i, j, c] * b[i, j, c]
-            nngp[(i + 1) * row + j + 1] = total * inverse
+    for c in range(channels):  # channels outermost: the rows of positions vectorise
+        for i in range(height):
+            into = nngp[(i + 1) * row + 1 : (i + 1) * row + width + 1]
+            for j in range(width):
+                into[j] += a[i, j, c] * b[i, j, c] * inverse
     ntk[:] = 0.0
     ntk_zero = True
     relu = 0
@@ -446,18 +457,13 @@ def fold_one_pair_diagonal(
                     ntk, spare = spare, ntk
                 scale, bias, tangent = w2s[step] / 9.0, b2s[step], 1.0
             if code == RELU or (step + 1 < len(codes) and codes[step + 1] == RELU):
-                map_a = var_a[offsets[relu] : offsets[relu] + size]
-                map_b = var_b[offsets[relu] : offsets[relu] + size]
+                map_a = var_a[offsets[relu] : offsets[relu + 1]]  # bordered planes
+                map_b = var_b[offsets[relu] : offsets[relu + 1]]
                 if record:
-                    for i in range(height):
-                        for j in range(width):
-                            map_a[i * width + j] = scale * nngp[(i + 1) * row + j + 1] + bias
-                for i in range(height):
-                    for j in range(width):
-                        products[(i + 1) * row + j + 1] = (
-                            map_a[i * width + j] * map_b[i * width + j]
-                        )
-                _relu_plane(nngp, ntk, scale, bias, tangent, 1.0, products, height, width)
+                    first, last = _run(height, width)
+                    map_a[first:last] = scale * nngp[first:last] + bias
+                    _clear_border(map_a, height, width)
+                _relu_diagonal(nngp, ntk, scale, bias, tangent, map_a, map_b, height, width)
                 relu += 1
                 step += code == CONV  # the conv's ReLU is done too
             else:  # a conv whose output is not rectified
