@@ -123,6 +123,23 @@ def _patch_products(
 
 
 @jit(inline="always", error_model="numpy")
+def _conv_plane(
+    nngp, ntk, into_nngp, into_ntk, ntk_zero, patches, a, channel_planes, i, j, zero, height, width
+):  # pragma: no cover - compiled
+    """The nine-offset sums of a conv for the plane :math:`p = (i, j)`, into
+    ``into_nngp`` and ``into_ntk``: from the images' patches for a first conv
+    (``patches``), zeros for an NTK still zero, else :func:`_sum_plane`."""
+    if patches:
+        _patch_products(into_nngp, a, channel_planes, i, j, -1, 2, height, width)
+    else:
+        _sum_plane(nngp, into_nngp, i, j, zero, height, width)
+    if ntk_zero:
+        into_ntk[:] = 0.0
+    else:
+        _sum_plane(ntk, into_ntk, i, j, zero, height, width)
+
+
+@jit(inline="always", error_model="numpy")
 def _angle(sine, cosine):  # pragma: no cover - compiled
     r"""``arctan2(sine, cosine)`` for ``sine >= 0``, in straight-line code with one division.
 
@@ -234,27 +251,32 @@ def _relu_diagonal(
     _clear_border(ntk, height, width)
 
 
+@jit(inline="always", error_model="numpy")
+def _pool_into(target, block, height, width):  # pragma: no cover - compiled
+    """Add to the bordered ``target`` plane (h/2, w/2) the sums of the 2 x 2 blocks of
+    the bordered ``block`` plane (h, w) (an odd last row or column dropped)."""
+    half_height, half_width = height // 2, width // 2
+    row, half_row = width + 2, half_width + 2
+    for k in range(half_height):
+        into = target[(k + 1) * half_row + 1 : (k + 1) * half_row + half_width + 1]
+        for dk in range(2):
+            start = (2 * k + dk + 1) * row + 1
+            for m in range(half_width):
+                into[m] += block[start + 2 * m] + block[start + 2 * m + 1]
+
+
 @jit(error_model="numpy")
 def _pool(source, target, height, width):  # pragma: no cover - compiled
     """``target`` planes (h/2, w/2, plane): 2 x 2 blocks of ``source`` (h, w, plane)
     averaged on both sides (an odd last row or column dropped)."""
-    half_height, half_width = height // 2, width // 2
-    row, half_row = width + 2, half_width + 2
-    for i in range(half_height):
-        for j in range(half_width):
+    for i in range(height // 2):
+        for j in range(width // 2):
             plane = target[i, j]
             plane[:] = 0.0
             for di in range(2):
                 for dj in range(2):
-                    block = source[2 * i + di, 2 * j + dj]
-                    for k in range(half_height):
-                        for dk in range(2):
-                            start = (2 * k + dk + 1) * row + 1
-                            out = (k + 1) * half_row + 1
-                            for m in range(half_width):
-                                plane[out + m] += block[start + 2 * m] + block[start + 2 * m + 1]
-            for m in range(len(plane)):
-                plane[m] *= 1.0 / 16.0
+                    _pool_into(plane, source[2 * i + di, 2 * j + dj], height, width)
+            plane *= 1.0 / 16.0
 
 
 @jit(error_model="numpy")
@@ -305,6 +327,7 @@ def fold_one_pair(
     spare_ntk = _planes(workspace[3], height, width)
     plane_size = (height + 2) * (width + 2)
     zero = np.zeros(plane_size)
+    scratch = np.empty((2, plane_size))  # a plane's NNGP and NTK between conv and pool
     row = width + 2
     channel_planes = np.zeros((channels, plane_size))  # b's channels, bordered, / C
     for k in range(height):
@@ -336,35 +359,89 @@ def fold_one_pair(
             # Without ``record`` the variances are known: each plane's sums are
             # rectified while still in cache. A self pair records its diagonal first.
             fused = code == CONV and rectified and not record
+            # ... and a pool after it reads the rectified planes while still in cache.
+            pooled = fused and step + 2 < len(codes) and codes[step + 2] == POOL
             if code == CONV:
                 scale, bias, tangent = w2s[step] / 9.0, b2s[step], 1.0
-                for i in range(height):
-                    for j in range(width):
-                        if from_patches and step == 0:
-                            _patch_products(
-                                spare_nngp[i, j], a, channel_planes, i, j, -1, 2, height, width
-                            )
-                        else:
-                            _sum_plane(nngp, spare_nngp[i, j], i, j, zero, height, width)
-                        if ntk_zero:  # its sums are zero: rectified in place
-                            ntk[i, j, :] = 0.0
-                        else:
-                            _sum_plane(ntk, spare_ntk[i, j], i, j, zero, height, width)
-                        if fused:
-                            _relu_plane(
+                patches = from_patches and step == 0
+                if pooled:
+                    into_nngp = _planes(spare_nngp.reshape(-1), height // 2, width // 2)
+                    into_ntk = _planes(spare_ntk.reshape(-1), height // 2, width // 2)
+                    for i in range(height // 2):
+                        for j in range(width // 2):
+                            into_nngp[i, j, :] = 0.0
+                            into_ntk[i, j, :] = 0.0
+                            for di in range(2):
+                                for dj in range(2):
+                                    _conv_plane(
+                                        nngp,
+                                        ntk,
+                                        scratch[0],
+                                        scratch[1],
+                                        ntk_zero,
+                                        patches,
+                                        a,
+                                        channel_planes,
+                                        2 * i + di,
+                                        2 * j + dj,
+                                        zero,
+                                        height,
+                                        width,
+                                    )
+                                    _relu_plane(
+                                        scratch[0],
+                                        scratch[1],
+                                        scale,
+                                        bias,
+                                        tangent,
+                                        map_a[(2 * i + di + 1) * row + 2 * j + dj + 1],
+                                        map_b,
+                                        height,
+                                        width,
+                                    )
+                                    _pool_into(into_nngp[i, j], scratch[0], height, width)
+                                    _pool_into(into_ntk[i, j], scratch[1], height, width)
+                            into_nngp[i, j, :] *= 1.0 / 16.0
+                            into_ntk[i, j, :] *= 1.0 / 16.0
+                    height, width = height // 2, width // 2
+                    spare_nngp = _planes(nngp.reshape(-1), height, width)
+                    spare_ntk = _planes(ntk.reshape(-1), height, width)
+                    nngp, ntk = into_nngp, into_ntk
+                    step += 1  # the pool is done too
+                else:
+                    for i in range(height):
+                        for j in range(width):
+                            into_ntk = ntk[i, j] if ntk_zero else spare_ntk[i, j]
+                            _conv_plane(
+                                nngp,
+                                ntk,
                                 spare_nngp[i, j],
-                                spare_ntk[i, j] if not ntk_zero else ntk[i, j],
-                                scale,
-                                bias,
-                                tangent,
-                                map_a[(i + 1) * row + j + 1],
-                                map_b,
+                                into_ntk,
+                                ntk_zero,
+                                patches,
+                                a,
+                                channel_planes,
+                                i,
+                                j,
+                                zero,
                                 height,
                                 width,
                             )
-                nngp, spare_nngp = spare_nngp, nngp
-                if not ntk_zero:
-                    ntk, spare_ntk = spare_ntk, ntk
+                            if fused:
+                                _relu_plane(
+                                    spare_nngp[i, j],
+                                    into_ntk,
+                                    scale,
+                                    bias,
+                                    tangent,
+                                    map_a[(i + 1) * row + j + 1],
+                                    map_b,
+                                    height,
+                                    width,
+                                )
+                    nngp, spare_nngp = spare_nngp, nngp
+                    if not ntk_zero:
+                        ntk, spare_ntk = spare_ntk, ntk
             if rectified and not fused:
                 if record:
                     for i in range(height):
