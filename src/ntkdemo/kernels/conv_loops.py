@@ -360,11 +360,47 @@ def fold_one_pair(
             # rectified while still in cache. A self pair records its diagonal first.
             fused = code == CONV and rectified and not record
             # ... and a pool after it reads the rectified planes while still in cache.
-            pooled = fused and step + 2 < len(codes) and codes[step + 2] == POOL
+            # A global pool only sums them: the last layer is never stored.
+            after = codes[step + 2] if fused and step + 2 < len(codes) else -1
             if code == CONV:
                 scale, bias, tangent = w2s[step] / 9.0, b2s[step], 1.0
                 patches = from_patches and step == 0
-                if pooled:
+                if after == GLOBAL_POOL:
+                    for i in range(height):
+                        for j in range(width):
+                            _conv_plane(
+                                nngp,
+                                ntk,
+                                scratch[0],
+                                scratch[1],
+                                ntk_zero,
+                                patches,
+                                a,
+                                channel_planes,
+                                i,
+                                j,
+                                zero,
+                                height,
+                                width,
+                            )
+                            _relu_plane(
+                                scratch[0],
+                                scratch[1],
+                                scale,
+                                bias,
+                                tangent,
+                                map_a[(i + 1) * row + j + 1],
+                                map_b,
+                                height,
+                                width,
+                            )
+                            nngp_out += scratch[0].sum()
+                            ntk_out += scratch[1].sum()
+                    nngp_out /= (height * width) ** 2
+                    ntk_out /= (height * width) ** 2
+                    step += 3  # the conv, its ReLU and the pool
+                    break
+                if after == POOL:
                     into_nngp = _planes(spare_nngp.reshape(-1), height // 2, width // 2)
                     into_ntk = _planes(spare_ntk.reshape(-1), height // 2, width // 2)
                     for i in range(height // 2):
