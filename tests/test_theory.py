@@ -73,6 +73,11 @@ def test_learning_curve_uses_nested_samples_and_improves(tiny_dataset):
     "command, options, keys",
     [
         ("curve", ["--train-per-class", "20", "--depths", "1,2"], {"accuracy", "sizes_per_class"}),
+        (
+            "curve",
+            ["--train-per-class", "3", "--depths", "1", "--architectures", "fc-2,cnn-flatten-2"],
+            {"accuracy"},
+        ),
         ("dynamics", ["--train-per-class", "10", "--points", "5"], {"loss", "accuracy", "times"}),
         (
             "spectrum",
@@ -97,6 +102,8 @@ def test_subcommands_on_real_data(fashion_mnist, tmp_path, capsys, command, opti
     assert code == 0, err
     payload = json.loads((tmp_path / f"{command}.json").read_text())
     assert keys <= set(payload) and "versions" in payload
+    if "--architectures" in options:
+        assert {"NTK fc-2", "NNGP cnn-flatten-2"} <= set(payload["accuracy"])
     assert (tmp_path / f"{command}.png").read_bytes()[:4] == b"\x89PNG"
     assert f"wrote {command}.json" in out
 
@@ -145,6 +152,7 @@ def test_run_with_time_moves_from_zero_to_regression(fashion_mnist, tmp_path, ca
             "asks for 9 images per class",
         ),
         (["curve", "--depths", "0"], "--depths: expected whole numbers >= 1"),
+        (["curve", "--architectures", "myrtle6"], "--architectures: unknown architecture"),
         (["dynamics", "--t-min", "10", "--t-max", "1"], r"--t-min \(10\) must be below --t-max"),
         (["dynamics", "--t-max", "-3"], "--t-max: must be a finite number >= 0"),
         (["spectrum", "--bound-classes", "1"], "needs exactly two class ids"),
@@ -176,16 +184,18 @@ def test_theory_errors_are_one_line(tiny_dataset, tmp_path, capsys, argv, messag
     assert re.search(message, err), err
 
 
-def test_learning_curve_past_whole_matrices_runs_the_one_layer_ntk(tiny_dataset):
+def test_learning_curve_past_whole_matrices_runs_every_kernel(tiny_dataset):
     """Sizes above whole_matrix_rows are solved as a run solves them (the plan's strategy),
-    for the one-layer NTK, with the same accuracy as the whole-matrix path; the other
-    kernels and the SVC above its limit are NaN there (not computed)."""
+    for every network and kernel, with the same accuracy as the whole-matrix path; the
+    SVC above its limit is NaN there (not computed)."""
     sample = load_sample(str(tiny_dataset), 9, 5)
-    whole = learning_curve(sample, [3, 9], depths=[1, 2])
+    networks = {"depths": [1, 2], "architectures": ["cnn-flatten-1"]}
+    whole = learning_curve(sample, [3, 9], **networks)
     split = learning_curve(
-        sample, [3, 9], depths=[1, 2], whole_matrix_rows=9, svc_max_rows=9, progress=print
+        sample, [3, 9], **networks, whole_matrix_rows=9, svc_max_rows=9, progress=print
     )
-    assert split.accuracy["NTK depth 1"][1] == whole.accuracy["NTK depth 1"][1]
-    assert split.accuracy["NTK depth 1"][0] == whole.accuracy["NTK depth 1"][0]
-    assert np.isnan(split.accuracy["NTK depth 2"][1]) and np.isnan(split.accuracy["RBF SVC"][1])
+    assert set(split.accuracy) == set(whole.accuracy) >= {"NNGP depth 2", "NTK cnn-flatten-1"}
+    for model in set(whole.accuracy) - {"RBF SVC"}:
+        np.testing.assert_array_equal(split.accuracy[model], whole.accuracy[model])
+    assert np.isnan(split.accuracy["RBF SVC"][1])
     assert split.accuracy["RBF SVC"][0] == whole.accuracy["RBF SVC"][0]

@@ -82,6 +82,13 @@ def add_commands(commands) -> list[str]:
     curve.add_argument(
         "--depths", type=int_list, default=[1, 2, 3], help="hidden-layer counts (default: 1,2,3)"
     )
+    curve.add_argument(
+        "--architectures",
+        type=architecture_list,
+        default=[],
+        help="networks besides --depths, e.g. fc-1,cnn-flatten-6,myrtle5 (kernels with "
+        "pooling cost milliseconds per image pair: see the time a run prints)",
+    )
     curve.add_argument("--no-svc", action="store_true", help="skip the RBF SVC baseline")
     view = curve.add_argument_group(
         "time and width",
@@ -222,6 +229,19 @@ def add_commands(commands) -> list[str]:
 MAX_TIME_POINTS = 10_000  # beyond this a curve shows nothing more, and takes minutes
 
 
+def architecture_list(text: str) -> list[str]:
+    """Comma-separated architectures, each a name conv_kernels knows (fc-L included)."""
+    from ..spec import KernelSpec
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    for name in names:
+        try:
+            KernelSpec(architecture=name)
+        except InvalidParameterError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return names
+
+
 def time_list(text: str) -> list[float]:
     """Parse comma-separated training times >= 0, ``inf`` allowed."""
     try:
@@ -253,9 +273,15 @@ def command_curve(options) -> int:
             f"--sizes asks for {max(sizes)} images per class but the sample has {largest}; "
             f"raise --train-per-class to {max(sizes)}"
         )
-    say(f"kernels at depths {options.depths}, sizes per class {sizes} ...")
+    networks = ", ".join([f"depths {options.depths}", *options.architectures])
+    say(f"kernels of {networks}, sizes per class {sizes} ...")
     curve = learning_curve(
-        sample, sizes, depths=options.depths, svc_baseline=not options.no_svc, progress=say
+        sample,
+        sizes,
+        depths=options.depths,
+        architectures=options.architectures,
+        svc_baseline=not options.no_svc,
+        progress=say,
     )
     models = list(curve.accuracy)
 

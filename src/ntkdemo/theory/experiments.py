@@ -58,6 +58,7 @@ def learning_curve(
     sizes_per_class: Sequence[int],
     *,
     depths: Sequence[int] = (1, 2, 3),
+    architectures: Sequence[str] = (),
     svc_baseline: bool = True,
     whole_matrix_rows: int = 8000,
     svc_max_rows: int = 20000,
@@ -67,11 +68,11 @@ def learning_curve(
 
     The sample's training rows are interleaved class by class (see
     :func:`ntkdemo.data.balanced_indices`), so its first ``k * n_classes`` rows hold ``k``
-    images of each class: one kernel matrix per depth serves every size up to
+    images of each class: one kernel matrix per network serves every size up to
     ``whole_matrix_rows`` images, each size solving its leading block. Larger sizes are
     run as the demo runs them (:func:`ntkdemo.demo.run_demo`: the memory plan picks
-    Cholesky, ``cg`` or ``cg32``), for the one-layer NTK only; the other kernels are NaN
-    there, as the SVC is above ``svc_max_rows`` images (its time grows as the square).
+    Cholesky, ``cg`` or ``cg32``), one run per network and kernel; the SVC is NaN above
+    ``svc_max_rows`` images (its time grows as the square).
 
     Parameters
     ----------
@@ -79,6 +80,10 @@ def learning_curve(
         With at least ``max(sizes_per_class)`` training images per class.
     sizes_per_class : sequence of int
     depths : sequence of int, default=(1, 2, 3)
+        Fully connected networks (labels ``"NTK depth 2"``, ...).
+    architectures : sequence of str, default=()
+        Convolutional networks of :func:`ntkdemo.kernels.conv_kernels` (labels
+        ``"NTK myrtle5"``, ...), on the sample's ``image_shape``.
     svc_baseline : bool, default=True
         Also fit ``sklearn.svm.SVC(kernel="rbf", gamma="scale")`` on the same samples.
     whole_matrix_rows : int, default=8000
@@ -86,9 +91,10 @@ def learning_curve(
     svc_max_rows : int, default=20000
         Largest training set the SVC is fitted on.
     progress : callable, optional
-        Receives a line as each large size or SVC fit starts.
+        Receives a line as each kernel, large size or SVC fit starts.
     """
     from ..demo import run_demo
+    from ..kernels.conv import conv_kernels
     from ..spec import KernelSpec
 
     sizes = np.array(sorted({check_positive_int("size", s) for s in sizes_per_class}))
@@ -97,8 +103,26 @@ def learning_curve(
     targets = one_hot(sample.y_train, sample.n_classes)
     accuracy: dict[str, np.ndarray] = {}
     held = replace(sample, X_train=sample.X_train[: max(images[whole], default=0)])
-    for depth in depths:
-        train_kernels, test_kernels = sample_kernels(held, depth) if whole.any() else ((), ())
+    networks = [(f"depth {depth}", KernelSpec(depth=depth)) for depth in depths] + [
+        (name, KernelSpec(architecture=name, image_shape=sample.image_shape))
+        for name in architectures
+    ]
+    for label, spec in networks:
+        if not whole.any():
+            train_kernels, test_kernels = (), ()
+        elif spec.architecture is None:
+            train_kernels, test_kernels = sample_kernels(held, spec.depth)
+        else:
+            if progress:
+                progress(f"{spec.architecture} kernels of {len(held.X_train)} training images")
+            X_train, X_test = scaled_unit_rows(held.X_train), scaled_unit_rows(held.X_test)
+            shape = sample.image_shape
+            train_kernels = conv_kernels(
+                X_train, architecture=spec.architecture, w_std=spec.w_std, image_shape=shape
+            )
+            test_kernels = conv_kernels(
+                X_test, X_train, architecture=spec.architecture, w_std=spec.w_std, image_shape=shape
+            )
         for name, K, K_test in zip(("NNGP", "NTK"), train_kernels, test_kernels):
             scores = np.full(len(sizes), np.nan)
             for index in np.flatnonzero(whole):
@@ -106,19 +130,21 @@ def learning_curve(
                 solution = solve(K[:n, :n], targets[:n])
                 predicted = predict(K_test[:, :n], solution).argmax(axis=1)
                 scores[index] = np.mean(predicted == sample.y_test)
-            accuracy[f"{name} depth {depth}"] = scores
-    one_layer = accuracy.setdefault("NTK depth 1", np.full(len(sizes), np.nan))
-    for index in np.flatnonzero(~whole):
-        n = images[index]
-        if progress:
-            progress(f"{sizes[index]} per class ({n} images): the one-layer NTK, as a run")
-        part = replace(
-            sample,
-            X_train=sample.X_train[:n],
-            y_train=sample.y_train[:n],
-            train_indices=sample.train_indices[:n],
-        )
-        one_layer[index] = run_demo(part, KernelSpec(), spectrum_rows=10).test_report.accuracy
+            accuracy[f"{name} {label}"] = scores
+        for index in np.flatnonzero(~whole):
+            n = images[index]
+            part = replace(
+                sample,
+                X_train=sample.X_train[:n],
+                y_train=sample.y_train[:n],
+                train_indices=sample.train_indices[:n],
+            )
+            for name in ("NNGP", "NTK"):
+                if progress:
+                    progress(f"{sizes[index]} per class ({n} images): {name} {label}, as a run")
+                scores = accuracy.setdefault(f"{name} {label}", np.full(len(sizes), np.nan))
+                run = run_demo(part, replace(spec, kernel=name.lower()), spectrum_rows=10)
+                scores[index] = run.test_report.accuracy
     if svc_baseline:
         from sklearn.svm import SVC
 
