@@ -108,11 +108,11 @@ def learning_curve(
         for name in architectures
     ]
     for label, spec in networks:
-        if not whole.any():
-            train_kernels, test_kernels = (), ()
-        elif spec.architecture is None:
+        train_kernels: tuple[np.ndarray, ...] = ()
+        test_kernels: tuple[np.ndarray, ...] = ()
+        if whole.any() and spec.architecture is None:
             train_kernels, test_kernels = sample_kernels(held, spec.depth)
-        else:
+        elif whole.any() and spec.architecture is not None:
             if progress:
                 progress(f"{spec.architecture} kernels of {len(held.X_train)} training images")
             X_train, X_test = scaled_unit_rows(held.X_train), scaled_unit_rows(held.X_test)
