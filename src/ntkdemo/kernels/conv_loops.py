@@ -111,14 +111,22 @@ def _patch_products(
     row = width + 2
     plane[:] = 0.0
     into = plane[first:last]
-    for dy in range(max(low, -i), min(high, height - i)):
-        for dx in range(max(low, -j), min(high, width - j)):
-            shift = dy * row + dx
-            for c in range(a.shape[2]):
-                weight = a[i + dy, j + dx, c]
-                shifted = channel_planes[c, first + shift : last + shift]
-                for m in range(last - first):
-                    into[m] += weight * shifted[m]
+    weights = np.zeros(9)  # a(p + d, c) for the offsets taken, 0 for the others
+    for c in range(a.shape[2]):
+        for dy in range(max(low, -i), min(high, height - i)):
+            for dx in range(max(low, -j), min(high, width - j)):
+                weights[(dy + 1) * 3 + dx + 1] = a[i + dy, j + dx, c]
+        channel = channel_planes[c]
+        w0, w1, w2, w3, w4, w5, w6, w7, w8 = weights
+        b0, b1, b2 = channel[first - row - 1 :], channel[first - row :], channel[first - row + 1 :]
+        b3, b4, b5 = channel[first - 1 :], channel[first:], channel[first + 1 :]
+        b6, b7, b8 = channel[first + row - 1 :], channel[first + row :], channel[first + row + 1 :]
+        for m in range(last - first):
+            into[m] += (
+                ((w0 * b0[m] + w1 * b1[m]) + (w2 * b2[m] + w3 * b3[m]))
+                + ((w4 * b4[m] + w5 * b5[m]) + (w6 * b6[m] + w7 * b7[m]))
+                + w8 * b8[m]
+            )
     _clear_border(plane, height, width)
 
 
@@ -205,48 +213,24 @@ def _angle(sine, cosine):  # pragma: no cover - compiled
 
 
 @jit(inline="always", error_model="numpy")
-def _relu_entry(nngp, ntk, scale, bias, tangent, variances):  # pragma: no cover - compiled
-    r"""One entry's affine step then arc-cosine step: :math:`q = s K + b`, then with
-    :math:`\sin = \sqrt{(q_x q_y - q^2)_+}` and :math:`\rho = \pi - \theta`
-    (``variances`` :math:`= q_x q_y`), the NNGP :math:`(\sin + \rho q) / 2\pi` and
-    the NTK :math:`(t q + s \Theta) \rho / 2\pi`."""
-    inverse = 1.0 / (2.0 * np.pi)
-    q = scale * nngp + bias
-    sine = np.sqrt(max(variances - q * q, 0.0))
-    rest = np.pi - _angle(sine, q)
-    return max((sine + rest * q) * inverse, 0.0), (tangent * q + scale * ntk) * (rest * inverse)
-
-
-@jit(inline="always", error_model="numpy")
 def _relu_plane(
     nngp, ntk, scale, bias, tangent, variance, columns, height, width
 ):  # pragma: no cover - compiled
-    r"""In place over a plane's run, the conv's affine step then the ReLU
-    (:func:`_relu_entry`) with the variances ``variance * columns[m]``; the border is
-    cleared after. After a conv (on its nine-offset sums) ``t = 1``; a ReLU alone is
-    ``s, b, t = 1, 0, 0``."""
+    r"""In place over a plane's run, the conv's affine step :math:`q = s K + b` then the
+    arc-cosine step with the variances :math:`q_x q_y` = ``variance * columns[m]``:
+    with :math:`\sin = \sqrt{(q_x q_y - q^2)_+}` and :math:`\rho = \pi - \theta`, the
+    NNGP :math:`(\sin + \rho q) / 2\pi` and the NTK :math:`(t q + s \Theta) \rho /
+    2\pi`; the border is cleared after. After a conv (on its nine-offset sums) ``t =
+    1``; a ReLU alone is ``s, b, t = 1, 0, 0``."""
     first, last = _run(height, width)
     nngp_run, ntk_run, columns_run = nngp[first:last], ntk[first:last], columns[first:last]
+    inverse = 1.0 / (2.0 * np.pi)
     for m in range(last - first):
-        nngp_run[m], ntk_run[m] = _relu_entry(
-            nngp_run[m], ntk_run[m], scale, bias, tangent, variance * columns_run[m]
-        )
-    _clear_border(nngp, height, width)
-    _clear_border(ntk, height, width)
-
-
-@jit(inline="always", error_model="numpy")
-def _relu_diagonal(
-    nngp, ntk, scale, bias, tangent, rows, columns, height, width
-):  # pragma: no cover - compiled
-    """As :func:`_relu_plane` on a diagonal, with the variances ``rows[m] * columns[m]``."""
-    first, last = _run(height, width)
-    nngp_run, ntk_run = nngp[first:last], ntk[first:last]
-    rows_run, columns_run = rows[first:last], columns[first:last]
-    for m in range(last - first):
-        nngp_run[m], ntk_run[m] = _relu_entry(
-            nngp_run[m], ntk_run[m], scale, bias, tangent, rows_run[m] * columns_run[m]
-        )
+        q = scale * nngp_run[m] + bias
+        sine = np.sqrt(max(variance * columns_run[m] - q * q, 0.0))
+        rest = np.pi - _angle(sine, q)
+        nngp_run[m] = max((sine + rest * q) * inverse, 0.0)
+        ntk_run[m] = (tangent * q + scale * ntk_run[m]) * (rest * inverse)
     _clear_border(nngp, height, width)
     _clear_border(ntk, height, width)
 
@@ -539,7 +523,7 @@ def fold_one_pair_diagonal(
     height, width, channels = a.shape
     size = height * width
     row = width + 2
-    nngp, ntk, spare = workspace[0], workspace[1], workspace[2]
+    nngp, ntk, spare, products = workspace[0], workspace[1], workspace[2], workspace[3]
     first, last = _run(height, width)
     inverse = 1.0 / channels
     nngp[:] = 0.0
@@ -576,7 +560,9 @@ def fold_one_pair_diagonal(
                     first, last = _run(height, width)
                     map_a[first:last] = scale * nngp[first:last] + bias
                     _clear_border(map_a, height, width)
-                _relu_diagonal(nngp, ntk, scale, bias, tangent, map_a, map_b, height, width)
+                for m in range(len(products)):
+                    products[m] = map_a[m] * map_b[m]
+                _relu_plane(nngp, ntk, scale, bias, tangent, 1.0, products, height, width)
                 relu += 1
                 step += code == CONV  # the conv's ReLU is done too
             else:  # a conv whose output is not rectified
