@@ -61,7 +61,7 @@ def learning_curve(
     architectures: Sequence[str] = (),
     svc_baseline: bool = True,
     whole_matrix_rows: int = 8000,
-    svc_max_rows: int = 20000,
+    svc_max_rows: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> LearningCurve:
     """Test accuracy of kernel regression (NTK and NNGP) and an RBF SVC against size.
@@ -72,7 +72,8 @@ def learning_curve(
     ``whole_matrix_rows`` images, each size solving its leading block. Larger sizes are
     run as the demo runs them (:func:`ntkdemo.demo.run_demo`: the memory plan picks
     Cholesky, ``cg`` or ``cg32``), one run per network and kernel; the SVC is NaN above
-    ``svc_max_rows`` images (its time grows as the square).
+    ``svc_max_rows`` images, if given (its time grows as the square: tens of minutes at
+    60,000 images, single-threaded).
 
     Parameters
     ----------
@@ -88,8 +89,8 @@ def learning_curve(
         Also fit ``sklearn.svm.SVC(kernel="rbf", gamma="scale")`` on the same samples.
     whole_matrix_rows : int, default=8000
         Largest training set whose kernels are held whole (8,000 images: 0.5 GB each).
-    svc_max_rows : int, default=20000
-        Largest training set the SVC is fitted on.
+    svc_max_rows : int or None, default=None
+        Largest training set the SVC is fitted on (None: every size).
     progress : callable, optional
         Receives a line as each kernel, large size or SVC fit starts.
     """
@@ -149,10 +150,13 @@ def learning_curve(
         from sklearn.svm import SVC
 
         scores = np.full(len(sizes), np.nan)
-        for index in np.flatnonzero(images <= svc_max_rows):
+        for index in np.flatnonzero(images <= (svc_max_rows or images.max())):
             n = images[index]
             if progress and n > whole_matrix_rows:
-                progress(f"RBF SVC on {n} images (its time grows as the square of that)")
+                progress(
+                    f"RBF SVC on {n} images (libsvm, one core: its time grows as the square "
+                    "of the images, tens of minutes at 60,000)"
+                )
             model = SVC(kernel="rbf", gamma="scale").fit(sample.X_train[:n], sample.y_train[:n])
             scores[index] = model.score(sample.X_test, sample.y_test)
         accuracy["RBF SVC"] = scores
