@@ -200,9 +200,11 @@ def test_command_line_and_estimator_take_an_architecture(tiny_dataset, tmp_path,
         {"architecture": "cnn-flatten-2", "kernel": "nngp", "image_shape": (8, 8, 3)},
     ],
 )
-def test_cg_serves_every_kernel_at_convergence(spec_settings):
-    """Deep and convolutional kernels solved by the cg strategy (their strips from
-    KernelSpec.matrix) give Cholesky's answer."""
+@pytest.mark.parametrize("storage", [np.float64, np.float32])
+def test_cg_serves_every_kernel_at_convergence(spec_settings, storage):
+    """Deep and convolutional kernels solved by the cg and cg32 strategies (their strips
+    from KernelSpec.matrix; cg32 refined against the float64 kernel recomputed block by
+    block) give Cholesky's answer."""
     from ntkdemo.kernels import unit_rows
     from ntkdemo.solvers import CGOptions, CGSolver, CholeskySolver, one_hot
     from ntkdemo.spec import KernelSpec
@@ -211,9 +213,14 @@ def test_cg_serves_every_kernel_at_convergence(spec_settings):
     X_unit = unit_rows(rng.random((90, 192)) ** 2)
     Y = one_hot(rng.integers(0, 3, 90), 3)
     spec = KernelSpec(**spec_settings)
-    solver = CGSolver(options=CGOptions(rank=20, cluster_size=30, strip_rows=16))
-    assert solver.serves(spec) and not CGSolver(options=CGOptions(storage=np.float32)).serves(spec)
-    iterative = solver.fit(X_unit, Y, spec)
+    options = CGOptions(
+        rank=20, cluster_size=30, strip_rows=16, storage=storage, residual_block_rows=32
+    )
+    solver = CGSolver(options=options)
+    assert solver.serves(spec)
+    lines: list[str] = []
+    iterative = solver.fit(X_unit, Y, spec, report=lines.append)
+    assert (storage == np.float32) == any("float64 pass" in line for line in lines)
     direct = CholeskySolver().fit(X_unit, Y, spec)
     scale = np.abs(direct.solution.coef).max()
     np.testing.assert_allclose(iterative.solution.coef, direct.solution.coef, atol=1e-5 * scale)

@@ -180,7 +180,7 @@ def test_dask_with_a_finite_time_is_refused(tiny_dataset, tmp_path, capsys):
         + ["--out", str(tmp_path), "--train-per-class", "4", "--test-per-class", "2"]
     )
     err = capsys.readouterr().err
-    assert code == 2 and "serves the default kernel at convergence only" in err
+    assert code == 2 and "serves kernels at convergence only; drop --time" in err
     assert "run without --engine dask" in err  # not --solver cholesky, which dask refuses
 
 

@@ -205,7 +205,7 @@ def test_kernel_inputs_of_the_wrong_kind(array, match):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--solver", "cg32", "--depth", "2"], "the cg32 solver serves the default kernel"),
+        (["--solver", "cg32", "--time", "5"], "the cg32 solver serves kernels at convergence"),
         (["compare-network", "--learning-rate", "1e308"], "above the stability limit"),
         (["verify", "--widths", "16"], "at least two different widths"),
         (["dynamics", "--points", "1"], "2 <= points <= 10000"),

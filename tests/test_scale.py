@@ -149,21 +149,21 @@ def test_whole_local_split(fashion_mnist, tmp_path, capsys):
     assert np.array(metrics["confusion"]).sum() == 3000
 
 
-def test_other_kernels_refuse_the_cg32_path(tiny_dataset, tmp_path, capsys):
-    code = main(
-        [
-            "--dataset",
-            str(tiny_dataset),
-            "--train-per-class",
-            "9",
-            "--test-per-class",
-            "5",
-            "--solver",
-            "cg32",
-            "--depth",
-            "2",
-            "--out",
-            str(tmp_path),
-        ]
+def test_cg32_serves_deep_kernels_and_refuses_a_training_time(tiny_dataset, tmp_path, capsys):
+    """--solver cg32 solves a deep kernel (refined against it in float64) to Cholesky's
+    predictions; a finite --time is refused in one line (the solvers converge)."""
+    import json
+
+    arguments = ["--dataset", str(tiny_dataset), "--train-per-class", "9", "--test-per-class"]
+    arguments += ["5", "--depth", "2", "--quiet"]
+    outcomes = {}
+    for solver in ("cg32", "cholesky"):
+        code = main([*arguments, "--solver", solver, "--out", str(tmp_path / solver)])
+        assert code == 0, capsys.readouterr().err
+        outcomes[solver] = json.loads((tmp_path / solver / "metrics.json").read_text())
+    assert "float32" in outcomes["cg32"]["solver"]["method"]
+    assert outcomes["cg32"]["test_accuracy"] == outcomes["cholesky"]["test_accuracy"]
+    code = main([*arguments, "--solver", "cg32", "--time", "5", "--out", str(tmp_path)])
+    assert code == 2 and "serves kernels at convergence only; drop --time" in (
+        capsys.readouterr().err
     )
-    assert code == 2 and "serves the default kernel" in capsys.readouterr().err

@@ -17,7 +17,7 @@ here.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -169,9 +169,14 @@ def plan_memory(
             if strategies is None
             else (f"run without --engine {name} (--solver cholesky on the CPU)")
         )
+        if candidates and candidates[0].serves(replace(spec, time=None)):
+            raise InvalidParameterError(
+                f"the {name} solver serves kernels at convergence only; drop --time, or "
+                f"{elsewhere}"
+            )
         raise InvalidParameterError(
             f"the {name} solver serves the default kernel at convergence only; drop "
-            f"--kernel, --depth, --w-std, --b-std and --time, or {elsewhere}"
+            f"--kernel, --depth, --w-std, --b-std, --architecture and --time, or {elsewhere}"
         )
     local = candidates[0].in_process
     if max_memory is not None and not local:

@@ -18,12 +18,11 @@ import numpy as np
 from scipy import linalg
 
 from ..errors import InvalidInputError
-from ..kernels.ntk import ntk_times_of_unit_rows
 from ..spec import KernelSpec
 from ..validation import check_nonnegative_float
 from .base import FittedKernel, KernelSolution, Progress, Stopwatch, host_available_bytes, wrap
 from .preconditioners import block_nystrom_preconditioner, cluster_order, in_original_order
-from .strips import SymmetricStrips, kernel_strips_of_unit_rows
+from .strips import SymmetricStrips, kernel_strips_of_unit_rows, kernel_times_of_unit_rows
 
 
 def conjugate_gradients(
@@ -446,10 +445,11 @@ def solve_cg(
 class CGSolver:
     """Strategy: the upper triangle of ``K`` in float64 and preconditioned CG.
 
-    With float64 storage it serves every kernel at convergence (the one-layer formula's
-    strips by its own compiled map, any other by ``KernelSpec.matrix`` strip by strip);
-    float32 storage serves the one-layer formula, whose float64 rows the refinement
-    recomputes. Needs about half the memory of :class:`~.cholesky.CholeskySolver` and,
+    It serves every kernel at convergence (the one-layer formula's strips by its own
+    compiled map, any other by ``KernelSpec.matrix`` strip by strip), in float64 or
+    float32 storage; with float32 each refinement recomputes the float64 kernel once
+    (:func:`~.strips.kernel_times_of_unit_rows`: for a convolutional kernel, the time
+    of building it again). Needs about half the memory of :class:`~.cholesky.CholeskySolver` and,
     for large ``n``, less time (``n^2`` per iteration against ``n^3 / 3``).
     """
 
@@ -458,9 +458,7 @@ class CGSolver:
     in_process: bool = True
 
     def serves(self, spec: KernelSpec) -> bool:
-        if self.options.storage == np.float64:
-            return spec.time is None
-        return spec.is_one_layer_formula
+        return spec.time is None
 
     def describe(self) -> str:
         if self.options.storage == np.float32:
@@ -541,7 +539,16 @@ class CGSolver:
 
             def refine(precondition, ridge):
                 return _refined(
-                    K, X_unit, order, Y[order], precondition, ridge, self.options, report, progress
+                    K,
+                    X_unit,
+                    spec,
+                    order,
+                    Y[order],
+                    precondition,
+                    ridge,
+                    self.options,
+                    report,
+                    progress,
                 )
 
         solution, fitted = preconditioned_solve(
@@ -563,6 +570,7 @@ class CGSolver:
 def _refined(
     K: SymmetricStrips,
     X_unit: np.ndarray,
+    spec: KernelSpec,
     order: np.ndarray,
     Y: np.ndarray,
     precondition: Callable[[np.ndarray], np.ndarray],
@@ -577,8 +585,8 @@ def _refined(
     original order (``K`` is the kernel of ``X_unit[order]``).
 
     Each pass computes the true residual :math:`R = Y - (K + \lambda I) A` with the
-    float64 kernel recomputed in blocks (:func:`~ntkdemo.kernels.ntk.ntk_times_of_unit_rows`,
-    half the blocks by symmetry) and adds the float32 solution of :math:`\tilde K \delta = R`.
+    float64 kernel recomputed in blocks (:func:`~.strips.kernel_times_of_unit_rows`, half
+    the blocks by symmetry) and adds the float32 solution of :math:`\tilde K \delta = R`.
     Each CG run reduces its residual by no more than the pass needs: to
     :math:`0.3\,\text{tol} / \rho` of it, where :math:`\rho` is the current float64
     relative residual, and never below :data:`FLOAT32_MODEL_TOL` (what the rounded matrix
@@ -602,9 +610,9 @@ def _refined(
         )
         coef += step
         iterations += run_iterations
-        fitted = ntk_times_of_unit_rows(  # in the rows' own order: no reordered copy
+        fitted = kernel_times_of_unit_rows(  # in the rows' own order: no reordered copy
             X_unit,
-            None,
+            spec,
             in_original_order(order, coef),
             block_rows=options.residual_block_rows,
             progress=wrap(progress, "float64 residual blocks"),

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..compiled import jit
 from ..kernels import mirror_upper, unit_rows
-from ..kernels.ntk import cosines_to_ntk
+from ..kernels.ntk import cosines_to_ntk, ntk_times_of_unit_rows
 from ..validation import check_positive_int
 
 if TYPE_CHECKING:
@@ -238,16 +238,16 @@ def kernel_strips_of_unit_rows(
 ) -> SymmetricStrips:
     """The upper triangle of ``spec``'s kernel (or the ``strips`` of it, a part).
 
-    The one-layer formula by :func:`ntk_strips_of_unit_rows` (its compiled map, float32
-    storage possible); any other kernel in float64, strip ``[a:b]`` being
-    ``spec.matrix(X[a:b], X[a:])``, its diagonal tile mirrored from its upper half so the
-    stored matrix is exactly symmetric.
+    The one-layer formula by :func:`ntk_strips_of_unit_rows` (its compiled map); any
+    other kernel strip by strip, strip ``[a:b]`` being ``spec.matrix(X[a:b], X[a:])`` in
+    float64 (rounded into float32 storage where asked), its diagonal tile mirrored from
+    its upper half so the stored matrix is exactly symmetric.
     """
     if spec.is_one_layer_formula:
         return ntk_strips_of_unit_rows(
             X_unit, strip_rows=strip_rows, strips=strips, progress=progress, dtype=dtype
         )
-    K = SymmetricStrips(len(X_unit), strip_rows, strips)
+    K = SymmetricStrips(len(X_unit), strip_rows, strips, dtype=dtype)
     numbers = K.strip_numbers
     for number in progress(numbers) if progress else numbers:
         rows = K.rows_of(number)
@@ -255,6 +255,34 @@ def kernel_strips_of_unit_rows(
         strip[...] = spec.matrix(X_unit[rows], X_unit[rows.start :])
         mirror_upper(strip[:, : rows.stop - rows.start])
     return K
+
+
+def kernel_times_of_unit_rows(
+    X_unit: np.ndarray,
+    spec: KernelSpec,
+    V: np.ndarray,
+    *,
+    block_rows: int = 1024,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> np.ndarray:
+    """``K V`` with ``spec``'s float64 kernel of ``X_unit`` recomputed block by block, never
+    held whole: the one-layer formula by :func:`ntk_times_of_unit_rows`; any other kernel
+    from its upper triangle's strips ``spec.matrix(X[a:b], X[a:])`` (diagonal tiles
+    mirrored as in :func:`kernel_strips_of_unit_rows`), each used for its rows and, by
+    symmetry, its columns."""
+    if spec.is_one_layer_formula:
+        return ntk_times_of_unit_rows(X_unit, None, V, block_rows=block_rows, progress=progress)
+    n = len(X_unit)
+    result = np.zeros((n, V.shape[1]))
+    starts = range(0, n, block_rows)
+    for start in progress(starts) if progress else starts:
+        rows = slice(start, min(start + block_rows, n))
+        width = rows.stop - rows.start
+        strip = spec.matrix(X_unit[rows], X_unit[start:])
+        mirror_upper(strip[:, :width])
+        result[rows] += strip @ V[start:]
+        result[rows.stop :] += strip[:, width:].T @ V[rows]
+    return result
 
 
 def strip_sizes(n: int, strip_rows: int) -> np.ndarray:
