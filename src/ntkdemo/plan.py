@@ -171,8 +171,7 @@ def plan_memory(
         )
         if candidates and candidates[0].serves(replace(spec, time=None)):
             raise InvalidParameterError(
-                f"the {name} solver serves kernels at convergence only; drop --time, or "
-                f"{elsewhere}"
+                f"the {name} solver serves kernels at convergence only; drop --time, or {elsewhere}"
             )
         raise InvalidParameterError(
             f"the {name} solver serves the default kernel at convergence only; drop "
