@@ -19,7 +19,7 @@ import numpy as np
 
 from .dynamics import check_times
 from .errors import InvalidParameterError
-from .kernels.conv import architecture_layers, conv_kernels
+from .kernels.conv import architecture_layers
 from .kernels.matrix import is_default_kernel, kernel_of_unit_rows
 from .validation import check_nonnegative_float, check_positive_int
 
@@ -126,23 +126,11 @@ class KernelSpec:
         architecture sees the rows rescaled to ``x.x/d = 1`` as images of
         ``image_shape`` (:func:`ntkdemo.kernels.conv_kernels`).
         """
-        if self.architecture is not None:
-            if not self.image_shape:
-                raise InvalidParameterError(
-                    f"architecture {self.architecture!r} needs the images' shape: pass "
-                    "image_shape=(H, W) or (H, W, C)"
-                )
-            scale = np.sqrt(X_unit.shape[1])
-            nngp, ntk = conv_kernels(
-                X_unit * scale,
-                None if Y_unit is None else Y_unit * scale,
-                architecture=self.architecture,
-                w_std=self.w_std,
-                b_std=self.b_std,
-                image_shape=self.image_shape,
-                progress=progress,
+        if self.architecture is not None and not self.image_shape:
+            raise InvalidParameterError(
+                f"architecture {self.architecture!r} needs the images' shape: pass "
+                "image_shape=(H, W) or (H, W, C)"
             )
-            return ntk if self.kernel == "ntk" else nngp
         return kernel_of_unit_rows(
             X_unit,
             Y_unit,
@@ -150,6 +138,8 @@ class KernelSpec:
             depth=self.depth,
             w_std=self.w_std,
             b_std=self.b_std,
+            architecture=self.architecture,
+            image_shape=self.image_shape,
             reference_scale=self.time is not None,
             progress=progress,
         )

@@ -1,4 +1,5 @@
-"""The kernel a run uses, chosen by name: the one-layer formula or the deep fold."""
+"""The kernel a run uses, chosen by name: the one-layer formula, the deep fully connected
+fold or a convolutional one; every choice between them is made here."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from ..errors import InvalidParameterError
+from .conv import conv_kernels
 from .deep import fc_kernels
 from .ntk import ntk, ntk_of_unit_rows, unit_rows
 
@@ -79,19 +81,30 @@ def kernel_of_unit_rows(
     depth: int = 1,
     w_std: float = 1.0,
     b_std: float = 0.0,
+    architecture: str | None = None,
+    image_shape: tuple[int, ...] = (),
     reference_scale: bool = False,
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> np.ndarray:
-    """:func:`kernel_matrix` (float64) of rows already normalised by :func:`unit_rows`."""
-    if is_default_kernel(kernel, depth, w_std, b_std) and not reference_scale:
+    """:func:`kernel_matrix` (float64) of rows already normalised by :func:`unit_rows`;
+    with an ``architecture``, :func:`conv_kernels` of the rows rescaled to ``x.x/d = 1``
+    seen as images of ``image_shape``."""
+    scale = np.sqrt(X_unit.shape[1])  # x.x/d = 1, the input scale of the folds
+    scaled_Y = None if Y_unit is None else Y_unit * scale
+    if architecture is not None:
+        nngp, ntk_matrix = conv_kernels(
+            X_unit * scale,
+            scaled_Y,
+            architecture=architecture,
+            w_std=w_std,
+            b_std=b_std,
+            image_shape=image_shape,
+            progress=progress,
+        )
+    elif is_default_kernel(kernel, depth, w_std, b_std) and not reference_scale:
         return ntk_of_unit_rows(X_unit, Y_unit, progress=progress)
-    scale = np.sqrt(X_unit.shape[1])  # x.x/d = 1, the input scale of fc_kernels
-    nngp, ntk_matrix = fc_kernels(
-        X_unit * scale,
-        None if Y_unit is None else Y_unit * scale,
-        depth=depth,
-        w_std=w_std,
-        b_std=b_std,
-        progress=progress,
-    )
+    else:
+        nngp, ntk_matrix = fc_kernels(
+            X_unit * scale, scaled_Y, depth=depth, w_std=w_std, b_std=b_std, progress=progress
+        )
     return ntk_matrix if kernel == "ntk" else nngp
