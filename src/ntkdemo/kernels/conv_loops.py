@@ -131,12 +131,13 @@ def _patch_products(
 
 
 @jit(inline="always", error_model="numpy")
-def _conv_plane(
-    nngp, ntk, into_nngp, into_ntk, ntk_zero, patches, a, channel_planes, i, j, zero, height, width
-):  # pragma: no cover - compiled
+def _conv_plane(source, into_nngp, into_ntk, i, j):  # pragma: no cover - compiled
     """The nine-offset sums of a conv for the plane :math:`p = (i, j)`, into
-    ``into_nngp`` and ``into_ntk``: from the images' patches for a first conv
-    (``patches``), zeros for an NTK still zero, else :func:`_sum_plane`."""
+    ``into_nngp`` and ``into_ntk``. ``source`` is the layer's input, ``(nngp, ntk,
+    ntk_zero, patches, a, channel_planes, zero, height, width)``: the sums come from
+    the images' patches for a first conv (``patches``), are zeros for an NTK still
+    zero, else :func:`_sum_plane`."""
+    nngp, ntk, ntk_zero, patches, a, channel_planes, zero, height, width = source
     if patches:
         _patch_products(into_nngp, a, channel_planes, i, j, -1, 2, height, width)
     else:
@@ -145,6 +146,17 @@ def _conv_plane(
         into_ntk[:] = 0.0
     else:
         _sum_plane(ntk, into_ntk, i, j, zero, height, width)
+
+
+@jit(inline="always", error_model="numpy")
+def _rectified_plane(source, into_nngp, into_ntk, i, j, relu):  # pragma: no cover - compiled
+    """:func:`_conv_plane` for :math:`p = (i, j)`, then its ReLU (:func:`_relu_plane`)
+    while the plane is in cache; ``relu`` is ``(scale, bias, tangent, map_a, map_b)``."""
+    _conv_plane(source, into_nngp, into_ntk, i, j)
+    scale, bias, tangent, map_a, map_b = relu
+    height, width = source[7], source[8]
+    variance = map_a[(i + 1) * (width + 2) + j + 1]
+    _relu_plane(into_nngp, into_ntk, scale, bias, tangent, variance, map_b, height, width)
 
 
 @jit(inline="always", error_model="numpy")
@@ -349,35 +361,12 @@ def fold_one_pair(
             if code == CONV:
                 scale, bias, tangent = w2s[step] / 9.0, b2s[step], 1.0
                 patches = from_patches and step == 0
+                source = (nngp, ntk, ntk_zero, patches, a, channel_planes, zero, height, width)
+                relu_step = (scale, bias, tangent, map_a, map_b)
                 if after == GLOBAL_POOL:
                     for i in range(height):
                         for j in range(width):
-                            _conv_plane(
-                                nngp,
-                                ntk,
-                                scratch[0],
-                                scratch[1],
-                                ntk_zero,
-                                patches,
-                                a,
-                                channel_planes,
-                                i,
-                                j,
-                                zero,
-                                height,
-                                width,
-                            )
-                            _relu_plane(
-                                scratch[0],
-                                scratch[1],
-                                scale,
-                                bias,
-                                tangent,
-                                map_a[(i + 1) * row + j + 1],
-                                map_b,
-                                height,
-                                width,
-                            )
+                            _rectified_plane(source, scratch[0], scratch[1], i, j, relu_step)
                             nngp_out += scratch[0].sum()
                             ntk_out += scratch[1].sum()
                     nngp_out /= (height * width) ** 2
@@ -393,31 +382,13 @@ def fold_one_pair(
                             into_ntk[i, j, :] = 0.0
                             for di in range(2):
                                 for dj in range(2):
-                                    _conv_plane(
-                                        nngp,
-                                        ntk,
+                                    _rectified_plane(
+                                        source,
                                         scratch[0],
                                         scratch[1],
-                                        ntk_zero,
-                                        patches,
-                                        a,
-                                        channel_planes,
                                         2 * i + di,
                                         2 * j + dj,
-                                        zero,
-                                        height,
-                                        width,
-                                    )
-                                    _relu_plane(
-                                        scratch[0],
-                                        scratch[1],
-                                        scale,
-                                        bias,
-                                        tangent,
-                                        map_a[(2 * i + di + 1) * row + 2 * j + dj + 1],
-                                        map_b,
-                                        height,
-                                        width,
+                                        relu_step,
                                     )
                                     _pool_into(into_nngp[i, j], scratch[0], height, width)
                                     _pool_into(into_ntk[i, j], scratch[1], height, width)
@@ -432,33 +403,12 @@ def fold_one_pair(
                     for i in range(height):
                         for j in range(width):
                             into_ntk = ntk[i, j] if ntk_zero else spare_ntk[i, j]
-                            _conv_plane(
-                                nngp,
-                                ntk,
-                                spare_nngp[i, j],
-                                into_ntk,
-                                ntk_zero,
-                                patches,
-                                a,
-                                channel_planes,
-                                i,
-                                j,
-                                zero,
-                                height,
-                                width,
-                            )
                             if fused:
-                                _relu_plane(
-                                    spare_nngp[i, j],
-                                    into_ntk,
-                                    scale,
-                                    bias,
-                                    tangent,
-                                    map_a[(i + 1) * row + j + 1],
-                                    map_b,
-                                    height,
-                                    width,
+                                _rectified_plane(
+                                    source, spare_nngp[i, j], into_ntk, i, j, relu_step
                                 )
+                            else:
+                                _conv_plane(source, spare_nngp[i, j], into_ntk, i, j)
                     nngp, spare_nngp = spare_nngp, nngp
                     if not ntk_zero:
                         ntk, spare_ntk = spare_ntk, ntk
