@@ -191,9 +191,12 @@ def test_learning_curve_past_whole_matrices_runs_every_kernel(tiny_dataset):
     sample = load_sample(str(tiny_dataset), 9, 5)
     networks = {"depths": [1, 2], "architectures": ["cnn-flatten-1"]}
     whole = learning_curve(sample, [3, 9], **networks)
+    lines: list[str] = []
     split = learning_curve(
-        sample, [3, 9], **networks, whole_matrix_rows=9, svc_max_rows=9, progress=print
+        sample, [3, 9], **networks, whole_matrix_rows=9, svc_max_rows=9, progress=lines.append
     )
+    found = f"{whole.accuracy['NTK depth 2'][1]:.4f}"
+    assert f"  NTK depth 2 at {9 * sample.n_classes} images: test accuracy {found}" in lines
     assert set(split.accuracy) == set(whole.accuracy) >= {"NNGP depth 2", "NTK cnn-flatten-1"}
     for model in set(whole.accuracy) - {"RBF SVC"}:
         np.testing.assert_array_equal(split.accuracy[model], whole.accuracy[model])

@@ -90,6 +90,13 @@ def add_commands(commands) -> list[str]:
         "pooling cost milliseconds per image pair: see the time a run prints)",
     )
     curve.add_argument("--no-svc", action="store_true", help="skip the RBF SVC baseline")
+    curve.add_argument(
+        "--svc-max-images",
+        type=positive_int,
+        default=None,
+        help="fit the SVC up to this many training images only (default: every size; "
+        "libsvm runs on one core, tens of minutes at 60,000 images)",
+    )
     view = curve.add_argument_group(
         "time and width",
         "with --times or --widths: accuracy against training images for the infinite "
@@ -281,6 +288,7 @@ def command_curve(options) -> int:
         depths=options.depths,
         architectures=options.architectures,
         svc_baseline=not options.no_svc,
+        svc_max_rows=options.svc_max_images,
         progress=say,
     )
     models = list(curve.accuracy)

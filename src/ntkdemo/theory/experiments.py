@@ -92,7 +92,8 @@ def learning_curve(
     svc_max_rows : int or None, default=None
         Largest training set the SVC is fitted on (None: every size).
     progress : callable, optional
-        Receives a line as each kernel, large size or SVC fit starts.
+        Receives a line as each kernel, large size or large SVC fit starts, and the
+        accuracy of each large one as it ends (so a stopped curve keeps what it found).
     """
     from ..demo import run_demo
     from ..kernels.conv import conv_kernels
@@ -146,6 +147,8 @@ def learning_curve(
                 scores = accuracy.setdefault(f"{name} {label}", np.full(len(sizes), np.nan))
                 run = run_demo(part, replace(spec, kernel=name.lower()), spectrum_rows=10)
                 scores[index] = run.test_report.accuracy
+                if progress:
+                    progress(f"  {name} {label} at {n} images: test accuracy {scores[index]:.4f}")
     if svc_baseline:
         from sklearn.svm import SVC
 
@@ -159,6 +162,8 @@ def learning_curve(
                 )
             model = SVC(kernel="rbf", gamma="scale").fit(sample.X_train[:n], sample.y_train[:n])
             scores[index] = model.score(sample.X_test, sample.y_test)
+            if progress and n > whole_matrix_rows:
+                progress(f"  RBF SVC at {n} images: test accuracy {scores[index]:.4f}")
         accuracy["RBF SVC"] = scores
     return LearningCurve(sizes, accuracy)
 
