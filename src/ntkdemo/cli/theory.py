@@ -95,7 +95,7 @@ def add_commands(commands) -> list[str]:
         type=positive_int,
         default=None,
         help="fit the SVC up to this many training images only (default: every size; "
-        "libsvm runs on one core, tens of minutes at 60,000 images)",
+        "libsvm runs on one core: 8 minutes at 60,000 images on one machine)",
     )
     view = curve.add_argument_group(
         "time and width",

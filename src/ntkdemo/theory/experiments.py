@@ -72,8 +72,8 @@ def learning_curve(
     ``whole_matrix_rows`` images, each size solving its leading block. Larger sizes are
     run as the demo runs them (:func:`ntkdemo.demo.run_demo`: the memory plan picks
     Cholesky, ``cg`` or ``cg32``), one run per network and kernel; the SVC is NaN above
-    ``svc_max_rows`` images, if given (its time grows as the square: tens of minutes at
-    60,000 images, single-threaded).
+    ``svc_max_rows`` images, if given (its time grows as the square: 8 minutes at
+    60,000 images on one core of one machine).
 
     Parameters
     ----------
@@ -158,7 +158,7 @@ def learning_curve(
             if progress and n > whole_matrix_rows:
                 progress(
                     f"RBF SVC on {n} images (libsvm, one core: its time grows as the square "
-                    "of the images, tens of minutes at 60,000)"
+                    "of the images: minutes at 60,000)"
                 )
             model = SVC(kernel="rbf", gamma="scale").fit(sample.X_train[:n], sample.y_train[:n])
             scores[index] = model.score(sample.X_test, sample.y_test)
