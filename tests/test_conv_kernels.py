@@ -229,7 +229,7 @@ def test_cg_serves_every_kernel_at_convergence(spec_settings, storage):
 
 
 def test_a_workspace_beyond_memory_is_refused_up_front():
-    """A pooling read-out of 256 x 256 images would need 137 GB per thread."""
+    """A pooling read-out of 256 x 256 images would need 140 GB per thread."""
     with pytest.raises(InvalidParameterError, match="need .* of workspace for a pooling read-out"):
         conv_kernels(np.ones((2, 256, 256)), architecture="cnn-gap-1")
 

@@ -348,8 +348,8 @@ def _compiled_kernels(
 
 
 def _check_workspace(needed: int, shape: tuple[int, ...]) -> None:
-    """Refuse workspaces beyond the free memory (pooling read-outs hold ``(H W)^2``
-    entries per pair: 137 GB per thread at 256 x 256)."""
+    """Refuse workspaces beyond the free memory (pooling read-outs hold
+    ``(H W)(H+2)(W+2)`` entries per covariance: 140 GB per thread at 256 x 256)."""
     import psutil
 
     from ..units import format_bytes
@@ -358,8 +358,9 @@ def _check_workspace(needed: int, shape: tuple[int, ...]) -> None:
     if needed > 0.9 * free:
         raise InvalidParameterError(
             f"images of {shape[0]} x {shape[1]} need {format_bytes(needed)} of workspace for a "
-            f"pooling read-out (4 covariances of (H W)^2 entries per thread), more than the "
-            f"{format_bytes(free)} free; use smaller images or a Flatten read-out (cnn-flatten-L)"
+            f"pooling read-out (4 covariances of (H W)(H+2)(W+2) entries per thread), more "
+            f"than the {format_bytes(free)} free; use smaller images or a Flatten read-out "
+            "(cnn-flatten-L)"
         )
 
 

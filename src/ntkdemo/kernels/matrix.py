@@ -89,6 +89,9 @@ def kernel_of_unit_rows(
     """:func:`kernel_matrix` (float64) of rows already normalised by :func:`unit_rows`;
     with an ``architecture``, :func:`conv_kernels` of the rows rescaled to ``x.x/d = 1``
     seen as images of ``image_shape``."""
+    formula = architecture is None and is_default_kernel(kernel, depth, w_std, b_std)
+    if formula and not reference_scale:
+        return ntk_of_unit_rows(X_unit, Y_unit, progress=progress)
     scale = np.sqrt(X_unit.shape[1])  # x.x/d = 1, the input scale of the folds
     scaled_Y = None if Y_unit is None else Y_unit * scale
     if architecture is not None:
@@ -101,8 +104,6 @@ def kernel_of_unit_rows(
             image_shape=image_shape,
             progress=progress,
         )
-    elif is_default_kernel(kernel, depth, w_std, b_std) and not reference_scale:
-        return ntk_of_unit_rows(X_unit, Y_unit, progress=progress)
     else:
         nngp, ntk_matrix = fc_kernels(
             X_unit * scale, scaled_Y, depth=depth, w_std=w_std, b_std=b_std, progress=progress
