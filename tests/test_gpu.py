@@ -80,3 +80,31 @@ def test_command_line_without_gpu_is_one_line(tiny_dataset, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--device cuda needs CuPy" in err
     assert 'pip install "ntkdemo[gpu]"' in err
+
+
+@needs_gpu
+@pytest.mark.parametrize("architecture", ["myrtle5", "cnn-flatten-2"])
+def test_gpu_conv_kernels_match_the_cpu_fold(architecture):
+    """The GPU's tiles (CuPy) against the compiled CPU fold, and the cuda strategy's
+    predictions against Cholesky on the CPU, on the same rows."""
+    from ntkdemo.solvers import CholeskySolver, CudaSolver
+
+    rng = np.random.default_rng(2)
+    X, X_test = rng.random((24, 28 * 28)), rng.random((7, 28 * 28))
+    X[:, :28] = 0.0  # a black border: zero variance there
+    Y = one_hot(rng.integers(0, 3, 24), 3)
+    spec = KernelSpec(architecture=architecture, w_std=2**0.5, image_shape=(28, 28))
+    fitted = CudaSolver(block_rows=4).fit(unit_rows(X), Y, spec)
+    reference = CholeskySolver().fit(unit_rows(X), Y, spec)
+    scale = np.abs(reference.solution.coef).max()
+    assert np.abs(fitted.solution.coef - reference.solution.coef).max() <= 1e-8 * scale
+    got, want = fitted.predict(unit_rows(X_test)), reference.predict(unit_rows(X_test))
+    assert np.abs(got - want).max() <= 1e-8 * np.abs(want).max()
+
+
+def test_the_cuda_strategy_serves_conv_kernels_at_convergence():
+    from ntkdemo.solvers import CudaSolver
+
+    assert CudaSolver().serves(KernelSpec(architecture="myrtle5", image_shape=(28, 28)))
+    assert not CudaSolver().serves(KernelSpec(architecture="myrtle5", time=3.0))
+    assert not CudaSolver().serves(KernelSpec(depth=2))

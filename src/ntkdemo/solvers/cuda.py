@@ -1,25 +1,30 @@
 r"""Strategy ``cuda``: kernel, Cholesky solve and predictions on a CUDA GPU through CuPy.
 
-Same mathematics as the CPU strategies, in float64 on the device: one matrix product of
-the unit rows, the NTK map as one in-place CUDA elementwise kernel (cosines within
-:data:`~ntkdemo.kernels.ntk.SNAP_ULPS` ulps of +-1 snapped, diagonal exactly 2), a
-Cholesky factorisation with the jitter fallback of :func:`.cholesky.factor_with_jitter`,
-and test predictions in row blocks. CuPy is imported only here, only when asked for
-(``--device cuda``; ``pip install "ntkdemo[gpu]"``); the CPU path never needs it.
+Same mathematics as the CPU strategies, in float64 on the device. The one-layer formula
+is one matrix product of the unit rows and the NTK map as one in-place CUDA elementwise
+kernel (cosines within :data:`~ntkdemo.kernels.ntk.SNAP_ULPS` ulps of +-1 snapped,
+diagonal exactly 2); a convolutional architecture is the fold of
+:mod:`ntkdemo.kernels.conv_arrays` on tiles of image pairs (the rows rescaled to
+:math:`x \cdot x / d = 1`, as on the CPU). Then a Cholesky factorisation with the
+jitter fallback of :func:`.cholesky.factor_with_jitter`, and test predictions in row
+blocks. CuPy is imported only here, only when asked for (``--device cuda``;
+``pip install "ntkdemo[gpu]"``); the CPU path never needs it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidParameterError
+from ..kernels.conv import architecture_layers
+from ..kernels.conv_arrays import pair_kernels
 from ..kernels.ntk import snap_tolerance
 from ..spec import KernelSpec
-from .base import KernelSolution, Progress, Stopwatch
+from .base import KernelSolution, Progress, Stopwatch, wrap
 from .cholesky import factor_with_jitter
 
 _MAP_SOURCE = """
@@ -54,11 +59,61 @@ def require_cupy():
     return cupy
 
 
+@dataclass(frozen=True)
+class DeviceKernel:
+    """The run's kernel on the GPU: the one-layer formula, or a convolutional
+    architecture's fold (:func:`ntkdemo.kernels.conv_arrays.pair_kernels`) whose tiles
+    take half the GPU's free memory.
+
+    Parameters
+    ----------
+    spec : KernelSpec
+        Served by :class:`CudaSolver` (the formula, or an architecture at convergence).
+    """
+
+    spec: KernelSpec
+
+    def inputs(self, X_unit: np.ndarray) -> Any:
+        r"""What the kernel reads, on the device: the unit rows for the formula, else the
+        images of the rows rescaled to :math:`x \cdot x / d = 1`."""
+        cupy = require_cupy()
+        if self.spec.architecture is None:
+            return cupy.asarray(X_unit)
+        images = X_unit * np.sqrt(X_unit.shape[1])
+        return cupy.asarray(images.reshape(len(images), *self.spec.image_shape, -1))
+
+    def matrix(
+        self,
+        rows: Any,
+        columns: Any | None = None,
+        *,
+        progress: Callable[[Iterable], Iterable] | None = None,
+    ) -> Any:
+        r""":math:`K(\text{rows}, \text{columns})` on the device (default: the rows'
+        symmetric Gram matrix)."""
+        cupy = require_cupy()
+        if self.spec.architecture is None:
+            K = rows @ (rows if columns is None else columns).T
+            _ntk_map(cupy)(snap_tolerance(np.float64), K)
+            if columns is None:
+                diagonal = cupy.arange(K.shape[0])
+                K[diagonal, diagonal] = 2.0
+            return K
+        free, _ = cupy.cuda.runtime.memGetInfo()
+        layers = architecture_layers(self.spec.architecture, self.spec.w_std, self.spec.b_std)
+        nngp, ntk = pair_kernels(
+            cupy, layers, rows, columns, memory_bytes=free // 2, progress=progress
+        )
+        return ntk if self.spec.kernel == "ntk" else nngp
+
+
 @dataclass
 class CudaFitted:
-    """A model fitted on the GPU: unit training rows and coefficients stay on the device."""
+    """A model fitted on the GPU: the kernel's training inputs and the coefficients stay
+    on the device."""
 
-    train: Any  # cupy.ndarray (n_train, n_features)
+    kernel: DeviceKernel
+    train: Any  # cupy.ndarray: unit rows (n_train, n_features) or images (n_train, H, W, C)
     coef_device: Any  # cupy.ndarray (n_train, n_outputs)
     solution: KernelSolution
     train_scores: np.ndarray
@@ -68,11 +123,14 @@ class CudaFitted:
     def predict(self, X_unit: np.ndarray, *, progress: Progress | None = None) -> np.ndarray:
         """Outputs :math:`K(x, X) A`, computed on the GPU in row blocks."""
         cupy = require_cupy()
-        test = cupy.asarray(X_unit)
+        test = self.kernel.inputs(X_unit)
         scores = cupy.empty((test.shape[0], self.coef_device.shape[1]))
-        for start in range(0, test.shape[0], self.block_rows):
-            block = test[start : start + self.block_rows] @ self.train.T
-            _ntk_map(cupy)(snap_tolerance(np.float64), block)
+        starts = range(0, test.shape[0], self.block_rows)
+        tiles = wrap(progress, "test kernel tiles")
+        for start in starts:
+            block = self.kernel.matrix(
+                test[start : start + self.block_rows], self.train, progress=tiles
+            )
             scores[start : start + self.block_rows] = block @ self.coef_device
         return cupy.asnumpy(scores)
 
@@ -86,9 +144,9 @@ def _ntk_map(cupy):
 class CudaSolver:
     """Strategy: the float64 kernel and its Cholesky factor in GPU memory.
 
-    Serves the one-layer formula at convergence. Its memory is the GPU's: the plan
-    (:mod:`ntkdemo.plan`) compares :meth:`estimate_bytes` with
-    :meth:`available_bytes`, once.
+    Serves the one-layer formula and the convolutional architectures at convergence.
+    Its memory is the GPU's: the plan (:mod:`ntkdemo.plan`) compares
+    :meth:`estimate_bytes` with :meth:`available_bytes`, once.
     """
 
     name: str = "cuda"
@@ -96,7 +154,7 @@ class CudaSolver:
     in_process: bool = False
 
     def serves(self, spec: KernelSpec) -> bool:
-        return spec.is_one_layer_formula
+        return spec.is_one_layer_formula or (spec.architecture is not None and spec.time is None)
 
     def describe(self) -> str:
         return "float64 kernel and Cholesky factor on the GPU"
@@ -108,7 +166,8 @@ class CudaSolver:
         return "float64 kernel"
 
     def estimate_bytes(self, n_train: int, n_test: int, n_features: int, n_outputs: int) -> int:
-        """GPU bytes: kernel and factor (``2 * 8 n^2``), inputs, one block of test rows."""
+        """GPU bytes: kernel and factor (``2 * 8 n^2``), inputs, one block of test rows
+        (a convolutional kernel's tiles take half of what is free beside them)."""
         return 16 * n_train**2 + 16 * n_train * n_features + 8 * self.block_rows * n_train
 
     def available_bytes(self) -> int:
@@ -137,17 +196,17 @@ class CudaSolver:
         import cupyx
         import cupyx.scipy.linalg
 
+        kernel = DeviceKernel(spec)
         watch = Stopwatch()
         with watch.stage("kernel"):
-            train = cupy.asarray(X_unit)
-            K = train @ train.T
-            _ntk_map(cupy)(snap_tolerance(np.float64), K)
+            train = kernel.inputs(X_unit)
+            K = kernel.matrix(train, progress=wrap(progress, "kernel tiles"))
             diagonal = cupy.arange(K.shape[0])
-            K[diagonal, diagonal] = 2.0
+            kernel_diagonal = K[diagonal, diagonal].copy()
         with watch.stage("solve"):
 
             def factorise(jitter: float):
-                K[diagonal, diagonal] = 2.0 + spec.ridge + jitter
+                K[diagonal, diagonal] = kernel_diagonal + (spec.ridge + jitter)
                 with cupyx.errstate(linalg="raise"):
                     try:
                         factor = cupy.linalg.cholesky(K)
@@ -157,13 +216,16 @@ class CudaSolver:
                 return factor, float((pivots.max() / pivots.min()) ** 2)
 
             factor, jitter, condition, message = factor_with_jitter(
-                factorise, scale=2.0, norm_1=float(cupy.abs(K).sum(axis=0).max()), ridge=spec.ridge
+                factorise,
+                scale=float(kernel_diagonal.mean()),
+                norm_1=float(cupy.abs(K).sum(axis=0).max()),
+                ridge=spec.ridge,
             )
             targets = cupy.asarray(np.asarray(Y, dtype=np.float64))
             half = cupyx.scipy.linalg.solve_triangular(factor, targets, lower=True)
             coef = cupyx.scipy.linalg.solve_triangular(factor.T, half, lower=False)
             del factor, half
-            K[diagonal, diagonal] = 2.0  # the kernel again: training outputs are K A
+            K[diagonal, diagonal] = kernel_diagonal  # the kernel again: training outputs are K A
             train_scores = cupy.asnumpy(K @ coef)
             K = None  # free the GPU memory
         solution = KernelSolution(
@@ -174,4 +236,6 @@ class CudaSolver:
             condition_number=condition,
             message=message,
         )
-        return CudaFitted(train, coef, solution, train_scores, self.block_rows, watch.timings)
+        return CudaFitted(
+            kernel, train, coef, solution, train_scores, self.block_rows, watch.timings
+        )
