@@ -29,7 +29,7 @@ import numpy as np
 def main() -> None:
     from ntkdemo.data import Sample, balanced_indices
     from ntkdemo.kernels import unit_rows
-    from ntkdemo.kernels.conv import architecture_layers, conv_kernels
+    from ntkdemo.kernels.conv import architecture_layers, as_images, conv_kernels
     from ntkdemo.kernels.conv_arrays import pair_kernels
     from ntkdemo.preprocess import with_flips, zca_whitened
     from ntkdemo.solvers import one_hot, solve
@@ -44,6 +44,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=400.0, help="seconds for the rows")
     parser.add_argument("--array-module", default="cupy", choices=("cupy", "numpy"))
     parser.add_argument("--memory-gb", type=float, default=None, help="tile workspace")
+    parser.add_argument(
+        "--check-images", type=int, default=12, help="images of the CPU-fold check (0: none)"
+    )
     options = parser.parse_args()
     xp = importlib.import_module(options.array_module)
     to_host = getattr(xp, "asnumpy", np.asarray)
@@ -60,17 +63,20 @@ def main() -> None:
 
     def images_of(rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """The rows rescaled to x.x/d = 1, as every strategy does, as images."""
-        scaled = unit_rows(rows) * np.sqrt(rows.shape[1])
-        return scaled.reshape(len(rows), *shape, 1)
+        return as_images(unit_rows(rows) * np.sqrt(rows.shape[1]), shape)
 
     data = np.load(options.images)
     shape = tuple(data["train"].shape[1:])
     flat_train = data["train"].reshape(len(data["train"]), -1)
     flat_test = data["test"].reshape(len(data["test"]), -1)
 
-    print("agreement with the CPU fold (12 real images, relative to the largest entry):")
-    check = flat_train[:12] / 255.0
-    for architecture in options.architectures.split(","):
+    if options.check_images:
+        print(
+            f"agreement with the CPU fold ({options.check_images} real images, relative to "
+            "the largest entry):"
+        )
+    check = flat_train[: options.check_images] / 255.0
+    for architecture in options.architectures.split(",") if options.check_images else ():
         layers = architecture_layers(architecture, 2**0.5)
         got = pair_kernels(xp, layers, xp.asarray(images_of(check, shape)), memory_bytes=memory)
         want = conv_kernels(images_of(check, shape), architecture=layers)
@@ -80,12 +86,12 @@ def main() -> None:
         ]
         print(f"  {architecture:<12} NNGP {errors[0]:.1e}  NTK {errors[1]:.1e}", flush=True)
 
-    print("speed (a Gram matrix of 64 real images, after a warm-up):")
+    print("speed (64 x 64 real images, the second of two identical calls):")
     per_pair = {}
     for architecture in options.architectures.split(","):
         layers = architecture_layers(architecture, 2**0.5)
         probe = xp.asarray(images_of(flat_train[:64] / 255.0, shape))
-        pair_kernels(xp, layers, probe[:8], memory_bytes=memory)
+        pair_kernels(xp, layers, probe, probe, memory_bytes=memory)  # compiles, allocates
         synchronise()
         start = time.perf_counter()
         pair_kernels(xp, layers, probe, probe, memory_bytes=memory)

@@ -108,3 +108,51 @@ def test_the_cuda_strategy_serves_conv_kernels_at_convergence():
     assert CudaSolver().serves(KernelSpec(architecture="myrtle5", image_shape=(28, 28)))
     assert not CudaSolver().serves(KernelSpec(architecture="myrtle5", time=3.0))
     assert not CudaSolver().serves(KernelSpec(depth=2))
+
+
+@pytest.fixture
+def numpy_as_cupy(monkeypatch):
+    """NumPy and SciPy standing in for CuPy and cupyx: the cuda strategy's own steps
+    (inputs, tiles, diagonal, jitter, solves, prediction blocks) run on the CPU."""
+    import contextlib
+    import sys
+    import types
+
+    import scipy.linalg
+
+    fake = types.ModuleType("cupy")
+    for name in dir(np):
+        if not name.startswith("__") and name != "fuse":
+            setattr(fake, name, getattr(np, name))
+    fake.asnumpy = np.asarray
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, memGetInfo=lambda: (10**9, 10**9))
+    fake.cuda = types.SimpleNamespace(runtime=runtime)
+    fakex = types.ModuleType("cupyx")
+    fakex.errstate = lambda **_: contextlib.nullcontext()
+    fakex.scipy = types.SimpleNamespace(linalg=scipy.linalg)
+    for name, module in {
+        "cupy": fake,
+        "cupyx": fakex,
+        "cupyx.scipy": fakex.scipy,
+        "cupyx.scipy.linalg": scipy.linalg,
+    }.items():
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_the_cuda_strategy_steps_for_conv_kernels(numpy_as_cupy):
+    """With NumPy standing in for CuPy, the cuda strategy on a conv kernel gives the
+    CPU Cholesky strategy's coefficients and predictions (the GPU itself is checked by
+    the test above where one is present)."""
+    from ntkdemo.solvers import CholeskySolver, CudaSolver
+
+    rng = np.random.default_rng(6)
+    X, X_test = rng.random((9, 6 * 6 * 2)), rng.random((5, 6 * 6 * 2))
+    Y = one_hot(rng.integers(0, 3, 9), 3)
+    spec = KernelSpec(kernel="nngp", architecture="cnn-gap-2", image_shape=(6, 6, 2))
+    fitted = CudaSolver(block_rows=2).fit(unit_rows(X), Y, spec)
+    reference = CholeskySolver().fit(unit_rows(X), Y, spec)
+    scale = np.abs(reference.solution.coef).max()
+    assert np.abs(fitted.solution.coef - reference.solution.coef).max() <= 1e-9 * scale
+    got, want = fitted.predict(unit_rows(X_test)), reference.predict(unit_rows(X_test))
+    assert np.abs(got - want).max() <= 1e-10 * np.abs(want).max()
+    np.testing.assert_allclose(fitted.train_scores, Y, atol=1e-8)

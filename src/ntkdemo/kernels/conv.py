@@ -218,16 +218,16 @@ def conv_kernels(
         from .deep import fc_kernels
 
         depth = int(architecture.split("-")[1])
-        flat_X = _images(X, image_shape, "X").reshape(len(X), -1)
-        flat_Y = None if Y is None else _images(Y, image_shape, "Y").reshape(len(Y), -1)
+        flat_X = as_images(X, image_shape, "X").reshape(len(X), -1)
+        flat_Y = None if Y is None else as_images(Y, image_shape, "Y").reshape(len(Y), -1)
         return fc_kernels(flat_X, flat_Y, depth=depth, w_std=w_std, b_std=b_std)
     layers = _check_layers(
         architecture_layers(architecture, w_std, b_std)
         if isinstance(architecture, str)
         else architecture
     )
-    images_X = _images(X, image_shape, "X")
-    images_Y = images_X if Y is None else _images(Y, image_shape, "Y")
+    images_X = as_images(X, image_shape, "X")
+    images_Y = images_X if Y is None else as_images(Y, image_shape, "Y")
     if images_Y.shape[1:] != images_X.shape[1:]:
         raise InvalidParameterError(
             f"X and Y images differ in shape: {images_X.shape[1:]} and {images_Y.shape[1:]}"
@@ -406,7 +406,7 @@ def _encode(
     )
 
 
-def _images(X: object, image_shape: tuple[int, ...] | None, name: str) -> np.ndarray:
+def as_images(X: object, image_shape: tuple[int, ...] | None, name: str = "X") -> np.ndarray:
     """Images as float64 of shape (n, H, W, C)."""
     array = np.asarray(X)
     if array.ndim == 2:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidParameterError
-from ..kernels.conv import architecture_layers
+from ..kernels.conv import architecture_layers, as_images
 from ..kernels.conv_arrays import pair_kernels
 from ..kernels.ntk import snap_tolerance
 from ..spec import KernelSpec
@@ -79,8 +79,7 @@ class DeviceKernel:
         cupy = require_cupy()
         if self.spec.architecture is None:
             return cupy.asarray(X_unit)
-        images = X_unit * np.sqrt(X_unit.shape[1])
-        return cupy.asarray(images.reshape(len(images), *self.spec.image_shape, -1))
+        return cupy.asarray(as_images(X_unit * np.sqrt(X_unit.shape[1]), self.spec.image_shape))
 
     def matrix(
         self,
