@@ -126,7 +126,8 @@ def numpy_as_cupy(monkeypatch):
             setattr(fake, name, getattr(np, name))
     fake.asnumpy = np.asarray
     runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, memGetInfo=lambda: (10**9, 10**9))
-    fake.cuda = types.SimpleNamespace(runtime=runtime)
+    device = types.SimpleNamespace(synchronize=lambda: None)
+    fake.cuda = types.SimpleNamespace(runtime=runtime, Device=lambda: device)
     fakex = types.ModuleType("cupyx")
     fakex.errstate = lambda **_: contextlib.nullcontext()
     fakex.scipy = types.SimpleNamespace(linalg=scipy.linalg)
@@ -156,3 +157,29 @@ def test_the_cuda_strategy_steps_for_conv_kernels(numpy_as_cupy):
     got, want = fitted.predict(unit_rows(X_test)), reference.predict(unit_rows(X_test))
     assert np.abs(got - want).max() <= 1e-10 * np.abs(want).max()
     np.testing.assert_allclose(fitted.train_scores, Y, atol=1e-8)
+
+
+def test_the_command_line_runs_a_conv_kernel_on_the_cuda_strategy(
+    numpy_as_cupy, tiny_dataset, tmp_path, capsys
+):
+    """``--device cuda --architecture``: the plan takes the cuda strategy, the estimate
+    line names the GPU's per-pair cost, and the accuracy is the CPU run's."""
+    import json
+
+    from ntkdemo.cli import main
+
+    arguments = ["--dataset", str(tiny_dataset), "--train-per-class", "5", "--test-per-class", "3"]
+    arguments += ["--architecture", "cnn-gap-2"]
+    assert main([*arguments, "--device", "cuda", "--out", str(tmp_path / "gpu")]) == 0
+    printed = capsys.readouterr().out
+    assert "image pairs on the GPU at" in printed and "Cholesky on the GPU" in printed
+    assert main([*arguments, "--out", str(tmp_path / "cpu"), "--quiet"]) == 0
+    gpu, cpu = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("gpu", "cpu"))
+    assert gpu["test_accuracy"] == cpu["test_accuracy"]
+
+
+def test_the_plan_refuses_a_deep_fully_connected_kernel_on_the_gpu():
+    from ntkdemo.plan import plan_memory
+
+    with pytest.raises(InvalidParameterError, match=r"cuda solver does not serve the NTK of fc-2"):
+        plan_memory(100, 10, 64, 3, spec=KernelSpec(depth=2), device="cuda", available=10**9)

@@ -174,8 +174,7 @@ def plan_memory(
                 f"the {name} solver serves kernels at convergence only; drop --time, or {elsewhere}"
             )
         raise InvalidParameterError(
-            f"the {name} solver serves the default kernel at convergence only; drop "
-            f"--kernel, --depth, --w-std, --b-std, --architecture and --time, or {elsewhere}"
+            f"the {name} solver does not serve the {spec.describe()}; {elsewhere}"
         )
     local = candidates[0].in_process
     if max_memory is not None and not local:

@@ -67,7 +67,8 @@ def add_command(commands) -> str:
         choices=("cpu", "cuda"),
         default="cpu",
         help="cuda: kernel, solve and predictions on a CUDA GPU through CuPy (installed "
-        "separately); default kernel at convergence only (default: cpu)",
+        "separately); the default kernel and every --architecture, at convergence "
+        "(default: cpu)",
     )
     engine = run.add_argument_group(
         "engine",
@@ -162,7 +163,7 @@ def command_run(options) -> int:
             sample = zca_whitened(sample, options.zca)
 
         if spec.architecture is not None:
-            say(_conv_estimate(spec, sample))
+            say(_conv_estimate(spec, sample, options.device))
         result = run_demo(sample, spec, plan=plan, progress=say.progress, report=say)
     result.timings = {"load": load_seconds, **result.timings}
     record("write")
@@ -174,10 +175,13 @@ def command_run(options) -> int:
     return 0
 
 
-def _conv_estimate(spec, sample) -> str:
-    """One line: how long the convolutional kernel will take here, from a per-pair cost
-    measured now: its spectrum's rows, the training Gram twice (the training outputs
-    are computed afresh, not from the factorised matrix) and the test rows."""
+def _conv_estimate(spec, sample, device: str) -> str:
+    """One line: how long the convolutional kernel will take here, from per-pair costs
+    measured now: its spectrum's rows (on the CPU), then on the CPU the training Gram
+    twice (the training outputs are computed afresh, not from the factorised matrix)
+    and the test rows, on a GPU the training Gram once and the test rows."""
+    from dataclasses import replace
+
     from ..demo import spectrum_rows_for
     from ..kernels.conv import seconds_per_pair
 
@@ -186,13 +190,24 @@ def _conv_estimate(spec, sample) -> str:
         spec.architecture, sample.image_shape, w_std=spec.w_std, b_std=spec.b_std
     )
     shown = min(n_train, spectrum_rows_for(spec))
-    pairs = n_train * (n_train + 1) + shown * (shown + 1) // 2 + n_test * n_train
-    seconds = pairs * per_pair
+    spectrum_pairs = shown * (shown + 1) // 2
+    if device == "cuda":
+        from ..solvers.cuda import DeviceKernel
+
+        shaped = replace(spec, image_shape=tuple(sample.image_shape))
+        per_pair_gpu = DeviceKernel(shaped).seconds_per_pair()
+        pairs = n_train * (n_train + 1) // 2 + n_test * n_train
+        seconds = spectrum_pairs * per_pair + pairs * per_pair_gpu
+        costs = (
+            f"{pairs:,} image pairs on the GPU at {per_pair_gpu * 1e6:.0f} us each, "
+            f"{spectrum_pairs:,} for the spectrum on the CPU at {per_pair * 1e3:.2f} ms"
+        )
+    else:
+        pairs = n_train * (n_train + 1) + spectrum_pairs + n_test * n_train
+        seconds = pairs * per_pair
+        costs = f"{pairs:,} image pairs at {per_pair * 1e3:.2f} ms each"
     when = f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
-    return (
-        f"kernel: about {when} here ({pairs:,} image pairs at {per_pair * 1e3:.2f} ms each, "
-        "measured now)"
-    )
+    return f"kernel: about {when} here ({costs}, measured now)"
 
 
 @contextlib.contextmanager

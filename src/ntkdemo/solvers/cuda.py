@@ -105,6 +105,22 @@ class DeviceKernel:
         )
         return ntk if self.spec.kernel == "ntk" else nngp
 
+    def seconds_per_pair(self, images: int = 32) -> float:
+        """Seconds per image pair of :meth:`matrix` on this GPU, measured: the Gram
+        matrix of ``images`` random images computed twice (the first compiles and
+        allocates), the second timed, divided by its pairs."""
+        import time
+
+        cupy = require_cupy()
+        values = int(np.prod(self.spec.image_shape))
+        inputs = self.inputs(np.random.default_rng(0).random((images, values)))
+        self.matrix(inputs, inputs)
+        cupy.cuda.Device().synchronize()
+        start = time.perf_counter()
+        self.matrix(inputs, inputs)
+        cupy.cuda.Device().synchronize()
+        return (time.perf_counter() - start) / images**2
+
 
 @dataclass
 class CudaFitted:
