@@ -58,7 +58,7 @@ def test_small_tiles_give_the_same_cross_kernel_as_the_cpu_fold(name):
     whole = pair_kernels(np, layers, images_a, images_b, memory_bytes=ROOMY)
     compiled = conv_kernels(images_a, images_b, architecture=layers)
     for got, same, want in zip(tiled, whole, compiled, strict=True):
-        np.testing.assert_array_equal(got, same)
+        np.testing.assert_allclose(got, same, rtol=1e-15, atol=0)  # other product shapes
         assert np.abs(got - want).max() <= 1e-12 * np.abs(want).max()
 
 
@@ -86,3 +86,30 @@ def test_black_borders_give_zero_variance_and_finite_kernels():
     first = self_variances(np, layers, images, memory_bytes=ROOMY)[0]
     assert (first[:, 0, :] == 0).all()
     assert np.isfinite(nngp).all() and np.isfinite(ntk).all()
+
+
+@pytest.mark.parametrize(("depth", "w_std", "b_std"), [(1, 1.0, 0.0), (3, 1.4, 0.3)])
+def test_fully_connected_layers_on_one_pixel_are_fc_kernels(depth, w_std, b_std):
+    """fc-L as layers of a 1 x 1 image (features as channels), in the array fold and in
+    the compiled one, equals fc_kernels: 1e-13 of the largest entry off the diagonal,
+    3e-8 on it (fc_kernels sets theta = 0 there exactly)."""
+    from ntkdemo.kernels import fc_kernels
+
+    rng = np.random.default_rng(7)
+    X, Z = rng.random((7, 12)), rng.random((4, 12))
+    layers = architecture_layers(f"fc-{depth}", w_std, b_std)
+    assert len(layers) == 2 * depth + 2
+    want = fc_kernels(X, depth=depth, w_std=w_std, b_std=b_std)
+    want_cross = fc_kernels(Z, X, depth=depth, w_std=w_std, b_std=b_std)
+    pixels = X.reshape(7, 1, 1, 12)
+    for got in (
+        pair_kernels(np, layers, pixels, memory_bytes=ROOMY),
+        conv_kernels(pixels, architecture=layers),
+    ):
+        for g, w in zip(got, want, strict=True):
+            off = ~np.eye(7, dtype=bool)
+            assert np.abs(g - w)[off].max() <= 1e-13 * np.abs(w).max()
+            assert np.abs(g - w).max() <= 3e-8 * np.abs(w).max()
+    cross = pair_kernels(np, layers, Z.reshape(4, 1, 1, 12), pixels, memory_bytes=ROOMY)
+    for g, w in zip(cross, want_cross, strict=True):
+        assert np.abs(g - w).max() <= 1e-13 * np.abs(w).max()

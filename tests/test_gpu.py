@@ -102,12 +102,12 @@ def test_gpu_conv_kernels_match_the_cpu_fold(architecture):
     assert np.abs(got - want).max() <= 1e-8 * np.abs(want).max()
 
 
-def test_the_cuda_strategy_serves_conv_kernels_at_convergence():
+def test_the_cuda_strategy_serves_every_kernel_at_convergence():
     from ntkdemo.solvers import CudaSolver
 
     assert CudaSolver().serves(KernelSpec(architecture="myrtle5", image_shape=(28, 28)))
+    assert CudaSolver().serves(KernelSpec(kernel="nngp", depth=3, b_std=0.1))
     assert not CudaSolver().serves(KernelSpec(architecture="myrtle5", time=3.0))
-    assert not CudaSolver().serves(KernelSpec(depth=2))
 
 
 @pytest.fixture
@@ -140,16 +140,23 @@ def numpy_as_cupy(monkeypatch):
         monkeypatch.setitem(sys.modules, name, module)
 
 
-def test_the_cuda_strategy_steps_for_conv_kernels(numpy_as_cupy):
-    """With NumPy standing in for CuPy, the cuda strategy on a conv kernel gives the
-    CPU Cholesky strategy's coefficients and predictions (the GPU itself is checked by
-    the test above where one is present)."""
+@pytest.mark.parametrize(
+    "spec",
+    [
+        KernelSpec(kernel="nngp", architecture="cnn-gap-2", image_shape=(6, 6, 2)),
+        KernelSpec(depth=3, w_std=1.3, b_std=0.2),
+    ],
+    ids=["cnn-gap-2", "fc-3"],
+)
+def test_the_cuda_strategy_steps_for_every_kernel(numpy_as_cupy, spec):
+    """With NumPy standing in for CuPy, the cuda strategy on a conv and a deep kernel
+    gives the CPU Cholesky strategy's coefficients and predictions (the GPU itself is
+    checked by the test above where one is present)."""
     from ntkdemo.solvers import CholeskySolver, CudaSolver
 
     rng = np.random.default_rng(6)
     X, X_test = rng.random((9, 6 * 6 * 2)), rng.random((5, 6 * 6 * 2))
     Y = one_hot(rng.integers(0, 3, 9), 3)
-    spec = KernelSpec(kernel="nngp", architecture="cnn-gap-2", image_shape=(6, 6, 2))
     fitted = CudaSolver(block_rows=2).fit(unit_rows(X), Y, spec)
     reference = CholeskySolver().fit(unit_rows(X), Y, spec)
     scale = np.abs(reference.solution.coef).max()
@@ -178,8 +185,10 @@ def test_the_command_line_runs_a_conv_kernel_on_the_cuda_strategy(
     assert gpu["test_accuracy"] == cpu["test_accuracy"]
 
 
-def test_the_plan_refuses_a_deep_fully_connected_kernel_on_the_gpu():
+def test_the_plan_refuses_a_finite_time_on_the_gpu():
     from ntkdemo.plan import plan_memory
 
-    with pytest.raises(InvalidParameterError, match=r"cuda solver does not serve the NTK of fc-2"):
-        plan_memory(100, 10, 64, 3, spec=KernelSpec(depth=2), device="cuda", available=10**9)
+    with pytest.raises(InvalidParameterError, match=r"cuda solver serves kernels at convergence"):
+        plan_memory(
+            100, 10, 64, 3, spec=KernelSpec(depth=2, time=3.0), device="cuda", available=10**9
+        )

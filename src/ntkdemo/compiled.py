@@ -24,11 +24,13 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
 
 
-def jit(**options: Any) -> Callable[[Callable], Callable]:
+def jit(*, cache: bool = True, **options: Any) -> Callable[[Callable], Callable]:
     """``numba.njit(cache=True, **options)``, or without the cache where none can be written.
 
     Parameters
     ----------
+    cache : bool, default=True
+        False for a function numba cannot cache reliably (one taking a function).
     **options
         Passed to :func:`numba.njit` (``parallel``, ``fastmath``, ...).
 
@@ -39,6 +41,8 @@ def jit(**options: Any) -> Callable[[Callable], Callable]:
     """
 
     def decorate(function: Callable) -> Callable:
+        if not cache:
+            return numba.njit(**options)(function)
         try:
             return numba.njit(cache=True, **options)(function)
         except RuntimeError:  # "cannot cache function ...: no locator available"

@@ -159,7 +159,9 @@ def plan_memory(
     if strategies is not None:
         candidates = [s for s in strategies if s.serves(spec)] or list(strategies[:1])
     elif solver == "auto":
-        candidates = [s for s in PREFERENCES[device] if s.serves(spec)]
+        candidates = [s for s in PREFERENCES[device] if s.serves(spec)] or list(
+            PREFERENCES[device][:1]
+        )
     else:
         candidates = [strategy_named(solver, device)]
     if not candidates or not candidates[0].serves(spec):

@@ -67,8 +67,7 @@ def add_command(commands) -> str:
         choices=("cpu", "cuda"),
         default="cpu",
         help="cuda: kernel, solve and predictions on a CUDA GPU through CuPy (installed "
-        "separately); the default kernel and every --architecture, at convergence "
-        "(default: cpu)",
+        "separately); every kernel at convergence (default: cpu)",
     )
     engine = run.add_argument_group(
         "engine",

@@ -108,20 +108,26 @@ def architecture_layers(name: str, w_std: float = 2**0.5, b_std: float = 0.0) ->
         ``cnn-flatten-L`` (L convolutions, ``Flatten``, ``Dense``), ``cnn-gap-L`` (L
         convolutions, ``GlobalAvgPool``, ``Dense``), ``myrtle5``, ``myrtle7`` or
         ``myrtle10`` (f1 convolutions, ``AvgPool``, f2, ``AvgPool``, f3,
-        ``GlobalAvgPool``, ``Dense``; factors in :data:`MYRTLE_FACTORS`).
+        ``GlobalAvgPool``, ``Dense``; factors in :data:`MYRTLE_FACTORS`), or ``fc-L``:
+        the fully connected network of :func:`~ntkdemo.kernels.deep.fc_kernels` as
+        layers of a 1 x 1 image whose channels are the features (``Flatten``, then L
+        times ``Dense``, ``Relu``, then ``Dense``).
     w_std, b_std : float
-        Weight and bias standard deviations of every ``Conv`` and the ``Dense``.
+        Weight and bias standard deviations of every ``Conv`` and ``Dense``.
 
     Raises
     ------
     InvalidParameterError
-        If the name is none of these (``fc-L`` is served by
-        :func:`~ntkdemo.kernels.deep.fc_kernels`).
+        If the name is none of these.
     """
 
     def convs(count: int) -> list[Layer]:
         return [layer for _ in range(count) for layer in (Conv(w_std, b_std), Relu())]
 
+    fully_connected = re.fullmatch(r"fc-(\d+)", name)
+    if fully_connected and int(fully_connected.group(1)) >= 1:
+        hidden: list[Layer] = [Dense(w_std, b_std), Relu()] * int(fully_connected.group(1))
+        return (Flatten(), *hidden, Dense(w_std, b_std))
     written = re.fullmatch(r"cnn-(flatten|gap)-(\d+)", name)
     if written and int(written.group(2)) >= 1:
         ending: Layer = Flatten() if written.group(1) == "flatten" else GlobalAvgPool()
@@ -367,19 +373,21 @@ def _check_workspace(needed: int, shape: tuple[int, ...]) -> None:
 def _encode(
     layers: Sequence[Layer], shape: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    r"""The offset of each ReLU's variance map in an image's flat row (last: the row's
-    length), the layer codes of :mod:`.conv_loops` and their :math:`\sigma_w^2,
-    \sigma_b^2`."""
+    r"""The offset of each ReLU's variance map in an image's flat row (a bordered plane;
+    one entry after the read-out; last: the row's length), the layer codes of
+    :mod:`.conv_loops` and their :math:`\sigma_w^2, \sigma_b^2`."""
     from . import conv_loops
 
     codes, w2s, b2s, offsets = [], [], [], [0]
     height, width = shape
+    spatial = True  # before the read-out (a ReLU after it needs one entry)
     for layer in layers:
         w2 = b2 = 0.0
         if isinstance(layer, Conv | Dense):
             w2, b2 = float(layer.w_std) ** 2, float(layer.b_std) ** 2
         if isinstance(layer, Relu):
-            offsets.append(offsets[-1] + (height + 2) * (width + 2))
+            offsets.append(offsets[-1] + ((height + 2) * (width + 2) if spatial else 1))
+        spatial = spatial and not isinstance(layer, GlobalAvgPool | Flatten)
         if isinstance(layer, AvgPool):
             height, width = height // 2, width // 2
             if min(height, width) < 1:

@@ -2,7 +2,9 @@ r"""The convolutional fold of :mod:`.conv` on whole tiles of image pairs, as arr
 operations in a NumPy-compatible array module: CuPy on a GPU (the ``cuda`` strategy),
 NumPy in the tests that hold it against the compiled CPU fold.
 
-A tile is ``A`` images against ``B`` images. Its state holds all their pairs at once:
+It serves the fully connected networks too, as layers of a 1 x 1 image whose channels
+are the features (``architecture_layers("fc-L")``). A tile is ``A`` images against
+``B`` images. Its state holds all their pairs at once:
 the covariances :math:`K(p, p')` and :math:`\Theta(p, p')` of shape
 ``(A, B, H, W, H, W)`` where the read-out pools (every position against every
 position), ``(A, B, H, W)`` for a ``Flatten`` read-out without pooling (the diagonal
@@ -14,7 +16,9 @@ read-out. Each layer is a few whole-array operations, the mathematics of :mod:`.
   :math:`K' = \frac{\sigma_w^2}{9} \sum_d K(p + d, p' + d) + \sigma_b^2`,
   :math:`\Theta' = K' + \frac{\sigma_w^2}{9} \sum_d \Theta(p + d, p' + d)`;
 * ``Relu``: with the variances :math:`q_x(p) q_y(p')` of the two images,
-  :math:`s = \sqrt{(q_x q_y - K^2)_+}`, :math:`\theta = \operatorname{atan2}(s, K)`,
+  :math:`s = \sqrt{(q_x q_y (1 - \epsilon) - K^2)_+}` (:math:`\epsilon` the
+  :func:`~.ntk.snap_tolerance`: an angle within rounding of 0 is 0),
+  :math:`\theta = \operatorname{atan2}(s, K)`,
   :math:`K' = (s + (\pi - \theta) K) / 2\pi`, :math:`\Theta' = \Theta (\pi - \theta) / 2\pi`
   (positions of zero variance give :math:`\theta = 0`: :math:`K' = 0`, never NaN);
 * ``AvgPool``: a reshape that puts each 2 x 2 block on its own axes, then their mean;
@@ -25,7 +29,8 @@ A first ``Conv`` is one batched matrix product of the images' 3 x 3 patches
 (:math:`\sum_d K_0(p + d, p' + d)` is the dot product of the patches at :math:`p` and
 :math:`p'`). The variances come from the same fold on the pairs :math:`(x, x)` (state of
 shape ``(n, H, W, H, W)``), read off its diagonal before each ReLU:
-:func:`self_variances`. With CuPy each elementwise step (a conv's nine-slice sum and
+:func:`self_variances`; the kernels of those pairs are the Gram matrix's diagonal.
+With CuPy each elementwise step (a conv's nine-slice sum and
 affine map, the ReLU's angle, its NNGP, its NTK) is one compiled kernel
 (``cupy.fuse``), reading the shifted slices and the broadcast variances in place; with
 NumPy the same functions run as written. A tile's memory is about
@@ -40,6 +45,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .conv import (
     AvgPool,
     Conv,
@@ -50,6 +57,7 @@ from .conv import (
     Relu,
     needs_full_covariance,
 )
+from .ntk import snap_tolerance
 
 __all__ = ["bytes_per_pair", "pair_kernels", "self_variances"]
 
@@ -100,9 +108,9 @@ def pair_kernels(
     symmetric = images_Y is None
     columns: Any = images_X if images_Y is None else images_Y
     full = needs_full_covariance(layers)
-    variances_X = _self_variances(xp, steps, layers, images_X, memory_bytes)
+    variances_X, self_kernels = _self_variances(xp, steps, layers, images_X, memory_bytes)
     variances_Y = (
-        variances_X if symmetric else _self_variances(xp, steps, layers, columns, memory_bytes)
+        variances_X if symmetric else _self_variances(xp, steps, layers, columns, memory_bytes)[0]
     )
     pairs = max(1, memory_bytes // bytes_per_pair(images_X.shape[1:3], full))
     n_X, n_Y = len(images_X), len(columns)
@@ -128,6 +136,8 @@ def pair_kernels(
         lower = xp.tril(xp.ones((n_X, n_X), dtype=bool), -1)
         nngp = xp.where(lower, nngp.T, nngp)
         ntk = xp.where(lower, ntk.T, ntk)
+        diagonal = xp.arange(n_X)
+        nngp[diagonal, diagonal], ntk[diagonal, diagonal] = self_kernels
     return nngp, ntk
 
 
@@ -140,15 +150,18 @@ def self_variances(xp: Any, layers: Sequence[Layer], images: Any, *, memory_byte
         One per ReLU: shape (n, H, W) at the ReLU's resolution, or (n,) after the
         read-out.
     """
-    return _self_variances(xp, _Steps.of(xp), layers, images, memory_bytes)
+    return _self_variances(xp, _Steps.of(xp), layers, images, memory_bytes)[0]
 
 
 def _self_variances(
     xp: Any, steps: _Steps, layers: Sequence[Layer], images: Any, memory_bytes: int
-) -> list:
+) -> tuple[list, tuple[Any, Any]]:
+    """:func:`self_variances`, and the kernels of the pairs :math:`(x, x)`: the Gram
+    matrix's diagonal, where the recorded variances make every angle exactly 0."""
     full = needs_full_covariance(layers)
     per_chunk = max(1, memory_bytes // bytes_per_pair(images.shape[1:3], full))
     chunks: list[list] = []
+    nngp_parts, ntk_parts = [], []
     for start in range(0, len(images), per_chunk):
         recorded: list = []
 
@@ -158,9 +171,12 @@ def _self_variances(
             return _broadcast(variances, variances, full, paired=True)
 
         chunk = images[start : start + per_chunk]
-        _fold(xp, steps, layers, chunk, chunk, record, paired=True)
+        nngp, ntk = _fold(xp, steps, layers, chunk, chunk, record, paired=True)
         chunks.append(recorded)
-    return [xp.concatenate(parts) for parts in zip(*chunks, strict=True)]
+        nngp_parts.append(nngp)
+        ntk_parts.append(ntk)
+    variances = [xp.concatenate(parts) for parts in zip(*chunks, strict=True)]
+    return variances, (xp.concatenate(nngp_parts), xp.concatenate(ntk_parts))
 
 
 @dataclass(frozen=True)
@@ -176,6 +192,7 @@ class _Steps:
     @classmethod
     def of(cls, xp: Any) -> _Steps:
         inverse = 1.0 / (2.0 * math.pi)
+        unsnapped = 1.0 - snap_tolerance(np.float64)
 
         def conv_nngp(v0, v1, v2, v3, v4, v5, v6, v7, v8, scale, bias):
             return (v0 + v1 + v2 + v3 + v4 + v5 + v6 + v7 + v8) * scale + bias
@@ -184,11 +201,11 @@ class _Steps:
             return nngp + (v0 + v1 + v2 + v3 + v4 + v5 + v6 + v7 + v8) * scale
 
         def relu_rest(nngp, variance_a, variance_b):
-            sine = xp.sqrt(xp.maximum(variance_a * variance_b - nngp * nngp, 0.0))
+            sine = xp.sqrt(xp.maximum(variance_a * variance_b * unsnapped - nngp * nngp, 0.0))
             return math.pi - xp.arctan2(sine, nngp)
 
         def relu_nngp(nngp, variance_a, variance_b, rest):
-            sine = xp.sqrt(xp.maximum(variance_a * variance_b - nngp * nngp, 0.0))
+            sine = xp.sqrt(xp.maximum(variance_a * variance_b * unsnapped - nngp * nngp, 0.0))
             return xp.maximum((sine + rest * nngp) * inverse, 0.0)
 
         def relu_ntk(ntk, rest):
@@ -269,9 +286,11 @@ def _products(xp: Any, images_a: Any, images_b: Any, full: bool, paired: bool) -
     count, height, width, values = images_a.shape
     a = images_a.reshape(count, height * width, values)
     b = images_b.reshape(len(images_b), height * width, values)
-    if not full:
-        products = (a * b if paired else a[:, None] * b[None]).sum(axis=-1)
-        return products.reshape(*products.shape[:-1], height, width)
+    if not full and paired:
+        return (a * b).sum(axis=-1).reshape(count, height, width)
+    if not full:  # a matrix product per position: (P, A, V) (P, V, B) -> (A, B, P)
+        products = xp.matmul(a.transpose(1, 0, 2), b.transpose(1, 2, 0)).transpose(1, 2, 0)
+        return products.reshape(count, len(images_b), height, width)
     products = (
         xp.matmul(a, b.transpose(0, 2, 1))
         if paired

@@ -276,11 +276,24 @@ def _pool(source, target, height, width):  # pragma: no cover - compiled
 
 
 @jit(error_model="numpy")
-def _dense_read_out(nngp, ntk, step, codes, w2s, b2s):  # pragma: no cover - compiled
-    """The ``Dense`` layers from ``step`` on, on one pair's NNGP and NTK."""
+def _read_out(
+    nngp, ntk, step, codes, w2s, b2s, var_a, var_b, offsets, relu, record
+):  # pragma: no cover - compiled
+    """The layers from ``step`` on (``Dense`` and ``Relu``) on one pair's NNGP and NTK;
+    a ``Relu`` reads the pair's variances from the first entry of its slot (written
+    there from the NNGP itself when ``record``: a self pair)."""
+    inverse = 1.0 / (2.0 * np.pi)
     while step < len(codes):
-        nngp = w2s[step] * nngp + b2s[step]
-        ntk = nngp + w2s[step] * ntk
+        if codes[step] == RELU:
+            if record:
+                var_a[offsets[relu]] = nngp
+            sine = np.sqrt(max(var_a[offsets[relu]] * var_b[offsets[relu]] - nngp * nngp, 0.0))
+            rest = np.pi - _angle(sine, nngp)
+            nngp, ntk = max((sine + rest * nngp) * inverse, 0.0), ntk * (rest * inverse)
+            relu += 1
+        else:
+            nngp = w2s[step] * nngp + b2s[step]
+            ntk = nngp + w2s[step] * ntk
         step += 1
     return nngp, ntk
 
@@ -461,7 +474,7 @@ def fold_one_pair(
             step += 1
             break
         step += 1
-    return _dense_read_out(nngp_out, ntk_out, step, codes, w2s, b2s)
+    return _read_out(nngp_out, ntk_out, step, codes, w2s, b2s, var_a, var_b, offsets, relu, record)
 
 
 @jit(nogil=True, error_model="numpy")
@@ -527,17 +540,19 @@ def fold_one_pair_diagonal(
             step += 1
             break
         step += 1
-    return _dense_read_out(nngp_out, ntk_out, step, codes, w2s, b2s)
+    return _read_out(nngp_out, ntk_out, step, codes, w2s, b2s, var_a, var_b, offsets, relu, record)
 
 
-@jit(nogil=True, error_model="numpy")
+@jit(nogil=True, error_model="numpy", cache=False)
 def fold_pairs(
     fold, images_a, images_b, rows, cols, variances_a, variances_b, encoded, nngp, ntk, workspace
 ):  # pragma: no cover - compiled
     """``nngp[p], ntk[p]`` of the pairs ``(images_a[rows[p]], images_b[cols[p]])`` by
     ``fold`` (:func:`fold_one_pair` or :func:`fold_one_pair_diagonal`); ``encoded`` is
     ``(offsets, codes, w2s, b2s)``. Releases the GIL: threads run it on disjoint pairs,
-    each with its own ``workspace``."""
+    each with its own ``workspace``. Not cached on disk: numba's cache cannot hold a
+    function taking a function (``fold``; numba issues 6251, 9348); the folds it calls
+    are cached, so compiling it is quick."""
     offsets, codes, w2s, b2s = encoded
     for p in range(len(rows)):
         nngp[p], ntk[p] = fold(
@@ -554,10 +569,10 @@ def fold_pairs(
         )
 
 
-@jit(nogil=True, error_model="numpy")
+@jit(nogil=True, error_model="numpy", cache=False)
 def self_variances(fold, images, variances, encoded, workspace):  # pragma: no cover - compiled
     """Each image's variances before each ReLU, into ``variances`` (n, total), by ``fold``
-    on the pairs (x, x)."""
+    on the pairs (x, x) (not cached on disk, as :func:`fold_pairs`)."""
     offsets, codes, w2s, b2s = encoded
     for p in range(len(images)):
         fold(

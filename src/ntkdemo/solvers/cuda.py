@@ -3,8 +3,8 @@ r"""Strategy ``cuda``: kernel, Cholesky solve and predictions on a CUDA GPU thro
 Same mathematics as the CPU strategies, in float64 on the device. The one-layer formula
 is one matrix product of the unit rows and the NTK map as one in-place CUDA elementwise
 kernel (cosines within :data:`~ntkdemo.kernels.ntk.SNAP_ULPS` ulps of +-1 snapped,
-diagonal exactly 2); a convolutional architecture is the fold of
-:mod:`ntkdemo.kernels.conv_arrays` on tiles of image pairs (the rows rescaled to
+diagonal exactly 2); every other kernel (deep, convolutional) is the layer fold of
+:mod:`ntkdemo.kernels.conv_arrays` on tiles of pairs (the rows rescaled to
 :math:`x \cdot x / d = 1`, as on the CPU). Then a Cholesky factorisation with the
 jitter fallback of :func:`.cholesky.factor_with_jitter`, and test predictions in row
 blocks. CuPy is imported only here, only when asked for (``--device cuda``;
@@ -61,25 +61,39 @@ def require_cupy():
 
 @dataclass(frozen=True)
 class DeviceKernel:
-    """The run's kernel on the GPU: the one-layer formula, or a convolutional
-    architecture's fold (:func:`ntkdemo.kernels.conv_arrays.pair_kernels`) whose tiles
-    take half the GPU's free memory.
+    """The run's kernel on the GPU: the one-layer formula, or the layer fold of
+    :func:`ntkdemo.kernels.conv_arrays.pair_kernels` (a convolutional architecture, or
+    a deep fully connected network as layers of a 1 x 1 image whose channels are the
+    features) whose tiles take half the GPU's free memory.
 
     Parameters
     ----------
     spec : KernelSpec
-        Served by :class:`CudaSolver` (the formula, or an architecture at convergence).
+        Served by :class:`CudaSolver` (any kernel at convergence).
     """
 
     spec: KernelSpec
 
+    @property
+    def is_formula(self) -> bool:
+        return self.spec.is_one_layer_formula
+
+    def layers(self) -> tuple:
+        """The fold's layers (the spec's architecture, or ``fc-L`` at its depth)."""
+        name = self.spec.architecture or f"fc-{self.spec.depth}"
+        return architecture_layers(name, self.spec.w_std, self.spec.b_std)
+
     def inputs(self, X_unit: np.ndarray) -> Any:
-        r"""What the kernel reads, on the device: the unit rows for the formula, else the
-        images of the rows rescaled to :math:`x \cdot x / d = 1`."""
+        r"""What the kernel reads, on the device: the unit rows for the formula, else
+        the rows rescaled to :math:`x \cdot x / d = 1` as images (1 x 1 with the
+        features as channels for a fully connected network)."""
         cupy = require_cupy()
-        if self.spec.architecture is None:
+        if self.is_formula:
             return cupy.asarray(X_unit)
-        return cupy.asarray(as_images(X_unit * np.sqrt(X_unit.shape[1]), self.spec.image_shape))
+        scaled = X_unit * np.sqrt(X_unit.shape[1])
+        if self.spec.architecture is None:
+            return cupy.asarray(scaled.reshape(len(scaled), 1, 1, -1))
+        return cupy.asarray(as_images(scaled, self.spec.image_shape))
 
     def matrix(
         self,
@@ -91,7 +105,7 @@ class DeviceKernel:
         r""":math:`K(\text{rows}, \text{columns})` on the device (default: the rows'
         symmetric Gram matrix)."""
         cupy = require_cupy()
-        if self.spec.architecture is None:
+        if self.is_formula:
             K = rows @ (rows if columns is None else columns).T
             _ntk_map(cupy)(snap_tolerance(np.float64), K)
             if columns is None:
@@ -99,9 +113,8 @@ class DeviceKernel:
                 K[diagonal, diagonal] = 2.0
             return K
         free, _ = cupy.cuda.runtime.memGetInfo()
-        layers = architecture_layers(self.spec.architecture, self.spec.w_std, self.spec.b_std)
         nngp, ntk = pair_kernels(
-            cupy, layers, rows, columns, memory_bytes=free // 2, progress=progress
+            cupy, self.layers(), rows, columns, memory_bytes=free // 2, progress=progress
         )
         return ntk if self.spec.kernel == "ntk" else nngp
 
@@ -159,7 +172,7 @@ def _ntk_map(cupy):
 class CudaSolver:
     """Strategy: the float64 kernel and its Cholesky factor in GPU memory.
 
-    Serves the one-layer formula and the convolutional architectures at convergence.
+    Serves every kernel at convergence.
     Its memory is the GPU's: the plan (:mod:`ntkdemo.plan`) compares
     :meth:`estimate_bytes` with :meth:`available_bytes`, once.
     """
@@ -169,7 +182,7 @@ class CudaSolver:
     in_process: bool = False
 
     def serves(self, spec: KernelSpec) -> bool:
-        return spec.is_one_layer_formula or (spec.architecture is not None and spec.time is None)
+        return spec.time is None
 
     def describe(self) -> str:
         return "float64 kernel and Cholesky factor on the GPU"
