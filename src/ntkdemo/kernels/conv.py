@@ -272,9 +272,10 @@ def seconds_per_pair(
 
 
 def _pairs(n_X: int, n_Y: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column of each pair computed: the upper triangle when ``symmetric``."""
+    """Row and column of each pair computed: the strict upper triangle when
+    ``symmetric`` (the diagonal comes from the variances' own pairs)."""
     if symmetric:
-        return np.triu_indices(n_X)
+        return np.triu_indices(n_X, 1)
     rows, cols = np.indices((n_X, n_Y))
     return rows.ravel(), cols.ravel()
 
@@ -309,22 +310,30 @@ def _compiled_kernels(
     values_nngp, values_ntk = np.empty(len(rows)), np.empty(len(rows))
     with ThreadPoolExecutor(threads) as pool:
 
-        def variances_of(images: np.ndarray) -> np.ndarray:
+        def variances_of(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            """Each image's variance maps, and its pair (x, x)'s NNGP and NTK."""
             found = np.zeros((len(images), encoded[0][-1]))
+            self_nngp, self_ntk = np.empty(len(images)), np.empty(len(images))
             bounds = np.linspace(0, len(images), threads + 1).astype(int)
             shares = [slice(bounds[t], bounds[t + 1]) for t in range(threads)]
             list(
                 pool.map(
                     lambda t: conv_loops.self_variances(
-                        fold, images[shares[t]], found[shares[t]], encoded, workspaces[t]
+                        fold,
+                        images[shares[t]],
+                        found[shares[t]],
+                        encoded,
+                        workspaces[t],
+                        self_nngp[shares[t]],
+                        self_ntk[shares[t]],
                     ),
                     range(threads),
                 )
             )
-            return found
+            return found, self_nngp, self_ntk
 
-        variances_X = variances_of(images_X)
-        variances_Y = variances_X if symmetric else variances_of(images_Y)
+        variances_X, self_nngp, self_ntk = variances_of(images_X)
+        variances_Y = variances_X if symmetric else variances_of(images_Y)[0]
 
         def task(chunk: slice, thread: int) -> None:
             conv_loops.fold_pairs(
@@ -350,6 +359,9 @@ def _compiled_kernels(
     nngp = np.empty((len(images_X), len(images_Y)))
     ntk = np.empty_like(nngp)
     nngp[rows, cols], ntk[rows, cols] = values_nngp, values_ntk
+    if symmetric:  # the diagonal: the pairs (x, x) the variances came from
+        np.fill_diagonal(nngp, self_nngp)
+        np.fill_diagonal(ntk, self_ntk)
     return nngp, ntk
 
 

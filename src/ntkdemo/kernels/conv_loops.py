@@ -570,12 +570,16 @@ def fold_pairs(
 
 
 @jit(nogil=True, error_model="numpy", cache=False)
-def self_variances(fold, images, variances, encoded, workspace):  # pragma: no cover - compiled
+def self_variances(
+    fold, images, variances, encoded, workspace, nngp, ntk
+):  # pragma: no cover - compiled
     """Each image's variances before each ReLU, into ``variances`` (n, total), by ``fold``
-    on the pairs (x, x) (not cached on disk, as :func:`fold_pairs`)."""
+    on the pairs (x, x), and those pairs' kernels into ``nngp``, ``ntk`` (n,): a Gram
+    matrix's diagonal, exact (every angle 0 there). Not cached on disk, as
+    :func:`fold_pairs`."""
     offsets, codes, w2s, b2s = encoded
     for p in range(len(images)):
-        fold(
+        nngp[p], ntk[p] = fold(
             images[p],
             images[p],
             variances[p],
