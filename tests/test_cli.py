@@ -158,3 +158,31 @@ def test_unexpected_failure_is_one_line(tiny_dataset, tmp_path, capsys, monkeypa
     monkeypatch.setenv("NTKDEMO_DEBUG", "1")
     with pytest.raises(RuntimeError, match="simulated bug"):
         main(argv)
+
+
+def test_a_source_tree_without_package_metadata_still_imports(tmp_path):
+    """``PYTHONPATH=src`` without ``pip install`` (as on a machine without the
+    installer): the version is ``0+unknown`` instead of a PackageNotFoundError."""
+    from pathlib import Path
+
+    import ntkdemo
+
+    source = Path(ntkdemo.__file__).parent
+    (tmp_path / "ntkdemo").symlink_to(source)
+    code = (
+        "import importlib.metadata as m\n"
+        "def missing(name):\n"
+        "    raise m.PackageNotFoundError(name)\n"
+        "m.version = missing\n"
+        "import ntkdemo; print(ntkdemo.__version__)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0+unknown"

@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     from .solvers import one_hot, predict, solve
     from .spec import KernelSpec
 
-__version__ = metadata.version("ntkdemo")
+try:
+    __version__ = metadata.version("ntkdemo")
+except metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+    __version__ = "0+unknown"
 
 _HOMES = {
     "NTKClassifier": "estimators",
