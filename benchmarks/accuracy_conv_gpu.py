@@ -28,9 +28,9 @@ import numpy as np
 
 def main() -> None:
     from ntkdemo.data import Sample, balanced_indices
-    from ntkdemo.kernels import unit_rows
     from ntkdemo.kernels.conv import architecture_layers, as_images, conv_kernels
     from ntkdemo.kernels.conv_arrays import pair_kernels
+    from ntkdemo.kernels.ntk import scaled_unit_rows
     from ntkdemo.preprocess import with_flips, zca_whitened
     from ntkdemo.solvers import one_hot, solve
 
@@ -63,7 +63,7 @@ def main() -> None:
 
     def images_of(rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """The rows rescaled to x.x/d = 1, as every strategy does, as images."""
-        return as_images(unit_rows(rows) * np.sqrt(rows.shape[1]), shape)
+        return as_images(scaled_unit_rows(rows), shape)
 
     data = np.load(options.images)
     shape = tuple(data["train"].shape[1:])

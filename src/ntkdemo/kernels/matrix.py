@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import InvalidParameterError
 from .conv import conv_kernels
 from .deep import fc_kernels
-from .ntk import ntk, ntk_of_unit_rows, unit_rows
+from .ntk import fold_inputs, ntk, ntk_of_unit_rows, unit_rows
 
 
 def is_default_kernel(kernel: str, depth: int, w_std: float, b_std: float) -> bool:
@@ -92,11 +92,10 @@ def kernel_of_unit_rows(
     formula = architecture is None and is_default_kernel(kernel, depth, w_std, b_std)
     if formula and not reference_scale:
         return ntk_of_unit_rows(X_unit, Y_unit, progress=progress)
-    scale = np.sqrt(X_unit.shape[1])  # x.x/d = 1, the input scale of the folds
-    scaled_Y = None if Y_unit is None else Y_unit * scale
+    scaled_Y = None if Y_unit is None else fold_inputs(Y_unit)
     if architecture is not None:
         nngp, ntk_matrix = conv_kernels(
-            X_unit * scale,
+            fold_inputs(X_unit),
             scaled_Y,
             architecture=architecture,
             w_std=w_std,
@@ -106,6 +105,6 @@ def kernel_of_unit_rows(
         )
     else:
         nngp, ntk_matrix = fc_kernels(
-            X_unit * scale, scaled_Y, depth=depth, w_std=w_std, b_std=b_std, progress=progress
+            fold_inputs(X_unit), scaled_Y, depth=depth, w_std=w_std, b_std=b_std, progress=progress
         )
     return ntk_matrix if kernel == "ntk" else nngp

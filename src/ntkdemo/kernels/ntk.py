@@ -225,8 +225,14 @@ def scaled_unit_rows(
     InvalidInputError
         As :func:`unit_rows`.
     """
-    unit = unit_rows(X, name, n_features=n_features)
-    return unit * np.sqrt(unit.shape[1])
+    return fold_inputs(unit_rows(X, name, n_features=n_features))
+
+
+def fold_inputs(X_unit: np.ndarray) -> np.ndarray:
+    """Rows of :func:`unit_rows` rescaled to norm ``sqrt(n_features)`` (``x.x/d = 1``):
+    the input scale of the layer folds (``fc_kernels``, ``conv_kernels`` and the GPU's
+    ``conv_arrays``), wherever they run."""
+    return X_unit * np.sqrt(X_unit.shape[1])
 
 
 def snap_tolerance(dtype: type) -> float:

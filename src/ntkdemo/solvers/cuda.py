@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import InvalidParameterError
 from ..kernels.conv import architecture_layers, as_images
 from ..kernels.conv_arrays import pair_kernels
-from ..kernels.ntk import snap_tolerance
+from ..kernels.ntk import fold_inputs, snap_tolerance
 from ..spec import KernelSpec
 from .base import KernelSolution, Progress, Stopwatch, wrap
 from .cholesky import factor_with_jitter
@@ -90,7 +90,7 @@ class DeviceKernel:
         cupy = require_cupy()
         if self.is_formula:
             return cupy.asarray(X_unit)
-        scaled = X_unit * np.sqrt(X_unit.shape[1])
+        scaled = fold_inputs(X_unit)
         if self.spec.architecture is None:
             return cupy.asarray(scaled.reshape(len(scaled), 1, 1, -1))
         return cupy.asarray(as_images(scaled, self.spec.image_shape))
