@@ -151,11 +151,19 @@ def _conv_plane(source, into_nngp, into_ntk, i, j):  # pragma: no cover - compil
 @jit(inline="always", error_model="numpy")
 def _rectified_plane(source, into_nngp, into_ntk, i, j, relu):  # pragma: no cover - compiled
     """:func:`_conv_plane` for :math:`p = (i, j)`, then its ReLU (:func:`_relu_plane`)
-    while the plane is in cache; ``relu`` is ``(scale, bias, tangent, map_a, map_b)``."""
-    _conv_plane(source, into_nngp, into_ntk, i, j)
+    while the plane is in cache; ``relu`` is ``(scale, bias, tangent, map_a, map_b)``.
+
+    A position of zero variance (a black patch of the first image, the bias zero) has
+    zero sources at every offset, so both planes are zero: they are written as such,
+    with no sums and no angles (a quarter of a Fashion-MNIST image's 3 x 3 patches)."""
     scale, bias, tangent, map_a, map_b = relu
     height, width = source[7], source[8]
     variance = map_a[(i + 1) * (width + 2) + j + 1]
+    if variance == 0.0:
+        into_nngp[:] = 0.0
+        into_ntk[:] = 0.0
+        return
+    _conv_plane(source, into_nngp, into_ntk, i, j)
     _relu_plane(into_nngp, into_ntk, scale, bias, tangent, variance, map_b, height, width)
 
 
