@@ -352,9 +352,9 @@ def _compiled_kernels(
 
         starts = range(0, len(rows), per_task * threads)
         for start in progress(starts) if progress else starts:
-            chunks = [
-                slice(start + t * per_task, start + (t + 1) * per_task) for t in range(threads)
-            ]
+            stop = min(start + per_task * threads, len(rows))
+            bounds = np.linspace(start, stop, threads + 1).astype(int)  # equal shares
+            chunks = [slice(bounds[t], bounds[t + 1]) for t in range(threads)]
             list(pool.map(task, chunks, range(threads)))
     nngp = np.empty((len(images_X), len(images_Y)))
     ntk = np.empty_like(nngp)
