@@ -399,6 +399,18 @@ def test_network_cost_model():
         check_networks([101], 10, 784, available=network_bytes(10, 784, 100))
 
 
+def test_whole_kernels_cost_model():
+    """NNGP and NTK of n training and m test images, and as much again: 32 n (n + m)
+    bytes; the refusal names the largest n that fits."""
+    from ntkdemo.errors import InvalidParameterError
+    from ntkdemo.theory.cost import check_whole_kernels
+
+    available = 32 * 1000 * (1000 + 300)
+    check_whole_kernels(1000, 300, available=available, option="--whole-images")
+    with pytest.raises(InvalidParameterError, match=r"--whole-images 1001: .* use at most 1000$"):
+        check_whole_kernels(1001, 300, available=available, option="--whole-images")
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

@@ -184,13 +184,41 @@ def test_theory_errors_are_one_line(tiny_dataset, tmp_path, capsys, argv, messag
     assert re.search(message, err), err
 
 
+def test_curve_whole_images_option(tiny_dataset, tmp_path, capsys, monkeypatch):
+    """``--whole-images`` sets the largest size whose kernels are held whole (larger
+    sizes run one kernel at a time, with the same accuracy), and is refused past the
+    free memory."""
+    argv = ["curve", "--dataset", str(tiny_dataset), "--train-per-class", "4"]
+    argv += ["--test-per-class", "2", "--sizes", "2,4", "--depths", "1", "--no-svc"]
+    scores = {}
+    for whole in ("12", "11"):  # 4 per class: 12 images of the 3 classes
+        out = tmp_path / whole
+        assert main([*argv, "--out", str(out), "--whole-images", whole]) == 0
+        printed = capsys.readouterr().out
+        assert ("12 images): NTK depth 1, as a run" in printed) == (whole == "11"), printed
+        scores[whole] = json.loads((out / "curve.json").read_text())["accuracy"]
+    assert scores["11"] == scores["12"]
+    monkeypatch.setattr("ntkdemo.cli.theory.free_bytes", lambda: 32 * 12 * 17)
+    code = main([*argv, "--out", str(tmp_path / "refused"), "--whole-images", "12"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--whole-images 12: the kernels of 12 training images" in err, err
+    assert err.rstrip().endswith("use at most 11"), err
+
+
 def test_learning_curve_past_whole_matrices_runs_every_kernel(tiny_dataset):
     """Sizes above whole_matrix_rows are solved as a run solves them (the plan's strategy),
     for every network and kernel, with the same accuracy as the whole-matrix path; the
     SVC above its limit is NaN there (not computed)."""
     sample = load_sample(str(tiny_dataset), 9, 5)
     networks = {"depths": [1, 2], "architectures": ["cnn-flatten-1"]}
-    whole = learning_curve(sample, [3, 9], **networks)
+    described: list[str] = []
+
+    def bars(description):
+        described.append(description)
+        return lambda chunks: chunks
+
+    whole = learning_curve(sample, [3, 9], **networks, bars=bars)
+    assert described == ["training pairs", "test pairs"]  # the conv kernels' bars
     lines: list[str] = []
     split = learning_curve(
         sample, [3, 9], **networks, whole_matrix_rows=9, svc_max_rows=9, progress=lines.append

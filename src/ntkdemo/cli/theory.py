@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidParameterError
-from ..theory.cost import check_gram, check_networks
+from ..theory.cost import check_gram, check_networks, check_whole_kernels
 from .options import (
     Console,
     add_data_options,
@@ -96,6 +96,14 @@ def add_commands(commands) -> list[str]:
         default=None,
         help="fit the SVC up to this many training images only (default: every size; "
         "libsvm runs on one core: 8 minutes at 60,000 images on one machine)",
+    )
+    curve.add_argument(
+        "--whole-images",
+        type=positive_int,
+        default=8000,
+        help="largest training set whose kernels are held whole, one computation serving "
+        "every smaller size (default: 8000, 0.5 GB a matrix); larger sizes run one kernel "
+        "at a time, so a convolutional fold is computed for the NNGP and again for the NTK",
     )
     view = curve.add_argument_group(
         "time and width",
@@ -280,6 +288,14 @@ def command_curve(options) -> int:
             f"--sizes asks for {max(sizes)} images per class but the sample has {largest}; "
             f"raise --train-per-class to {max(sizes)}"
         )
+    held = max(
+        (s * sample.n_classes for s in sizes if s * sample.n_classes <= options.whole_images),
+        default=0,
+    )
+    if held:
+        check_whole_kernels(
+            held, len(sample.y_test), available=free_bytes(), option="--whole-images"
+        )
     networks = ", ".join([f"depths {options.depths}", *options.architectures])
     say(f"kernels of {networks}, sizes per class {sizes} ...")
     curve = learning_curve(
@@ -288,8 +304,10 @@ def command_curve(options) -> int:
         depths=options.depths,
         architectures=options.architectures,
         svc_baseline=not options.no_svc,
+        whole_matrix_rows=options.whole_images,
         svc_max_rows=options.svc_max_images,
         progress=say,
+        bars=say.progress,
     )
     models = list(curve.accuracy)
 

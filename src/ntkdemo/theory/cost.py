@@ -6,8 +6,11 @@ weights and their gradients (:math:`2 d m`) and a handful of :math:`n \times m` 
 gradient step costs about :math:`6 n d m` flops (two products forward and back, each
 :math:`2 n d m`, and the readout's). A Gram matrix of :math:`p` points for an
 eigendecomposition holds about four :math:`p \times p` arrays (kernel, products,
-LAPACK's workspace). A request past the free memory, or past :data:`MAX_SECONDS` at a
-stated rate, is refused in one line naming the size that fits.
+LAPACK's workspace). A learning curve holding a network's kernels of :math:`n` training
+and :math:`m` test images whole keeps NNGP and NTK of both, :math:`2 n (n + m)` floats,
+and as much again while they are computed (a convolutional fold's pair lists) or
+solved (a block's factor). A request past the free memory, or past
+:data:`MAX_SECONDS` at a stated rate, is refused in one line naming the size that fits.
 """
 
 from __future__ import annotations
@@ -79,4 +82,23 @@ def check_gram(points: int, *, available: int, option: str) -> None:
             f"{option} {points}: its Gram matrix and eigendecomposition need about "
             f"{format_bytes(needed)}, more than the {format_bytes(available)} free; use at "
             f"most {fits}"
+        )
+
+
+def check_whole_kernels(images: int, test_images: int, *, available: int, option: str) -> None:
+    """Refuse holding a network's kernels of ``images`` training and ``test_images`` test
+    images whole (:math:`4 n (n + m)` floats, module docstring) past ``available`` bytes.
+
+    Raises
+    ------
+    InvalidParameterError
+        Naming the number of images that fits.
+    """
+    needed = 4 * 8 * images * (images + test_images)
+    if needed > available:
+        fits = int((-test_images + (test_images**2 + available / 8) ** 0.5) / 2)
+        raise InvalidParameterError(
+            f"{option} {images}: the kernels of {images} training images held whole need "
+            f"about {format_bytes(needed)}, more than the {format_bytes(available)} free; "
+            f"use at most {fits}"
         )

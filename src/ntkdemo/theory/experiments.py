@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from ..dynamics import GradientDescentDynamics, check_times
 from ..errors import InvalidParameterError
 from ..kernels import fc_kernels, ntk, scaled_unit_rows
 from ..solvers import one_hot, predict, solve
+from ..solvers.base import Progress, wrap
 from ..validation import check_positive_int
 from .network import OneHiddenLayerNet, train_network, train_network_sgd
 
@@ -63,6 +65,7 @@ def learning_curve(
     whole_matrix_rows: int = 8000,
     svc_max_rows: int | None = None,
     progress: Callable[[str], None] | None = None,
+    bars: Progress | None = None,
 ) -> LearningCurve:
     """Test accuracy of kernel regression (NTK and NNGP) and an RBF SVC against size.
 
@@ -94,6 +97,9 @@ def learning_curve(
     progress : callable, optional
         Receives a line as each kernel, large size or large SVC fit starts, and the
         accuracy of each large one as it ends (so a stopped curve keeps what it found).
+    bars : callable, optional
+        A progress bar for a description (as the strategies take it): the
+        convolutional kernels' chunks of image pairs.
     """
     from ..demo import run_demo
     from ..kernels.conv import conv_kernels
@@ -119,12 +125,11 @@ def learning_curve(
                 progress(f"{spec.architecture} kernels of {len(held.X_train)} training images")
             X_train, X_test = scaled_unit_rows(held.X_train), scaled_unit_rows(held.X_test)
             shape = sample.image_shape
-            train_kernels = conv_kernels(
-                X_train, architecture=spec.architecture, w_std=spec.w_std, image_shape=shape
+            network = partial(
+                conv_kernels, architecture=spec.architecture, w_std=spec.w_std, image_shape=shape
             )
-            test_kernels = conv_kernels(
-                X_test, X_train, architecture=spec.architecture, w_std=spec.w_std, image_shape=shape
-            )
+            train_kernels = network(X_train, progress=wrap(bars, "training pairs"))
+            test_kernels = network(X_test, X_train, progress=wrap(bars, "test pairs"))
         for name, K, K_test in zip(("NNGP", "NTK"), train_kernels, test_kernels):
             scores = np.full(len(sizes), np.nan)
             for index in np.flatnonzero(whole):
