@@ -220,9 +220,17 @@ def test_learning_curve_past_whole_matrices_runs_every_kernel(tiny_dataset):
     whole = learning_curve(sample, [3, 9], **networks, bars=bars)
     assert described == ["training pairs", "test pairs"]  # the conv kernels' bars
     lines: list[str] = []
+    described.clear()
     split = learning_curve(
-        sample, [3, 9], **networks, whole_matrix_rows=9, svc_max_rows=9, progress=lines.append
+        sample,
+        [3, 9],
+        **networks,
+        whole_matrix_rows=9,
+        svc_max_rows=9,
+        progress=lines.append,
+        bars=bars,
     )
+    assert "kernel blocks" in described  # the runs past whole_matrix_rows (Cholesky)
     found = f"{whole.accuracy['NTK depth 2'][1]:.4f}"
     assert f"  NTK depth 2 at {9 * sample.n_classes} images: test accuracy {found}" in lines
     assert set(split.accuracy) == set(whole.accuracy) >= {"NNGP depth 2", "NTK cnn-flatten-1"}

@@ -99,7 +99,7 @@ def learning_curve(
         accuracy of each large one as it ends (so a stopped curve keeps what it found).
     bars : callable, optional
         A progress bar for a description (as the strategies take it): the
-        convolutional kernels' chunks of image pairs.
+        convolutional kernels' chunks of image pairs, and the runs' blocks and iterations.
     """
     from ..demo import run_demo
     from ..kernels.conv import conv_kernels
@@ -150,7 +150,8 @@ def learning_curve(
                 if progress:
                     progress(f"{sizes[index]} per class ({n} images): {name} {label}, as a run")
                 scores = accuracy.setdefault(f"{name} {label}", np.full(len(sizes), np.nan))
-                run = run_demo(part, replace(spec, kernel=name.lower()), spectrum_rows=10)
+                one = replace(spec, kernel=name.lower())
+                run = run_demo(part, one, spectrum_rows=10, progress=bars)
                 scores[index] = run.test_report.accuracy
                 if progress:
                     progress(f"  {name} {label} at {n} images: test accuracy {scores[index]:.4f}")
