@@ -274,7 +274,7 @@ def command_curve(options) -> int:
     """``ntkdemo curve``: learning curves."""
     from ..figures import learning_curve_figure
     from ..outputs import prepare_out_dir
-    from ..theory.experiments import learning_curve
+    from ..theory.experiments import held_images, learning_curve
 
     say = Console(options.quiet)
     out = prepare_out_dir(options.out, options.command)
@@ -288,10 +288,7 @@ def command_curve(options) -> int:
             f"--sizes asks for {max(sizes)} images per class but the sample has {largest}; "
             f"raise --train-per-class to {max(sizes)}"
         )
-    held = max(
-        (s * sample.n_classes for s in sizes if s * sample.n_classes <= options.whole_images),
-        default=0,
-    )
+    held = held_images(sizes, sample.n_classes, options.whole_images)
     if held:
         check_whole_kernels(
             held, len(sample.y_test), available=free_bytes(), option="--whole-images"

@@ -12,7 +12,7 @@ network (:mod:`ntkdemo.network`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -53,6 +53,13 @@ class LearningCurve:
 
     sizes: np.ndarray
     accuracy: dict[str, np.ndarray]
+
+
+def held_images(sizes_per_class: Iterable[int], n_classes: int, whole_matrix_rows: int) -> int:
+    """Training images whose kernels :func:`learning_curve` holds whole: the largest size
+    of at most ``whole_matrix_rows`` images (0 if none is)."""
+    images = [size * n_classes for size in sizes_per_class]
+    return max((n for n in images if n <= whole_matrix_rows), default=0)
 
 
 def learning_curve(
@@ -110,7 +117,9 @@ def learning_curve(
     whole = images <= whole_matrix_rows
     targets = one_hot(sample.y_train, sample.n_classes)
     accuracy: dict[str, np.ndarray] = {}
-    held = replace(sample, X_train=sample.X_train[: max(images[whole], default=0)])
+    held = replace(
+        sample, X_train=sample.X_train[: held_images(sizes, sample.n_classes, whole_matrix_rows)]
+    )
     networks = [(f"depth {depth}", KernelSpec(depth=depth)) for depth in depths] + [
         (name, KernelSpec(architecture=name, image_shape=sample.image_shape))
         for name in architectures
