@@ -198,6 +198,8 @@ def test_command_line_and_estimator_take_an_architecture(tiny_dataset, tmp_path,
         {"kernel": "nngp", "depth": 2},
         {"architecture": "cnn-gap-1", "w_std": 2**0.5, "image_shape": (8, 8, 3)},
         {"architecture": "cnn-flatten-2", "kernel": "nngp", "image_shape": (8, 8, 3)},
+        {"depth": 2, "flip": True, "image_shape": (8, 8, 3)},
+        {"architecture": "cnn-gap-1", "flip": True, "image_shape": (8, 8, 3)},
     ],
 )
 @pytest.mark.parametrize("storage", [np.float64, np.float32])

@@ -309,8 +309,9 @@ def test_a_cluster_without_memory_is_named_as_such():
     [
         KernelSpec(depth=2, w_std=1.4, b_std=0.1),
         KernelSpec(architecture="cnn-gap-1", w_std=2**0.5, image_shape=(8, 8, 3)),
+        KernelSpec(architecture="cnn-gap-1", image_shape=(8, 8, 3), flip=True),
     ],
-    ids=["fc-2", "cnn-gap-1"],
+    ids=["fc-2", "cnn-gap-1", "cnn-gap-1-mirrors"],
 )
 def test_dask_serves_deep_and_convolutional_kernels(spec):
     """The workers build their parts' strips from the spec (KernelSpec.matrix) and

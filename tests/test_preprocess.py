@@ -75,4 +75,5 @@ def test_command_line_takes_zca_and_flips(tiny_dataset, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["arguments"]["zca"] == 0.1 and metrics["arguments"]["flip"] is True
-    assert len(metrics["train_indices"]) == 30  # 15 images and their mirrors
+    assert metrics["flips"] == "kernel averaged"  # the one-layer NTK is mirror symmetric
+    assert len(metrics["train_indices"]) == 15  # the originals: their mirrors live in the kernel

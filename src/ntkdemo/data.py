@@ -78,6 +78,8 @@ class SampleDraw:
     ----------
     n_values : int
         Values per image (from the first one, decoded to find out).
+    image_shape : tuple of int
+        The first image's shape, as :class:`Sample`'s.
     Others as :class:`Sample`; ``splits`` and ``split_names`` are the train and test
     ``datasets`` splits and their names.
     """
@@ -93,6 +95,7 @@ class SampleDraw:
     class_names: tuple[str, ...]
     classes: tuple[int, ...]
     n_values: int
+    image_shape: tuple[int, ...]
 
     @property
     def n_classes(self) -> int:
@@ -330,7 +333,7 @@ def draw_sample(
         class_names=class_names,
     )
     relabel = {label: position for position, label in enumerate(chosen_classes)}
-    first, _ = decode_images(train, train_rows[:1], image_column, source, train_split)
+    first, first_shape = decode_images(train, train_rows[:1], image_column, source, train_split)
     return SampleDraw(
         source=source,
         splits=(train, test),
@@ -343,6 +346,7 @@ def draw_sample(
         class_names=class_names,
         classes=tuple(chosen_classes),
         n_values=int(first.shape[1]),
+        image_shape=tuple(first_shape),
     )
 
 

@@ -94,7 +94,7 @@ def run_demo(
     """
     spec = spec or KernelSpec()
     _check_sample(sample)
-    if spec.architecture is not None and not spec.image_shape:
+    if (spec.architecture is not None or spec.flip) and not spec.image_shape:
         spec = replace(spec, image_shape=tuple(sample.image_shape))
     n_train, n_features = sample.X_train.shape
     plan = plan or plan_memory(

@@ -14,7 +14,9 @@ Networks") do for convolutional kernels:
   and every image (training and test) becomes :math:`x W`. Large :math:`\epsilon`
   approaches the centred images up to a scale; small ones flatten the spectrum.
 * **Flips**: each training image mirrored left to right is added with its label (the
-  test images are left alone).
+  test images are left alone). Where the kernel is mirror symmetric the same network is
+  kernel regression on the originals with the kernel averaged over mirrors
+  (:mod:`ntkdemo.kernels.mirror`): :func:`flip_kernel` decides which form a run takes.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import numpy as np
 
 from .data import Sample
 from .errors import InvalidParameterError
+from .kernels.mirror import is_mirror_symmetric, mirrored
+from .spec import KernelSpec
 from .validation import check_nonnegative_float
 
-__all__ = ["with_flips", "zca_whitened"]
+__all__ = ["flip_kernel", "with_flips", "zca_whitened"]
 
 
-def zca_whitened(sample: Sample, epsilon: float) -> Sample:
+def zca_whitened(sample: Sample, epsilon: float, *, with_mirrors: bool = False) -> Sample:
     r"""``sample`` with its images ZCA-whitened, the transform fitted on the training
     images (module docstring).
 
@@ -40,6 +44,10 @@ def zca_whitened(sample: Sample, epsilon: float) -> Sample:
     epsilon : float
         Regularisation :math:`\epsilon > 0`, relative to the mean eigenvalue (0.1 is a
         common choice).
+    with_mirrors : bool, default=False
+        Fit on the training images and their mirrors, as :func:`with_flips` would add
+        them (the covariance then commutes with the mirror, and so does the transform:
+        the form of ``--flip`` that averages the kernel over mirrors).
 
     Returns
     -------
@@ -58,6 +66,9 @@ def zca_whitened(sample: Sample, epsilon: float) -> Sample:
         )
     X_train = _centred(sample.X_train)
     covariance = X_train.T @ X_train / len(X_train)
+    if with_mirrors:
+        mirrors = mirrored(X_train, _image_shape(sample))
+        covariance = (covariance + mirrors.T @ mirrors / len(mirrors)) / 2
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)
     eigenvalues = np.maximum(eigenvalues, 0.0)
     scale = 1.0 / np.sqrt(eigenvalues + epsilon * eigenvalues.mean())
@@ -76,18 +87,62 @@ def with_flips(sample: Sample) -> Sample:
     InvalidParameterError
         If the sample does not know its image shape.
     """
+    mirrors = mirrored(sample.X_train, _image_shape(sample))
+    return replace(
+        sample,
+        X_train=np.vstack([sample.X_train, mirrors]),
+        y_train=np.concatenate([sample.y_train, sample.y_train]),
+        train_indices=np.concatenate([sample.train_indices, sample.train_indices]),
+    )
+
+
+def flip_kernel(
+    spec: KernelSpec, image_shape: tuple[int, ...], device: str = "cpu"
+) -> tuple[KernelSpec | None, str]:
+    """How a run trains on its images and their mirrors: the decision, made once.
+
+    The kernel averaged over mirrors on the ``n`` originals, where the kernel is mirror
+    symmetric on ``image_shape`` and the device is the CPU (the GPU's kernels do not
+    average); else the ``2 n`` images of :func:`with_flips`. Both are the same network.
+
+    Parameters
+    ----------
+    spec : KernelSpec
+        The run's kernel, ridge and time, as for the ``2 n`` images.
+    image_shape : tuple of int
+    device : {"cpu", "cuda"}
+
+    Returns
+    -------
+    spec : KernelSpec or None
+        ``spec`` averaged over mirrors with half its ridge (the ridge of the ``2 n``
+        images' system, :mod:`ntkdemo.kernels.mirror`), or None where the mirrored
+        images are to be added.
+    how : str
+        One line for the console.
+    """
+    if device != "cpu":
+        return None, "flips: the mirrored training images added (the GPU's kernels do not average)"
+    if not is_mirror_symmetric(spec.architecture, image_shape):
+        return None, (
+            f"flips: the mirrored training images added (the kernel of {spec.architecture} is "
+            f"not mirror symmetric on images of {tuple(image_shape)}: an AvgPool sees an odd width)"
+        )
+    averaged = replace(spec, flip=True, image_shape=tuple(image_shape), ridge=spec.ridge / 2)
+    halved = f"; ridge {spec.ridge:g} of 2n images is {averaged.ridge:g} here" if spec.ridge else ""
+    return averaged, (
+        "flips: the kernel averaged over each training image and its mirror, "
+        f"(K(x,y) + K(x,Fy))/2: the network trained on 2n images, solved on n{halved}"
+    )
+
+
+def _image_shape(sample: Sample) -> tuple[int, ...]:
+    """The sample's image shape, which mirrors need."""
     if not sample.image_shape:
         raise InvalidParameterError(
             "--flip needs the images' shape; load the sample with ntkdemo.load_sample"
         )
-    images = sample.X_train.reshape(len(sample.X_train), *sample.image_shape)
-    mirrored = images[:, :, ::-1].reshape(len(images), -1)
-    return replace(
-        sample,
-        X_train=np.vstack([sample.X_train, mirrored]),
-        y_train=np.concatenate([sample.y_train, sample.y_train]),
-        train_indices=np.concatenate([sample.train_indices, sample.train_indices]),
-    )
+    return tuple(sample.image_shape)
 
 
 def _centred(X: np.ndarray) -> np.ndarray:

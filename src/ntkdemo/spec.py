@@ -1,8 +1,8 @@
 """What a run computes: the kernel and how the network is read out, validated once.
 
 A :class:`KernelSpec` names the kernel (the one-layer formula, a deep fully connected
-or a convolutional NTK/NNGP with weight and bias scales), the ridge and the training
-time. Every layer below the
+or a convolutional NTK/NNGP with weight and bias scales, averaged over mirrors or not),
+the ridge and the training time. Every layer below the
 command line receives one and trusts it: the decisions that depend on it (is this the
 one-layer formula the fast paths serve? converged network or finite time?) are its
 properties, made here once.
@@ -21,6 +21,7 @@ from .dynamics import check_times
 from .errors import InvalidParameterError
 from .kernels.conv import architecture_layers
 from .kernels.matrix import is_default_kernel, kernel_of_unit_rows
+from .kernels.mirror import is_mirror_symmetric
 from .validation import check_nonnegative_float, check_positive_int
 
 
@@ -47,12 +48,19 @@ class KernelSpec:
         is the fully connected network of depth L (it sets ``depth``).
     image_shape : tuple of int, default=()
         ``(H, W)`` or ``(H, W, C)`` of one image, which a convolutional architecture
-        needs to see the flat rows as images (``run_demo`` takes it from the sample).
+        and ``flip`` need to see the flat rows as images (``run_demo`` takes it from the
+        sample).
+    flip : bool, default=False
+        The kernel averaged over left-right mirrors, :math:`(K(x, y) + K(x, Fy)) / 2`
+        (:mod:`ntkdemo.kernels.mirror`): on the original images, the network trained on
+        them and their mirrors (whose ridge is twice this one). Needs a mirror-symmetric
+        kernel (every ``AvgPool`` of the architecture sees an even width).
 
     Raises
     ------
     InvalidParameterError
-        If a value is out of range, or a ridge is combined with a time.
+        If a value is out of range, a ridge is combined with a time, or ``flip`` with a
+        kernel that is not mirror symmetric on ``image_shape``.
     """
 
     kernel: str = "ntk"
@@ -63,6 +71,7 @@ class KernelSpec:
     time: float | None = None
     architecture: str | None = None
     image_shape: tuple[int, ...] = ()
+    flip: bool = False
 
     def __post_init__(self) -> None:
         if self.kernel not in ("ntk", "nngp"):
@@ -97,6 +106,18 @@ class KernelSpec:
                     f"ridge={self.ridge:g} and time={self.time:g} cannot be combined: the "
                     "time is that of plain gradient descent; drop one of them"
                 )
+        if self.flip and self.image_shape and not self.mirror_symmetric:
+            raise InvalidParameterError(
+                f"the kernel of {self.architecture} on images of {self.image_shape} is not "
+                "mirror symmetric (an AvgPool sees an odd width), so it cannot be averaged "
+                "over mirrors; add the mirrored images instead (ntkdemo.preprocess.with_flips)"
+            )
+
+    @property
+    def mirror_symmetric(self) -> bool:
+        """Whether :math:`K(Fx, Fy) = K(x, y)` for left-right mirrors ``F`` of images of
+        ``image_shape`` (:func:`~ntkdemo.kernels.mirror.is_mirror_symmetric`)."""
+        return is_mirror_symmetric(self.architecture, self.image_shape)
 
     @property
     def is_one_layer_formula(self) -> bool:
@@ -104,13 +125,18 @@ class KernelSpec:
         return (
             self.time is None
             and self.architecture is None
+            and not self.flip
             and is_default_kernel(self.kernel, self.depth, self.w_std, self.b_std)
         )
 
     def describe(self) -> str:
         """The network in a few words, for the console."""
         network = self.architecture or f"fc-{self.depth}"
-        return f"{self.kernel.upper()} of {network} (w_std {self.w_std:g}, b_std {self.b_std:g})"
+        mirrors = ", averaged over mirrors" if self.flip else ""
+        return (
+            f"{self.kernel.upper()} of {network} (w_std {self.w_std:g}, b_std {self.b_std:g})"
+            f"{mirrors}"
+        )
 
     def matrix(
         self,
@@ -124,12 +150,13 @@ class KernelSpec:
         A finite time fixes what a unit of time means, so then the kernel is in
         neural-tangents' scale (:func:`ntkdemo.kernels.fc_kernels`). A convolutional
         architecture sees the rows rescaled to ``x.x/d = 1`` as images of
-        ``image_shape`` (:func:`ntkdemo.kernels.conv_kernels`).
+        ``image_shape`` (:func:`ntkdemo.kernels.conv_kernels`). With ``flip`` the
+        kernel is averaged over the mirrors of ``Y_unit``.
         """
-        if self.architecture is not None and not self.image_shape:
+        if (self.architecture is not None or self.flip) and not self.image_shape:
+            needs = f"architecture {self.architecture!r}" if self.architecture else "flip"
             raise InvalidParameterError(
-                f"architecture {self.architecture!r} needs the images' shape: pass "
-                "image_shape=(H, W) or (H, W, C)"
+                f"{needs} needs the images' shape: pass image_shape=(H, W) or (H, W, C)"
             )
         return kernel_of_unit_rows(
             X_unit,
@@ -141,5 +168,6 @@ class KernelSpec:
             architecture=self.architecture,
             image_shape=self.image_shape,
             reference_scale=self.time is not None,
+            flip=self.flip,
             progress=progress,
         )

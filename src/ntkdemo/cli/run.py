@@ -119,6 +119,7 @@ def command_run(options) -> int:
     """``ntkdemo run``: the end-to-end demo."""
     from ..outputs import prepare_out_dir
     from ..plan import plan_memory
+    from ..preprocess import flip_kernel
     from ..process_status import record
     from ..spec import KernelSpec
 
@@ -136,8 +137,15 @@ def command_run(options) -> int:
     with _engine(options) as strategies:
         started = time.perf_counter()
         draw = draw_from_options(options, say)
+        averaged, flips = (
+            flip_kernel(spec, draw.image_shape, options.device) if options.flip else (None, "")
+        )
+        spec = averaged or spec
+        mirrors_added = options.flip and averaged is None
+        if flips:
+            say(flips)
         plan = plan_memory(
-            len(draw.y_train) * (2 if options.flip else 1),
+            len(draw.y_train) * (2 if mirrors_added else 1),
             len(draw.y_test),
             draw.n_values,
             draw.n_classes,
@@ -156,17 +164,19 @@ def command_run(options) -> int:
         from ..preprocess import with_flips, zca_whitened
 
         test_images = sample.X_test  # as decoded, for the figure
-        if options.flip:
+        if mirrors_added:
             sample = with_flips(sample)
         if options.zca is not None:
-            sample = zca_whitened(sample, options.zca)
+            sample = zca_whitened(sample, options.zca, with_mirrors=spec.flip)
 
         if spec.architecture is not None:
             say(_conv_estimate(spec, sample, options.device))
         result = run_demo(sample, spec, plan=plan, progress=say.progress, report=say)
     result.timings = {"load": load_seconds, **result.timings}
     record("write")
-    _write_run(out, options, sample, result, test_images)  # first: a closed pipe loses none
+    flip_form = "kernel averaged" if spec.flip else "mirrors added" if options.flip else None
+    # written first: a closed pipe loses none
+    _write_run(out, options, sample, result, test_images, flip_form)
     _print_run(say, sample, result)
     lines = len(options.diagnostics.lines)
     logged = f", log.txt ({lines} lines)" if lines else ""
@@ -178,7 +188,8 @@ def _conv_estimate(spec, sample, device: str) -> str:
     """One line: how long the convolutional kernel will take here, from per-pair costs
     measured now: its spectrum's rows (on the CPU), then on the CPU the training Gram
     twice (the training outputs are computed afresh, not from the factorised matrix)
-    and the test rows, on a GPU the training Gram once and the test rows."""
+    and the test rows, each twice over when averaged over mirrors (the pairs with the
+    mirrors too), on a GPU the training Gram once and the test rows."""
     from dataclasses import replace
 
     from ..demo import spectrum_rows_for
@@ -202,7 +213,8 @@ def _conv_estimate(spec, sample, device: str) -> str:
             f"{spectrum_pairs:,} for the spectrum on the CPU at {per_pair * 1e3:.2f} ms"
         )
     else:
-        pairs = n_train * (n_train + 1) + spectrum_pairs + n_test * n_train
+        mirrors = 2 if spec.flip else 1
+        pairs = mirrors * (n_train * (n_train + 1) + spectrum_pairs + n_test * n_train)
         seconds = pairs * per_pair
         costs = f"{pairs:,} image pairs at {per_pair * 1e3:.2f} ms each"
     when = f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
@@ -256,8 +268,11 @@ def _print_run(say: Console, sample, result) -> None:
         say(f"{name:<{width}}  " + " ".join(f"{v:4d}" for v in test.confusion[index]))
 
 
-def _write_run(out: OutputSet, options, sample, result, test_images: np.ndarray) -> None:
-    """metrics.json and the figures; ``test_images`` as decoded (before --zca)."""
+def _write_run(
+    out: OutputSet, options, sample, result, test_images: np.ndarray, flip_form: str | None
+) -> None:
+    """metrics.json and the figures; ``test_images`` as decoded (before --zca);
+    ``flip_form`` how ``--flip`` trained on the mirrors, if it did."""
     from ..figures import confusion_figure, prediction_grid, spectrum_figure
 
     eigenvalues = result.eigenvalues
@@ -278,6 +293,7 @@ def _write_run(out: OutputSet, options, sample, result, test_images: np.ndarray)
                 "test": len(sample.y_test),
                 "features": int(sample.X_train.shape[1]),
             },
+            "flips": flip_form,
             "test_accuracy": test.accuracy,
             "train_accuracy": train.accuracy,
             "test_correct": test.n_correct,

@@ -5,7 +5,9 @@
 * :mod:`~ntkdemo.kernels.conv` -- the same fold for convolutional networks (with
   :mod:`~ntkdemo.kernels.conv_loops`, its compiled loops);
 * :mod:`~ntkdemo.kernels.matrix` -- the kernel a run uses, chosen by name;
-* :mod:`~ntkdemo.kernels.blocks` -- block assembly and mirroring.
+* :mod:`~ntkdemo.kernels.blocks` -- block assembly and mirroring;
+* :mod:`~ntkdemo.kernels.mirror` -- left-right mirrors of images, and kernels averaged
+  over them (``--flip``).
 
 This layer imports nothing from the solvers, the plan or the command line.
 """

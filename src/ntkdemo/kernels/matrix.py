@@ -4,12 +4,14 @@ fold or a convolutional one; every choice between them is made here."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 
 import numpy as np
 
 from ..errors import InvalidParameterError
 from .conv import conv_kernels
 from .deep import fc_kernels
+from .mirror import mirror_averaged
 from .ntk import fold_inputs, ntk, ntk_of_unit_rows, unit_rows
 
 
@@ -84,11 +86,27 @@ def kernel_of_unit_rows(
     architecture: str | None = None,
     image_shape: tuple[int, ...] = (),
     reference_scale: bool = False,
+    flip: bool = False,
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> np.ndarray:
     """:func:`kernel_matrix` (float64) of rows already normalised by :func:`unit_rows`;
     with an ``architecture``, :func:`conv_kernels` of the rows rescaled to ``x.x/d = 1``
-    seen as images of ``image_shape``."""
+    seen as images of ``image_shape``; with ``flip``, that kernel averaged over the
+    mirrors of its second argument (:func:`~ntkdemo.kernels.mirror.mirror_averaged`, the
+    network trained on the images and their mirrors; the kernel must be mirror
+    symmetric on ``image_shape``)."""
+    if flip:
+        plain = partial(
+            kernel_of_unit_rows,
+            kernel=kernel,
+            depth=depth,
+            w_std=w_std,
+            b_std=b_std,
+            architecture=architecture,
+            image_shape=image_shape,
+            reference_scale=reference_scale,
+        )
+        return mirror_averaged(plain, X_unit, Y_unit, image_shape, progress)
     formula = architecture is None and is_default_kernel(kernel, depth, w_std, b_std)
     if formula and not reference_scale:
         return ntk_of_unit_rows(X_unit, Y_unit, progress=progress)

@@ -172,7 +172,8 @@ def _ntk_map(cupy):
 class CudaSolver:
     """Strategy: the float64 kernel and its Cholesky factor in GPU memory.
 
-    Serves every kernel at convergence.
+    Serves every kernel at convergence, not averaged over mirrors (with ``--flip`` the
+    mirrored images are added instead, :func:`ntkdemo.preprocess.flip_kernel`).
     Its memory is the GPU's: the plan (:mod:`ntkdemo.plan`) compares
     :meth:`estimate_bytes` with :meth:`available_bytes`, once.
     """
@@ -182,7 +183,7 @@ class CudaSolver:
     in_process: bool = False
 
     def serves(self, spec: KernelSpec) -> bool:
-        return spec.time is None
+        return spec.time is None and not spec.flip
 
     def describe(self) -> str:
         return "float64 kernel and Cholesky factor on the GPU"

@@ -1,0 +1,126 @@
+r"""Left-right mirrors of images, and kernels averaged over them.
+
+Let :math:`F` mirror an image left to right and let the kernel be mirror symmetric,
+:math:`K(Fx, Fy) = K(x, y)`. Training on the images :math:`X` and their mirrors
+:math:`FX` (labels repeated) is then kernel regression on the originals alone with
+
+.. math:: \bar K(x, y) = \tfrac12 \big(K(x, y) + K(x, Fy)\big).
+
+Proof: the Gram matrix of :math:`[X; FX]` is :math:`G = [[A, B], [B, A]]` with
+:math:`A = K(X, X)` and :math:`B = K(X, FX)`, which is symmetric (:math:`K(x_i, Fx_j) =
+K(Fx_i, x_j) = K(x_j, Fx_i)`). On vectors :math:`[v; v]` it acts as :math:`2 \bar K`,
+so the coefficients of the targets :math:`[Y; Y]` are :math:`[a; a]` with
+:math:`2 \bar K a = Y` and every prediction is :math:`K(x, X) a + K(x, FX) a = \bar
+K(x, X) \bar K^{-1} Y`. The same steps give, for a ridge :math:`\lambda` on :math:`G`,
+:math:`\bar K + \tfrac{\lambda}{2} I`, and for gradient-descent time :math:`t` (the
+kernel divided by the training set's size, here :math:`2n` against :math:`n`) the same
+:math:`t`. The network is the same; its Gram matrix has :math:`n` rows, not :math:`2n`,
+and leaves out the eigenvalues of :math:`A - B`, which nearly symmetric images (a
+T-shirt and its mirror) push towards 0.
+
+Mirror symmetry holds for every fully connected kernel (a mirror permutes the
+features, keeping inner products) and for the convolutional ones when each ``AvgPool``
+sees an even width (a 'VALID' pool of odd width drops the last column, not the first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from ..errors import InvalidParameterError
+from .blocks import mirror_upper
+from .conv import AvgPool, Layer, architecture_layers
+
+KernelFunction = Callable[..., np.ndarray]
+"""``kernel(X, Y=None, progress=None)``: the matrix of the rows of X against those of Y."""
+
+STRIP_ENTRIES = 2**24
+"""Entries of one strip of :math:`K(X, FX)` in a symmetric matrix (128 MB of float64)."""
+
+
+def mirrored(X: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
+    """Flat rows of images mirrored left to right (each row reversed along the width).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, H * W * C)
+    image_shape : tuple of int
+        ``(H, W)`` or ``(H, W, C)``.
+
+    Returns
+    -------
+    ndarray of shape (n, H * W * C)
+    """
+    images = np.asarray(X).reshape(len(X), *image_shape)
+    return images[:, :, ::-1].reshape(len(X), -1)
+
+
+def is_mirror_symmetric(
+    architecture: str | Sequence[Layer] | None, image_shape: tuple[int, ...]
+) -> bool:
+    """Whether the kernel of ``architecture`` on images of ``image_shape`` satisfies
+    :math:`K(Fx, Fy) = K(x, y)` (module docstring): always for a fully connected network
+    (``None`` or ``fc-L``), else when every ``AvgPool`` sees an even width."""
+    if architecture is None:
+        return True
+    layers = architecture_layers(architecture) if isinstance(architecture, str) else architecture
+    width = image_shape[1]
+    for layer in layers:
+        if isinstance(layer, AvgPool):
+            if width % 2:
+                return False
+            width //= 2
+    return True
+
+
+def mirror_averaged(
+    kernel: KernelFunction,
+    X: np.ndarray,
+    Y: np.ndarray | None,
+    image_shape: tuple[int, ...],
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> np.ndarray:
+    r""":math:`\bar K(X, Y) = (K(X, Y) + K(X, FY)) / 2` of a mirror-symmetric ``kernel``.
+
+    Without ``Y`` the matrix is symmetric: :math:`K(X, FX)` is symmetric too, so only
+    its upper triangle is computed, in strips of rows against the rows from theirs on
+    (about :math:`n^2 / 2` pairs, not :math:`n^2`), and the sum is mirrored, exactly
+    symmetric.
+
+    Parameters
+    ----------
+    kernel : callable
+        ``kernel(X, Y=None, progress=None)``, mirror symmetric (not checked here).
+    X, Y : ndarray of shape (n, H * W * C)
+        Flat rows of images.
+    image_shape : tuple of int
+    progress : callable, optional
+        Wraps the iterators of ``kernel``'s blocks, and of the strips.
+
+    Returns
+    -------
+    ndarray of shape (len(X), len(Y))
+    """
+    if not image_shape:
+        raise InvalidParameterError(
+            "a kernel averaged over mirrors needs the images' shape: pass image_shape=(H, W) "
+            "or (H, W, C)"
+        )
+    K = kernel(X, Y, progress=progress)
+    if Y is not None:
+        K += kernel(X, mirrored(Y, image_shape), progress=progress)
+        K *= 0.5
+        return K
+    mirrors = mirrored(X, image_shape)
+    n = len(X)
+    rows_per_strip = max(1, min(-(-n // 16), STRIP_ENTRIES // max(n, 1)))
+    starts = range(0, n, rows_per_strip)
+    for start in progress(starts) if progress else starts:
+        rows = slice(start, min(start + rows_per_strip, n))
+        upper = K[rows, start:]
+        upper += kernel(X[rows], mirrors[start:])
+        upper *= 0.5
+    mirror_upper(K)
+    return K
