@@ -253,3 +253,32 @@ def test_relu_angle_is_arctan2_within_two_ulp():
     assert ulps.max() <= 2.0
     edges = angles(np.zeros(3), np.array([2.0, -3.0, 0.0]))
     np.testing.assert_array_equal(edges, [0.0, np.pi, 0.0])
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_every_long_stage_of_a_conv_run_shows_progress(flip):
+    """The kernel, the training outputs computed afresh and the predictions of a
+    convolutional kernel (minutes to hours each) each reach the progress bar; averaged
+    over mirrors, the strips of K(X, FX) too."""
+    from ntkdemo.kernels import unit_rows
+    from ntkdemo.solvers import CholeskySolver, one_hot
+    from ntkdemo.spec import KernelSpec
+
+    seen: list[str] = []
+
+    def progress(description):
+        def record(iterable):
+            for item in iterable:
+                seen.append(description)
+                yield item
+
+        return record
+
+    rng = np.random.default_rng(9)
+    X_unit = unit_rows(rng.random((20, 64)))
+    spec = KernelSpec(architecture="cnn-gap-1", image_shape=(8, 8), flip=flip)
+    fitted = CholeskySolver().fit(X_unit, one_hot(np.arange(20) % 2, 2), spec, progress=progress)
+    fitted.predict(unit_rows(rng.random((5, 64))), progress=progress)
+    assert {"kernel blocks", "training outputs", "prediction blocks"} == set(seen)
+    # the plain kernel's one chunk, then K(X, FX)'s upper strips of ceil(20 / 16) rows
+    assert seen.count("kernel blocks") == (1 + 10 if flip else 1)

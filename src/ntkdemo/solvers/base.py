@@ -169,16 +169,17 @@ def kernel_outputs(
     X_train_unit: np.ndarray | None,
     coef: np.ndarray,
     progress: Progress | None = None,
+    description: str = "prediction blocks",
 ) -> np.ndarray:
     """:math:`K(X, X_{train}) A`, checked finite; ``X_train_unit=None`` for the training
-    rows themselves (then the one-layer formula computes half the blocks)."""
+    rows themselves (then the kernel computes half the blocks). ``progress`` is given
+    ``description`` for the kernel's blocks."""
+    blocks = wrap(progress, description)
     with np.errstate(over="ignore", invalid="ignore"):
         if spec.is_one_layer_formula:
-            outputs = ntk_times_of_unit_rows(
-                X_unit, X_train_unit, coef, progress=wrap(progress, "prediction blocks")
-            )
+            outputs = ntk_times_of_unit_rows(X_unit, X_train_unit, coef, progress=blocks)
         else:
-            outputs = spec.matrix(X_unit, X_train_unit) @ coef
+            outputs = spec.matrix(X_unit, X_train_unit, progress=blocks) @ coef
     return check_finite_result("the outputs", outputs)
 
 

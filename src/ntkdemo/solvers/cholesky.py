@@ -286,7 +286,9 @@ class CholeskySolver:
             if spec.time is None:
                 solution = solve(K, Y, ridge=spec.ridge, overwrite_k=True)
                 del K  # now the Cholesky factor
-                train_scores = kernel_outputs(spec, X_unit, None, solution.coef)
+                train_scores = kernel_outputs(
+                    spec, X_unit, None, solution.coef, progress, "training outputs"
+                )
             else:
                 dynamics = GradientDescentDynamics(K, Y)
                 solution = KernelSolution(
