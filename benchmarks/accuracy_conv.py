@@ -4,7 +4,9 @@ and off, on ``../shared/fashion_mnist_60k``'s test images: one table.
 Every row is ``run_demo`` with the Cholesky strategy (kernel regression, ridge 0) on a
 class-balanced sample (seed 0): ``--sizes`` images per class for training, the first
 ``--test`` test images (all 3,000 by default; the pooling kernels cost milliseconds per
-image pair, so give them fewer). A row's time is printed beside it.
+image pair, so give them fewer). A row's time is printed beside it. Flips take the
+form ``ntkdemo --flip`` takes (:func:`ntkdemo.preprocess.flip_kernel`): the kernel
+averaged over mirrors where it is mirror symmetric, else the mirrored images added.
 
 Usage: ``python benchmarks/accuracy_conv.py [--architectures fc-1,cnn-flatten-3]
 [--sizes 10,100] [--test 3000] [--kernels ntk,nngp] [--variants plain,zca]``
@@ -31,7 +33,7 @@ def main() -> int:
     )
     options = parser.parse_args()
     from ntkdemo import KernelSpec, load_sample, run_demo
-    from ntkdemo.preprocess import with_flips, zca_whitened
+    from ntkdemo.preprocess import flip_kernel, with_flips, zca_whitened
 
     print(
         f"{'architecture':<15} {'kernel':<6} {'per class':>9} {'zca':>5} {'flip':>5} "
@@ -50,9 +52,12 @@ def main() -> int:
             for kernel in options.kernels.split(","):
                 for variant in options.variants.split(","):
                     zca, flip = "zca" in variant, "flip" in variant
-                    sample = with_flips(base) if flip else base
-                    sample = zca_whitened(sample, options.zca) if zca else sample
                     spec = KernelSpec(kernel=kernel, architecture=architecture, w_std=2**0.5)
+                    averaged = flip_kernel(spec, base.image_shape)[0] if flip else None
+                    spec = averaged or spec
+                    sample = with_flips(base) if flip and averaged is None else base
+                    if zca:
+                        sample = zca_whitened(sample, options.zca, with_mirrors=spec.flip)
                     start = time.perf_counter()
                     result = run_demo(sample, spec, spectrum_rows=10)
                     seconds = time.perf_counter() - start

@@ -185,7 +185,9 @@ def add_kernel_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--flip",
         action="store_true",
-        help="add each training image mirrored left to right (twice the training set)",
+        help="train on each training image and its left-right mirror: the kernel averaged "
+        "over mirrors where it is mirror symmetric (the same network on n rows), else the "
+        "mirrored images added (2n rows)",
     )
     group.add_argument(
         "--ridge",
