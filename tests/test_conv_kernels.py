@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ntkdemo.data import Sample
 from ntkdemo.errors import InvalidParameterError
 from ntkdemo.kernels import fc_kernels
 from ntkdemo.kernels.conv import (
@@ -282,3 +283,41 @@ def test_every_long_stage_of_a_conv_run_shows_progress(flip):
     assert {"kernel blocks", "training outputs", "prediction blocks"} == set(seen)
     # the plain kernel's one chunk, then K(X, FX)'s upper strips of ceil(20 / 16) rows
     assert seen.count("kernel blocks") == (1 + 10 if flip else 1)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_a_runs_pairs_are_counted_before_it_starts(flip, monkeypatch):
+    """kernel_pairs, which the time estimates multiply by a per-pair cost, counts the
+    pairs run_demo has the convolutional fold compute: exactly, and averaged over
+    mirrors within the strips' diagonal squares (about n^2 / 32)."""
+    from ntkdemo.demo import kernel_pairs, run_demo
+    from ntkdemo.kernels import matrix
+    from ntkdemo.spec import KernelSpec
+
+    computed = []
+
+    def counting(X, Y=None, **settings):
+        computed.append(len(X) * (len(X) + 1) // 2 if Y is None else len(X) * len(Y))
+        return conv_kernels(X, Y, **settings)
+
+    monkeypatch.setattr(matrix, "conv_kernels", counting)
+    rng = np.random.default_rng(10)
+    sample = Sample(
+        X_train=rng.random((40, 64)),
+        y_train=np.arange(40) % 2,
+        X_test=rng.random((7, 64)),
+        y_test=np.arange(7) % 2,
+        class_names=("a", "b"),
+        classes=(0, 1),
+        train_indices=np.arange(40),
+        test_indices=np.arange(7),
+        dataset="made here",
+        image_shape=(8, 8),
+    )
+    spec = KernelSpec(architecture="cnn-gap-1", image_shape=(8, 8), flip=flip)
+    run_demo(sample, spec, spectrum_rows=10)
+    counted = kernel_pairs(spec, 40, 7, spectrum_rows=10)
+    if flip:
+        assert counted < sum(computed) < 1.05 * counted
+    else:
+        assert sum(computed) == counted

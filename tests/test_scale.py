@@ -10,7 +10,7 @@ from ntkdemo.cli import main
 from ntkdemo.errors import InvalidParameterError, MemoryPlanError
 from ntkdemo.plan import estimate_bytes, largest_training_set, plan_memory
 from ntkdemo.solvers import CudaSolver
-from ntkdemo.units import parse_bytes
+from ntkdemo.units import format_duration, parse_bytes
 
 
 @pytest.mark.parametrize(
@@ -24,6 +24,15 @@ def test_parse_bytes(text, value):
 def test_parse_bytes_rejects(text):
     with pytest.raises(InvalidParameterError):
         parse_bytes(text)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(42.4, "42 s"), (119.4, "119 s"), (120, "2 min"), (2100, "35 min"), (7199, "120 min")]
+    + [(7200, "2.0 h"), (13300, "3.7 h")],
+)
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
 
 
 def test_plan_prefers_cholesky_then_the_triangle_then_float32_then_refuses():

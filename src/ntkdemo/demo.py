@@ -122,6 +122,19 @@ def run_demo(
     )
 
 
+def kernel_pairs(
+    spec: KernelSpec, n_train: int, n_test: int, spectrum_rows: int | None = None
+) -> int:
+    """Image pairs whose kernel :func:`run_demo` computes on the CPU: the spectrum's
+    Gram matrix, the training Gram matrix twice (the Cholesky strategy computes the
+    training outputs afresh, not from the factorised matrix) and the test rows; each
+    twice over for a kernel averaged over mirrors (its pairs with the mirrors too).
+    The cost of a convolutional run is this times a measured per-pair cost."""
+    shown = min(n_train, spectrum_rows or spectrum_rows_for(spec))
+    pairs = shown * (shown + 1) // 2 + n_train * (n_train + 1) + n_test * n_train
+    return 2 * pairs if spec.flip else pairs
+
+
 def spectrum_rows_for(spec: KernelSpec) -> int:
     """Rows of the Gram matrix whose spectrum a run shows: 2,000, or 200 for a
     convolutional kernel (whose entries cost milliseconds each)."""

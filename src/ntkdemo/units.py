@@ -1,4 +1,5 @@
-"""Sizes in bytes as people write them (``16GB``, ``500MB``, ``2e9``) and as ntkdemo prints them.
+"""Sizes in bytes as people write them (``16GB``, ``500MB``, ``2e9``) and as ntkdemo prints
+them, and durations as it prints them.
 
 Decimal units (1 GB = 10^9 bytes), as memory is reported by ``free -h --si`` and psutil.
 Standard library only: the command's thin parent process uses it too.
@@ -36,6 +37,16 @@ def parse_bytes(text: str) -> int:
             f"the memory size must be a finite number of bytes >= 1, such as 16GB, got {text!r}"
         )
     return int(value)
+
+
+def format_duration(seconds: float) -> str:
+    """``42`` -> ``"42 s"``, ``2100`` -> ``"35 min"``, ``13300`` -> ``"3.7 h"`` (seconds
+    below 2 minutes, minutes below 2 hours)."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def format_bytes(count: float) -> str:

@@ -186,14 +186,13 @@ def command_run(options) -> int:
 
 def _conv_estimate(spec, sample, device: str) -> str:
     """One line: how long the convolutional kernel will take here, from per-pair costs
-    measured now: its spectrum's rows (on the CPU), then on the CPU the training Gram
-    twice (the training outputs are computed afresh, not from the factorised matrix)
-    and the test rows, each twice over when averaged over mirrors (the pairs with the
-    mirrors too), on a GPU the training Gram once and the test rows."""
+    measured now: on the CPU the pairs of :func:`ntkdemo.demo.kernel_pairs`, on a GPU
+    the training Gram once and the test rows, with the spectrum's on the CPU."""
     from dataclasses import replace
 
-    from ..demo import spectrum_rows_for
+    from ..demo import kernel_pairs, spectrum_rows_for
     from ..kernels.conv import seconds_per_pair
+    from ..units import format_duration
 
     n_train, n_test = len(sample.y_train), len(sample.y_test)
     per_pair = seconds_per_pair(
@@ -213,12 +212,10 @@ def _conv_estimate(spec, sample, device: str) -> str:
             f"{spectrum_pairs:,} for the spectrum on the CPU at {per_pair * 1e3:.2f} ms"
         )
     else:
-        mirrors = 2 if spec.flip else 1
-        pairs = mirrors * (n_train * (n_train + 1) + spectrum_pairs + n_test * n_train)
+        pairs = kernel_pairs(spec, n_train, n_test)
         seconds = pairs * per_pair
         costs = f"{pairs:,} image pairs at {per_pair * 1e3:.2f} ms each"
-    when = f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
-    return f"kernel: about {when} here ({costs}, measured now)"
+    return f"kernel: about {format_duration(seconds)} here ({costs}, measured now)"
 
 
 @contextlib.contextmanager

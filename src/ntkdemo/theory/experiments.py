@@ -102,13 +102,14 @@ def learning_curve(
     svc_max_rows : int or None, default=None
         Largest training set the SVC is fitted on (None: every size).
     progress : callable, optional
-        Receives a line as each kernel, large size or large SVC fit starts, and the
+        Receives a line as each kernel, large size or large SVC fit starts (a
+        convolutional one with its time, from a per-pair cost measured then), and the
         accuracy of each large one as it ends (so a stopped curve keeps what it found).
     bars : callable, optional
         A progress bar for a description (as the strategies take it): the
         convolutional kernels' chunks of image pairs, and the runs' blocks and iterations.
     """
-    from ..demo import run_demo
+    from ..demo import kernel_pairs, run_demo
     from ..kernels.conv import conv_kernels
     from ..spec import KernelSpec
 
@@ -124,14 +125,19 @@ def learning_curve(
         (name, KernelSpec(architecture=name, image_shape=sample.image_shape))
         for name in architectures
     ]
+    n_test = len(sample.y_test)
     for label, spec in networks:
         train_kernels: tuple[np.ndarray, ...] = ()
         test_kernels: tuple[np.ndarray, ...] = ()
+
         if whole.any() and spec.architecture is None:
             train_kernels, test_kernels = sample_kernels(held, spec.depth)
         elif whole.any() and spec.architecture is not None:
             if progress:
-                progress(f"{spec.architecture} kernels of {len(held.X_train)} training images")
+                n_held = len(held.X_train)
+                pairs = n_held * (n_held + 1) // 2 + n_test * n_held  # both kernels at once
+                cost = _cost(spec, pairs)
+                progress(f"{spec.architecture} kernels of {n_held} training images{cost}")
             X_train, X_test = scaled_unit_rows(held.X_train), scaled_unit_rows(held.X_test)
             shape = sample.image_shape
             network = partial(
@@ -156,10 +162,13 @@ def learning_curve(
                 train_indices=sample.train_indices[:n],
             )
             for name in ("NNGP", "NTK"):
-                if progress:
-                    progress(f"{sizes[index]} per class ({n} images): {name} {label}, as a run")
-                scores = accuracy.setdefault(f"{name} {label}", np.full(len(sizes), np.nan))
                 one = replace(spec, kernel=name.lower())
+                if progress:
+                    progress(
+                        f"{sizes[index]} per class ({n} images): {name} {label}, as a run"
+                        + _cost(one, kernel_pairs(one, n, n_test, spectrum_rows=10))
+                    )
+                scores = accuracy.setdefault(f"{name} {label}", np.full(len(sizes), np.nan))
                 run = run_demo(part, one, spectrum_rows=10, progress=bars)
                 scores[index] = run.test_report.accuracy
                 if progress:
@@ -181,6 +190,21 @@ def learning_curve(
                 progress(f"  RBF SVC at {n} images: test accuracy {scores[index]:.4f}")
         accuracy["RBF SVC"] = scores
     return LearningCurve(sizes, accuracy)
+
+
+def _cost(spec, pairs: int) -> str:
+    """`` (about T here: P image pairs at C ms each, ...)`` for a convolutional kernel,
+    from a per-pair cost measured now; empty for a fully connected one (seconds)."""
+    from ..kernels.conv import seconds_per_pair
+    from ..units import format_duration
+
+    if spec.architecture is None:
+        return ""
+    per_pair = seconds_per_pair(spec.architecture, spec.image_shape, w_std=spec.w_std)
+    return (
+        f" (about {format_duration(pairs * per_pair)} here: {pairs:,} image pairs at "
+        f"{per_pair * 1e3:.2f} ms each, measured now)"
+    )
 
 
 @dataclass
