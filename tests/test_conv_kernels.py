@@ -321,3 +321,20 @@ def test_a_runs_pairs_are_counted_before_it_starts(flip, monkeypatch):
         assert counted < sum(computed) < 1.05 * counted
     else:
         assert sum(computed) == counted
+
+
+@pytest.mark.parametrize("n", [1, 2, 23])
+def test_pairs_made_round_by_round_are_the_upper_triangle_in_order(n):
+    """The rounds' pairs, made from their linear range alone, are together the strict
+    upper triangle (or every pair) in row-major order, each once."""
+    from ntkdemo.kernels.conv import _pair_count, _pairs
+
+    count = _pair_count(n, n, True)
+    pieces = [_pairs(n, n, True, a, min(a + 5, count)) for a in range(0, count, 5)]
+    rows = np.concatenate([p[0] for p in pieces]) if pieces else np.empty(0, int)
+    cols = np.concatenate([p[1] for p in pieces]) if pieces else np.empty(0, int)
+    expected = np.triu_indices(n, 1)
+    np.testing.assert_array_equal(rows, expected[0])
+    np.testing.assert_array_equal(cols, expected[1])
+    all_rows, all_cols = _pairs(3, 4, False, 0, 12)
+    np.testing.assert_array_equal(all_rows * 4 + all_cols, np.arange(12))

@@ -44,6 +44,7 @@ import numpy as np
 
 from ..errors import InvalidParameterError
 from ..validation import check_matrix, check_nonnegative_float
+from .blocks import mirror_upper
 
 __all__ = [
     "AvgPool",
@@ -240,9 +241,8 @@ def conv_kernels(
         )
     nngp, ntk = _compiled_kernels(images_X, images_Y, Y is None, layers, progress)
     if Y is None:
-        lower = np.tril_indices(len(images_X), -1)
-        nngp[lower] = nngp.T[lower]
-        ntk[lower] = ntk.T[lower]
+        mirror_upper(nngp)
+        mirror_upper(ntk)
     return nngp, ntk
 
 
@@ -271,13 +271,25 @@ def seconds_per_pair(
     return (time.perf_counter() - start) / (images * (images + 1) / 2)
 
 
-def _pairs(n_X: int, n_Y: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column of each pair computed: the strict upper triangle when
-    ``symmetric`` (the diagonal comes from the variances' own pairs)."""
-    if symmetric:
-        return np.triu_indices(n_X, 1)
-    rows, cols = np.indices((n_X, n_Y))
-    return rows.ravel(), cols.ravel()
+def _pair_count(n_X: int, n_Y: int, symmetric: bool) -> int:
+    """Pairs computed: the strict upper triangle when ``symmetric`` (the diagonal comes
+    from the variances' own pairs), else all."""
+    return n_X * (n_X - 1) // 2 if symmetric else n_X * n_Y
+
+
+def _pairs(
+    n_X: int, n_Y: int, symmetric: bool, start: int, stop: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of the pairs ``start .. stop - 1`` in row-major order (of the
+    strict upper triangle when ``symmetric``), made for one round: no list of all
+    pairs is held (at 20,000 images it would be 6.4 GB)."""
+    index = np.arange(start, stop, dtype=np.int64)
+    if not symmetric:
+        return index // n_Y, index % n_Y
+    row_starts = np.arange(n_X, dtype=np.int64)
+    row_starts = row_starts * n_X - row_starts * (row_starts + 1) // 2  # pairs before row i
+    rows = np.searchsorted(row_starts, index, side="right") - 1
+    return rows, index - row_starts[rows] + rows + 1
 
 
 ENTRIES_PER_TASK = 10_000_000
@@ -306,8 +318,9 @@ def _compiled_kernels(
     _check_workspace(threads * 4 * 8 * stored, images_X.shape[1:3])
     workspaces = np.empty((threads, 4, stored))
     per_task = max(1, ENTRIES_PER_TASK // stored)
-    rows, cols = _pairs(len(images_X), len(images_Y), symmetric)
-    values_nngp, values_ntk = np.empty(len(rows)), np.empty(len(rows))
+    n_pairs = _pair_count(len(images_X), len(images_Y), symmetric)
+    nngp = np.empty((len(images_X), len(images_Y)))
+    ntk = np.empty_like(nngp)
     with ThreadPoolExecutor(threads) as pool:
 
         def variances_of(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -335,30 +348,28 @@ def _compiled_kernels(
         variances_X, self_nngp, self_ntk = variances_of(images_X)
         variances_Y = variances_X if symmetric else variances_of(images_Y)[0]
 
-        def task(chunk: slice, thread: int) -> None:
+        def task(share: tuple[int, int], thread: int) -> None:
+            rows, cols = _pairs(len(images_X), len(images_Y), symmetric, *share)
             conv_loops.fold_pairs(
                 fold,
                 images_X,
                 images_Y,
-                rows[chunk],
-                cols[chunk],
+                rows,
+                cols,
                 variances_X,
                 variances_Y,
                 encoded,
-                values_nngp[chunk],
-                values_ntk[chunk],
+                nngp,
+                ntk,
                 workspaces[thread],
             )
 
-        starts = range(0, len(rows), per_task * threads)
+        starts = range(0, n_pairs, per_task * threads)
         for start in progress(starts) if progress else starts:
-            stop = min(start + per_task * threads, len(rows))
+            stop = min(start + per_task * threads, n_pairs)
             bounds = np.linspace(start, stop, threads + 1).astype(int)  # equal shares
-            chunks = [slice(bounds[t], bounds[t + 1]) for t in range(threads)]
-            list(pool.map(task, chunks, range(threads)))
-    nngp = np.empty((len(images_X), len(images_Y)))
-    ntk = np.empty_like(nngp)
-    nngp[rows, cols], ntk[rows, cols] = values_nngp, values_ntk
+            shares = [(int(bounds[t]), int(bounds[t + 1])) for t in range(threads)]
+            list(pool.map(task, shares, range(threads)))
     if symmetric:  # the diagonal: the pairs (x, x) the variances came from
         np.fill_diagonal(nngp, self_nngp)
         np.fill_diagonal(ntk, self_ntk)

@@ -555,15 +555,16 @@ def fold_one_pair_diagonal(
 def fold_pairs(
     fold, images_a, images_b, rows, cols, variances_a, variances_b, encoded, nngp, ntk, workspace
 ):  # pragma: no cover - compiled
-    """``nngp[p], ntk[p]`` of the pairs ``(images_a[rows[p]], images_b[cols[p]])`` by
-    ``fold`` (:func:`fold_one_pair` or :func:`fold_one_pair_diagonal`); ``encoded`` is
-    ``(offsets, codes, w2s, b2s)``. Releases the GIL: threads run it on disjoint pairs,
-    each with its own ``workspace``. Not cached on disk: numba's cache cannot hold a
-    function taking a function (``fold``; numba issues 6251, 9348); the folds it calls
-    are cached, so compiling it is quick."""
+    """``nngp[i, j], ntk[i, j]`` (the output matrices) of the pairs ``(images_a[i],
+    images_b[j])`` for ``i, j = rows[p], cols[p]`` by ``fold`` (:func:`fold_one_pair` or
+    :func:`fold_one_pair_diagonal`); ``encoded`` is ``(offsets, codes, w2s, b2s)``.
+    Releases the GIL: threads run it on disjoint pairs, each with its own ``workspace``.
+    Not cached on disk: numba's cache cannot hold a function taking a function
+    (``fold``; numba issues 6251, 9348); the folds it calls are cached, so compiling it
+    is quick."""
     offsets, codes, w2s, b2s = encoded
     for p in range(len(rows)):
-        nngp[p], ntk[p] = fold(
+        nngp[rows[p], cols[p]], ntk[rows[p], cols[p]] = fold(
             images_a[rows[p]],
             images_b[cols[p]],
             variances_a[rows[p]],

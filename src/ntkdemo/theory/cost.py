@@ -8,7 +8,7 @@ gradient step costs about :math:`6 n d m` flops (two products forward and back, 
 eigendecomposition holds about four :math:`p \times p` arrays (kernel, products,
 LAPACK's workspace). A learning curve holding a network's kernels of :math:`n` training
 and :math:`m` test images whole keeps NNGP and NTK of both, :math:`2 n (n + m)` floats,
-and as much again while they are computed (a convolutional fold's pair lists) or
+and as much again while they are computed (the fully connected fold's temporaries) or
 solved (a block's factor). A request past the free memory, or past
 :data:`MAX_SECONDS` at a stated rate, is refused in one line naming the size that fits.
 """
