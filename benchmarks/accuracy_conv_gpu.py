@@ -10,8 +10,11 @@ the first ``--test`` of the balanced order ``load_sample`` gives with
 kernels of an architecture once (:func:`ntkdemo.kernels.conv_arrays.pair_kernels`, on the
 rows rescaled as every strategy does) and solves each by Cholesky (ridge 0, jitter
 fallback); rows whose projected time exceeds what is left of ``--budget`` seconds are
-skipped and say so. ``--array-module numpy`` runs the same on the CPU (for small
-checks).
+skipped and say so. Flips take the averaged form of ``ntkdemo --flip``
+(:mod:`ntkdemo.kernels.mirror`; the architectures here are mirror symmetric on 28 x 28):
+the Gram matrix :math:`(K(X, X) + K(X, FX)) / 2` of the originals, :math:`K(X, FX)`
+made exactly symmetric, and the test rows against the images and their mirrors.
+``--array-module numpy`` runs the same on the CPU (for small checks).
 
 Usage: ``python benchmarks/accuracy_conv_gpu.py images.npz [--architectures myrtle5]
 [--sizes 10,100] [--test 1000] [--variants plain,zca,flip] [--budget 400]``
@@ -30,8 +33,9 @@ def main() -> None:
     from ntkdemo.data import Sample, balanced_indices
     from ntkdemo.kernels.conv import architecture_layers, as_images, conv_kernels
     from ntkdemo.kernels.conv_arrays import pair_kernels
+    from ntkdemo.kernels.mirror import mirrored
     from ntkdemo.kernels.ntk import scaled_unit_rows
-    from ntkdemo.preprocess import with_flips, zca_whitened
+    from ntkdemo.preprocess import zca_whitened
     from ntkdemo.solvers import one_hot, solve
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -129,10 +133,14 @@ def main() -> None:
             image_shape=shape,
         )
         for variant in options.variants.split(","):
-            sample = with_flips(base) if "flip" in variant else base
-            sample = zca_whitened(sample, options.zca) if "zca" in variant else sample
+            flips = "flip" in variant
+            sample = base
+            if "zca" in variant:
+                sample = zca_whitened(sample, options.zca, with_mirrors=flips)
             n_train, n_test = len(sample.y_train), len(sample.y_test)
             pairs = n_train * (n_train + 1) / 2 + n_train * n_test
+            if flips:  # K(X, FX) whole, and the test rows against the mirrors
+                pairs += n_train * n_train + n_train * n_test
             for architecture in options.architectures.split(","):
                 projected = pairs * per_pair[architecture]
                 left = options.budget - (time.perf_counter() - started)
@@ -147,6 +155,14 @@ def main() -> None:
                 test = xp.asarray(images_of(sample.X_test, shape))
                 gram = pair_kernels(xp, layers, train, memory_bytes=memory)
                 cross = pair_kernels(xp, layers, test, train, memory_bytes=memory)
+                if flips:
+                    mirrors = xp.asarray(images_of(mirrored(sample.X_train, shape), shape))
+                    with_mirrors = pair_kernels(xp, layers, train, mirrors, memory_bytes=memory)
+                    test_mirrors = pair_kernels(xp, layers, test, mirrors, memory_bytes=memory)
+                    gram = tuple(
+                        (K + (B + B.T) / 2) / 2 for K, B in zip(gram, with_mirrors, strict=True)
+                    )
+                    cross = tuple((K + B) / 2 for K, B in zip(cross, test_mirrors, strict=True))
                 accuracies = []
                 for K, K_test in zip(gram, cross, strict=True):
                     host = to_host(K)
