@@ -82,3 +82,30 @@ def test_bad_parameters(params, message):
     X = np.random.default_rng(0).normal(size=(6, 3))
     with pytest.raises(InvalidParameterError, match=message):
         NTKClassifier(**params).fit(X, [0, 1] * 3)
+
+
+@pytest.mark.parametrize(
+    ("settings", "averaged"),
+    [
+        ({"ridge": 0.2}, True),  # the one-layer formula: mirror symmetric
+        ({"architecture": "cnn-gap-1", "kernel": "nngp"}, True),
+        ({"architecture": "myrtle5", "image_shape": (6, 6)}, False),  # a pool of width 3
+    ],
+)
+def test_flip_is_the_estimator_fitted_on_the_mirrors_too(settings, averaged):
+    """flip=True predicts what the same estimator fitted on the images and their mirrors
+    predicts: by the averaged kernel on n rows where it can, else on the 2n images."""
+    from ntkdemo.kernels.mirror import mirrored
+
+    rng = np.random.default_rng(5)
+    shape = settings.get("image_shape", (8, 8))
+    X, X_test = rng.random((24, shape[0] * shape[1])), rng.random((9, shape[0] * shape[1]))
+    y = np.arange(24) % 3
+    flipped = NTKClassifier(**settings, flip=True).fit(X, y)
+    added = NTKClassifier(**settings).fit(np.vstack([X, mirrored(X, shape)]), np.tile(y, 2))
+    assert flipped.dual_coef_.shape == ((24 if averaged else 48), 3)
+    np.testing.assert_allclose(
+        flipped.decision_function(X_test), added.decision_function(X_test), rtol=0, atol=1e-9
+    )
+    with pytest.raises(InvalidParameterError, match="flip=True needs image_shape"):
+        NTKClassifier(flip=True).fit(rng.random((6, 10)), [0, 1] * 3)

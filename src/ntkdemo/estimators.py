@@ -23,6 +23,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .errors import InvalidParameterError
 from .kernels import unit_rows
+from .kernels.mirror import mirrored
+from .preprocess import flip_kernel
 from .solvers import CholeskySolver, one_hot
 from .spec import KernelSpec
 
@@ -44,6 +46,7 @@ class _KernelModel(BaseEstimator):
         time=None,
         architecture=None,
         image_shape=None,
+        flip=False,
     ):
         self.kernel = kernel
         self.depth = depth
@@ -53,19 +56,27 @@ class _KernelModel(BaseEstimator):
         self.time = time
         self.architecture = architecture
         self.image_shape = image_shape
+        self.flip = flip
+
+    def _shape(self, n_features: int) -> tuple[int, ...]:
+        """The images' shape where a convolutional architecture or ``flip`` needs it
+        (without ``image_shape``: square grey images), else ``()``."""
+        if self.image_shape is not None:
+            return tuple(self.image_shape)
+        if self.architecture is None and not self.flip:
+            return ()
+        side = math.isqrt(n_features)
+        if side * side != n_features:
+            needs = f"architecture {self.architecture!r}" if self.architecture else "flip=True"
+            raise InvalidParameterError(
+                f"{needs} needs image_shape=(H, W) or (H, W, C): {n_features} features are "
+                "no square grey image"
+            )
+        return (side, side)
 
     def _spec(self, n_features: int) -> KernelSpec:
-        """The estimator's parameters as a validated :class:`~ntkdemo.spec.KernelSpec`;
-        a convolutional architecture without ``image_shape`` sees square grey images."""
-        shape = self.image_shape
-        if self.architecture is not None and shape is None:
-            side = math.isqrt(n_features)
-            if side * side != n_features:
-                raise InvalidParameterError(
-                    f"architecture {self.architecture!r} needs image_shape=(H, W) or (H, W, C): "
-                    f"{n_features} features are no square grey image"
-                )
-            shape = (side, side)
+        """The estimator's parameters as a validated :class:`~ntkdemo.spec.KernelSpec`
+        (for the images alone: ``flip`` is applied in :meth:`_fit_targets`)."""
         return KernelSpec(
             kernel=self.kernel,
             depth=self.depth,
@@ -74,11 +85,18 @@ class _KernelModel(BaseEstimator):
             ridge=self.ridge,
             time=self.time,
             architecture=self.architecture,
-            image_shape=tuple(shape) if shape is not None else (),
+            image_shape=self._shape(n_features),
         )
 
     def _fit_targets(self, X, targets):
-        fitted = CholeskySolver().fit(unit_rows(X, "X"), targets, self._spec(X.shape[1]))
+        spec, rows = self._spec(X.shape[1]), unit_rows(X, "X")
+        if self.flip:  # the network trained on the images and their mirrors
+            averaged, _ = flip_kernel(spec, self._shape(X.shape[1]))
+            if averaged is None:
+                rows = np.vstack([rows, mirrored(rows, self._shape(X.shape[1]))])
+                targets = np.vstack([targets, targets])
+            spec = averaged or spec
+        fitted = CholeskySolver().fit(rows, targets, spec)
         if fitted.solution.jitter:
             warnings.warn(fitted.solution.message, NumericalFallbackWarning, stacklevel=3)
         self.X_fit_ = X
@@ -115,8 +133,13 @@ class NTKClassifier(ClassifierMixin, _KernelModel):
         A convolutional network (``cnn-flatten-L``, ``cnn-gap-L``, ``myrtle5``, ...:
         :func:`ntkdemo.kernels.conv_kernels`) in place of the fully connected one.
     image_shape : tuple of int, optional
-        ``(H, W)`` or ``(H, W, C)`` of one image for ``architecture`` (default: square
-        grey images).
+        ``(H, W)`` or ``(H, W, C)`` of one image for ``architecture`` and ``flip``
+        (default: square grey images).
+    flip : bool, default=False
+        Train on each image and its left-right mirror: the kernel averaged over mirrors
+        where it is mirror symmetric (the same network on the ``n`` images, ``ridge``
+        being that of the ``2n``; :func:`ntkdemo.preprocess.flip_kernel`), else the
+        mirrored images added (``dual_coef_`` then has ``2n`` rows).
 
     Attributes
     ----------
