@@ -115,6 +115,7 @@ def test_the_cuda_strategy_serves_every_kernel_at_convergence():
     assert CudaSolver().serves(KernelSpec(architecture="myrtle5", image_shape=(28, 28)))
     assert CudaSolver().serves(KernelSpec(kernel="nngp", depth=3, b_std=0.1))
     assert not CudaSolver().serves(KernelSpec(architecture="myrtle5", time=3.0))
+    assert not CudaSolver().serves(KernelSpec(flip=True, image_shape=(28, 28)))
 
 
 @pytest.fixture
@@ -181,6 +182,27 @@ def test_the_command_line_runs_a_conv_kernel_on_the_cuda_strategy(
     assert main([*arguments, "--out", str(tmp_path / "cpu"), "--quiet"]) == 0
     gpu, cpu = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("gpu", "cpu"))
     assert gpu["test_accuracy"] == cpu["test_accuracy"]
+
+
+def test_flips_on_the_cuda_strategy_add_the_mirrors_and_score_as_the_cpu_average(
+    numpy_as_cupy, tiny_dataset, tmp_path, capsys
+):
+    """``--device cuda --flip`` adds the mirrored images (the GPU's kernels do not
+    average) and reaches the accuracy of the CPU's kernel averaged over mirrors."""
+    import json
+
+    from ntkdemo.cli import main
+
+    arguments = ["--dataset", str(tiny_dataset), "--train-per-class", "6", "--test-per-class", "4"]
+    arguments += ["--flip", "--depth", "2"]
+    assert main([*arguments, "--device", "cuda", "--out", str(tmp_path / "gpu")]) == 0
+    assert "mirrored training images added (the GPU's" in capsys.readouterr().out
+    assert main([*arguments, "--out", str(tmp_path / "cpu")]) == 0
+    assert "the kernel averaged over each training image" in capsys.readouterr().out
+    gpu, cpu = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("gpu", "cpu"))
+    assert (gpu["flips"], cpu["flips"]) == ("mirrors added", "kernel averaged")
+    assert (gpu["sizes"]["train"], cpu["sizes"]["train"]) == (36, 18)
+    assert gpu["confusion"] == cpu["confusion"]
 
 
 def test_the_plan_refuses_a_finite_time_on_the_gpu():
