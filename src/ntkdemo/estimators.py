@@ -91,9 +91,9 @@ class _KernelModel(BaseEstimator):
     def _fit_targets(self, X, targets):
         spec, rows = self._spec(X.shape[1]), unit_rows(X, "X")
         if self.flip:  # the network trained on the images and their mirrors
-            averaged, _ = flip_kernel(spec, self._shape(X.shape[1]))
+            averaged, _ = flip_kernel(spec, spec.image_shape)
             if averaged is None:
-                rows = np.vstack([rows, mirrored(rows, self._shape(X.shape[1]))])
+                rows = np.vstack([rows, mirrored(rows, spec.image_shape)])
                 targets = np.vstack([targets, targets])
             spec = averaged or spec
         fitted = CholeskySolver().fit(rows, targets, spec)

@@ -129,6 +129,7 @@ def learning_curve(
     for label, spec in networks:
         train_kernels: tuple[np.ndarray, ...] = ()
         test_kernels: tuple[np.ndarray, ...] = ()
+        per_pair = _seconds_per_pair(spec) if progress else 0.0
 
         if whole.any() and spec.architecture is None:
             train_kernels, test_kernels = sample_kernels(held, spec.depth)
@@ -136,7 +137,7 @@ def learning_curve(
             if progress:
                 n_held = len(held.X_train)
                 pairs = n_held * (n_held + 1) // 2 + n_test * n_held  # both kernels at once
-                cost = _cost(spec, pairs)
+                cost = _cost(pairs, per_pair)
                 progress(f"{spec.architecture} kernels of {n_held} training images{cost}")
             X_train, X_test = scaled_unit_rows(held.X_train), scaled_unit_rows(held.X_test)
             shape = sample.image_shape
@@ -166,7 +167,7 @@ def learning_curve(
                 if progress:
                     progress(
                         f"{sizes[index]} per class ({n} images): {name} {label}, as a run"
-                        + _cost(one, kernel_pairs(one, n, n_test, spectrum_rows=10))
+                        + _cost(kernel_pairs(one, n, n_test, spectrum_rows=10), per_pair)
                     )
                 scores = accuracy.setdefault(f"{name} {label}", np.full(len(sizes), np.nan))
                 run = run_demo(part, one, spectrum_rows=10, progress=bars)
@@ -192,15 +193,24 @@ def learning_curve(
     return LearningCurve(sizes, accuracy)
 
 
-def _cost(spec, pairs: int) -> str:
-    """`` (about T here: P image pairs at C ms each, ...)`` for a convolutional kernel,
-    from a per-pair cost measured now; empty for a fully connected one (seconds)."""
+def _seconds_per_pair(spec) -> float:
+    """A convolutional kernel's seconds per image pair, measured now
+    (:func:`~ntkdemo.kernels.conv.seconds_per_pair`); 0 for a fully connected one, whose
+    kernels take seconds."""
     from ..kernels.conv import seconds_per_pair
-    from ..units import format_duration
 
     if spec.architecture is None:
+        return 0.0
+    return seconds_per_pair(spec.architecture, spec.image_shape, w_std=spec.w_std)
+
+
+def _cost(pairs: int, per_pair: float) -> str:
+    """`` (about T here: P image pairs at C ms each, ...)``, or nothing without a
+    per-pair cost."""
+    from ..units import format_duration
+
+    if not per_pair:
         return ""
-    per_pair = seconds_per_pair(spec.architecture, spec.image_shape, w_std=spec.w_std)
     return (
         f" (about {format_duration(pairs * per_pair)} here: {pairs:,} image pairs at "
         f"{per_pair * 1e3:.2f} ms each, measured now)"
