@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from ..errors import InvalidParameterError
-from .blocks import mirror_upper
+from .blocks import assemble
 from .conv import AvgPool, Layer, architecture_layers
 
 KernelFunction = Callable[..., np.ndarray]
@@ -115,12 +115,10 @@ def mirror_averaged(
         return K
     mirrors = mirrored(X, image_shape)
     n = len(X)
-    rows_per_strip = max(1, min(-(-n // 16), STRIP_ENTRIES // max(n, 1)))
-    starts = range(0, n, rows_per_strip)
-    for start in progress(starts) if progress else starts:
-        rows = slice(start, min(start + rows_per_strip, n))
-        upper = K[rows, start:]
-        upper += kernel(X[rows], mirrors[start:])
+
+    def add_mirrors(upper: np.ndarray, rows: slice, cols: slice, diagonal: bool) -> None:
+        upper += kernel(X[rows], mirrors[cols])
         upper *= 0.5
-    mirror_upper(K)
-    return K
+
+    rows_per_strip = max(1, min(-(-n // 16), STRIP_ENTRIES // max(n, 1)))
+    return assemble(add_mirrors, n, None, K, np.float64, rows_per_strip, progress)
