@@ -13,8 +13,14 @@ printed beside every other ridge's for comparison. Ridge 0 is the trained infini
 network (Cholesky, jitter fallback, as ``ntkdemo run``); every test accuracy is
 ``ntkdemo.solvers.solve`` at that ridge.
 
+With ``--flip`` every kernel is the one averaged over left-right mirrors,
+:math:`\bar K(x, y) = (K(x, y) + K(x, Fy)) / 2` (``ntkdemo.kernels.mirror``: training on
+the images and their mirrors, at half the ridge), its mirror parts :math:`K(X, FX)`
+(upper triangle) and :math:`K(T, FX)` computed beside the plain kernels (and cached
+with them).
+
 Usage: ``python benchmarks/accuracy_ridge.py [--architecture myrtle5] [--per-class 100]
-[--test 1000] [--cache kernels.npz]``
+[--test 1000] [--flip] [--cache kernels.npz]``
 """
 
 from __future__ import annotations
@@ -23,12 +29,59 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 import numpy as np
 
 RELATIVE_RIDGES = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 """Ridges of the grid, relative to the mean of the kernel's diagonal."""
+
+STRIP_ROWS = 50
+"""Rows of one strip of the upper triangle of :math:`K(X, FX)`."""
+
+
+Progress = Callable[[str], Callable[[Iterable], Iterable]]
+"""``bar(description)``: a wrapper of an iterator of chunks, showing progress."""
+
+
+def plain_kernels(
+    X: np.ndarray, X_test: np.ndarray, network: dict, bar: Progress
+) -> dict[str, np.ndarray]:
+    """NNGP and NTK of the training images (``*_train``) and of the test images against
+    them (``*_test``)."""
+    from ntkdemo.kernels import conv_kernels
+
+    train = conv_kernels(X, **network, progress=bar("training pairs"))
+    test = conv_kernels(X_test, X, **network, progress=bar("test pairs"))
+    return {
+        "nngp_train": train[0],
+        "ntk_train": train[1],
+        "nngp_test": test[0],
+        "ntk_test": test[1],
+    }
+
+
+def mirror_kernels(
+    X: np.ndarray, X_test: np.ndarray, network: dict, bar: Progress
+) -> dict[str, np.ndarray]:
+    """The mirror parts :math:`K(X, FX)` (``*_train``, symmetric: its upper triangle in
+    strips of rows, then mirrored) and :math:`K(T, FX)` (``*_test``), NNGP and NTK."""
+    from ntkdemo.kernels import conv_kernels, mirror_upper
+    from ntkdemo.kernels.blocks import assemble
+    from ntkdemo.kernels.mirror import mirrored
+
+    mirrors = mirrored(X, network["image_shape"])
+    n = len(X)
+    nngp, ntk = np.empty((n, n)), np.empty((n, n))
+
+    def fill(block: np.ndarray, rows: slice, cols: slice, diagonal: bool) -> None:
+        block[:], ntk[rows, cols] = conv_kernels(X[rows], mirrors[cols], **network)
+
+    assemble(fill, n, None, nngp, np.float64, STRIP_ROWS, bar("training pairs x mirrors"))
+    mirror_upper(ntk)
+    test = conv_kernels(X_test, mirrors, **network, progress=bar("test pairs x mirrors"))
+    return {"nngp_train": nngp, "ntk_train": ntk, "nngp_test": test[0], "ntk_test": test[1]}
 
 
 def main() -> int:
@@ -37,52 +90,52 @@ def main() -> int:
     parser.add_argument("--architecture", default="myrtle5")
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--test", type=int, default=1000)
+    parser.add_argument("--flip", action="store_true", help="kernels averaged over mirrors")
     parser.add_argument("--cache", default=None, help="npz of the kernels (written if absent)")
     options = parser.parse_args()
     from tqdm import tqdm
 
     from ntkdemo import load_sample
-    from ntkdemo.kernels import conv_kernels, scaled_unit_rows
+    from ntkdemo.kernels import scaled_unit_rows
     from ntkdemo.solvers import one_hot, solve
 
     sample = load_sample(options.dataset, options.per_class, None, seed=0)
     sample = replace(
         sample, X_test=sample.X_test[: options.test], y_test=sample.y_test[: options.test]
     )
-    if options.cache and os.path.exists(options.cache):
-        cached = np.load(options.cache)
-        kernels = {
-            name: (cached[f"{name}_train"], cached[f"{name}_test"]) for name in ("nngp", "ntk")
-        }
-        print(f"kernels read from {options.cache}")
-    else:
+    X, X_test = scaled_unit_rows(sample.X_train), scaled_unit_rows(sample.X_test)
+    network = {"architecture": options.architecture, "image_shape": sample.image_shape}
+    parts = {"": lambda bar: plain_kernels(X, X_test, network, bar)}
+    if options.flip:
+        parts["_mirror"] = lambda bar: mirror_kernels(X, X_test, network, bar)
+    cached = dict(np.load(options.cache)) if options.cache and os.path.exists(options.cache) else {}
+    for suffix, compute in parts.items():
+        if f"ntk_train{suffix}" in cached:
+            print(f"kernels{suffix.replace('_', ' ')} read from {options.cache}")
+            continue
         start = time.perf_counter()
-        X, X_test = scaled_unit_rows(sample.X_train), scaled_unit_rows(sample.X_test)
-        network = {"architecture": options.architecture, "image_shape": sample.image_shape}
-
-        def bar(description: str):
-            return lambda chunks: tqdm(chunks, desc=description, leave=False)
-
-        train = conv_kernels(X, **network, progress=bar("training pairs"))
-        test = conv_kernels(X_test, X, **network, progress=bar("test pairs"))
-        kernels = {"nngp": (train[0], test[0]), "ntk": (train[1], test[1])}
-        print(
-            f"kernels of {len(X)} x {len(X)} and {len(X_test)} x {len(X)}: "
-            f"{time.perf_counter() - start:.0f} s"
+        computed = compute(
+            lambda description: lambda chunks: tqdm(chunks, desc=description, leave=False)
         )
+        print(
+            f"kernels{suffix.replace('_', ' ')} of {len(X)} x {len(X)} and {len(X_test)} x "
+            f"{len(X)}: {time.perf_counter() - start:.0f} s"
+        )
+        cached.update({f"{key}{suffix}": value for key, value in computed.items()})
         if options.cache:
-            np.savez(
-                options.cache,
-                **{
-                    f"{n}_{part}": k
-                    for n, pair in kernels.items()
-                    for part, k in zip(("train", "test"), pair)
-                },
-            )
+            np.savez(options.cache, **cached)
+    kernels = {}
+    for name in ("nngp", "ntk"):
+        train, test = cached[f"{name}_train"], cached[f"{name}_test"]
+        if options.flip:
+            train = (train + cached[f"{name}_train_mirror"]) / 2
+            test = (test + cached[f"{name}_test_mirror"]) / 2
+        kernels[name] = (train, test)
     targets = one_hot(sample.y_train, sample.n_classes)
+    averaged = ", kernels averaged over mirrors" if options.flip else ""
     print(
         f"{options.architecture}, {len(sample.y_train)} training and "
-        f"{len(sample.y_test)} test images"
+        f"{len(sample.y_test)} test images{averaged}"
     )
     print(f"{'kernel':<6} {'ridge/mean diag':>15} {'leave-one-out':>13} {'test':>7}")
     for name, (K, K_test) in kernels.items():
