@@ -84,6 +84,43 @@ def mirror_kernels(
     return {"nngp_train": nngp, "ntk_train": ntk, "nngp_test": test[0], "ntk_test": test[1]}
 
 
+def leave_one_out_outputs(
+    eigenvalues: np.ndarray,
+    U: np.ndarray,
+    rotated: np.ndarray,
+    targets: np.ndarray,
+    ridge: float,
+) -> np.ndarray:
+    r"""Outputs of kernel ridge regression at each training point, trained without it.
+
+    With :math:`K = U \operatorname{diag}(e) U^T` and :math:`G = K + \lambda I`, the
+    model trained on every point but :math:`i` predicts at :math:`x_i`
+
+    .. math:: Y_i - \frac{(G^{-1} Y)_i}{(G^{-1})_{ii}},
+
+    where :math:`G^{-1} = U \operatorname{diag}(1 / (e + \lambda)) U^T`: one
+    eigendecomposition serves every ridge.
+
+    Parameters
+    ----------
+    eigenvalues, U : ndarray of shape (n,) and (n, n)
+        ``np.linalg.eigh(K)``.
+    rotated : ndarray of shape (n, n_targets)
+        ``U.T @ targets``.
+    targets : ndarray of shape (n, n_targets)
+    ridge : float
+        :math:`\lambda`, with ``eigenvalues.min() + ridge > 0``.
+
+    Returns
+    -------
+    ndarray of shape (n, n_targets)
+    """
+    inverse = 1.0 / (eigenvalues + ridge)
+    coef = U @ (inverse[:, None] * rotated)
+    diagonal = (U**2) @ inverse
+    return targets - coef / diagonal[:, None]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="../shared/fashion_mnist_60k")
@@ -146,11 +183,8 @@ def main() -> int:
         for relative in RELATIVE_RIDGES:
             ridge = relative * scale
             loo = float("nan")  # a kernel whose eigenvalues are not all > 0 at ridge 0
-            if eigenvalues.min() + ridge > 0:  # leave-one-out from the eigendecomposition
-                inverse = 1.0 / (eigenvalues + ridge)
-                coef = U @ (inverse[:, None] * rotated)
-                diagonal = (U**2) @ inverse
-                held_out = targets - coef / diagonal[:, None]
+            if eigenvalues.min() + ridge > 0:
+                held_out = leave_one_out_outputs(eigenvalues, U, rotated, targets, ridge)
                 loo = float(np.mean(held_out.argmax(1) == sample.y_train))
             solution = solve(K, targets, ridge=ridge)
             test = float(np.mean((K_test @ solution.coef).argmax(1) == sample.y_test))
