@@ -134,6 +134,7 @@ def main() -> int:
 
     from ntkdemo import load_sample
     from ntkdemo.kernels import scaled_unit_rows
+    from ntkdemo.kernels.mirror import is_mirror_symmetric
     from ntkdemo.solvers import one_hot, solve
 
     sample = load_sample(options.dataset, options.per_class, None, seed=0)
@@ -143,6 +144,12 @@ def main() -> int:
     X, X_test = scaled_unit_rows(sample.X_train), scaled_unit_rows(sample.X_test)
     network = {"architecture": options.architecture, "image_shape": sample.image_shape}
     parts = {"": lambda bar: plain_kernels(X, X_test, network, bar)}
+    if options.flip and not is_mirror_symmetric(options.architecture, sample.image_shape):
+        parser.error(
+            f"{options.architecture} is not mirror symmetric on images of "
+            f"{sample.image_shape}: its kernel averaged over mirrors is not the network "
+            "trained on the mirrors too"
+        )
     if options.flip:
         parts["_mirror"] = lambda bar: mirror_kernels(X, X_test, network, bar)
     cached = dict(np.load(options.cache)) if options.cache and os.path.exists(options.cache) else {}
