@@ -4,17 +4,16 @@ training images: the kernels computed once (and cached), then every ridge of a g
 The sample is ``accuracy_conv.py``'s: ``--per-class`` training images per class
 (``load_sample(..., seed=0)``) and the first ``--test`` images of the balanced test
 order, rescaled as every strategy rescales them. For a ridge :math:`\\lambda` (given
-relative to the mean of the kernel's diagonal) and :math:`G = K + \\lambda I`, the
-leave-one-out outputs of kernel ridge regression on one-hot targets :math:`Y` are, with
-:math:`A = G^{-1} Y`, :math:`Y_i - A_i / (G^{-1})_{ii}` (one eigendecomposition of
-:math:`K` serves every ridge); the ridge with the most leave-one-out hits (the smallest
+relative to the mean of the kernel's diagonal), the leave-one-out outputs of kernel
+ridge regression on one-hot targets come from one eigendecomposition of the kernel
+(:func:`leave_one_out_outputs`); the ridge with the most leave-one-out hits (the smallest
 among ties) is chosen without looking at the test images, whose accuracy is then
 printed beside every other ridge's for comparison. Ridge 0 is the trained infinite
 network (Cholesky, jitter fallback, as ``ntkdemo run``); every test accuracy is
 ``ntkdemo.solvers.solve`` at that ridge.
 
 With ``--flip`` every kernel is the one averaged over left-right mirrors,
-:math:`\bar K(x, y) = (K(x, y) + K(x, Fy)) / 2` (``ntkdemo.kernels.mirror``: training on
+:math:`\\bar K(x, y) = (K(x, y) + K(x, Fy)) / 2` (``ntkdemo.kernels.mirror``: training on
 the images and their mirrors, at half the ridge), its mirror parts :math:`K(X, FX)`
 (upper triangle) and :math:`K(T, FX)` computed beside the plain kernels (and cached
 with them).
@@ -144,26 +143,27 @@ def main() -> int:
     X, X_test = scaled_unit_rows(sample.X_train), scaled_unit_rows(sample.X_test)
     network = {"architecture": options.architecture, "image_shape": sample.image_shape}
     parts = {"": lambda bar: plain_kernels(X, X_test, network, bar)}
-    if options.flip and not is_mirror_symmetric(options.architecture, sample.image_shape):
-        parser.error(
-            f"{options.architecture} is not mirror symmetric on images of "
-            f"{sample.image_shape}: its kernel averaged over mirrors is not the network "
-            "trained on the mirrors too"
-        )
     if options.flip:
+        if not is_mirror_symmetric(options.architecture, sample.image_shape):
+            parser.error(
+                f"{options.architecture} is not mirror symmetric on images of "
+                f"{sample.image_shape}: its kernel averaged over mirrors is not the network "
+                "trained on the mirrors too"
+            )
         parts["_mirror"] = lambda bar: mirror_kernels(X, X_test, network, bar)
     cached = dict(np.load(options.cache)) if options.cache and os.path.exists(options.cache) else {}
     for suffix, compute in parts.items():
+        label = "kernels" + suffix.replace("_", " ")
         if f"ntk_train{suffix}" in cached:
-            print(f"kernels{suffix.replace('_', ' ')} read from {options.cache}")
+            print(f"{label} read from {options.cache}")
             continue
         start = time.perf_counter()
         computed = compute(
             lambda description: lambda chunks: tqdm(chunks, desc=description, leave=False)
         )
         print(
-            f"kernels{suffix.replace('_', ' ')} of {len(X)} x {len(X)} and {len(X_test)} x "
-            f"{len(X)}: {time.perf_counter() - start:.0f} s"
+            f"{label} of {len(X)} x {len(X)} and {len(X_test)} x {len(X)}: "
+            f"{time.perf_counter() - start:.0f} s"
         )
         cached.update({f"{key}{suffix}": value for key, value in computed.items()})
         if options.cache:
