@@ -120,3 +120,40 @@ def test_runs_where_no_cache_can_be_written(tiny_dataset, tmp_path):
         assert done.stderr == ""  # matplotlib's cache warnings went to log.txt
     assert (tmp_path / "out" / "metrics.json").is_file()
     assert "matplotlib" in (tmp_path / "out" / "log.txt").read_text()
+
+
+def test_a_stop_request_to_the_process_itself_ends_the_run(fashion_mnist, old_out):
+    """``kill -INT PID`` (an IDE's stop button, ``timeout -s INT``) to the command's own
+    process, not its group: passed on to the child, exit 130 within seconds, one line,
+    ``--out`` as it was, no child left."""
+    import signal
+    import time
+
+    import psutil
+
+    command = subprocess.Popen(
+        [sys.executable, "-m", "ntkdemo", "--dataset", str(fashion_mnist)]
+        + ["--train-per-class", "all", "--test-per-class", "10", "--architecture", "myrtle5"]
+        + ["--out", str(old_out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in command.stdout:  # the run has started its hours-long kernel
+            if line.startswith("kernel: about"):
+                break
+        children = psutil.Process(command.pid).children(recursive=True)
+        assert children, "the command runs its job in a child"
+        time.sleep(1.0)
+        command.send_signal(signal.SIGINT)
+        stopped = time.monotonic()
+        code = command.wait(timeout=60)
+        assert time.monotonic() - stopped < 20
+        err = command.stderr.read()
+    finally:
+        command.kill()
+    assert code == 130
+    assert err.strip() == "ntkdemo: interrupted; --out holds the previous set of files"
+    assert_untouched(old_out)
+    assert not any(child.is_running() for child in children)

@@ -23,6 +23,7 @@ STATUS_DIR_VARIABLE = "NTKDEMO_STATUS_DIR"
 TEST_FAULT_VARIABLE = "NTKDEMO_TEST_FAULT"
 STATUS_FILE = "status.json"
 FAULT_FILE = "fault.txt"
+INTERRUPT_FILE = "interrupted"
 
 
 def supervised_folder() -> Path | None:
@@ -57,6 +58,18 @@ def record(stage: str, **facts: Any) -> None:
     temporary.write_text(json.dumps(status))
     os.replace(temporary, path)
     _inject_test_fault(stage)
+
+
+def note_interrupt() -> None:
+    """Tell the supervisor that this run has taken its stop request (it stops re-sending)."""
+    folder = supervised_folder()
+    if folder is not None:
+        (folder / INTERRUPT_FILE).touch()
+
+
+def interrupt_noted(folder: Path) -> bool:
+    """Whether the child supervised through ``folder`` has taken a stop request."""
+    return (folder / INTERRUPT_FILE).exists()
 
 
 def read_status(folder: Path) -> dict[str, Any]:

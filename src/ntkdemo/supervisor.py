@@ -14,10 +14,15 @@ Result files are only written at the end of a run, and replaced as one set
 new one, whole.
 
 Signals: Ctrl-C reaches the child directly (it shares the terminal's process group) and
-ends it with its own one-line message and exit 130; the parent ignores it meanwhile, and
-the child ignores it until its command line is loaded (one pressed in the first
-fraction of a second of the parent's own interpreter start is Python's to report).
-SIGTERM and SIGHUP sent to the parent are passed on to the child. On Linux the child
+ends it with its own one-line message and exit 130. A SIGINT sent to the parent alone
+(``kill -INT``, ``subprocess.send_signal``, an IDE's stop button, ``timeout -s INT``) is
+passed on, and passed on again every :data:`INTERRUPT_RESEND_SECONDS` until the child
+notes that it took it (:func:`~ntkdemo.process_status.note_interrupt`): the child ignores
+SIGINT until its command line is loaded, and a repeat of one it took within two seconds
+(the terminal's and the forwarded one arriving together), so it stops once, with one
+line. One pressed in the first fraction of a second of the parent's own interpreter
+start is Python's to report. SIGTERM and SIGHUP sent to the parent are passed on to the
+child. On Linux the child
 asks the kernel to kill it when its parent dies (``PR_SET_PDEATHSIG``), so a parent
 killed with SIGKILL takes its child along and nothing is written after; the status
 folders such a parent leaves are removed by the next ``ntkdemo``.
@@ -43,7 +48,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .process_status import FAULT_FILE, STATUS_DIR_VARIABLE, read_status
+from .process_status import FAULT_FILE, STATUS_DIR_VARIABLE, interrupt_noted, read_status
 from .units import format_bytes
 
 CRASH_SIGNALS = {
@@ -54,6 +59,8 @@ CRASH_SIGNALS = {
     signal.SIGABRT: "abort",
 }
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+INTERRUPT_RESEND_SECONDS = 1.0
+"""How often a SIGINT sent to the parent is passed on again until the child has taken it."""
 STATUS_PREFIX = "ntkdemo-status-"
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
@@ -103,7 +110,8 @@ def _run_child(arguments: list[str], folder: Path) -> int:
     }
     # Ignored before the child starts, so the child starts ignoring it too (Python keeps
     # an ignored SIGINT ignored) until its command line installs its own handler: a
-    # Ctrl-C while its interpreter and libraries load is not a traceback.
+    # Ctrl-C while its interpreter and libraries load is not a traceback. Once the child
+    # exists, a SIGINT to the parent is passed on (again until the child takes it).
     previous_interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
     child = subprocess.Popen(
         [sys.executable, "-m", "ntkdemo", *arguments],
@@ -113,8 +121,20 @@ def _run_child(arguments: list[str], folder: Path) -> int:
     previous = {number: signal.getsignal(number) for number in FORWARDED_SIGNALS}
     for number in FORWARDED_SIGNALS:
         signal.signal(number, lambda received, _frame: child.send_signal(received))
+    stop_requested: list[bool] = []
+
+    def pass_interrupt_on(_number, _frame) -> None:
+        stop_requested.append(True)
+        child.send_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGINT, pass_interrupt_on)
     try:
-        return child.wait()
+        while True:
+            try:
+                return child.wait(timeout=INTERRUPT_RESEND_SECONDS)
+            except subprocess.TimeoutExpired:
+                if stop_requested and not interrupt_noted(folder):
+                    child.send_signal(signal.SIGINT)
     finally:
         signal.signal(signal.SIGINT, previous_interrupt)
         for number, handler in previous.items():

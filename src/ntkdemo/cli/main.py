@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from importlib import metadata
 
 from ..errors import NTKDemoError
+from ..process_status import note_interrupt
 from . import run, theory
 from .options import Parser, UsageError, diagnostics_kept
 
@@ -59,6 +60,7 @@ class Interrupts:
         now = time.monotonic()
         if self.raised_at is None or now - self.raised_at > self.REPEAT_SECONDS:
             self.raised_at = now
+            note_interrupt()  # the supervisor stops passing a stop request on
             raise KeyboardInterrupt
 
     def unraisable(self, unraisable) -> None:
