@@ -338,3 +338,75 @@ def test_pairs_made_round_by_round_are_the_upper_triangle_in_order(n):
     np.testing.assert_array_equal(cols, expected[1])
     all_rows, all_cols = _pairs(3, 4, False, 0, 12)
     np.testing.assert_array_equal(all_rows * 4 + all_cols, np.arange(12))
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"architecture": "cnn-flatten-300", "w_std": 0.01}, "underflowed to zero at cnn-flat"),
+        ({"architecture": "myrtle10", "w_std": 1e-30}, "underflowed to zero at myrtle10"),
+        ({"architecture": "myrtle10", "w_std": 1e30}, "overflowed to inf/NaN at myrtle10"),
+        ({"architecture": "cnn-gap-1", "w_std": 1e200}, r"w_std=1e\+200 of a Conv layer overflows"),
+    ],
+)
+def test_a_kernel_out_of_range_is_refused_with_advice(settings, message):
+    """A conv kernel that underflowed holds no information (a ridge would solve it to
+    chance with exit 0); one that overflowed would fail later in LAPACK."""
+    from ntkdemo.errors import InvalidParameterError
+
+    X = np.random.default_rng(0).random((4, 8, 8))
+    with pytest.raises(InvalidParameterError, match=message):
+        conv_kernels(X, **settings)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"X": np.empty((0, 36))}, r"X holds no images \(shape \(0, 36\)\)"),
+        ({"Y": np.empty((0, 36))}, r"Y holds no images"),
+        ({"image_shape": (-6, -6)}, r"image_shape must be \(H, W\) or \(H, W, C\) of whole"),
+        ({"image_shape": (6.0, 6.0)}, r"whole numbers >= 1, got \(6\.0, 6\.0\)"),
+        ({"architecture": None}, r"architecture must be a name .* got None"),
+        ({"architecture": 5}, r"architecture must be a name .* got 5"),
+        ({"architecture": [5]}, r"or a sequence of layers"),
+    ],
+)
+def test_bad_arguments_are_named(arguments, message):
+    from ntkdemo.errors import NTKDemoError
+
+    settings = {
+        "X": np.random.default_rng(1).random((3, 36)),
+        "architecture": "cnn-gap-1",
+        "image_shape": (6, 6),
+        **arguments,
+    }
+    with pytest.raises(NTKDemoError, match=message):
+        conv_kernels(**settings)
+
+
+def test_an_underflowing_conv_network_is_one_line_on_the_command_line(tiny_dataset, capsys):
+    from ntkdemo.cli import main
+
+    for ridge in ("0", "1"):
+        code = main(
+            ["--dataset", str(tiny_dataset), "--architecture", "cnn-flatten-300"]
+            + ["--w-std", "0.01", "--ridge", ridge, "--train-per-class", "4"]
+            + ["--test-per-class", "2", "--quiet"]
+        )
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "underflowed to zero" in err
+    code = main(
+        ["--dataset", str(tiny_dataset), "--architecture", "cnn-gap-1", "--w-std", "1e200"]
+        + ["--train-per-class", "4", "--test-per-class", "2", "--quiet"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "overflows float64" in err
+
+
+def test_identical_images_have_identical_kernel_rows():
+    """Two copies of an image are one input: every fold gives them the same rows."""
+    x = np.random.default_rng(0).integers(0, 256, size=(1, 8, 8)).astype(float)
+    X = np.repeat(x, 5, axis=0)
+    for architecture in ("cnn-gap-2", "cnn-flatten-2", "myrtle5"):
+        for kernel in conv_kernels(X, architecture=architecture):
+            np.testing.assert_allclose(kernel, kernel[0, 0], rtol=4e-15)

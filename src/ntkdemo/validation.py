@@ -102,7 +102,8 @@ def check_matrix(name: str, array: object, *, n_features: int | None = None) -> 
 
 def check_kernel_matrix(K: object, tile: int = 64) -> np.ndarray:
     """Return ``K`` as a float64 (or float32) ndarray after checking it is a finite,
-    symmetric (to ``1e-10`` of its largest entry), non-empty square matrix.
+    symmetric (to ``1e-10`` of its largest entry), non-empty square matrix, not all zero
+    (a kernel without information, which a ridge would solve to outputs of zero).
 
     Checked in one compiled pass over pairs of mirrored tiles, so no second n x n array
     is made.
@@ -127,6 +128,12 @@ def check_kernel_matrix(K: object, tile: int = 64) -> np.ndarray:
     finite, largest, gap = _finite_largest_asymmetry(K, tile)
     if not finite:
         raise InvalidInputError("K holds NaN or inf; recompute it from finite inputs")
+    if largest == 0:
+        raise InvalidInputError(
+            "K is all zero: it holds no information about the inputs, and no ridge makes its "
+            "solution one; a kernel that underflowed (a deep network with small w_std) "
+            "needs w_std=sqrt(2) or a bias"
+        )
     if gap > 1e-10 * largest:
         raise InvalidInputError(
             f"K is not symmetric (max |K - K^T| = {gap:.3g}, largest entry {largest:.3g}); "

@@ -42,9 +42,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InvalidParameterError
+from ..errors import InvalidInputError, InvalidParameterError
 from ..validation import check_matrix, check_nonnegative_float
 from .blocks import mirror_upper
+from .in_range import check_kernel_range
 
 __all__ = [
     "AvgPool",
@@ -181,8 +182,14 @@ def _check_layers(layers: Sequence[Layer]) -> tuple[Layer, ...]:
         gaussian = isinstance(layer, Conv | Dense) or (gaussian and isinstance(layer, AvgPool))
     for layer in layers:
         if isinstance(layer, Conv | Dense):
-            check_nonnegative_float("w_std", layer.w_std)
-            check_nonnegative_float("b_std", layer.b_std)
+            for name in ("w_std", "b_std"):
+                value = check_nonnegative_float(name, getattr(layer, name))
+                if not math.isfinite(value * value):  # a product overflows to inf, ** raises
+                    raise InvalidParameterError(
+                        f"{name}={value:g} of a {type(layer).__name__} layer overflows float64 "
+                        f"when squared (the variance it scales by); use {name} < 1e150, "
+                        "e.g. sqrt(2)"
+                    )
     return layers
 
 
@@ -221,6 +228,16 @@ def conv_kernels(
     nngp, ntk : ndarray of shape (n_samples_X, n_samples_Y)
         float64.
     """
+    image_shape = _check_image_shape(image_shape)
+    if not isinstance(architecture, str | Sequence) or (
+        not isinstance(architecture, str)
+        and not all(isinstance(layer, Layer) for layer in architecture)
+    ):
+        raise InvalidParameterError(
+            f"architecture must be a name (fc-L, cnn-flatten-L, cnn-gap-L, myrtle5, myrtle7, "
+            f"myrtle10) or a sequence of layers (Conv, Relu, AvgPool, GlobalAvgPool, Flatten, "
+            f"Dense), got {architecture!r}"
+        )
     if isinstance(architecture, str) and re.fullmatch(r"fc-\d+", architecture):
         from .deep import fc_kernels
 
@@ -239,11 +256,43 @@ def conv_kernels(
         raise InvalidParameterError(
             f"X and Y images differ in shape: {images_X.shape[1:]} and {images_Y.shape[1:]}"
         )
-    nngp, ntk = _compiled_kernels(images_X, images_Y, Y is None, layers, progress)
+    with np.errstate(over="ignore", invalid="ignore"):  # refused just below, with advice
+        nngp, ntk = _compiled_kernels(images_X, images_Y, Y is None, layers, progress)
     if Y is None:
         mirror_upper(nngp)
         mirror_upper(ntk)
+    check_kernel_range(nngp, ntk, _describe(architecture, layers))
     return nngp, ntk
+
+
+def _describe(architecture: str | Sequence[Layer], layers: Sequence[Layer]) -> str:
+    """The network and its weight and bias scales in words, for messages."""
+    scales = sorted(
+        {(layer.w_std, layer.b_std) for layer in layers if isinstance(layer, Conv | Dense)}
+    )
+    settings = ", ".join(f"w_std={w:g}, b_std={b:g}" for w, b in scales)
+    name = architecture if isinstance(architecture, str) else f"{len(layers)} layers"
+    return f"{name} ({settings})"
+
+
+def _check_image_shape(image_shape: object) -> tuple[int, ...] | None:
+    """``image_shape`` as a tuple of 2 or 3 whole numbers >= 1 (or None).
+
+    Raises
+    ------
+    InvalidParameterError
+    """
+    if image_shape is None:
+        return None
+    shape: tuple = tuple(image_shape) if isinstance(image_shape, Iterable) else ()
+    if len(shape) not in (2, 3) or not all(
+        isinstance(size, int | np.integer) and not isinstance(size, bool) and size >= 1
+        for size in shape
+    ):
+        raise InvalidParameterError(
+            f"image_shape must be (H, W) or (H, W, C) of whole numbers >= 1, got {image_shape!r}"
+        )
+    return tuple(int(size) for size in shape)
 
 
 def seconds_per_pair(
@@ -440,6 +489,8 @@ def _encode(
 def as_images(X: object, image_shape: tuple[int, ...] | None, name: str = "X") -> np.ndarray:
     """Images as float64 of shape (n, H, W, C)."""
     array = np.asarray(X)
+    if array.ndim >= 1 and len(array) == 0:
+        raise InvalidInputError(f"{name} holds no images (shape {array.shape})")
     if array.ndim == 2:
         if image_shape is None:
             raise InvalidParameterError(
