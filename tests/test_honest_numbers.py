@@ -259,3 +259,52 @@ def test_huge_label_ids_without_class_names_are_just_ids(tmp_path):
         ).to_parquet(str(tmp_path / "data" / f"{split}-00000-of-00001.parquet"))
     sample = load_sample(str(tmp_path), 2, 1)
     assert sample.classes == (0, 2**40) and sample.class_names == ("0", str(2**40))
+
+
+def test_an_all_zero_kernel_is_not_solved_at_any_ridge():
+    """No ridge turns a kernel without information into a result."""
+    for ridge in (0.0, 1.0):
+        with pytest.raises(InvalidInputError, match="K is all zero: it holds no information"):
+            solve(np.zeros((4, 4)), np.eye(4), ridge=ridge)
+
+
+@pytest.fixture(scope="module")
+def identical_images_dataset(tmp_path_factory):
+    """20 copies of one 28 x 28 image, labelled 10 / 10 (train and test); with this seed
+    the matrix product of the input layer and the squared norms differ in the last bit."""
+    image = np.random.default_rng(3).integers(0, 255, size=(28, 28), dtype=np.uint8)
+    images, labels = np.repeat(image[None], 20, axis=0), np.repeat([0, 1], 10)
+    return write_image_dataset(
+        tmp_path_factory.mktemp("identical"),
+        {"train": (images, labels), "test": (images, labels)},
+        ["a", "b"],
+    )
+
+
+@pytest.mark.parametrize("time", ["1e300", "1", "inf"])
+def test_identical_images_with_split_labels_tie_at_any_time(
+    identical_images_dataset, time, tmp_path, capsys
+):
+    """No function of the input scores more than 0.5 on them; at t = 1e300 the run's own
+    kernel was rank one only to 1e-9 (the input products of a matrix product and the
+    squared norms differ in the last bits, which the ReLU's angle carried to 1e-9), so
+    it learned the rounding and printed 1.0000."""
+    code = main(
+        ["--dataset", str(identical_images_dataset), "--train-per-class", "all"]
+        + ["--test-per-class", "all", "--time", time, "--quiet", "--out", str(tmp_path)]
+    )
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["train_accuracy"] == 0.5 and metrics["test_accuracy"] == 0.5
+
+
+def test_identical_inputs_have_identical_deep_kernel_rows():
+    """The case the review found (681 features: spread 3e-9, condition number 6e9)."""
+    from ntkdemo.kernels.ntk import fold_inputs, unit_rows
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(1, rng.integers(10, 800))).astype(np.float64)
+    X = fold_inputs(unit_rows(np.repeat(x, 20, axis=0)))
+    for depth in (1, 3):
+        _, kernel = fc_kernels(X, depth=depth)
+        np.testing.assert_allclose(kernel, kernel[0, 0], rtol=4e-16)

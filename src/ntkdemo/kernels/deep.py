@@ -8,7 +8,6 @@ of pairs passes through ``dense`` and ``relu`` steps.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
@@ -17,6 +16,8 @@ import numpy as np
 from ..errors import InvalidParameterError
 from ..validation import check_matrix, check_nonnegative_float, check_positive_int
 from .blocks import assemble, mirror_upper, products
+from .in_range import check_kernel_range
+from .ntk import snap_tolerance
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,15 @@ def _relu(state: _PairState) -> _PairState:
         K' = \frac{\sqrt{q_{11}q_{22} - q_{12}^2} + (\pi - \theta) q_{12}}{2\pi},\qquad
         \dot K = \frac{\pi - \theta}{2\pi},\qquad \Theta' = \Theta \dot K,
 
-    and on the diagonal :math:`q' = q/2` exactly; :math:`K' \ge 0` is enforced.
+    and on the diagonal :math:`q' = q/2` exactly; :math:`K' \ge 0` is enforced. The
+    product :math:`q_{11}q_{22}` is taken as :math:`q_{11}q_{22}(1 - \epsilon)`
+    (:func:`~.ntk.snap_tolerance`): a covariance within rounding of
+    :math:`\sqrt{q_{11}q_{22}}` (two identical inputs, whose product came out an ulp
+    apart from their variances) gives the angle 0, not :math:`\sqrt{2\,\mathrm{ulp}}`,
+    which the ReLU's unbounded derivative at :math:`\theta = 0` would carry into the
+    kernel at :math:`10^{-8}`.
     """
-    product = state.q11[:, None] * state.q22[None, :]
+    product = state.q11[:, None] * state.q22[None, :] * (1.0 - snap_tolerance(np.float64))
     sine_term = np.sqrt(np.maximum(product - state.q12**2, 0.0))
     theta = np.arctan2(sine_term, state.q12)
     # >= 0 in exact arithmetic; rounding at antipodes could leave -1e-32
@@ -70,6 +77,23 @@ def _relu(state: _PairState) -> _PairState:
         np.fill_diagonal(q12, q11)
         np.fill_diagonal(ntk_values, np.diagonal(state.ntk) / 2)
     return replace(state, q11=q11, q22=q22, q12=q12, ntk=ntk_values)
+
+
+def _snap_parallel_inputs(q12: np.ndarray, q11: np.ndarray, q22: np.ndarray, terms: int) -> None:
+    r"""Set to :math:`\pm\sqrt{q_{11} q_{22}}` the input products within rounding of it.
+
+    A dot product of ``terms`` terms is exact only to about ``terms`` ulps of
+    :math:`\|x\|\|y\|`, and the product of two identical inputs by a matrix product and
+    their squared norms by another sum differ by that much. The ReLU's angle has an
+    unbounded derivative at 0, so such a difference would become one of
+    :math:`\sqrt{terms\,\epsilon}` (1e-7) in the kernel: identical images would no
+    longer have identical kernel rows. Products :math:`q_{12}` with
+    :math:`|q_{12}| \ge \sqrt{q_{11} q_{22}}\,(1 - terms\,\epsilon)` are taken as
+    parallel inputs, the Cauchy-Schwarz bound itself (in place).
+    """
+    bound = np.sqrt(q11[:, None] * q22[None, :])
+    tolerance = terms * float(np.finfo(np.float64).eps)
+    np.copyto(q12, np.copysign(bound, q12), where=np.abs(q12) >= bound * (1.0 - tolerance))
 
 
 def fc_kernels(
@@ -142,6 +166,7 @@ def fc_kernels(
     def fill(block_out: np.ndarray, rows: slice, cols: slice, diagonal: bool) -> None:
         q12 = products(X_checked, other, rows, cols, diagonal, np.empty(block_out.shape))
         q12 /= n_features
+        _snap_parallel_inputs(q12, sq_x[rows], sq_y[cols], n_features)
         if diagonal:
             np.fill_diagonal(q12, sq_x[rows])
         state = _PairState(sq_x[rows], sq_y[cols], q12, np.zeros_like(q12), diagonal)
@@ -157,35 +182,5 @@ def fc_kernels(
         )
     if Y_checked is None:
         mirror_upper(nngp)
-    _check_in_range(nngp, ntk_matrix, depth, w_std, b_std)
+    check_kernel_range(nngp, ntk_matrix, f"depth={depth}, w_std={w_std:g}, b_std={b_std:g}")
     return nngp, ntk_matrix
-
-
-def _check_in_range(nngp: np.ndarray, ntk_matrix: np.ndarray, depth, w_std, b_std) -> None:
-    r"""Refuse kernels that overflowed or underflowed in the fold.
-
-    Without bias each hidden layer multiplies the variance by :math:`\sigma_w^2/2`, so
-    ``depth`` layers scale it by :math:`(\sigma_w^2/2)^{depth}`: beyond the float64 range
-    the kernel is inf/NaN, below it zero or subnormal (no digits left). Either way its
-    predictions would be noise, so this raises, naming what to change.
-
-    Raises
-    ------
-    InvalidParameterError
-    """
-    per_layer = w_std**2 / 2 if w_std < 1e150 else math.inf
-    settings = (
-        f"depth={depth}, w_std={w_std:g}, b_std={b_std:g} (each layer scales the variance "
-        f"by w_std**2/2 = {per_layer:.3g}"
-    )
-    if not (np.isfinite(ntk_matrix).all() and np.isfinite(nngp).all()):
-        raise InvalidParameterError(
-            f"the deep kernel overflowed to inf/NaN at {settings}); lower w_std "
-            "(sqrt(2) keeps the variance constant), depth, or the scale of the inputs"
-        )
-    smallest_normal = float(np.finfo(np.float64).tiny)
-    if not np.abs(ntk_matrix).max() > 1e16 * smallest_normal:
-        raise InvalidParameterError(
-            f"the deep kernel underflowed to zero at {settings}); use w_std=sqrt(2) (the "
-            "critical value), a bias b_std > 0, or a smaller depth"
-        )
