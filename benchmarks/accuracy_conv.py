@@ -14,22 +14,45 @@ Usage: ``python benchmarks/accuracy_conv.py [--architectures fc-1,cnn-flatten-3]
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import replace
 
+VARIANTS = ("plain", "zca", "flip", "zca+flip")
+"""The preprocessings a row can take: none, ZCA whitening, flips, both."""
+
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="../shared/fashion_mnist_60k")
-    parser.add_argument("--architectures", default="fc-1,cnn-flatten-3,cnn-flatten-6")
-    parser.add_argument("--kernels", default="ntk,nngp")
-    parser.add_argument("--sizes", default="10,100")
-    parser.add_argument("--test", type=int, default=3000)
-    parser.add_argument("--zca", type=float, default=0.1, help="epsilon of the ZCA rows")
+    from ntkdemo.cli.options import (
+        architecture_name,
+        comma_list,
+        one_of,
+        positive_float,
+        positive_int,
+        script_parser,
+    )
+
+    parser = script_parser(__doc__)
+    parser.add_argument("--dataset", default="../shared/fashion_mnist_60k", help="dataset folder")
     parser.add_argument(
-        "--variants", default="plain,zca,flip,zca+flip", help="preprocessings to run"
+        "--architectures",
+        type=comma_list(architecture_name),
+        default="fc-1,cnn-flatten-3,cnn-flatten-6",
+        help="networks, comma-separated",
+    )
+    parser.add_argument(
+        "--kernels", type=comma_list(one_of("ntk", "nngp")), default="ntk,nngp", help="kernels"
+    )
+    parser.add_argument(
+        "--sizes", type=comma_list(positive_int), default="10,100", help="images per class"
+    )
+    parser.add_argument("--test", type=positive_int, default=3000, help="test images")
+    parser.add_argument("--zca", type=positive_float, default=0.1, help="epsilon of the ZCA rows")
+    parser.add_argument(
+        "--variants",
+        type=comma_list(one_of(*VARIANTS)),
+        default=",".join(VARIANTS),
+        help="preprocessings to run",
     )
     options = parser.parse_args()
     from ntkdemo import KernelSpec, load_sample, run_demo
@@ -40,7 +63,7 @@ def main() -> int:
         f"{'test':>5} {'accuracy':>8} {'seconds':>8}",
         flush=True,
     )
-    for size in (int(s) for s in options.sizes.split(",")):
+    for size in options.sizes:
         base = load_sample(options.dataset, size, None, seed=0)
         base = replace(
             base,
@@ -48,9 +71,9 @@ def main() -> int:
             y_test=base.y_test[: options.test],
             test_indices=base.test_indices[: options.test],
         )
-        for architecture in options.architectures.split(","):
-            for kernel in options.kernels.split(","):
-                for variant in options.variants.split(","):
+        for architecture in options.architectures:
+            for kernel in options.kernels:
+                for variant in options.variants:
                     zca, flip = "zca" in variant, "flip" in variant
                     spec = KernelSpec(kernel=kernel, architecture=architecture, w_std=2**0.5)
                     averaged = flip_kernel(spec, base.image_shape)[0] if flip else None
@@ -71,4 +94,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ntkdemo.cli.options import run_script
+
+    sys.exit(run_script(main))

@@ -24,7 +24,7 @@ Usage: ``python benchmarks/accuracy_ridge.py [--architecture myrtle5] [--per-cla
 
 from __future__ import annotations
 
-import argparse
+import json
 import os
 import sys
 import time
@@ -120,38 +120,111 @@ def leave_one_out_outputs(
     return targets - coef / diagonal[:, None]
 
 
+def cache_key(dataset: str, sample, network: dict) -> str:
+    """Everything that makes the cached kernels, as one JSON text: the network (name,
+    weight and bias scales, image shape), the dataset, the rows drawn (a digest of the
+    training and test indices: the sizes and seed included). The mirror parts of
+    ``--flip`` are more entries of the same file."""
+    import hashlib
+
+    from ntkdemo.kernels.conv import architecture_layers
+
+    rows = hashlib.sha256(
+        np.concatenate([sample.train_indices, [-1], sample.test_indices]).astype("<i8").tobytes()
+    ).hexdigest()
+    return json.dumps(
+        {
+            "layers": [repr(layer) for layer in architecture_layers(network["architecture"])],
+            "architecture": network["architecture"],
+            "image_shape": list(network["image_shape"]),
+            "dataset": os.path.abspath(dataset),
+            "train": len(sample.y_train),
+            "test": len(sample.y_test),
+            "rows": rows,
+        },
+        sort_keys=True,
+    )
+
+
+def read_cache(path: str | None, key: str) -> dict[str, np.ndarray]:
+    """The kernels cached at ``path`` for ``key`` (none if there is no such file).
+
+    Raises
+    ------
+    InvalidParameterError
+        If the file holds kernels of anything else (another network, sample or size).
+    """
+    from ntkdemo.errors import InvalidParameterError
+
+    if not path or not os.path.exists(path):
+        return {}
+    cached = dict(np.load(path))
+    found = str(cached.pop("key", ""))
+    if found != key:
+        wanted, held = json.loads(key), json.loads(found) if found else {}
+        differences = "; ".join(
+            f"{name} {held.get(name, 'unrecorded')} (this run: {wanted[name]})"
+            for name in sorted(wanted)
+            if held.get(name) != wanted[name] and name != "layers"
+        )
+        raise InvalidParameterError(
+            f"--cache {path} holds the kernels of another run: {differences}; name another "
+            "--cache file, or delete it to recompute"
+        )
+    return cached
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="../shared/fashion_mnist_60k")
-    parser.add_argument("--architecture", default="myrtle5")
-    parser.add_argument("--per-class", type=int, default=100)
-    parser.add_argument("--test", type=int, default=1000)
+    from ntkdemo.cli.options import architecture_name, positive_int, script_parser
+
+    parser = script_parser(__doc__)
+    parser.add_argument("--dataset", default="../shared/fashion_mnist_60k", help="dataset folder")
+    parser.add_argument(
+        "--architecture", type=architecture_name, default="myrtle5", help="the network"
+    )
+    parser.add_argument("--per-class", type=positive_int, default=100, help="training images")
+    parser.add_argument("--test", type=positive_int, default=1000, help="test images")
     parser.add_argument("--flip", action="store_true", help="kernels averaged over mirrors")
-    parser.add_argument("--cache", default=None, help="npz of the kernels (written if absent)")
+    parser.add_argument(
+        "--cache",
+        default=None,
+        help="npz of the kernels: read when it holds this run's (its key: network, dataset, "
+        "rows, sizes), written if absent, refused if it holds another run's",
+    )
     options = parser.parse_args()
     from tqdm import tqdm
 
     from ntkdemo import load_sample
+    from ntkdemo.errors import InvalidParameterError
     from ntkdemo.kernels import scaled_unit_rows
     from ntkdemo.kernels.mirror import is_mirror_symmetric
     from ntkdemo.solvers import one_hot, solve
 
     sample = load_sample(options.dataset, options.per_class, None, seed=0)
+    if options.test > len(sample.y_test):
+        raise InvalidParameterError(
+            f"--test {options.test} asks for more than the {len(sample.y_test)} balanced "
+            f"test images of {options.dataset}; use at most {len(sample.y_test)}"
+        )
     sample = replace(
-        sample, X_test=sample.X_test[: options.test], y_test=sample.y_test[: options.test]
+        sample,
+        X_test=sample.X_test[: options.test],
+        y_test=sample.y_test[: options.test],
+        test_indices=sample.test_indices[: options.test],
     )
     X, X_test = scaled_unit_rows(sample.X_train), scaled_unit_rows(sample.X_test)
     network = {"architecture": options.architecture, "image_shape": sample.image_shape}
     parts = {"": lambda bar: plain_kernels(X, X_test, network, bar)}
     if options.flip:
         if not is_mirror_symmetric(options.architecture, sample.image_shape):
-            parser.error(
+            raise InvalidParameterError(
                 f"{options.architecture} is not mirror symmetric on images of "
                 f"{sample.image_shape}: its kernel averaged over mirrors is not the network "
                 "trained on the mirrors too"
             )
         parts["_mirror"] = lambda bar: mirror_kernels(X, X_test, network, bar)
-    cached = dict(np.load(options.cache)) if options.cache and os.path.exists(options.cache) else {}
+    key = cache_key(options.dataset, sample, network)
+    cached = read_cache(options.cache, key)
     for suffix, compute in parts.items():
         label = "kernels" + suffix.replace("_", " ")
         if f"ntk_train{suffix}" in cached:
@@ -165,9 +238,9 @@ def main() -> int:
             f"{label} of {len(X)} x {len(X)} and {len(X_test)} x {len(X)}: "
             f"{time.perf_counter() - start:.0f} s"
         )
-        cached.update({f"{key}{suffix}": value for key, value in computed.items()})
+        cached.update({f"{name}{suffix}": value for name, value in computed.items()})
         if options.cache:
-            np.savez(options.cache, **cached)
+            np.savez(options.cache, key=np.array(key), **cached)
     kernels = {}
     for name in ("nngp", "ntk"):
         train, test = cached[f"{name}_train"], cached[f"{name}_test"]
@@ -204,4 +277,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ntkdemo.cli.options import run_script
+
+    sys.exit(run_script(main))

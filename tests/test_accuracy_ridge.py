@@ -1,10 +1,13 @@
-"""The two computations of ``benchmarks/accuracy_ridge.py`` behind its README numbers:
-leave-one-out outputs from one eigendecomposition, and the mirror parts of the kernels
-averaged over mirrors computed by upper strips."""
+"""The accuracy benchmarks behind the README numbers: ``accuracy_ridge.py``'s two
+computations (leave-one-out outputs from one eigendecomposition, the mirror parts of the
+kernels averaged over mirrors by upper strips) and its cache keyed on what makes the
+kernels; both scripts' argument checks and help."""
 
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ from ntkdemo.kernels import conv_kernels
 from ntkdemo.kernels.mirror import mirrored
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy_ridge.py"
+CONV_SCRIPT = SCRIPT.with_name("accuracy_conv.py")
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +58,64 @@ def test_mirror_parts_by_upper_strips_equal_the_whole_products(accuracy_ridge, m
             np.testing.assert_allclose(
                 parts[f"{name}_{part}"], whole[index], rtol=0, atol=1e-13 * whole[index].max()
             )
+
+
+def run_script(script: Path, *arguments: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(script), *arguments],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_a_cache_of_another_run_is_refused(fashion_mnist, tmp_path):
+    """Kernels cached for cnn-gap-1 were read back for cnn-flatten-2 (its name, their
+    table); another --per-class met a raw ValueError. The cache is keyed on what makes
+    the kernels: a mismatch is one line and exit 2, a match is read."""
+    common = ["--dataset", str(fashion_mnist), "--test", "10", "--cache", "c.npz"]
+    first = run_script(
+        SCRIPT, "--architecture", "cnn-gap-1", "--per-class", "1", *common, cwd=tmp_path
+    )
+    assert first.returncode == 0, first.stderr
+    for other, difference in (
+        (["--architecture", "cnn-flatten-2", "--per-class", "1"], "architecture cnn-gap-1 (this"),
+        (["--architecture", "cnn-gap-1", "--per-class", "2"], "train 10 (this run: 20)"),
+    ):
+        refused = run_script(SCRIPT, *other, *common, cwd=tmp_path)
+        assert refused.returncode == 2 and refused.stdout == ""
+        assert refused.stderr.count("\n") == 1 and difference in refused.stderr
+        assert "holds the kernels of another run" in refused.stderr
+    again = run_script(
+        SCRIPT, "--architecture", "cnn-gap-1", "--per-class", "1", *common, cwd=tmp_path
+    )
+    assert again.returncode == 0 and again.stdout.startswith("kernels read from c.npz")
+    assert again.stdout.splitlines()[1:] == first.stdout.splitlines()[1:]
+
+
+@pytest.mark.parametrize(
+    ("script", "arguments", "message"),
+    [
+        (SCRIPT, ["--test", "-5"], "argument --test: must be >= 1, got -5"),
+        (SCRIPT, ["--per-class", "0"], "argument --per-class: must be >= 1, got 0"),
+        (SCRIPT, ["--architecture", "bogus"], "unknown architecture 'bogus'"),
+        (CONV_SCRIPT, ["--variants", "zca+flpi"], "'zca+flpi' is not one of plain, zca"),
+        (CONV_SCRIPT, ["--sizes", "10,0"], "argument --sizes: must be >= 1, got 0"),
+        (CONV_SCRIPT, ["--test", "0"], "argument --test: must be >= 1, got 0"),
+        (CONV_SCRIPT, ["--architectures", "fc-1,nope"], "unknown architecture 'nope'"),
+        (CONV_SCRIPT, ["--kernels", "ntk,ntx"], "'ntx' is not one of ntk, nngp"),
+    ],
+)
+def test_benchmark_scripts_refuse_nonsense_in_one_line(script, arguments, message, tmp_path):
+    refused = run_script(script, *arguments, cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.count("\n") == 1 and message in refused.stderr
+
+
+@pytest.mark.parametrize("script", [SCRIPT, CONV_SCRIPT])
+def test_benchmark_help_is_whole_and_shows_defaults(script, tmp_path):
+    shown = run_script(script, "--help", cwd=tmp_path)
+    assert shown.returncode == 0
+    assert "Usage: ``python benchmarks/" in shown.stdout  # the docstring's last paragraph
+    assert "(default: ../shared/fashion_mnist_60k)" in shown.stdout
