@@ -186,3 +186,82 @@ def test_a_source_tree_without_package_metadata_still_imports(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "0+unknown"
+
+
+def test_a_conv_run_beyond_max_time_is_refused_naming_what_fits(tiny_dataset, tmp_path, capsys):
+    code, out, err = run_cli(
+        capsys,
+        "--dataset",
+        str(tiny_dataset),
+        "--architecture",
+        "cnn-gap-1",
+        "--train-per-class",
+        "9",
+        "--test-per-class",
+        "5",
+        "--max-time",
+        "1e-6s",
+        "--out",
+        str(tmp_path),
+    )
+    assert code == 2 and err.count("\n") == 1
+    assert "more than --max-time 0 s" in err
+    assert "not even one training image per class fits" in err
+    assert "kernel: about" in out and not (tmp_path / "metrics.json").exists()
+
+
+def test_the_largest_sample_within_a_time_is_named():
+    from ntkdemo.cli.run import KernelEstimate
+    from ntkdemo.errors import InvalidParameterError
+
+    # 10 classes, 100 per class; a pair costs 1 ms; pairs n (n + 1) / 2
+    estimate = KernelEstimate(lambda n: n * (n + 1) / 2 * 1e-3, "pairs", 1000, 100)
+    assert estimate.largest_per_class(500.5) == 100  # exactly the whole: 1000 * 1001 / 2 ms
+    assert estimate.largest_per_class(500.4) == 99
+    assert estimate.largest_per_class(0.0549) == 0 and estimate.largest_per_class(0.055) == 1
+    with pytest.raises(InvalidParameterError, match=r"--train-per-class 44 takes about 97 s"):
+        estimate.bound(100.0)
+    assert estimate.bound(600.0) == ""
+    assert "--max-time 1h refuses up front" in KernelEstimate(
+        lambda n: n * 10.0, "pairs", 1000, 100
+    ).bound(None)
+
+
+def test_a_depth_beside_an_fc_architecture_of_another_depth_is_refused(
+    tiny_dataset, tmp_path, capsys
+):
+    for depth in ("3", "1"):
+        code, _, err = run_cli(
+            capsys, "--dataset", str(tiny_dataset), "--architecture", "fc-2", "--depth", depth
+        )
+        assert code == 2 and err.count("\n") == 1
+        assert f"has depth 2 but --depth {depth} was given too" in err or (
+            f"has depth 2 but depth={depth} was asked too" in err
+        )
+    code, _, err = run_cli(
+        capsys,
+        "--dataset",
+        str(tiny_dataset),
+        "--architecture",
+        "fc-2",
+        "--depth",
+        "2",
+        "--train-per-class",
+        "4",
+        "--test-per-class",
+        "2",
+        "--out",
+        str(tmp_path),
+    )
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["network"] == "NTK of fc-2 (w_std 1, b_std 0)"
+
+
+def test_zca_zero_is_refused_before_loading(capsys):
+    code, _, err = run_cli(capsys, "--dataset", "./no/such/folder", "--zca", "0")
+    assert code == 2
+    assert err.strip() == (
+        "ntkdemo: error: ntkdemo run: argument --zca: must be a finite number > 0, got '0' "
+        "(see --help)"
+    )

@@ -45,7 +45,8 @@ class KernelSpec:
     architecture : str or None, default=None
         A network of :func:`ntkdemo.kernels.conv_kernels` (``cnn-flatten-L``,
         ``cnn-gap-L``, ``myrtle5``, ...) in place of the fully connected one; ``fc-L``
-        is the fully connected network of depth L (it sets ``depth``).
+        is the fully connected network of depth L (it sets ``depth``; another ``depth``
+        than 1, the default, or L is refused).
     image_shape : tuple of int, default=()
         ``(H, W)`` or ``(H, W, C)`` of one image, which a convolutional architecture
         and ``flip`` need to see the flat rows as images (``run_demo`` takes it from the
@@ -79,7 +80,13 @@ class KernelSpec:
         if self.architecture is not None:
             fully_connected = re.fullmatch(r"fc-(\d+)", self.architecture)
             if fully_connected:
-                object.__setattr__(self, "depth", int(fully_connected.group(1)))
+                named = int(fully_connected.group(1))
+                if self.depth not in (1, named):  # 1: the default, so not a conflict
+                    raise InvalidParameterError(
+                        f"architecture {self.architecture!r} has depth {named} but depth="
+                        f"{self.depth} was asked too; give one of them"
+                    )
+                object.__setattr__(self, "depth", named)
                 object.__setattr__(self, "architecture", None)
             else:
                 architecture_layers(self.architecture)  # refuses unknown names

@@ -1,5 +1,5 @@
 """Sizes in bytes as people write them (``16GB``, ``500MB``, ``2e9``) and as ntkdemo prints
-them, and durations as it prints them.
+them, and durations as people write them (``90s``, ``30min``, ``2h``) and as it prints them.
 
 Decimal units (1 GB = 10^9 bytes), as memory is reported by ``free -h --si`` and psutil.
 Standard library only: the command's thin parent process uses it too.
@@ -37,6 +37,33 @@ def parse_bytes(text: str) -> int:
             f"the memory size must be a finite number of bytes >= 1, such as 16GB, got {text!r}"
         )
     return int(value)
+
+
+_DURATION_UNITS = {"": 1, "S": 1, "M": 60, "MIN": 60, "H": 3600, "D": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Parse a duration such as ``"90"`` or ``"90s"`` (seconds), ``"30min"``, ``"2h"``
+    or ``"1d"`` into seconds.
+
+    Raises
+    ------
+    InvalidParameterError
+        If the text is not a number with an optional unit, or the duration is not a
+        finite number of seconds > 0.
+    """
+    written = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([A-Z]*)\s*", text.upper())
+    try:
+        value = float(written.group(1)) * _DURATION_UNITS[written.group(2)]  # type: ignore[union-attr]
+    except (AttributeError, ValueError, KeyError):
+        raise InvalidParameterError(
+            f"cannot read the duration {text!r}; write e.g. 90s, 30min or 2h"
+        ) from None
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidParameterError(
+            f"the duration must be a finite time > 0, such as 30min or 2h, got {text!r}"
+        )
+    return value
 
 
 def format_duration(seconds: float) -> str:

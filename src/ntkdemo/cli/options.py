@@ -9,7 +9,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 
 import numpy as np
@@ -60,6 +60,28 @@ def nonnegative_float(text: str) -> float:
     if not np.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """Parse a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not np.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def duration(text: str) -> float:
+    """Parse a duration (``90s``, ``30min``, ``2h``) into seconds."""
+    from ..errors import InvalidParameterError
+    from ..units import parse_duration
+
+    try:
+        return parse_duration(text)
+    except InvalidParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def time_value(text: str) -> float:
@@ -154,8 +176,8 @@ def add_kernel_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--depth",
         type=positive_int,
-        default=1,
-        help="hidden ReLU layers (default: 1, the one-layer formula)",
+        default=None,
+        help="hidden ReLU layers (default: 1, the one-layer formula; the L of --architecture fc-L)",
     )
     group.add_argument(
         "--architecture",
@@ -176,7 +198,7 @@ def add_kernel_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--zca",
-        type=nonnegative_float,
+        type=positive_float,
         default=None,
         metavar="EPS",
         help="ZCA-whiten the images, fitted on the training images, regularised by EPS "
@@ -352,3 +374,59 @@ def print_table(say: Console, header: Sequence[str], rows: Sequence[Sequence[obj
     say("  ".join(f"{h:<{w}}" for h, w in zip(header, widths)))
     for row in cells:
         say("  ".join(f"{c:<{w}}" for c, w in zip(row, widths)))
+
+
+def architecture_name(text: str) -> str:
+    """Parse ``--architecture``: a name :func:`~ntkdemo.kernels.architecture_layers` knows."""
+    from ..errors import InvalidParameterError
+    from ..kernels import architecture_layers
+
+    try:
+        architecture_layers(text)
+    except InvalidParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def comma_list(item: Callable[[str], object]) -> Callable[[str], list]:
+    """An argument type for ``a,b,c``: each part parsed by ``item`` (an argument type
+    that raises ``ArgumentTypeError``, or a tuple of the words allowed)."""
+
+    def parse(text: str) -> list:
+        parts = [part.strip() for part in text.split(",")]
+        if not all(parts):
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        return [item(part) for part in parts]
+
+    return parse
+
+
+def one_of(*words: str) -> Callable[[str], str]:
+    """An argument type accepting only ``words`` (for the parts of a :func:`comma_list`)."""
+
+    def parse(text: str) -> str:
+        if text not in words:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(words)}")
+        return text
+
+    return parse
+
+
+class ScriptHelp(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` of a script: its whole description as written, and every default."""
+
+
+def script_parser(description: str) -> Parser:
+    """The argument parser of a benchmark script: one-line errors as the command's."""
+    return Parser(description=description, formatter_class=ScriptHelp)
+
+
+def run_script(main: Callable[[], int]) -> int:
+    """Run a script's ``main``: a user's mistake is one line on stderr and exit code 2."""
+    from ..errors import NTKDemoError
+
+    try:
+        return main()
+    except (UsageError, NTKDemoError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

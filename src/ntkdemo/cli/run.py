@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import InvalidParameterError
+from ..units import format_duration
 from .options import (
     Console,
     UsageError,
@@ -18,6 +22,7 @@ from .options import (
     add_output_options,
     decode_draw,
     draw_from_options,
+    duration,
     memory_size,
     positive_int,
     time_value,
@@ -52,6 +57,16 @@ def add_command(commands) -> str:
         default=None,
         metavar="SIZE",
         help="cap on the memory the run may plan for, e.g. 16GB (default: 90%% of free memory)",
+    )
+    run.add_argument(
+        "--max-time",
+        type=duration,
+        default=None,
+        metavar="DURATION",
+        help="refuse up front a convolutional run whose kernel is estimated (from per-pair "
+        "costs measured first) to take longer, e.g. 90s, 30min or 2h, naming the largest "
+        "--train-per-class that fits (default: no bound; runs estimated past an hour say "
+        "how to bound them)",
     )
     run.add_argument(
         "--solver",
@@ -125,7 +140,7 @@ def command_run(options) -> int:
 
     spec = KernelSpec(
         kernel=options.kernel,
-        depth=options.depth,
+        depth=_depth(options),
         w_std=options.w_std,
         b_std=options.b_std,
         ridge=options.ridge,
@@ -170,13 +185,18 @@ def command_run(options) -> int:
             sample = zca_whitened(sample, options.zca, with_mirrors=spec.flip)
 
         if spec.architecture is not None:
-            say(_conv_estimate(spec, sample, options.device))
+            per_class = len(draw.y_train) // draw.n_classes
+            estimate = _conv_estimate(spec, sample, per_class, options.device)
+            say(estimate.describe())
+            advice = estimate.bound(options.max_time)
+            if advice:
+                say(advice)
         result = run_demo(sample, spec, plan=plan, progress=say.progress, report=say)
     result.timings = {"load": load_seconds, **result.timings}
     record("write")
     flip_form = "kernel averaged" if spec.flip else "mirrors added" if options.flip else None
     # written first: a closed pipe loses none
-    _write_run(out, options, sample, result, test_images, flip_form)
+    _write_run(out, options, sample, result, test_images, flip_form, spec.describe())
     _print_run(say, sample, result)
     lines = len(options.diagnostics.lines)
     logged = f", log.txt ({lines} lines)" if lines else ""
@@ -184,38 +204,138 @@ def command_run(options) -> int:
     return 0
 
 
-def _conv_estimate(spec, sample, device: str) -> str:
-    """One line: how long the convolutional kernel will take here, from per-pair costs
-    measured now: on the CPU the pairs of :func:`ntkdemo.demo.kernel_pairs`, on a GPU
-    the training Gram once and the test rows, with the spectrum's on the CPU."""
+def _depth(options) -> int:
+    """``--depth``, 1 if not given. :class:`~ntkdemo.spec.KernelSpec` refuses another depth
+    than L beside ``--architecture fc-L``, except 1 (its default): refused here when given."""
+    if options.depth is None:
+        return 1
+    named = re.fullmatch(r"fc-(\d+)", options.architecture or "")
+    if options.depth == 1 and named and int(named.group(1)) != 1:
+        raise UsageError(
+            f"--architecture {options.architecture} has depth {int(named.group(1))} but "
+            "--depth 1 was given too; give one of them"
+        )
+    return options.depth
+
+
+LONG_RUN_SECONDS = 3600.0
+"""A convolutional run estimated to take longer than this (and not bounded by
+``--max-time``) is told how to bound it."""
+
+
+@dataclass(frozen=True)
+class KernelEstimate:
+    """How long a convolutional run's kernel takes here: ``seconds_for(n_train)``, from
+    per-pair costs measured now, for training sets of other sizes too.
+
+    Attributes
+    ----------
+    seconds_for : callable
+        Seconds for ``n_train`` training images (the test images as drawn).
+    costs : str
+        What the cost is made of, in words.
+    n_train, per_class : int
+        The training images drawn (mirrors added included) and per class.
+    """
+
+    seconds_for: Callable[[int], float]
+    costs: str
+    n_train: int
+    per_class: int
+
+    def describe(self) -> str:
+        """One line: the estimate for the run as drawn."""
+        seconds = self.seconds_for(self.n_train)
+        return f"kernel: about {format_duration(seconds)} here ({self.costs}, measured now)"
+
+    def largest_per_class(self, seconds: float) -> int:
+        """The most training images per class whose kernel takes at most ``seconds`` (0 if
+        even one per class takes longer)."""
+        images_per_class = self.n_train // self.per_class  # classes, doubled by mirrors
+        low, high = 0, self.per_class
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self.seconds_for(middle * images_per_class) <= seconds:
+                low = middle
+            else:
+                high = middle - 1
+        return low
+
+    def bound(self, max_time: float | None) -> str:
+        """Refuse a run that will not finish within ``max_time`` seconds, naming the
+        largest sample that would; a note on how to bound a long run; else ``""``.
+
+        Raises
+        ------
+        InvalidParameterError
+            If ``max_time`` is given and the estimate exceeds it.
+        """
+        seconds = self.seconds_for(self.n_train)
+        if max_time is None and seconds <= LONG_RUN_SECONDS:
+            return ""
+        limit = LONG_RUN_SECONDS if max_time is None else max_time
+        fits = self.largest_per_class(limit)
+        smaller = (
+            f"--train-per-class {fits} takes about "
+            f"{format_duration(self.seconds_for(fits * self.n_train // self.per_class))}"
+            if fits
+            else "not even one training image per class fits; use a smaller network"
+        )
+        if max_time is None:
+            return (
+                f"note: a long run ({format_duration(seconds)}): Ctrl-C stops it; "
+                f"--max-time 1h refuses up front what will not finish in an hour; {smaller}"
+            )
+        if seconds > max_time:
+            raise InvalidParameterError(
+                f"the kernel will take about {format_duration(seconds)} here, more than "
+                f"--max-time {format_duration(max_time)}; {smaller}"
+            )
+        return ""
+
+
+def _conv_estimate(spec, sample, per_class: int, device: str) -> KernelEstimate:
+    """How long the convolutional kernel will take here, from per-pair costs measured
+    now: on the CPU the pairs of :func:`ntkdemo.demo.kernel_pairs`, on a GPU the
+    training Gram once and the test rows, with the spectrum's on the CPU.
+    ``per_class``: training images drawn per class (before any mirrors are added)."""
     from dataclasses import replace
 
     from ..demo import kernel_pairs, spectrum_rows_for
     from ..kernels.conv import seconds_per_pair
-    from ..units import format_duration
 
     n_train, n_test = len(sample.y_train), len(sample.y_test)
     per_pair = seconds_per_pair(
         spec.architecture, sample.image_shape, w_std=spec.w_std, b_std=spec.b_std
     )
-    shown = min(n_train, spectrum_rows_for(spec))
-    spectrum_pairs = shown * (shown + 1) // 2
+
+    def spectrum_pairs(n: int) -> int:
+        shown = min(n, spectrum_rows_for(spec))
+        return shown * (shown + 1) // 2
+
     if device == "cuda":
         from ..solvers.cuda import DeviceKernel
 
         shaped = replace(spec, image_shape=tuple(sample.image_shape))
         per_pair_gpu = DeviceKernel(shaped).seconds_per_pair()
-        pairs = n_train * (n_train + 1) // 2 + n_test * n_train
-        seconds = spectrum_pairs * per_pair + pairs * per_pair_gpu
-        costs = (
-            f"{pairs:,} image pairs on the GPU at {per_pair_gpu * 1e6:.0f} us each, "
-            f"{spectrum_pairs:,} for the spectrum on the CPU at {per_pair * 1e3:.2f} ms"
+
+        def gpu_pairs(n: int) -> int:
+            return n * (n + 1) // 2 + n_test * n
+
+        return KernelEstimate(
+            lambda n: spectrum_pairs(n) * per_pair + gpu_pairs(n) * per_pair_gpu,
+            f"{gpu_pairs(n_train):,} image pairs on the GPU at {per_pair_gpu * 1e6:.0f} us "
+            f"each, {spectrum_pairs(n_train):,} for the spectrum on the CPU at "
+            f"{per_pair * 1e3:.2f} ms",
+            n_train,
+            per_class,
         )
-    else:
-        pairs = kernel_pairs(spec, n_train, n_test)
-        seconds = pairs * per_pair
-        costs = f"{pairs:,} image pairs at {per_pair * 1e3:.2f} ms each"
-    return f"kernel: about {format_duration(seconds)} here ({costs}, measured now)"
+    return KernelEstimate(
+        lambda n: kernel_pairs(spec, n, n_test) * per_pair,
+        f"{kernel_pairs(spec, n_train, n_test):,} image pairs at {per_pair * 1e3:.2f} ms each",
+        n_train,
+        per_class,
+    )
 
 
 @contextlib.contextmanager
@@ -266,10 +386,17 @@ def _print_run(say: Console, sample, result) -> None:
 
 
 def _write_run(
-    out: OutputSet, options, sample, result, test_images: np.ndarray, flip_form: str | None
+    out: OutputSet,
+    options,
+    sample,
+    result,
+    test_images: np.ndarray,
+    flip_form: str | None,
+    network: str,
 ) -> None:
     """metrics.json and the figures; ``test_images`` as decoded (before --zca);
-    ``flip_form`` how ``--flip`` trained on the mirrors, if it did."""
+    ``flip_form`` how ``--flip`` trained on the mirrors, if it did; ``network`` the
+    kernel that ran, in words."""
     from ..figures import confusion_figure, prediction_grid, spectrum_figure
 
     eigenvalues = result.eigenvalues
@@ -290,6 +417,7 @@ def _write_run(
                 "test": len(sample.y_test),
                 "features": int(sample.X_train.shape[1]),
             },
+            "network": network,
             "flips": flip_form,
             "test_accuracy": test.accuracy,
             "train_accuracy": train.accuracy,
