@@ -20,12 +20,15 @@ import pytest
 from conftest import random_images, write_image_dataset
 from ntkdemo import errors
 from ntkdemo.cli import main
+from ntkdemo.cli.run import KernelEstimate
 from ntkdemo.data import load_sample
 from ntkdemo.dynamics import gradient_descent_mean
-from ntkdemo.kernels import fc_kernels, ntk
+from ntkdemo.kernels import conv_kernels, fc_kernels, ntk
 from ntkdemo.outputs import prepare_out_dir
 from ntkdemo.plan import plan_memory
+from ntkdemo.preprocess import zca_whitened
 from ntkdemo.solvers import solve
+from ntkdemo.spec import KernelSpec
 from ntkdemo.units import parse_bytes
 
 
@@ -352,6 +355,43 @@ CASES = [
         lambda d: fc_kernels(np.eye(3), depth=1100),
         errors.InvalidParameterError,
         "underflowed to zero at depth=1100.*use w_std=sqrt\\(2\\)",
+    ),
+    Case(
+        "conv kernel underflows",
+        ["--architecture", "cnn-flatten-300", "--w-std", "0.01", "--ridge", "1"],
+        lambda d: conv_kernels(np.ones((2, 4, 4)), architecture="cnn-flatten-300", w_std=0.01),
+        errors.InvalidParameterError,
+        r"the kernel underflowed to zero at cnn-flatten-300 \(w_std=0\.01, b_std=0\).* it holds "
+        r"no information about the images; use w_std=sqrt\(2\)",
+    ),
+    Case(
+        "weights overflow",
+        ["--architecture", "cnn-gap-1", "--w-std", "1e200"],
+        lambda d: conv_kernels(np.ones((2, 4, 4)), architecture="cnn-gap-1", w_std=1e200),
+        errors.InvalidParameterError,
+        r"w_std=1e\+200 of a Conv layer overflows float64 when squared",
+    ),
+    Case(
+        "depth beside fc-L",
+        ["--architecture", "fc-2", "--depth", "3"],
+        lambda d: KernelSpec(architecture="fc-2", depth=3),
+        errors.InvalidParameterError,
+        r"architecture 'fc-2' has depth 2 but depth=3 was asked too; give one of them",
+    ),
+    Case(
+        "ZCA without regularisation",
+        ["--zca", "0"],
+        lambda d: zca_whitened(load_sample(good(d), 2, 2), 0),
+        errors.InvalidParameterError,
+        r"zca.* > 0",
+    ),
+    Case(
+        "run longer than --max-time",
+        ["--architecture", "cnn-gap-1", "--max-time", "1e-6s"],
+        lambda d: KernelEstimate(lambda n: n * 1.0, "pairs", 20, 10).bound(1e-6),
+        errors.InvalidParameterError,
+        r"the kernel will take about .* here, more than --max-time .*; (not even one|"
+        r"--train-per-class \d+ takes about)",
     ),
     Case(
         "zero weights",

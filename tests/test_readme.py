@@ -22,3 +22,8 @@ def test_readme_example_runs(number, fashion_mnist, monkeypatch, capsys):
     namespace: dict = {}
     exec(compile(EXAMPLES[number], f"README.md example {number}", "exec"), namespace)
     assert "sample" in namespace or "search" in namespace
+
+
+def test_the_readme_stays_a_guide_under_400_lines():
+    """Detail goes to docs/; the README says what a user can do."""
+    assert len((ROOT / "README.md").read_text().splitlines()) < 400

@@ -6,6 +6,8 @@
   :mod:`~ntkdemo.kernels.conv_loops`, its compiled loops);
 * :mod:`~ntkdemo.kernels.matrix` -- the kernel a run uses, chosen by name;
 * :mod:`~ntkdemo.kernels.blocks` -- block assembly and mirroring;
+* :mod:`~ntkdemo.kernels.in_range` -- the check every fold's output passes (no overflow,
+  no underflow to a kernel without information);
 * :mod:`~ntkdemo.kernels.mirror` -- left-right mirrors of images, and kernels averaged
   over them (``--flip``).
 
