@@ -365,6 +365,14 @@ CASES = [
         r"no information about the images; use w_std=sqrt\(2\)",
     ),
     Case(
+        "kernel collapsed to a constant",
+        ["--depth", "100", "--b-std", "1"],
+        lambda d: fc_kernels(np.eye(3) + 0.5, depth=100, b_std=1.0),
+        errors.InvalidParameterError,
+        r"the kernel is constant to rounding at depth=100, w_std=1, b_std=1: .* holds no "
+        r"information about them",
+    ),
+    Case(
         "weights overflow",
         ["--architecture", "cnn-gap-1", "--w-std", "1e200"],
         lambda d: conv_kernels(np.ones((2, 4, 4)), architecture="cnn-gap-1", w_std=1e200),

@@ -410,3 +410,14 @@ def test_identical_images_have_identical_kernel_rows():
     for architecture in ("cnn-gap-2", "cnn-flatten-2", "myrtle5"):
         for kernel in conv_kernels(X, architecture=architecture):
             np.testing.assert_allclose(kernel, kernel[0, 0], rtol=4e-15)
+
+
+def test_a_conv_kernel_collapsed_to_a_constant_is_refused():
+    """100 conv layers with a bias forget their input: correlations within an ulp of 1."""
+    from ntkdemo.errors import InvalidParameterError
+
+    X = np.random.default_rng(2).random((3, 6, 6))
+    with pytest.raises(InvalidParameterError, match="constant to rounding at cnn-flatten-100"):
+        conv_kernels(X, architecture="cnn-flatten-100", w_std=1.0, b_std=1.0)
+    kernel = conv_kernels(X, architecture="cnn-flatten-10", w_std=1.0, b_std=1.0)[1]
+    assert np.linalg.matrix_rank(kernel) == 3  # ten layers still tell them apart

@@ -45,7 +45,7 @@ import numpy as np
 from ..errors import InvalidInputError, InvalidParameterError
 from ..validation import check_matrix, check_nonnegative_float
 from .blocks import mirror_upper
-from .in_range import check_kernel_range
+from .in_range import check_kernel_informative, check_kernel_range
 
 __all__ = [
     "AvgPool",
@@ -261,7 +261,11 @@ def conv_kernels(
     if Y is None:
         mirror_upper(nngp)
         mirror_upper(ntk)
-    check_kernel_range(nngp, ntk, _describe(architecture, layers))
+    network = _describe(architecture, layers)
+    check_kernel_range(nngp, ntk, network)
+    if Y is None:
+        for kernel in (nngp, ntk):
+            check_kernel_informative(kernel, images_X.reshape(len(images_X), -1), network)
     return nngp, ntk
 
 
