@@ -45,7 +45,7 @@ import numpy as np
 from ..errors import InvalidInputError, InvalidParameterError
 from ..validation import check_matrix, check_nonnegative_float
 from .blocks import mirror_upper
-from .in_range import check_kernel_informative, check_kernel_range
+from .in_range import check_kernel_range
 
 __all__ = [
     "AvgPool",
@@ -101,6 +101,13 @@ MYRTLE_FACTORS = {"myrtle5": (2, 1, 1), "myrtle7": (2, 2, 2), "myrtle10": (3, 3,
 """Convolutions before the first pool, between the pools, and after the second."""
 
 
+def fully_connected_depth(name: object) -> int | None:
+    """L of an architecture named ``fc-L`` (L >= 1), the one place such names are read;
+    None for any other name or value."""
+    written = re.fullmatch(r"fc-(\d+)", name) if isinstance(name, str) else None
+    return int(written.group(1)) if written and int(written.group(1)) >= 1 else None
+
+
 def architecture_layers(name: str, w_std: float = 2**0.5, b_std: float = 0.0) -> tuple[Layer, ...]:
     """The layers of a named architecture (every ``conv`` is a ``Conv`` then a ``Relu``).
 
@@ -126,9 +133,9 @@ def architecture_layers(name: str, w_std: float = 2**0.5, b_std: float = 0.0) ->
     def convs(count: int) -> list[Layer]:
         return [layer for _ in range(count) for layer in (Conv(w_std, b_std), Relu())]
 
-    fully_connected = re.fullmatch(r"fc-(\d+)", name)
-    if fully_connected and int(fully_connected.group(1)) >= 1:
-        hidden: list[Layer] = [Dense(w_std, b_std), Relu()] * int(fully_connected.group(1))
+    depth = fully_connected_depth(name)
+    if depth is not None:
+        hidden: list[Layer] = [Dense(w_std, b_std), Relu()] * depth
         return (Flatten(), *hidden, Dense(w_std, b_std))
     written = re.fullmatch(r"cnn-(flatten|gap)-(\d+)", name)
     if written and int(written.group(2)) >= 1:
@@ -238,10 +245,10 @@ def conv_kernels(
             f"myrtle10) or a sequence of layers (Conv, Relu, AvgPool, GlobalAvgPool, Flatten, "
             f"Dense), got {architecture!r}"
         )
-    if isinstance(architecture, str) and re.fullmatch(r"fc-\d+", architecture):
+    depth = fully_connected_depth(architecture)
+    if depth is not None:
         from .deep import fc_kernels
 
-        depth = int(architecture.split("-")[1])
         flat_X = as_images(X, image_shape, "X").reshape(len(X), -1)
         flat_Y = None if Y is None else as_images(Y, image_shape, "Y").reshape(len(Y), -1)
         return fc_kernels(flat_X, flat_Y, depth=depth, w_std=w_std, b_std=b_std)
@@ -261,11 +268,7 @@ def conv_kernels(
     if Y is None:
         mirror_upper(nngp)
         mirror_upper(ntk)
-    network = _describe(architecture, layers)
-    check_kernel_range(nngp, ntk, network)
-    if Y is None:
-        for kernel in (nngp, ntk):
-            check_kernel_informative(kernel, images_X.reshape(len(images_X), -1), network)
+    check_kernel_range(nngp, ntk, _describe(architecture, layers))
     return nngp, ntk
 
 
@@ -377,25 +380,29 @@ def _compiled_kernels(
     with ThreadPoolExecutor(threads) as pool:
 
         def variances_of(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            """Each image's variance maps, and its pair (x, x)'s NNGP and NTK."""
+            """Each image's variance maps, and its pair (x, x)'s NNGP and NTK, in rounds
+            of ``per_task`` images a thread (between two rounds the main thread takes
+            a stop request: one share of 8,000 images held it for half a minute)."""
             found = np.zeros((len(images), encoded[0][-1]))
             self_nngp, self_ntk = np.empty(len(images)), np.empty(len(images))
-            bounds = np.linspace(0, len(images), threads + 1).astype(int)
-            shares = [slice(bounds[t], bounds[t + 1]) for t in range(threads)]
-            list(
-                pool.map(
-                    lambda t: conv_loops.self_variances(
-                        fold,
-                        images[shares[t]],
-                        found[shares[t]],
-                        encoded,
-                        workspaces[t],
-                        self_nngp[shares[t]],
-                        self_ntk[shares[t]],
-                    ),
-                    range(threads),
+            for start in range(0, len(images), per_task * threads):
+                stop = min(start + per_task * threads, len(images))
+                bounds = np.linspace(start, stop, threads + 1).astype(int)
+                shares = [slice(bounds[t], bounds[t + 1]) for t in range(threads)]
+                list(
+                    pool.map(
+                        lambda t, shares=shares: conv_loops.self_variances(
+                            fold,
+                            images[shares[t]],
+                            found[shares[t]],
+                            encoded,
+                            workspaces[t],
+                            self_nngp[shares[t]],
+                            self_ntk[shares[t]],
+                        ),
+                        range(threads),
+                    )
                 )
-            )
             return found, self_nngp, self_ntk
 
         variances_X, self_nngp, self_ntk = variances_of(images_X)
