@@ -23,7 +23,7 @@ from ntkdemo.cli import main
 from ntkdemo.cli.run import KernelEstimate
 from ntkdemo.data import load_sample
 from ntkdemo.dynamics import gradient_descent_mean
-from ntkdemo.kernels import conv_kernels, fc_kernels, ntk
+from ntkdemo.kernels import conv_kernels, fc_kernels, ntk, unit_rows
 from ntkdemo.outputs import prepare_out_dir
 from ntkdemo.plan import plan_memory
 from ntkdemo.preprocess import zca_whitened
@@ -367,10 +367,10 @@ CASES = [
     Case(
         "kernel collapsed to a constant",
         ["--depth", "100", "--b-std", "1"],
-        lambda d: fc_kernels(np.eye(3) + 0.5, depth=100, b_std=1.0),
+        lambda d: KernelSpec(depth=100, b_std=1.0).matrix(unit_rows(np.eye(3) + 0.5)),
         errors.InvalidParameterError,
-        r"the kernel is constant to rounding at depth=100, w_std=1, b_std=1: .* holds no "
-        r"information about them",
+        r"the kernel is constant to rounding at NTK of fc-100 \(w_std 1, b_std 1\): .* "
+        r"holds no information about them",
     ),
     Case(
         "weights overflow",

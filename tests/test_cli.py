@@ -30,6 +30,7 @@ def test_demo_on_real_data(fashion_mnist, tmp_path, capsys):
     assert len(metrics["train_indices"]) == 1000 and len(set(metrics["train_indices"])) == 1000
     assert metrics["solver"]["smallest_eigenvalue"] > 0
     assert set(metrics["timings_seconds"]) == {"load", "spectrum", "kernel", "solve", "predict"}
+    assert metrics["kernel_pairs"] == 1000 * 1001 // 2 + 500 * 1000  # no pair twice
     for name in ("predictions.png", "confusion.png", "spectrum.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "test accuracy:" in out and "Ankle boot" in out and "chance 0.1000" in out

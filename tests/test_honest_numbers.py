@@ -308,3 +308,23 @@ def test_identical_inputs_have_identical_deep_kernel_rows():
     for depth in (1, 3):
         _, kernel = fc_kernels(X, depth=depth)
         np.testing.assert_allclose(kernel, kernel[0, 0], rtol=4e-16)
+
+
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_training_outputs_from_the_factorised_matrix_are_k_times_a(duplicates):
+    """The Cholesky strategy reads K A from the triangle LAPACK left untouched and the
+    saved diagonal (no kernel entry computed twice), also after a jitter retry."""
+    from ntkdemo.solvers.cholesky import outputs_of_factorised
+
+    rng = np.random.default_rng(5)
+    X = rng.random((60, 20))
+    if duplicates:
+        X[30:] = X[:30]  # singular: Cholesky fails, jitter is added, the attempt undone
+    K = ntk(X)
+    targets = one_hot(np.arange(60) % 3, 3)
+    work = K.copy()
+    solution = solve(work, targets, overwrite_k=True)
+    assert (solution.jitter > 0) == duplicates
+    outputs = outputs_of_factorised(work, np.diagonal(K).copy(), solution.coef)
+    expected = K @ solution.coef
+    np.testing.assert_allclose(outputs, expected, rtol=0, atol=1e-12 * np.abs(expected).max())

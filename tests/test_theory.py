@@ -232,11 +232,12 @@ def test_learning_curve_past_whole_matrices_runs_every_kernel(tiny_dataset):
     )
     assert "kernel blocks" in described  # the runs past whole_matrix_rows (Cholesky)
     # each convolutional kernel announces its time: 9 x 10 / 2 + 15 x 9 pairs held whole,
-    # then per run 10 x 11 / 2 (spectrum) + 27 x 28 (Gram twice) + 15 x 27 (test)
+    # then per run 27 x 28 / 2 (the Gram once: spectrum and training outputs from it)
+    # + 15 x 27 (test)
     held = "cnn-flatten-1 kernels of 9 training images (about "
     assert any(line.startswith(held) and ": 180 image pairs at " in line for line in lines)
     run = "9 per class (27 images): NTK cnn-flatten-1, as a run (about "
-    assert any(line.startswith(run) and ": 1,216 image pairs at " in line for line in lines)
+    assert any(line.startswith(run) and ": 783 image pairs at " in line for line in lines)
     found = f"{whole.accuracy['NTK depth 2'][1]:.4f}"
     assert f"  NTK depth 2 at {9 * sample.n_classes} images: test accuracy {found}" in lines
     assert set(split.accuracy) == set(whole.accuracy) >= {"NNGP depth 2", "NTK cnn-flatten-1"}

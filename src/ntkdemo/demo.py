@@ -16,6 +16,7 @@ from .data import Sample
 from .errors import InvalidInputError
 from .evaluate import ClassificationReport, evaluate
 from .kernels import unit_rows
+from .kernels.matrix import PairTally
 from .plan import MemoryPlan, plan_memory
 from .solvers.base import KernelSolution, Progress, Stopwatch, one_hot
 from .spec import KernelSpec
@@ -38,6 +39,10 @@ class DemoResult:
     spectrum_rows : int
         Size of the matrix behind ``eigenvalues``.
     plan : MemoryPlan
+    kernel_pairs : int or None
+        Image pairs whose kernel this process's folds computed (:class:`~ntkdemo.kernels.
+        matrix.PairTally`), every stage together; None where the kernel is computed
+        elsewhere (a Dask cluster's workers, a GPU).
     timings : dict of str to float
         Seconds spent in each stage (``spectrum``, ``kernel``, ``solve``, ``predict``;
         ``clusters`` on the ``cg`` path).
@@ -51,6 +56,7 @@ class DemoResult:
     eigenvalues: np.ndarray
     spectrum_rows: int
     plan: MemoryPlan
+    kernel_pairs: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -92,7 +98,8 @@ def run_demo(
     -------
     DemoResult
     """
-    spec = spec or KernelSpec()
+    tally = PairTally()
+    spec = replace(spec or KernelSpec(), tally=tally)
     _check_sample(sample)
     if (spec.architecture is not None or spec.flip) and not spec.image_shape:
         spec = replace(spec, image_shape=tuple(sample.image_shape))
@@ -103,10 +110,14 @@ def run_demo(
     X_train, X_test = unit_rows(sample.X_train, "X_train"), unit_rows(sample.X_test, "X_test")
     watch = Stopwatch()
     shown = min(spectrum_rows or spectrum_rows_for(spec), n_train)
-    with watch.stage("spectrum"):
-        eigenvalues = np.linalg.eigvalsh(spec.matrix(X_train[:shown]))
     targets = one_hot(sample.y_train, sample.n_classes)
-    fitted = plan.strategy.fit(X_train, targets, spec, progress=progress, report=report)
+    fitted = plan.strategy.fit(
+        X_train, targets, spec, progress=progress, report=report, spectrum_rows=shown
+    )
+    eigenvalues = fitted.eigenvalues
+    if eigenvalues is None:  # the strategy did not hold the training Gram whole
+        with watch.stage("spectrum"):
+            eigenvalues = np.linalg.eigvalsh(spec.matrix(X_train[:shown]))
     with watch.stage("predict"):
         test_scores = fitted.predict(X_test, progress=progress)
     return DemoResult(
@@ -118,20 +129,30 @@ def run_demo(
         eigenvalues=eigenvalues,
         spectrum_rows=shown,
         plan=plan,
-        timings={"spectrum": watch.timings["spectrum"], **fitted.timings, **watch.timings},
+        kernel_pairs=tally.pairs if plan.strategy.in_process else None,
+        timings={"spectrum": 0.0, **fitted.timings, **watch.timings},
     )
 
 
 def kernel_pairs(
-    spec: KernelSpec, n_train: int, n_test: int, spectrum_rows: int | None = None
+    spec: KernelSpec,
+    n_train: int,
+    n_test: int,
+    spectrum_rows: int | None = None,
+    *,
+    spectrum_apart: bool = False,
 ) -> int:
-    """Image pairs whose kernel :func:`run_demo` computes on the CPU: the spectrum's
-    Gram matrix, the training Gram matrix twice (the Cholesky strategy computes the
-    training outputs afresh, not from the factorised matrix) and the test rows; each
-    twice over for a kernel averaged over mirrors (its pairs with the mirrors too).
-    The cost of a convolutional run is this times a measured per-pair cost."""
+    """Image pairs whose kernel :func:`run_demo` computes on the CPU, as its
+    ``kernel_pairs`` counts them: the training Gram matrix once, ``n (n + 1) / 2`` (the
+    Cholesky strategy takes its spectrum from a block of it and its training outputs
+    from the factorised matrix), and the test rows, ``n_test n``; with
+    ``spectrum_apart`` (a strategy that does not hold the Gram matrix whole) the
+    spectrum's Gram matrix too. A kernel averaged over mirrors computes about twice as
+    many (its pairs with the mirrors too). The cost of a convolutional run is this times
+    a measured per-pair cost."""
     shown = min(n_train, spectrum_rows or spectrum_rows_for(spec))
-    pairs = shown * (shown + 1) // 2 + n_train * (n_train + 1) + n_test * n_train
+    pairs = n_train * (n_train + 1) // 2 + n_test * n_train
+    pairs += shown * (shown + 1) // 2 if spectrum_apart else 0
     return 2 * pairs if spec.flip else pairs
 
 

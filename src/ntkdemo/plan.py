@@ -5,7 +5,8 @@ the CPU the whole float64 kernel with Cholesky (a direct solve) when it fits, el
 upper triangle with conjugate gradients (``cg``, half the memory), else that triangle
 in float32 refined against the float64 kernel (``cg32``, a quarter); on a GPU the
 ``cuda`` strategy. A strategy is skipped when it does not serve the kernel asked for (only
-``cholesky`` serves deep kernels and finite training times). Each strategy estimates
+``cholesky`` serves finite training times; ``cuda`` does not average over mirrors; every
+strategy serves every kernel at convergence). Each strategy estimates
 its own bytes (``estimate_bytes``); the plan adds what the process already holds, so
 that ``--max-memory`` bounds the whole process, and compares with the budget: 90% of
 the free memory, or the cap. If nothing fits it raises

@@ -11,16 +11,16 @@ properties, made here once.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .dynamics import check_times
 from .errors import InvalidParameterError
-from .kernels.conv import architecture_layers
-from .kernels.matrix import is_default_kernel, kernel_of_unit_rows
+from .kernels.conv import architecture_layers, fully_connected_depth
+from .kernels.in_range import check_kernel_informative
+from .kernels.matrix import PairTally, is_default_kernel, kernel_of_unit_rows
 from .kernels.mirror import is_mirror_symmetric
 from .validation import check_nonnegative_float, check_positive_int
 
@@ -56,6 +56,9 @@ class KernelSpec:
         (:mod:`ntkdemo.kernels.mirror`): on the original images, the network trained on
         them and their mirrors (whose ridge is twice this one). Needs a mirror-symmetric
         kernel (every ``AvgPool`` of the architecture sees an even width).
+    tally : PairTally or None, default=None
+        Counts the image pairs whose kernel this process computes for the spec
+        (:meth:`matrix` and :meth:`count_pairs`); not part of the spec's identity.
 
     Raises
     ------
@@ -73,14 +76,14 @@ class KernelSpec:
     architecture: str | None = None
     image_shape: tuple[int, ...] = ()
     flip: bool = False
+    tally: PairTally | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kernel not in ("ntk", "nngp"):
             raise InvalidParameterError(f"kernel must be 'ntk' or 'nngp', got {self.kernel!r}")
         if self.architecture is not None:
-            fully_connected = re.fullmatch(r"fc-(\d+)", self.architecture)
-            if fully_connected:
-                named = int(fully_connected.group(1))
+            named = fully_connected_depth(self.architecture)
+            if named is not None:
                 if self.depth not in (1, named):  # 1: the default, so not a conflict
                     raise InvalidParameterError(
                         f"architecture {self.architecture!r} has depth {named} but depth="
@@ -136,6 +139,12 @@ class KernelSpec:
             and is_default_kernel(self.kernel, self.depth, self.w_std, self.b_std)
         )
 
+    def count_pairs(self, n_rows: int, n_columns: int | None) -> None:
+        """Count pairs computed outside :meth:`matrix` (the one-layer formula's streamed
+        products; ``n_columns`` None: a Gram matrix's triangle)."""
+        if self.tally is not None:
+            self.tally.add(n_rows, n_columns)
+
     def describe(self) -> str:
         """The network in a few words, for the console."""
         network = self.architecture or f"fc-{self.depth}"
@@ -158,16 +167,19 @@ class KernelSpec:
         neural-tangents' scale (:func:`ntkdemo.kernels.fc_kernels`). A convolutional
         architecture sees the rows rescaled to ``x.x/d = 1`` as images of
         ``image_shape`` (:func:`ntkdemo.kernels.conv_kernels`). With ``flip`` the
-        kernel is averaged over the mirrors of ``Y_unit``.
+        kernel is averaged over the mirrors of ``Y_unit``. A Gram matrix (no ``Y_unit``)
+        that is constant to rounding while its rows differ is refused
+        (:func:`~ntkdemo.kernels.in_range.check_kernel_informative`).
         """
         if (self.architecture is not None or self.flip) and not self.image_shape:
             needs = f"architecture {self.architecture!r}" if self.architecture else "flip"
             raise InvalidParameterError(
                 f"{needs} needs the images' shape: pass image_shape=(H, W) or (H, W, C)"
             )
-        return kernel_of_unit_rows(
+        kernel = kernel_of_unit_rows(
             X_unit,
             Y_unit,
+            tally=self.tally,
             kernel=self.kernel,
             depth=self.depth,
             w_std=self.w_std,
@@ -178,3 +190,6 @@ class KernelSpec:
             flip=self.flip,
             progress=progress,
         )
+        if Y_unit is None:  # a Gram matrix, to be solved: it must tell the images apart
+            check_kernel_informative(kernel, X_unit, self.describe())
+        return kernel

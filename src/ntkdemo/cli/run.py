@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -186,7 +185,8 @@ def command_run(options) -> int:
 
         if spec.architecture is not None:
             per_class = len(draw.y_train) // draw.n_classes
-            estimate = _conv_estimate(spec, sample, per_class, options.device)
+            spectrum_apart = plan.strategy.name != "cholesky"  # only it holds K whole
+            estimate = _conv_estimate(spec, sample, per_class, options.device, spectrum_apart)
             say(estimate.describe())
             advice = estimate.bound(options.max_time)
             if advice:
@@ -209,11 +209,13 @@ def _depth(options) -> int:
     than L beside ``--architecture fc-L``, except 1 (its default): refused here when given."""
     if options.depth is None:
         return 1
-    named = re.fullmatch(r"fc-(\d+)", options.architecture or "")
-    if options.depth == 1 and named and int(named.group(1)) != 1:
+    from ..kernels.conv import fully_connected_depth
+
+    named = fully_connected_depth(options.architecture)
+    if options.depth == 1 and named not in (None, 1):
         raise UsageError(
-            f"--architecture {options.architecture} has depth {int(named.group(1))} but "
-            "--depth 1 was given too; give one of them"
+            f"--architecture {options.architecture} has depth {named} but --depth 1 was "
+            "given too; give one of them"
         )
     return options.depth
 
@@ -294,11 +296,14 @@ class KernelEstimate:
         return ""
 
 
-def _conv_estimate(spec, sample, per_class: int, device: str) -> KernelEstimate:
+def _conv_estimate(
+    spec, sample, per_class: int, device: str, spectrum_apart: bool
+) -> KernelEstimate:
     """How long the convolutional kernel will take here, from per-pair costs measured
     now: on the CPU the pairs of :func:`ntkdemo.demo.kernel_pairs`, on a GPU the
     training Gram once and the test rows, with the spectrum's on the CPU.
-    ``per_class``: training images drawn per class (before any mirrors are added)."""
+    ``per_class``: training images drawn per class (before any mirrors are added);
+    ``spectrum_apart``: whether the strategy computes the spectrum's block apart."""
     from dataclasses import replace
 
     from ..demo import kernel_pairs, spectrum_rows_for
@@ -330,9 +335,13 @@ def _conv_estimate(spec, sample, per_class: int, device: str) -> KernelEstimate:
             n_train,
             per_class,
         )
+
+    def pairs(n: int) -> int:
+        return kernel_pairs(spec, n, n_test, spectrum_apart=spectrum_apart)
+
     return KernelEstimate(
-        lambda n: kernel_pairs(spec, n, n_test) * per_pair,
-        f"{kernel_pairs(spec, n_train, n_test):,} image pairs at {per_pair * 1e3:.2f} ms each",
+        lambda n: pairs(n) * per_pair,
+        f"{pairs(n_train):,} image pairs at {per_pair * 1e3:.2f} ms each",
         n_train,
         per_class,
     )
@@ -439,6 +448,7 @@ def _write_run(
                 "kernel_bytes": result.plan.kernel_bytes,
                 "estimated_run_bytes": result.plan.total_bytes - result.plan.process_bytes,
             },
+            "kernel_pairs": result.kernel_pairs,
             "timings_seconds": result.timings,
             "versions": versions(),
             "train_indices": sample.train_indices.tolist(),

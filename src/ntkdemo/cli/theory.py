@@ -1,8 +1,8 @@
 """The theory subcommands: ``curve``, ``dynamics``, ``spectrum``, ``verify``, ``compare-network``.
 
 Each one loads a sample with the shared data options, calls one function of
-:mod:`ntkdemo.experiments`, prints a table and writes ``<command>.json`` and
-``<command>.png`` under ``--out``.
+:mod:`ntkdemo.theory.experiments` (or :mod:`ntkdemo.theory.network`), prints a table
+and writes ``<command>.json`` and ``<command>.png`` under ``--out``.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import InvalidParameterError
 from ..validation import check_matrix, check_nonnegative_float, check_positive_int
 from .blocks import assemble, mirror_upper, products
-from .in_range import check_kernel_informative, check_kernel_range
+from .in_range import check_kernel_range
 from .ntk import snap_tolerance
 
 
@@ -182,9 +182,5 @@ def fc_kernels(
         )
     if Y_checked is None:
         mirror_upper(nngp)
-    network = f"depth={depth}, w_std={w_std:g}, b_std={b_std:g}"
-    check_kernel_range(nngp, ntk_matrix, network)
-    if Y_checked is None:
-        for kernel in (nngp, ntk_matrix):
-            check_kernel_informative(kernel, X_checked, network)
+    check_kernel_range(nngp, ntk_matrix, f"depth={depth}, w_std={w_std:g}, b_std={b_std:g}")
     return nngp, ntk_matrix

@@ -14,7 +14,9 @@ correlation towards the same fixed point, and after enough layers the kernel of
 different images is constant to the last bits (a fully connected network of depth 100
 with ``b_std=1`` gives correlations within an ulp of 1). Its Gram matrix is then rank
 one up to rounding; jitter would make it solvable and the run would print chance as a
-result. :func:`check_kernel_informative` refuses such a Gram matrix.
+result. :func:`check_kernel_informative` refuses such a Gram matrix where a run is about
+to solve it (:meth:`ntkdemo.spec.KernelSpec.matrix`); the folds themselves return it (a
+library user may want it, and inputs of norm 1e-6 beside a bias of 1 look the same).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ fold or a convolutional one; every choice between them is made here."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -13,6 +14,19 @@ from .conv import conv_kernels
 from .deep import fc_kernels
 from .mirror import mirror_averaged
 from .ntk import fold_inputs, ntk, ntk_of_unit_rows, unit_rows
+
+
+@dataclass
+class PairTally:
+    """Image pairs whose kernel the folds computed: ``n (n + 1) / 2`` for the Gram matrix
+    of ``n`` rows (its upper triangle and diagonal, all a fold computes of it) and
+    ``n m`` for ``n`` rows against ``m``."""
+
+    pairs: int = 0
+
+    def add(self, n_rows: int, n_columns: int | None) -> None:
+        """Count a kernel of ``n_rows`` against ``n_columns`` (None: themselves)."""
+        self.pairs += n_rows * (n_rows + 1) // 2 if n_columns is None else n_rows * n_columns
 
 
 def is_default_kernel(kernel: str, depth: int, w_std: float, b_std: float) -> bool:
@@ -88,13 +102,15 @@ def kernel_of_unit_rows(
     reference_scale: bool = False,
     flip: bool = False,
     progress: Callable[[Iterable], Iterable] | None = None,
+    tally: PairTally | None = None,
 ) -> np.ndarray:
     """:func:`kernel_matrix` (float64) of rows already normalised by :func:`unit_rows`;
     with an ``architecture``, :func:`conv_kernels` of the rows rescaled to ``x.x/d = 1``
     seen as images of ``image_shape``; with ``flip``, that kernel averaged over the
     mirrors of its second argument (:func:`~ntkdemo.kernels.mirror.mirror_averaged`, the
     network trained on the images and their mirrors; the kernel must be mirror
-    symmetric on ``image_shape``)."""
+    symmetric on ``image_shape``). ``tally`` counts the pairs each fold computes (the
+    mirrors' too)."""
     if flip:
         plain = partial(
             kernel_of_unit_rows,
@@ -105,8 +121,11 @@ def kernel_of_unit_rows(
             architecture=architecture,
             image_shape=image_shape,
             reference_scale=reference_scale,
+            tally=tally,
         )
         return mirror_averaged(plain, X_unit, Y_unit, image_shape, progress)
+    if tally is not None:
+        tally.add(len(X_unit), None if Y_unit is None else len(Y_unit))
     formula = architecture is None and is_default_kernel(kernel, depth, w_std, b_std)
     if formula and not reference_scale:
         return ntk_of_unit_rows(X_unit, Y_unit, progress=progress)

@@ -71,6 +71,9 @@ class Fitted(Protocol):
     solution: KernelSolution
     train_scores: np.ndarray
     timings: dict[str, float]
+    eigenvalues: np.ndarray | None
+    """Ascending eigenvalues of the leading block of ``K(X, X)`` the fit was asked for
+    (``spectrum_rows``), where the strategy held that block; else None."""
 
     def predict(self, X_unit: np.ndarray, *, progress: Progress | None = None) -> np.ndarray:
         """Outputs :math:`K(x, X) A` of shape (n_test, n_outputs) for unit rows."""
@@ -126,8 +129,11 @@ class Solver(Protocol):
         *,
         progress: Progress | None = None,
         report: Callable[[str], None] | None = None,
+        spectrum_rows: int = 0,
     ) -> Fitted:
-        """Train on unit rows ``X_unit`` and targets ``Y``."""
+        """Train on unit rows ``X_unit`` and targets ``Y``; where the strategy holds the
+        training Gram matrix whole, also the eigenvalues of its leading
+        ``spectrum_rows`` block (so no pair's kernel is computed twice)."""
         ...
 
 
@@ -157,6 +163,7 @@ class FittedKernel:
     solution: KernelSolution
     train_scores: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    eigenvalues: np.ndarray | None = None
 
     def predict(self, X_unit: np.ndarray, *, progress: Progress | None = None) -> np.ndarray:
         """Outputs :math:`K(x, X) A`; the one-layer formula streamed in row blocks."""
@@ -177,6 +184,7 @@ def kernel_outputs(
     blocks = wrap(progress, description)
     with np.errstate(over="ignore", invalid="ignore"):
         if spec.is_one_layer_formula:
+            spec.count_pairs(len(X_unit), None if X_train_unit is None else len(X_train_unit))
             outputs = ntk_times_of_unit_rows(X_unit, X_train_unit, coef, progress=blocks)
         else:
             outputs = spec.matrix(X_unit, X_train_unit, progress=blocks) @ coef

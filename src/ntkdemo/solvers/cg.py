@@ -519,6 +519,7 @@ class CGSolver:
         *,
         progress: Progress | None = None,
         report: Callable[[str], None] | None = None,
+        spectrum_rows: int = 0,
     ) -> FittedKernel:
         """Cluster, build the strips of the reordered rows, solve; results in the
         original order."""

@@ -33,7 +33,6 @@ from .base import (
     Progress,
     Stopwatch,
     host_available_bytes,
-    kernel_outputs,
     wrap,
 )
 
@@ -230,7 +229,7 @@ class CholeskySolver:
     Parameters
     ----------
     block_rows : int, default=1024
-        Rows per streamed block of kernel values (predictions, training outputs).
+        Rows per streamed block of kernel values (predictions).
     """
 
     name: str = "cholesky"
@@ -272,23 +271,30 @@ class CholeskySolver:
         *,
         progress: Progress | None = None,
         report: Callable[[str], None] | None = None,
+        spectrum_rows: int = 0,
     ) -> FittedKernel:
-        """Kernel, then Cholesky (or ``eigh`` for a finite time); training outputs ``K A``.
+        """Kernel (its leading ``spectrum_rows`` block's eigenvalues), then Cholesky (or
+        ``eigh`` for a finite time); training outputs ``K A``.
 
-        The outputs on the training images are computed afresh from the kernel: the
-        identity ``K A = Y - (ridge + jitter) A`` cancels at large ridges and would hide
-        an ill-conditioned solve.
+        Every pair's kernel is computed once. The outputs on the training images are the
+        product of ``A`` with the kernel itself (the triangle LAPACK left untouched and
+        the diagonal saved before; :func:`outputs_of_factorised`), not the identity
+        ``K A = Y - (ridge + jitter) A``, which cancels at large ridges and would hide an
+        ill-conditioned solve.
         """
         watch = Stopwatch()
         with watch.stage("kernel"):
             K = spec.matrix(X_unit, progress=wrap(progress, "kernel blocks"))
+        eigenvalues = None
+        if spectrum_rows:
+            with watch.stage("spectrum"):
+                eigenvalues = np.linalg.eigvalsh(K[:spectrum_rows, :spectrum_rows])
         with watch.stage("solve"):
             if spec.time is None:
+                diagonal = np.diagonal(K).copy()
                 solution = solve(K, Y, ridge=spec.ridge, overwrite_k=True)
-                del K  # now the Cholesky factor
-                train_scores = kernel_outputs(
-                    spec, X_unit, None, solution.coef, progress, "training outputs"
-                )
+                train_scores = outputs_of_factorised(K, diagonal, solution.coef)
+                del K
             else:
                 dynamics = GradientDescentDynamics(K, Y)
                 solution = KernelSolution(
@@ -298,4 +304,33 @@ class CholeskySolver:
                     message=dynamics.describe(spec.time),
                 )
                 train_scores = check_finite_result("the outputs", K @ solution.coef)
-        return FittedKernel(X_unit, spec, solution, train_scores, watch.timings)
+        return FittedKernel(X_unit, spec, solution, train_scores, watch.timings, eigenvalues)
+
+
+def outputs_of_factorised(factorised: np.ndarray, diagonal: np.ndarray, coef: np.ndarray):
+    r""":math:`K A` from the matrix :func:`solve` factorised in place (``overwrite_k``).
+
+    ``solve`` writes the factor into the upper triangle of the C-ordered ``K`` (the lower
+    one of its Fortran-ordered transpose, which LAPACK factorises) and leaves the strict
+    lower triangle as it was, undoing a failed attempt from it. With the diagonal saved
+    before, that triangle is all of the symmetric :math:`K`: one symmetric product
+    (BLAS ``symm``) gives :math:`K A` with no second :math:`n \times n` array and no
+    kernel entry computed again. ``factorised``'s diagonal is overwritten.
+
+    Parameters
+    ----------
+    factorised : ndarray of shape (n, n), C-ordered
+    diagonal : ndarray of shape (n,)
+        :math:`K`'s diagonal before the factorisation.
+    coef : ndarray of shape (n, n_outputs)
+
+    Returns
+    -------
+    ndarray of shape (n, n_outputs), checked finite
+    """
+    np.fill_diagonal(factorised, diagonal)
+    coefficients = np.asfortranarray(coef.reshape(len(coef), -1))
+    symm = linalg.get_blas_funcs("symm", (factorised, coefficients))
+    # factorised.T is Fortran-ordered; its upper triangle is factorised's strict lower one
+    outputs = symm(1.0, factorised.T, coefficients, lower=0)
+    return check_finite_result("the outputs", outputs.reshape(coef.shape))

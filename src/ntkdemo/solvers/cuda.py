@@ -147,6 +147,7 @@ class CudaFitted:
     train_scores: np.ndarray
     block_rows: int
     timings: dict[str, float] = field(default_factory=dict)
+    eigenvalues: np.ndarray | None = None  # the spectrum is computed on the CPU
 
     def predict(self, X_unit: np.ndarray, *, progress: Progress | None = None) -> np.ndarray:
         """Outputs :math:`K(x, X) A`, computed on the GPU in row blocks."""
@@ -215,6 +216,7 @@ class CudaSolver:
         *,
         progress: Progress | None = None,
         report: Callable[[str], None] | None = None,
+        spectrum_rows: int = 0,
     ) -> CudaFitted:
         """Kernel, Cholesky with jitter fallback, training outputs ``K A``, on the GPU.
 

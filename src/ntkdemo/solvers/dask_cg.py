@@ -364,6 +364,7 @@ class ClusterFitted:
     train_scores: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
     block_rows: int = 1024
+    eigenvalues: np.ndarray | None = None  # the Gram's strips live on the workers
 
     def predict(self, X_unit: np.ndarray, *, progress: Progress | None = None) -> np.ndarray:
         """Outputs :math:`K(x, X) A`: the training rows in equal shares, one per worker,
@@ -460,6 +461,7 @@ class DaskSolver:
         *,
         progress: Progress | None = None,
         report: Callable[[str], None] | None = None,
+        spectrum_rows: int = 0,
     ) -> ClusterFitted:
         """Cluster the rows, build the parts on the workers, solve by CG on the client."""
         watch = Stopwatch()

@@ -244,6 +244,7 @@ def kernel_strips_of_unit_rows(
     its upper half so the stored matrix is exactly symmetric.
     """
     if spec.is_one_layer_formula:
+        spec.count_pairs(len(X_unit), None)
         return ntk_strips_of_unit_rows(
             X_unit, strip_rows=strip_rows, strips=strips, progress=progress, dtype=dtype
         )
@@ -271,6 +272,7 @@ def kernel_times_of_unit_rows(
     mirrored as in :func:`kernel_strips_of_unit_rows`), each used for its rows and, by
     symmetry, its columns."""
     if spec.is_one_layer_formula:
+        spec.count_pairs(len(X_unit), None)
         return ntk_times_of_unit_rows(X_unit, None, V, block_rows=block_rows, progress=progress)
     n = len(X_unit)
     result = np.zeros((n, V.shape[1]))
