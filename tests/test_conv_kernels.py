@@ -128,10 +128,13 @@ def test_named_architectures_are_their_layers():
         ("cnn-gap-0", "unknown architecture"),
         ([Conv(1.0, 0.0), Relu(), Dense(1.0, 0.0)], "exactly one GlobalAvgPool or Flatten"),
         ([Conv(1.0, 0.0), Flatten(), AvgPool(), Dense(1.0, 0.0)], "Conv and AvgPool come before"),
-        ([Relu(), Conv(1.0, 0.0), Flatten(), Dense(1.0, 0.0)], "a ReLU needs a Conv before"),
+        (
+            [Relu(), Conv(1.0, 0.0), Flatten(), Dense(1.0, 0.0)],
+            "Relu needs a Conv or Dense before it",
+        ),
         (
             [Conv(1.0, 0.0), Relu(), AvgPool(), Relu(), Flatten(), Dense(1.0, 0.0)],
-            "a ReLU needs a Conv before",
+            "Relu needs a Conv or Dense before it",
         ),
     ],
 )

@@ -18,7 +18,7 @@ import numpy as np
 
 from .dynamics import check_times
 from .errors import InvalidParameterError
-from .kernels.conv import architecture_layers, fully_connected_depth
+from .kernels.conv import Layer, fully_connected_depth, network_layers
 from .kernels.in_range import check_kernel_informative
 from .kernels.matrix import PairTally, is_default_kernel, kernel_of_unit_rows
 from .kernels.mirror import is_mirror_symmetric
@@ -42,9 +42,10 @@ class KernelSpec:
     time : float or None, default=None
         Gradient-descent time of the infinite network (learning rate 1,
         neural-tangents' convention); None (or inf) is convergence. Not with a ridge.
-    architecture : str or None, default=None
+    architecture : str, sequence of layers or None, default=None
         A network of :func:`ntkdemo.kernels.conv_kernels` (``cnn-flatten-L``,
-        ``cnn-gap-L``, ``myrtle5``, ...) in place of the fully connected one; ``fc-L``
+        ``cnn-gap-L``, ``myrtle5``, ..., or its layers, kept as a tuple, whose own
+        scales then apply) in place of the fully connected one; ``fc-L``
         is the fully connected network of depth L (it sets ``depth``; another ``depth``
         than 1, the default, or L is refused).
     image_shape : tuple of int, default=()
@@ -73,7 +74,7 @@ class KernelSpec:
     b_std: float = 0.0
     ridge: float = 0.0
     time: float | None = None
-    architecture: str | None = None
+    architecture: str | tuple[Layer, ...] | None = None
     image_shape: tuple[int, ...] = ()
     flip: bool = False
     tally: PairTally | None = field(default=None, compare=False, repr=False)
@@ -92,7 +93,9 @@ class KernelSpec:
                 object.__setattr__(self, "depth", named)
                 object.__setattr__(self, "architecture", None)
             else:
-                architecture_layers(self.architecture)  # refuses unknown names
+                if not isinstance(self.architecture, str):  # layers: a tuple, hashable
+                    object.__setattr__(self, "architecture", tuple(self.architecture))
+                network_layers(self.architecture)  # refuses unknown names, bad layers
         check_positive_int("depth", self.depth)
         if check_nonnegative_float("w_std", self.w_std) == 0:
             raise InvalidParameterError(
@@ -147,7 +150,11 @@ class KernelSpec:
 
     def describe(self) -> str:
         """The network in a few words, for the console."""
-        network = self.architecture or f"fc-{self.depth}"
+        network = (
+            ", ".join(type(layer).__name__ for layer in self.architecture)
+            if isinstance(self.architecture, tuple)
+            else self.architecture or f"fc-{self.depth}"
+        )
         mirrors = ", averaged over mirrors" if self.flip else ""
         return (
             f"{self.kernel.upper()} of {network} (w_std {self.w_std:g}, b_std {self.b_std:g})"

@@ -184,8 +184,11 @@ def add_kernel_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="NAME",
         help="a convolutional network in place of the fully connected one: cnn-flatten-L, "
-        "cnn-gap-L, myrtle5, myrtle7, myrtle10 (fc-L is --depth L); whole training sets "
-        "of these are slow: about 7 ms per image pair on two cores for the pooling ones",
+        "cnn-gap-L, myrtle5, myrtle7, myrtle10 (fc-L is --depth L), or layers written as "
+        "words joined by +, e.g. conv+erf+conv:1.5:0.1+leaky-relu:0.1+pool+conv+abs+gap+dense "
+        "(words: conv, dense, pool, gap, flatten, relu, abrelu:A:B, leaky-relu:ALPHA, abs, "
+        "erf:A:B:C, identity); whole training sets of these are slow: milliseconds per "
+        "image pair for the pooling ones",
     )
     group.add_argument(
         "--w-std",

@@ -40,6 +40,13 @@ gradient step is taken.
 """
 
 
+def solver_names() -> tuple[str, ...]:
+    """The CPU strategies ``--solver`` can name, from the plan's registry."""
+    from ..plan import PREFERENCES
+
+    return tuple(strategy.name for strategy in PREFERENCES["cpu"])
+
+
 def add_command(commands) -> str:
     """Register ``run`` on an ``add_subparsers`` object; return its name."""
     run = commands.add_parser(
@@ -69,7 +76,7 @@ def add_command(commands) -> str:
     )
     run.add_argument(
         "--solver",
-        choices=("auto", "cholesky", "cg", "cg32"),
+        choices=("auto", *solver_names()),
         default="auto",
         help="cholesky: float64 kernel factorised in place; cg: upper triangle of the "
         "float64 kernel (half the memory), preconditioned conjugate gradients; cg32: that "

@@ -2,8 +2,12 @@
 
 * :mod:`~ntkdemo.kernels.ntk` -- the one-hidden-layer NTK as a map of cosines;
 * :mod:`~ntkdemo.kernels.deep` -- NNGP and NTK of deeper networks, a fold of layer steps;
-* :mod:`~ntkdemo.kernels.conv` -- the same fold for convolutional networks (with
-  :mod:`~ntkdemo.kernels.conv_loops`, its compiled loops);
+* :mod:`~ntkdemo.kernels.conv` -- the same fold for convolutional networks, its layers
+  as values (with :mod:`~ntkdemo.kernels.conv_loops`, its compiled loops, and
+  :mod:`~ntkdemo.kernels.conv_arrays`, the fold over whole arrays that runs every
+  composition);
+* :mod:`~ntkdemo.kernels.activations` -- the nonlinearities (``Relu``, ``ABRelu``,
+  ``LeakyRelu``, ``Abs``, ``Erf``, ``Identity``), each with its kernel rule;
 * :mod:`~ntkdemo.kernels.matrix` -- the kernel a run uses, chosen by name;
 * :mod:`~ntkdemo.kernels.blocks` -- block assembly and mirroring;
 * :mod:`~ntkdemo.kernels.in_range` -- the check every fold's output passes (no overflow,
@@ -14,13 +18,28 @@
 This layer imports nothing from the solvers, the plan or the command line.
 """
 
+from . import activations
+from .activations import *  # noqa: F403 - every activation, by the module's __all__
 from .blocks import mirror_upper
-from .conv import architecture_layers, conv_kernels
+from .conv import (
+    AvgPool,
+    Conv,
+    Dense,
+    Flatten,
+    GlobalAvgPool,
+    architecture_layers,
+    conv_kernels,
+)
 from .deep import fc_kernels
 from .matrix import is_default_kernel, kernel_matrix
 from .ntk import ntk, ntk_of_cosine, ntk_times, scaled_unit_rows, unit_rows
 
 __all__ = [
+    "AvgPool",
+    "Conv",
+    "Dense",
+    "Flatten",
+    "GlobalAvgPool",
     "architecture_layers",
     "conv_kernels",
     "fc_kernels",
@@ -32,4 +51,5 @@ __all__ = [
     "ntk_times",
     "scaled_unit_rows",
     "unit_rows",
+    *activations.__all__,
 ]

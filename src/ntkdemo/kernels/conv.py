@@ -1,4 +1,4 @@
-r"""NNGP and NTK of infinitely wide convolutional ReLU networks, as a fold of layer steps.
+r"""NNGP and NTK of infinitely wide convolutional networks, as a fold of layer steps.
 
 Novak et al. 2019, "Bayesian Deep Convolutional Networks with Many Channels are
 Gaussian Processes"; Arora et al. 2019, "On Exact Computation with an Infinitely Wide
@@ -16,7 +16,8 @@ passes through:
   :math:`d`, :math:`(A K)(p, p') = \frac19 \sum_d K(p + d, p' + d)` (the same offset on
   both sides, so each relative offset :math:`p' - p` evolves on its own),
   :math:`K' = \sigma_w^2 A K + \sigma_b^2` and :math:`\Theta' = K' + \sigma_w^2 A \Theta`;
-* ``Relu``: the arc-cosine step of :func:`~ntkdemo.kernels.deep.fc_kernels` entry by
+* an activation (:mod:`.activations`; here the ``Relu``, the one the compiled loops
+  run): the arc-cosine step of :func:`~ntkdemo.kernels.deep.fc_kernels` entry by
   entry, with the variances :math:`q_x(p) = K_{xx}(p, p)` and :math:`q_y(p')` of each
   image (computed once per image, by the same fold on the pair :math:`(x, x)`);
   positions of zero variance (black borders at :math:`\sigma_b = 0`) give 0, never NaN;
@@ -44,6 +45,8 @@ import numpy as np
 
 from ..errors import InvalidInputError, InvalidParameterError
 from ..validation import check_matrix, check_nonnegative_float
+from .activations import WORDS as ACTIVATION_WORDS
+from .activations import Activation, Relu
 from .blocks import mirror_upper
 from .in_range import check_kernel_range
 
@@ -53,7 +56,6 @@ __all__ = [
     "Dense",
     "Flatten",
     "GlobalAvgPool",
-    "Relu",
     "architecture_layers",
     "conv_kernels",
 ]
@@ -65,11 +67,6 @@ class Conv:
 
     w_std: float
     b_std: float
-
-
-@dataclass(frozen=True)
-class Relu:
-    """The ReLU nonlinearity."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +92,12 @@ class Dense:
     b_std: float
 
 
-Layer = Conv | Relu | AvgPool | GlobalAvgPool | Flatten | Dense
+Layer = Conv | Activation | AvgPool | GlobalAvgPool | Flatten | Dense
+
+COMPILED_LAYERS = (Conv, Relu, AvgPool, GlobalAvgPool, Flatten, Dense)
+"""The layers the compiled fold (:mod:`.conv_loops`) runs; a network with any other
+(an activation of :mod:`.activations` beyond the ReLU) runs in the array fold of
+:mod:`.conv_arrays`, the reference every path is held to."""
 
 MYRTLE_FACTORS = {"myrtle5": (2, 1, 1), "myrtle7": (2, 2, 2), "myrtle10": (3, 3, 3)}
 """Convolutions before the first pool, between the pools, and after the second."""
@@ -120,7 +122,8 @@ def architecture_layers(name: str, w_std: float = 2**0.5, b_std: float = 0.0) ->
         ``GlobalAvgPool``, ``Dense``; factors in :data:`MYRTLE_FACTORS`), or ``fc-L``:
         the fully connected network of :func:`~ntkdemo.kernels.deep.fc_kernels` as
         layers of a 1 x 1 image whose channels are the features (``Flatten``, then L
-        times ``Dense``, ``Relu``, then ``Dense``).
+        times ``Dense``, ``Relu``, then ``Dense``), or layers written as words joined by
+        ``+`` (:func:`written_layers`).
     w_std, b_std : float
         Weight and bias standard deviations of every ``Conv`` and ``Dense``.
 
@@ -152,10 +155,76 @@ def architecture_layers(name: str, w_std: float = 2**0.5, b_std: float = 0.0) ->
             GlobalAvgPool(),
             Dense(w_std, b_std),
         )
+    if "+" in name:
+        return written_layers(name, w_std, b_std)
     raise InvalidParameterError(
         f"unknown architecture {name!r}; use fc-L, cnn-flatten-L, cnn-gap-L (L >= 1), "
-        "myrtle5, myrtle7 or myrtle10"
+        "myrtle5, myrtle7, myrtle10, or layers written as conv+erf+conv+erf+gap+dense"
     )
+
+
+LAYER_WORDS: dict[str, Callable[..., Layer]] = {
+    "conv": Conv,
+    "dense": Dense,
+    "pool": AvgPool,
+    "gap": GlobalAvgPool,
+    "flatten": Flatten,
+    **ACTIVATION_WORDS,
+}
+"""The words of the written form of a network (:func:`written_layers`) and the layers
+they make; numbers after a word, ``:``-separated, are the layer's parameters."""
+
+
+def written_layers(text: str, w_std: float = 2**0.5, b_std: float = 0.0) -> tuple[Layer, ...]:
+    """The layers of a network written as words joined by ``+``, e.g.
+    ``conv+erf+conv+erf+gap+dense`` or ``conv:1.5:0.1+leaky-relu:0.1+pool+conv+abs+gap+dense``.
+
+    Each word is a key of :data:`LAYER_WORDS`; numbers after it (``:``-separated) are
+    the layer's parameters in order (``conv:W_STD:B_STD``, ``erf:A:B:C``,
+    ``abrelu:A:B``, ``leaky-relu:ALPHA``); a ``conv`` or ``dense`` without them takes
+    ``w_std`` and ``b_std``. ``+`` joins layers because ``,`` separates networks in
+    ``ntkdemo curve --architectures``.
+
+    Raises
+    ------
+    InvalidParameterError
+        If a word is unknown or its numbers do not fit the layer.
+    """
+    layers: list[Layer] = []
+    for part in text.split("+"):
+        word, *numbers = part.strip().split(":")
+        if word not in LAYER_WORDS:
+            raise InvalidParameterError(
+                f"unknown layer {word!r} in architecture {text!r}; use "
+                f"{', '.join(LAYER_WORDS)} joined by +"
+            )
+        try:
+            values = [float(number) for number in numbers]
+            if word in ("conv", "dense") and not values:
+                values = [w_std, b_std]
+            layers.append(LAYER_WORDS[word](*values))
+        except (TypeError, ValueError):
+            raise InvalidParameterError(
+                f"layer {part.strip()!r} of architecture {text!r} takes other numbers "
+                f"(see ntkdemo.kernels.{LAYER_WORDS[word].__name__})"
+            ) from None
+    return tuple(layers)
+
+
+def network_layers(
+    architecture: str | Sequence[Layer], w_std: float = 2**0.5, b_std: float = 0.0
+) -> tuple[Layer, ...]:
+    """The checked layers of a network given by name (:func:`architecture_layers`, with
+    ``w_std`` and ``b_std``) or as layers: spatial steps, one read-out, ``Dense`` and
+    activations after it, each activation after a ``Conv`` or ``Dense``.
+
+    Raises
+    ------
+    InvalidParameterError
+    """
+    if isinstance(architecture, str):
+        return _check_layers(architecture_layers(architecture, w_std, b_std))
+    return _check_layers(architecture)
 
 
 def needs_full_covariance(layers: Sequence[Layer]) -> bool:
@@ -181,10 +250,11 @@ def _check_layers(layers: Sequence[Layer]) -> tuple[Layer, ...]:
         )
     gaussian = False  # is the input of the next layer a Gaussian process?
     for layer in layers:
-        if isinstance(layer, Relu) and not gaussian:
+        if isinstance(layer, Activation) and not gaussian:
             raise InvalidParameterError(
-                "a ReLU needs a Conv before it (with no ReLU between): the arc-cosine step "
-                "holds for Gaussian inputs, which only a random affine step gives"
+                f"{type(layer).__name__} needs a Conv or Dense before it (with no "
+                "activation between): its kernel rule holds for Gaussian inputs, which only "
+                "a random affine step gives"
             )
         gaussian = isinstance(layer, Conv | Dense) or (gaussian and isinstance(layer, AvgPool))
     for layer in layers:
@@ -210,7 +280,7 @@ def conv_kernels(
     image_shape: tuple[int, ...] | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    r"""NNGP and NTK of an infinitely wide convolutional ReLU network.
+    r"""NNGP and NTK of an infinitely wide convolutional (or fully connected) network.
 
     Parameters
     ----------
@@ -221,7 +291,7 @@ def conv_kernels(
     architecture : str or sequence of layers
         A name for :func:`architecture_layers` (``w_std`` and ``b_std`` apply), ``fc-L``
         (:func:`~ntkdemo.kernels.deep.fc_kernels` at depth L, on the flattened images),
-        or the layers themselves (``Conv``, ``Relu``, ``AvgPool``, ``GlobalAvgPool``,
+        or the layers themselves (``Conv``, an activation, ``AvgPool``, ``GlobalAvgPool``,
         ``Flatten``, ``Dense``).
     w_std, b_std : float, default=sqrt(2) and 0
         For a named architecture.
@@ -241,9 +311,9 @@ def conv_kernels(
         and not all(isinstance(layer, Layer) for layer in architecture)
     ):
         raise InvalidParameterError(
-            f"architecture must be a name (fc-L, cnn-flatten-L, cnn-gap-L, myrtle5, myrtle7, "
-            f"myrtle10) or a sequence of layers (Conv, Relu, AvgPool, GlobalAvgPool, Flatten, "
-            f"Dense), got {architecture!r}"
+            "architecture must be a name (fc-L, cnn-flatten-L, cnn-gap-L, myrtle5, myrtle7, "
+            "myrtle10, or words such as conv+erf+gap+dense) or a sequence of layers (Conv, "
+            f"activations, AvgPool, GlobalAvgPool, Flatten, Dense), got {architecture!r}"
         )
     depth = fully_connected_depth(architecture)
     if depth is not None:
@@ -252,11 +322,7 @@ def conv_kernels(
         flat_X = as_images(X, image_shape, "X").reshape(len(X), -1)
         flat_Y = None if Y is None else as_images(Y, image_shape, "Y").reshape(len(Y), -1)
         return fc_kernels(flat_X, flat_Y, depth=depth, w_std=w_std, b_std=b_std)
-    layers = _check_layers(
-        architecture_layers(architecture, w_std, b_std)
-        if isinstance(architecture, str)
-        else architecture
-    )
+    layers = network_layers(architecture, w_std, b_std)
     images_X = as_images(X, image_shape, "X")
     images_Y = images_X if Y is None else as_images(Y, image_shape, "Y")
     if images_Y.shape[1:] != images_X.shape[1:]:
@@ -264,10 +330,13 @@ def conv_kernels(
             f"X and Y images differ in shape: {images_X.shape[1:]} and {images_Y.shape[1:]}"
         )
     with np.errstate(over="ignore", invalid="ignore"):  # refused just below, with advice
-        nngp, ntk = _compiled_kernels(images_X, images_Y, Y is None, layers, progress)
-    if Y is None:
-        mirror_upper(nngp)
-        mirror_upper(ntk)
+        if all(type(layer) in COMPILED_LAYERS for layer in layers):
+            nngp, ntk = _compiled_kernels(images_X, images_Y, Y is None, layers, progress)
+            if Y is None:
+                mirror_upper(nngp)
+                mirror_upper(ntk)
+        else:
+            nngp, ntk = _array_kernels(layers, images_X, None if Y is None else images_Y, progress)
     check_kernel_range(nngp, ntk, _describe(architecture, layers))
     return nngp, ntk
 
@@ -434,6 +503,26 @@ def _compiled_kernels(
         np.fill_diagonal(nngp, self_nngp)
         np.fill_diagonal(ntk, self_ntk)
     return nngp, ntk
+
+
+ARRAY_FOLD_BYTES = 500_000_000
+"""Workspace of a tile of the array fold on the CPU (at most a quarter of free memory)."""
+
+
+def _array_kernels(
+    layers: Sequence[Layer],
+    images_X: np.ndarray,
+    images_Y: np.ndarray | None,
+    progress: Callable[[Iterable], Iterable] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The array fold of :mod:`.conv_arrays` in NumPy: every composition of layers, tile
+    by tile (the symmetric Gram matrix when ``images_Y`` is None)."""
+    import psutil
+
+    from .conv_arrays import pair_kernels
+
+    budget = min(ARRAY_FOLD_BYTES, psutil.virtual_memory().available // 4)
+    return pair_kernels(np, layers, images_X, images_Y, memory_bytes=budget, progress=progress)
 
 
 def _check_workspace(needed: int, shape: tuple[int, ...]) -> None:

@@ -15,7 +15,8 @@ read-out. Each layer is a few whole-array operations, the mathematics of :mod:`.
   shifted by the same offset :math:`d` on both sides summed,
   :math:`K' = \frac{\sigma_w^2}{9} \sum_d K(p + d, p' + d) + \sigma_b^2`,
   :math:`\Theta' = K' + \frac{\sigma_w^2}{9} \sum_d \Theta(p + d, p' + d)`;
-* ``Relu``: with the variances :math:`q_x(p) q_y(p')` of the two images,
+* an activation: its own rule (:meth:`~.activations.Activation.dual`) with the
+  variances of the two images; the ``Relu``, fused: with :math:`q_x(p) q_y(p')`,
   :math:`s = \sqrt{(q_x q_y (1 - \epsilon) - K^2)_+}` (:math:`\epsilon` the
   :func:`~.ntk.snap_tolerance`: an angle within rounding of 0 is 0),
   :math:`\theta = \operatorname{atan2}(s, K)`,
@@ -28,7 +29,7 @@ read-out. Each layer is a few whole-array operations, the mathematics of :mod:`.
 A first ``Conv`` is one batched matrix product of the images' 3 x 3 patches
 (:math:`\sum_d K_0(p + d, p' + d)` is the dot product of the patches at :math:`p` and
 :math:`p'`). The variances come from the same fold on the pairs :math:`(x, x)` (state of
-shape ``(n, H, W, H, W)``), read off its diagonal before each ReLU:
+shape ``(n, H, W, H, W)``), read off its diagonal before each activation:
 :func:`self_variances`; the kernels of those pairs are the Gram matrix's diagonal.
 With CuPy each elementwise step (a conv's nine-slice sum and
 affine map, the ReLU's angle, its NNGP, its NTK) is one compiled kernel
@@ -47,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from .activations import Activation, Relu
 from .conv import (
     AvgPool,
     Conv,
@@ -54,7 +56,6 @@ from .conv import (
     Flatten,
     GlobalAvgPool,
     Layer,
-    Relu,
     needs_full_covariance,
 )
 from .ntk import snap_tolerance
@@ -142,12 +143,12 @@ def pair_kernels(
 
 
 def self_variances(xp: Any, layers: Sequence[Layer], images: Any, *, memory_bytes: int) -> list:
-    """Each ReLU's input variances :math:`q(p) = K_{xx}(p, p)` of every image.
+    """Each activation's input variances :math:`q(p) = K_{xx}(p, p)` of every image.
 
     Returns
     -------
     list of ``xp`` arrays
-        One per ReLU: shape (n, H, W) at the ReLU's resolution, or (n,) after the
+        One per activation: shape (n, H, W) at its resolution, or (n,) after the
         read-out.
     """
     return _self_variances(xp, _Steps.of(xp), layers, images, memory_bytes)[0]
@@ -227,8 +228,9 @@ def _fold(
     paired: bool,
 ) -> tuple[Any, Any]:
     """NNGP and NTK of the pairs of ``images_a`` and ``images_b`` (each with each, or
-    ``paired``); ``variances(i, nngp)`` gives the i-th ReLU's :math:`q_a, q_b`,
-    broadcastable to the state."""
+    ``paired``); ``variances(i, nngp)`` gives the i-th activation's :math:`q_a, q_b`,
+    broadcastable to the state; each activation applies its own rule
+    (:meth:`~.activations.Activation.dual`), the ReLU's fused in :class:`_Steps`."""
     full = needs_full_covariance(layers)
     spatial = 4 if full else 2
     channels = images_a.shape[-1]
@@ -242,7 +244,7 @@ def _fold(
     else:
         nngp = _products(xp, images_a, images_b, full, paired) / channels
         ntk = xp.zeros_like(nngp)
-    relu_index = 0
+    activation_index = 0
     for layer in layers:
         if isinstance(layer, Conv):
             w2, b2 = float(layer.w_std) ** 2, float(layer.b_std) ** 2
@@ -253,12 +255,16 @@ def _fold(
             w2, b2 = float(layer.w_std) ** 2, float(layer.b_std) ** 2
             nngp = nngp * w2 + b2
             ntk = nngp + ntk * w2
-        elif isinstance(layer, Relu):
-            variance_a, variance_b = variances(relu_index, nngp)
+        elif isinstance(layer, Relu):  # the ReLU's rule, fused (one kernel a step on CuPy)
+            variance_a, variance_b = variances(activation_index, nngp)
             rest = steps.relu_rest(nngp, variance_a, variance_b)
             nngp = steps.relu_nngp(nngp, variance_a, variance_b, rest)
             ntk = steps.relu_ntk(ntk, rest)
-            relu_index += 1
+            activation_index += 1
+        elif isinstance(layer, Activation):
+            variance_a, variance_b = variances(activation_index, nngp)
+            nngp, ntk = layer.dual(xp, nngp, ntk, variance_a, variance_b)
+            activation_index += 1
         elif isinstance(layer, AvgPool):
             nngp, ntk = _pool(nngp), _pool(ntk)
         elif isinstance(layer, GlobalAvgPool):

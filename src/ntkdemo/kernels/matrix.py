@@ -3,14 +3,14 @@ fold or a convolutional one; every choice between them is made here."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 
 from ..errors import InvalidParameterError
-from .conv import conv_kernels
+from .conv import Layer, conv_kernels
 from .deep import fc_kernels
 from .mirror import mirror_averaged
 from .ntk import fold_inputs, ntk, ntk_of_unit_rows, unit_rows
@@ -97,7 +97,7 @@ def kernel_of_unit_rows(
     depth: int = 1,
     w_std: float = 1.0,
     b_std: float = 0.0,
-    architecture: str | None = None,
+    architecture: str | Sequence[Layer] | None = None,
     image_shape: tuple[int, ...] = (),
     reference_scale: bool = False,
     flip: bool = False,

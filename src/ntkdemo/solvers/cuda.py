@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidParameterError
-from ..kernels.conv import architecture_layers, as_images
+from ..kernels.conv import as_images, network_layers
 from ..kernels.conv_arrays import pair_kernels
 from ..kernels.ntk import fold_inputs, snap_tolerance
 from ..spec import KernelSpec
@@ -81,7 +81,7 @@ class DeviceKernel:
     def layers(self) -> tuple:
         """The fold's layers (the spec's architecture, or ``fc-L`` at its depth)."""
         name = self.spec.architecture or f"fc-{self.spec.depth}"
-        return architecture_layers(name, self.spec.w_std, self.spec.b_std)
+        return network_layers(name, self.spec.w_std, self.spec.b_std)
 
     def inputs(self, X_unit: np.ndarray) -> Any:
         r"""What the kernel reads, on the device: the unit rows for the formula, else

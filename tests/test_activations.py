@@ -1,0 +1,189 @@
+"""The activations beyond ReLU (``ntkdemo.kernels.activations``): each layer's kernel rule
+against neural-tangents, exact self pairs, no NaN where variances vanish, and the ReLU's
+reference rule against its fused and compiled paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ntkdemo.errors import InvalidParameterError
+from ntkdemo.kernels import (
+    ABRelu,
+    Abs,
+    AvgPool,
+    Conv,
+    Dense,
+    Erf,
+    Flatten,
+    GlobalAvgPool,
+    Identity,
+    LeakyRelu,
+    Relu,
+    conv_kernels,
+)
+
+REFERENCE = np.load(Path(__file__).parent / "data" / "activation_reference.npz")
+ACTIVATIONS = {
+    "erf": lambda: Erf(),
+    "erf-scaled": lambda: Erf(a=1.3, b=0.7, c=0.2),
+    "leaky-relu": lambda: LeakyRelu(0.1),
+    "abrelu": lambda: ABRelu(-0.4, 1.2),
+    "abs": lambda: Abs(),
+    "identity": lambda: Identity(),
+}
+DUPLICATES = {"grey": [(1, 7), (1, 8), (7, 8)], "colour": [(0, 3)]}
+"""Pairs of parallel images in the inputs (a rescaled and a near duplicate)."""
+CASES = sorted(
+    (key for key in REFERENCE.files if key.startswith("case") and "_" not in key),
+    key=lambda key: int(key[4:]),
+)
+
+
+def network(form: str, activation: str, w_std: float, b_std: float) -> list:
+    """The layers of ``make_activation_reference.py``'s network of that form."""
+    act = ACTIVATIONS[activation]
+    if form == "fc":
+        return [Flatten(), Dense(w_std, b_std), act(), Dense(w_std, b_std), act()] + [
+            Dense(w_std, b_std)
+        ]
+    if form == "mixed":
+        return [Conv(w_std, b_std), Relu(), Conv(w_std, b_std), act(), AvgPool()] + [
+            Conv(w_std, b_std),
+            act(),
+            GlobalAvgPool(),
+            Dense(w_std, b_std),
+        ]
+    read_out = GlobalAvgPool() if form == "gap" else Flatten()
+    return [Conv(w_std, b_std), act(), Conv(w_std, b_std), act(), read_out, Dense(w_std, b_std)]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_activation_equals_neural_tangents(case):
+    """Within 1e-11 of the largest entry, on real grey images (with a negated one, a
+    constant one, noise, a rescaled and a near duplicate) and colour ones; within 3e-8
+    where the angle is 0 (self pairs and parallel images): ntkdemo's angle there is
+    exactly 0, neural-tangents' carries the rounding of arccos near 1 (the square root
+    of an ulp), as the exact self-pair test below shows."""
+    inputs, form, activation, w_std, b_std = (str(value) for value in REFERENCE[case])
+    layers = network(form, activation, float(w_std), float(b_std))
+    computed = conv_kernels(REFERENCE[inputs], architecture=layers)
+    for kernel, expected in zip(computed, (REFERENCE[f"{case}_nngp"], REFERENCE[f"{case}_ntk"])):
+        errors = np.abs(kernel - expected) / np.abs(expected).max()
+        parallel = np.eye(len(expected), dtype=bool)
+        for i, j in DUPLICATES[inputs]:
+            parallel[i, j] = parallel[j, i] = True
+        assert errors[~parallel].max() <= 1e-11
+        assert errors[parallel].max() <= 3e-8
+        np.testing.assert_array_equal(kernel, kernel.T)
+
+
+@pytest.mark.parametrize("activation", [LeakyRelu(0.1), ABRelu(-0.4, 1.2), Abs(), Relu()])
+def test_self_pairs_follow_the_exact_recursion(activation):
+    """At angle 0 the ABRelu rules are q' = (a^2 + b^2) q / 2 and a derivative kernel of
+    (a^2 + b^2) / 2: a scalar recursion, computed here apart from any fold."""
+    X = REFERENCE["grey"].reshape(len(REFERENCE["grey"]), -1)
+    w_std, b_std = 1.3, 0.2
+    layers = [Flatten(), Dense(w_std, b_std), activation, Dense(w_std, b_std), activation]
+    nngp, ntk = conv_kernels(REFERENCE["grey"], architecture=[*layers, Dense(w_std, b_std)])
+    factor = (activation.a**2 + activation.b**2) / 2
+    q = np.einsum("ij,ij->i", X, X) / X.shape[1]
+    tangent = np.zeros_like(q)
+    for _ in range(2):
+        q = w_std**2 * q + b_std**2
+        tangent = q + w_std**2 * tangent
+        q, tangent = factor * q, factor * tangent
+    q = w_std**2 * q + b_std**2
+    tangent = q + w_std**2 * tangent
+    np.testing.assert_allclose(np.diagonal(nngp), q, rtol=1e-14)
+    np.testing.assert_allclose(np.diagonal(ntk), tangent, rtol=1e-14)
+
+
+@pytest.mark.parametrize("activation", [Erf(), Erf(2.0, 3.0, 0.5), ABRelu(-0.4, 1.2), Abs()])
+def test_zero_variance_positions_give_numbers(activation):
+    """A black border at b_std = 0 has variance 0: every rule gives a finite value."""
+    images = np.zeros((3, 6, 6, 1))
+    images[:, 2:4, 2:4, 0] = np.random.default_rng(0).random((3, 2, 2))
+    layers = [Conv(1.0, 0.0), activation, Conv(1.0, 0.0), activation, GlobalAvgPool()]
+    for kernel in conv_kernels(images, architecture=[*layers, Dense(1.0, 0.0)]):
+        assert np.isfinite(kernel).all()
+
+
+def test_the_relu_reference_rule_equals_its_fused_and_compiled_paths():
+    """ABRelu(0, 1) is the ReLU through the general rule of the array fold; Relu() runs
+    the compiled fold: the same kernel to rounding."""
+    images = REFERENCE["colour"]
+    general = [Conv(1.3, 0.2), ABRelu(0.0, 1.0), AvgPool(), Conv(1.3, 0.2), ABRelu(0.0, 1.0)]
+    compiled = [Conv(1.3, 0.2), Relu(), AvgPool(), Conv(1.3, 0.2), Relu()]
+    ending = [GlobalAvgPool(), Dense(1.3, 0.2)]
+    for by_rule, by_loops in zip(
+        conv_kernels(images, architecture=general + ending),
+        conv_kernels(images, architecture=compiled + ending),
+    ):
+        np.testing.assert_allclose(by_rule, by_loops, rtol=1e-13, atol=0)
+
+
+def test_an_activation_needs_gaussian_inputs():
+    with pytest.raises(InvalidParameterError, match="Erf needs a Conv or Dense before it"):
+        conv_kernels(
+            REFERENCE["colour"], architecture=[Erf(), Conv(1.0, 0.0), Flatten(), Dense(1.0, 0.0)]
+        )
+
+
+def test_mirror_symmetry_and_the_spec_serve_any_composition():
+    """A run's kernel of a composition: mirror-symmetric when no pool sees an odd width."""
+    from ntkdemo.kernels import unit_rows
+    from ntkdemo.kernels.mirror import mirrored
+    from ntkdemo.spec import KernelSpec
+
+    layers = (Conv(1.0, 0.1), Erf(), AvgPool(), Conv(1.0, 0.1), Abs(), GlobalAvgPool())
+    spec = KernelSpec(architecture=(*layers, Dense(1.0, 0.1)), image_shape=(8, 8, 3))
+    X = unit_rows(REFERENCE["colour"].reshape(5, -1))
+    K = spec.matrix(X)
+    K_mirrored = spec.matrix(mirrored(X, (8, 8, 3)))
+    np.testing.assert_allclose(K_mirrored, K, rtol=1e-12)
+
+
+def test_a_network_written_as_words_is_its_layers():
+    from ntkdemo.kernels import architecture_layers
+
+    assert architecture_layers("conv+erf+conv+erf+gap+dense", 1.5, 0.1) == (
+        Conv(1.5, 0.1),
+        Erf(),
+        Conv(1.5, 0.1),
+        Erf(),
+        GlobalAvgPool(),
+        Dense(1.5, 0.1),
+    )
+    written = architecture_layers("conv:2:0.5+leaky-relu:0.2+pool+conv+abs+gap+dense:1:0")
+    expected = (Conv(2.0, 0.5), LeakyRelu(0.2), AvgPool(), Conv(2**0.5, 0.0), Abs())
+    assert written == (*expected, GlobalAvgPool(), Dense(1.0, 0.0))
+    assert architecture_layers("conv+relu+conv+relu+gap+dense") == architecture_layers("cnn-gap-2")
+    with pytest.raises(InvalidParameterError, match="unknown layer 'tanh' in architecture"):
+        architecture_layers("conv+tanh+gap+dense")
+    with pytest.raises(InvalidParameterError, match="layer 'relu:3' of architecture .* takes"):
+        architecture_layers("conv+relu:3+gap+dense")
+
+
+def test_a_written_network_runs_from_the_command_line_and_the_estimators(tiny_dataset, tmp_path):
+    """The same composition through ``ntkdemo --architecture`` and ``NTKClassifier``."""
+    import json
+
+    from ntkdemo import NTKClassifier, load_sample
+    from ntkdemo.cli import main
+
+    written = "conv:1.2:0.1+erf+conv:1.2:0.1+abs+gap+dense:1.2:0.1"
+    arguments = ["--dataset", str(tiny_dataset), "--architecture", written, "--quiet"]
+    code = main(
+        [*arguments, "--train-per-class", "4", "--test-per-class", "2", "--out", str(tmp_path)]
+    )
+    assert code == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["network"].startswith(f"NTK of {written}")
+    sample = load_sample(str(tiny_dataset), 4, 2)
+    layers = [Conv(1.2, 0.1), Erf(), Conv(1.2, 0.1), Abs(), GlobalAvgPool(), Dense(1.2, 0.1)]
+    model = NTKClassifier(architecture=layers, image_shape=sample.image_shape)
+    predicted = model.fit(sample.X_train, sample.y_train).predict(sample.X_test)
+    assert np.mean(predicted == sample.y_test) == metrics["test_accuracy"]
