@@ -18,9 +18,12 @@ from ntkdemo.kernels import (
     Dense,
     Erf,
     Flatten,
+    Gelu,
     GlobalAvgPool,
     Identity,
+    LayerNorm,
     LeakyRelu,
+    Parallel,
     Relu,
     conv_kernels,
 )
@@ -33,8 +36,10 @@ ACTIVATIONS = {
     "abrelu": lambda: ABRelu(-0.4, 1.2),
     "abs": lambda: Abs(),
     "identity": lambda: Identity(),
+    "relu": lambda: Relu(),
+    "gelu": lambda: Gelu(),
 }
-DUPLICATES = {"grey": [(1, 7), (1, 8), (7, 8)], "colour": [(0, 3)]}
+DUPLICATES = {"grey": [(1, 7), (1, 8), (7, 8)], "colour": [(0, 3)], "wide": []}
 """Pairs of parallel images in the inputs (a rescaled and a near duplicate)."""
 CASES = sorted(
     (key for key in REFERENCE.files if key.startswith("case") and "_" not in key),
@@ -45,6 +50,13 @@ CASES = sorted(
 def network(form: str, activation: str, w_std: float, b_std: float) -> list:
     """The layers of ``make_activation_reference.py``'s network of that form."""
     act = ACTIVATIONS[activation]
+    if form == "norm":
+        first = [Conv(w_std, b_std), LayerNorm(), Relu(), Conv(w_std, b_std), LayerNorm()]
+        return [*first, act(), GlobalAvgPool(), Dense(w_std, b_std)]
+    if form == "residual":
+        block = [act(), Conv(w_std, b_std), act(), Conv(w_std, b_std)]
+        residual = Parallel([], block)
+        return [Conv(w_std, b_std), residual, residual, act(), GlobalAvgPool(), Dense(w_std, b_std)]
     if form == "fc":
         return [Flatten(), Dense(w_std, b_std), act(), Dense(w_std, b_std), act()] + [
             Dense(w_std, b_std)
@@ -161,6 +173,13 @@ def test_a_network_written_as_words_is_its_layers():
     expected = (Conv(2.0, 0.5), LeakyRelu(0.2), AvgPool(), Conv(2**0.5, 0.0), Abs())
     assert written == (*expected, GlobalAvgPool(), Dense(1.0, 0.0))
     assert architecture_layers("conv+relu+conv+relu+gap+dense") == architecture_layers("cnn-gap-2")
+    residual = architecture_layers("conv+(|relu+conv+relu+conv)+relu+gap+dense", 1.0, 0.0)
+    block = (Relu(), Conv(1.0, 0.0), Relu(), Conv(1.0, 0.0))
+    assert residual == (Conv(1.0, 0.0), Parallel([], block), Relu(), GlobalAvgPool()) + (
+        Dense(1.0, 0.0),
+    )
+    with pytest.raises(InvalidParameterError, match="parentheses of architecture .* match"):
+        architecture_layers("conv+(relu+conv+gap+dense")
     with pytest.raises(InvalidParameterError, match="unknown layer 'tanh' in architecture"):
         architecture_layers("conv+tanh+gap+dense")
     with pytest.raises(InvalidParameterError, match="layer 'relu:3' of architecture .* takes"):
@@ -187,3 +206,69 @@ def test_a_written_network_runs_from_the_command_line_and_the_estimators(tiny_da
     model = NTKClassifier(architecture=layers, image_shape=sample.image_shape)
     predicted = model.fit(sample.X_train, sample.y_train).predict(sample.X_test)
     assert np.mean(predicted == sample.y_test) == metrics["test_accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("branches", "message"),
+    [
+        (([], [Relu()]), "2 branches, 2 of them without a Conv or Dense"),
+        (([], [AvgPool(), Conv(1.0, 0.0)]), "the branches of a Parallel keep the positions"),
+        ((), "a Parallel of 0 branches"),
+    ],
+)
+def test_a_sum_of_dependent_branches_is_refused(branches, message):
+    layers = [Conv(1.0, 0.0), Parallel(*branches), GlobalAvgPool(), Dense(1.0, 0.0)]
+    with pytest.raises(InvalidParameterError, match=message):
+        conv_kernels(REFERENCE["colour"], architecture=layers)
+
+
+def test_a_residual_relu_network_equals_its_unrolled_sum():
+    """x + f(x) for independent f: the kernel of the sum is the sum of the kernels, so a
+    block with an identity branch equals the plain network plus its skip path."""
+    conv, block = Conv(1.1, 0.1), [Relu(), Conv(1.1, 0.1), Relu(), Conv(1.1, 0.1)]
+    images = REFERENCE["colour"]
+    ending = [GlobalAvgPool(), Dense(1.0, 0.0)]
+    summed = conv_kernels(images, architecture=[conv, Parallel([], block), *ending])
+    skip = conv_kernels(images, architecture=[conv, *ending])
+    path = conv_kernels(images, architecture=[conv, *block, *ending])
+    for kernel, skipped, through in zip(summed, skip, path):  # Dense(1, 0) is linear
+        np.testing.assert_allclose(kernel, skipped + through, rtol=1e-13)
+
+
+@pytest.mark.parametrize("activation", [Gelu(), Erf(1.3, 0.7, 0.2)])
+def test_each_smooth_dual_is_the_gaussian_expectation_it_claims(activation):
+    """E[phi(u) phi(v)] and E[phi'(u) phi'(v)] by 2-D Gauss-Hermite quadrature (120 x 120
+    nodes, independent of any closed form) at a few variances and covariances (the kinked
+    ABRelu family, whose quadrature converges slowly, is held by the exact self-pair
+    recursion and neural-tangents)."""
+    from scipy.special import erf
+
+    functions = {
+        Gelu: (
+            lambda x: x * (1 + erf(x / np.sqrt(2))) / 2,
+            lambda x: (1 + erf(x / np.sqrt(2))) / 2 + x * np.exp(-x * x / 2) / np.sqrt(2 * np.pi),
+        ),
+        Erf: (
+            lambda x: 1.3 * erf(0.7 * x) + 0.2,
+            lambda x: 1.3 * 0.7 * 2 / np.sqrt(np.pi) * np.exp(-((0.7 * x) ** 2)),
+        ),
+    }
+    phi, derivative = functions[type(activation)]
+    nodes, weights = np.polynomial.hermite_e.hermegauss(120)
+    weights = weights / weights.sum()
+    for q_a, q_b, correlation in [(1.0, 1.0, 0.3), (0.5, 2.0, -0.7), (3.0, 0.2, 0.95)]:
+        covariance = correlation * np.sqrt(q_a * q_b)
+        # u = sqrt(q_a) z1, v = c / sqrt(q_a) z1 + sqrt(q_b - c^2 / q_a) z2
+        u = np.sqrt(q_a) * nodes[:, None] + 0 * nodes[None, :]
+        v = (
+            covariance / np.sqrt(q_a) * nodes[:, None]
+            + np.sqrt(q_b - covariance**2 / q_a) * nodes[None, :]
+        )
+        grid = weights[:, None] * weights[None, :]
+        expected_nngp = float((grid * phi(u) * phi(v)).sum())
+        expected_dot = float((grid * derivative(u) * derivative(v)).sum())
+        nngp, ntk = activation.dual(
+            np, np.array(covariance), np.array(1.0), np.array(q_a), np.array(q_b)
+        )
+        assert abs(nngp - expected_nngp) <= 1e-9 * abs(expected_nngp)
+        assert abs(ntk - expected_dot) <= 1e-9 * abs(expected_dot)

@@ -9,8 +9,9 @@ Needs neural-tangents 0.6.5 with jax 0.4.30 and numpy < 2 in a separate environm
 
 The inputs are those of ``conv_reference.npz`` (real grey 28 x 28 images with a
 negated one, a constant one, noise, a shifted one, a rescaled and a near duplicate;
-random colour 8 x 8 x 3 images with a rescaled duplicate), read from it: the tests
-need neither this script nor neural-tangents.
+random colour 8 x 8 x 3 images with a rescaled duplicate), read from it, and four
+random 32 x 32 x 3 images for a residual network: the tests need neither this script
+nor neural-tangents.
 """
 
 from pathlib import Path
@@ -33,6 +34,8 @@ ACTIVATIONS = {
     "abrelu": lambda: stax.ABRelu(-0.4, 1.2),
     "abs": lambda: stax.Abs(),
     "identity": lambda: stax.Identity(),
+    "relu": lambda: stax.Relu(),
+    "gelu": lambda: stax.Gelu(),
 }
 
 
@@ -42,9 +45,20 @@ def conv(w_std, b_std):
 
 def network(form, activation, w_std, b_std):
     """``fc``: Flatten, (Dense, act) x 2, Dense; ``gap``/``flatten``: (Conv, act) x 2,
-    the read-out, Dense; ``mixed``: Conv, Relu, Conv, act, AvgPool, Conv, act, GAP, Dense."""
+    the read-out, Dense; ``mixed``: Conv, Relu, Conv, act, AvgPool, Conv, act, GAP, Dense;
+    ``residual``: Conv, two blocks x + Conv(act(Conv(act(x)))), act, GAP, Dense;
+    ``norm``: Conv, LayerNorm, Relu, Conv, LayerNorm, act, GAP, Dense."""
     act = ACTIVATIONS[activation]
-    if form == "fc":
+    if form == "norm":  # Conv, LayerNorm, Relu, Conv, LayerNorm, act, GAP, Dense
+        norm = lambda: stax.LayerNorm(axis=-1)  # noqa: E731
+        layers = [conv(w_std, b_std), norm(), stax.Relu(), conv(w_std, b_std), norm(), act()]
+        layers += [stax.GlobalAvgPool()]
+    elif form.startswith("residual"):  # Conv, then two residual blocks around act-Conv-act-Conv
+        block = stax.serial(act(), conv(w_std, b_std), act(), conv(w_std, b_std))
+        residual = stax.serial(stax.FanOut(2), stax.parallel(stax.Identity(), block))
+        layers = [conv(w_std, b_std), residual, stax.FanInSum(), residual, stax.FanInSum()]
+        layers += [act(), stax.GlobalAvgPool()]
+    elif form == "fc":
         dense = lambda: stax.Dense(1, W_std=w_std, b_std=b_std)  # noqa: E731
         layers = [stax.Flatten(), dense(), act(), dense(), act()]
     elif form == "mixed":
@@ -58,10 +72,16 @@ def network(form, activation, w_std, b_std):
     return kernel_fn
 
 
-cases = [(inputs, "fc", name, 1.3, 0.2) for name in ACTIVATIONS for inputs in ("grey",)]
-cases += [("colour", "gap", name, 1.1, 0.1) for name in ACTIVATIONS if name != "identity"]
+cases = [("grey", "fc", name, 1.3, 0.2) for name in ACTIVATIONS if name not in ("relu", "gelu")]
+cases += [
+    ("colour", "gap", name, 1.1, 0.1) for name in ACTIVATIONS if name not in ("identity", "relu")
+]
 cases += [("grey", "flatten", "erf", 1.2, 0.3), ("grey", "flatten", "abs", 2**0.5, 0.0)]
 cases += [("colour", "mixed", "erf", 1.3, 0.2), ("colour", "mixed", "leaky-relu", 1.0, 0.0)]
+cases += [("colour", "residual", "relu", 1.0, 0.1), ("wide", "residual", "erf", 1.2, 0.0)]
+cases += [("grey", "fc", "gelu", 1.3, 0.2), ("colour", "gap", "gelu", 1.1, 0.1)]
+cases += [("colour", "norm", "erf", 1.2, 0.1), ("colour", "norm", "gelu", 1.0, 0.0)]
+payload["wide"] = np.random.default_rng(20261206).standard_normal((4, 32, 32, 3))
 for number, (name, form, activation, w_std, b_std) in enumerate(cases):
     x = payload[name]
     kernels = network(form, activation, w_std, b_std)(x, None, ("nngp", "ntk"))

@@ -187,8 +187,9 @@ def add_kernel_options(parser: argparse.ArgumentParser) -> None:
         "cnn-gap-L, myrtle5, myrtle7, myrtle10 (fc-L is --depth L), or layers written as "
         "words joined by +, e.g. conv+erf+conv:1.5:0.1+leaky-relu:0.1+pool+conv+abs+gap+dense "
         "(words: conv, dense, pool, gap, flatten, relu, abrelu:A:B, leaky-relu:ALPHA, abs, "
-        "erf:A:B:C, identity); whole training sets of these are slow: milliseconds per "
-        "image pair for the pooling ones",
+        "erf:A:B:C, gelu, layernorm, identity; (A|B) sums parallel branches: "
+        "conv+(|relu+conv)+relu+gap+dense is residual); whole training sets of these are "
+        "slow: milliseconds per image pair for the pooling ones",
     )
     group.add_argument(
         "--w-std",

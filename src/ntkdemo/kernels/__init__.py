@@ -6,8 +6,9 @@
   as values (with :mod:`~ntkdemo.kernels.conv_loops`, its compiled loops, and
   :mod:`~ntkdemo.kernels.conv_arrays`, the fold over whole arrays that runs every
   composition);
-* :mod:`~ntkdemo.kernels.activations` -- the nonlinearities (``Relu``, ``ABRelu``,
-  ``LeakyRelu``, ``Abs``, ``Erf``, ``Identity``), each with its kernel rule;
+* :mod:`~ntkdemo.kernels.activations` -- the layers acting position by position
+  (``Relu``, ``ABRelu``, ``LeakyRelu``, ``Abs``, ``Erf``, ``Gelu``, ``Identity``,
+  ``LayerNorm``), each with its kernel rule;
 * :mod:`~ntkdemo.kernels.matrix` -- the kernel a run uses, chosen by name;
 * :mod:`~ntkdemo.kernels.blocks` -- block assembly and mirroring;
 * :mod:`~ntkdemo.kernels.in_range` -- the check every fold's output passes (no overflow,
@@ -27,6 +28,7 @@ from .conv import (
     Dense,
     Flatten,
     GlobalAvgPool,
+    Parallel,
     architecture_layers,
     conv_kernels,
 )
@@ -40,6 +42,7 @@ __all__ = [
     "Dense",
     "Flatten",
     "GlobalAvgPool",
+    "Parallel",
     "architecture_layers",
     "conv_kernels",
     "fc_kernels",

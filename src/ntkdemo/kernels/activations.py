@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -40,7 +40,9 @@ __all__ = [
     "Abs",
     "Activation",
     "Erf",
+    "Gelu",
     "Identity",
+    "LayerNorm",
     "LeakyRelu",
     "Relu",
     "WORDS",
@@ -49,7 +51,12 @@ __all__ = [
 
 
 class Activation(ABC):
-    """An elementwise nonlinearity: a layer whose kernel rule is :meth:`dual`."""
+    """A layer acting on each position of Gaussian pre-activations alone, given their
+    variances: an elementwise nonlinearity, or a normalisation over the channels
+    (:class:`LayerNorm`). Its kernel rule is :meth:`dual`."""
+
+    preserves_gaussian: ClassVar[bool] = False
+    """Whether its output is Gaussian again (then an activation may follow it directly)."""
 
     @abstractmethod
     def dual(
@@ -181,8 +188,64 @@ class Erf(Activation):
 
 
 @dataclass(frozen=True)
+class Gelu(Activation):
+    r""":math:`\phi(x) = x\,\Phi(x)`, :math:`\Phi` the standard normal CDF (``stax.Gelu``).
+
+    With :math:`\Delta = \sqrt{(1 + q_a)(1 + q_b) - K^2}` and
+    :math:`\beta = \operatorname{arctan2}(K, \Delta)` (Tsuchida, Pearce and van der
+    Heide 2021, "Avoiding Kernel Fixed Points: Computing with ELU and GELU Infinite
+    Networks"),
+
+    .. math::
+
+        K' = \frac{K}{4} + \frac{1}{2\pi}\Big(K\beta
+             + \frac{K^2 + q_a q_b \Delta^2}{(1 + q_a)(1 + q_b)\,\Delta}\Big),
+
+        \dot K = \frac14 + \frac{\beta}{2\pi} + \frac{K}{2\pi\Delta}\Big(
+             \frac{1}{\Delta^2} + \frac{1 - q_a q_b}{(1 + q_a)(1 + q_b)} + 1\Big).
+
+    :math:`\Delta^2 \ge 1 + q_a + q_b \ge 1` exactly, so it is taken as at least 1.
+    """
+
+    def dual(self, xp, nngp, ntk, variance_a, variance_b):
+        shifted = (1.0 + variance_a) * (1.0 + variance_b)
+        products = variance_a * variance_b
+        delta_squared = xp.maximum(shifted - nngp * nngp, 1.0)
+        delta = xp.sqrt(delta_squared)
+        angle = xp.arctan2(nngp, delta)
+        spread = (nngp * nngp + products * delta_squared) / (shifted * delta)
+        nngp_next = nngp / 4 + (nngp * angle + spread) / (2 * math.pi)
+        slope = 1.0 / delta_squared + (1.0 - products) / shifted + 1.0
+        derivative = 0.25 + angle / (2 * math.pi) + nngp * slope / (2 * math.pi * delta)
+        return nngp_next, ntk * derivative
+
+
+@dataclass(frozen=True)
+class LayerNorm(Activation):
+    r"""Each position's pre-activations divided by their standard deviation over the
+    channels (``stax.LayerNorm(axis=-1, eps=1e-12)``): in the infinite-width limit the
+    channels' mean is 0 and their variance :math:`q`, so
+
+    .. math:: K' = \frac{K}{\sqrt{(q_a + \epsilon)(q_b + \epsilon)}}, \qquad
+              \Theta' = \frac{\Theta}{\sqrt{(q_a + \epsilon)(q_b + \epsilon)}},
+
+    and the output is Gaussian again. ``eps`` keeps a zero variance finite.
+    """
+
+    eps: float = 1e-12
+
+    preserves_gaussian: ClassVar[bool] = True
+
+    def dual(self, xp, nngp, ntk, variance_a, variance_b):
+        scale = 1.0 / xp.sqrt((variance_a + self.eps) * (variance_b + self.eps))
+        return nngp * scale, ntk * scale
+
+
+@dataclass(frozen=True)
 class Identity(Activation):
     """:math:`\\phi(x) = x` (``stax.Identity``): the kernels pass unchanged."""
+
+    preserves_gaussian: ClassVar[bool] = True
 
     def dual(self, xp, nngp, ntk, variance_a, variance_b):
         return nngp, ntk
@@ -194,6 +257,8 @@ WORDS: dict[str, type[Activation]] = {
     "leaky-relu": LeakyRelu,
     "abs": Abs,
     "erf": Erf,
+    "gelu": Gelu,
+    "layernorm": LayerNorm,
     "identity": Identity,
 }
 """Each activation's word in the written form of a network

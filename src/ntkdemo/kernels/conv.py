@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +56,7 @@ __all__ = [
     "Dense",
     "Flatten",
     "GlobalAvgPool",
+    "Parallel",
     "architecture_layers",
     "conv_kernels",
 ]
@@ -92,7 +93,25 @@ class Dense:
     b_std: float
 
 
-Layer = Conv | Activation | AvgPool | GlobalAvgPool | Flatten | Dense
+@dataclass(frozen=True, init=False)
+class Parallel:
+    r"""Branches applied to the same input, their outputs summed (``stax.FanOut``,
+    ``stax.parallel``, ``stax.FanInSum``): a branch is a sequence of layers, ``[]`` the
+    identity. ``Parallel([], [Relu(), Conv(...), Relu(), Conv(...)])`` is a residual block.
+
+    The kernels add: :math:`K' = \sum_b K_b`, :math:`\Theta' = \sum_b \Theta_b`, which is
+    exact when the branches are independent in the limit: every branch but one holds a
+    ``Conv`` or ``Dense`` (its own random weights). Branches keep the positions: no
+    pooling or read-out inside them.
+    """
+
+    branches: tuple[tuple[Layer, ...], ...]
+
+    def __init__(self, *branches: Sequence[Layer]) -> None:
+        object.__setattr__(self, "branches", tuple(tuple(branch) for branch in branches))
+
+
+Layer = Conv | Activation | AvgPool | GlobalAvgPool | Flatten | Dense | Parallel
 
 COMPILED_LAYERS = (Conv, Relu, AvgPool, GlobalAvgPool, Flatten, Dense)
 """The layers the compiled fold (:mod:`.conv_loops`) runs; a network with any other
@@ -182,21 +201,31 @@ def written_layers(text: str, w_std: float = 2**0.5, b_std: float = 0.0) -> tupl
     Each word is a key of :data:`LAYER_WORDS`; numbers after it (``:``-separated) are
     the layer's parameters in order (``conv:W_STD:B_STD``, ``erf:A:B:C``,
     ``abrelu:A:B``, ``leaky-relu:ALPHA``); a ``conv`` or ``dense`` without them takes
-    ``w_std`` and ``b_std``. ``+`` joins layers because ``,`` separates networks in
+    ``w_std`` and ``b_std``. Branches in parentheses, separated by ``|``, are a
+    :class:`Parallel` (an empty one the identity): ``conv+(|relu+conv+relu+conv)+relu+gap+dense``
+    is a residual network. ``+`` joins layers because ``,`` separates networks in
     ``ntkdemo curve --architectures``.
 
     Raises
     ------
     InvalidParameterError
-        If a word is unknown or its numbers do not fit the layer.
+        If a word is unknown, its numbers do not fit the layer, or parentheses do not
+        match.
     """
     layers: list[Layer] = []
-    for part in text.split("+"):
-        word, *numbers = part.strip().split(":")
+    for part in _split_outside_parentheses(text, "+", text):
+        part = part.strip()
+        if part.startswith("(") and part.endswith(")"):
+            branches = _split_outside_parentheses(part[1:-1], "|", text)
+            layers.append(
+                Parallel(*(written_layers(b, w_std, b_std) if b.strip() else () for b in branches))
+            )
+            continue
+        word, *numbers = part.split(":")
         if word not in LAYER_WORDS:
             raise InvalidParameterError(
                 f"unknown layer {word!r} in architecture {text!r}; use "
-                f"{', '.join(LAYER_WORDS)} joined by +"
+                f"{', '.join(LAYER_WORDS)} joined by +, and (A|B) for parallel branches"
             )
         try:
             values = [float(number) for number in numbers]
@@ -205,10 +234,26 @@ def written_layers(text: str, w_std: float = 2**0.5, b_std: float = 0.0) -> tupl
             layers.append(LAYER_WORDS[word](*values))
         except (TypeError, ValueError):
             raise InvalidParameterError(
-                f"layer {part.strip()!r} of architecture {text!r} takes other numbers "
+                f"layer {part!r} of architecture {text!r} takes other numbers "
                 f"(see ntkdemo.kernels.{LAYER_WORDS[word].__name__})"
             ) from None
     return tuple(layers)
+
+
+def _split_outside_parentheses(text: str, separator: str, whole: str) -> list[str]:
+    """``text`` split at each ``separator`` outside parentheses (``whole`` names the
+    architecture in the message when they do not match)."""
+    parts, depth, start = [], 0, 0
+    for position, character in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(character, 0)
+        if depth < 0:
+            break
+        if character == separator and depth == 0:
+            parts.append(text[start:position])
+            start = position + 1
+    if depth != 0:
+        raise InvalidParameterError(f"the parentheses of architecture {whole!r} do not match")
+    return [*parts, text[start:]]
 
 
 def network_layers(
@@ -228,12 +273,24 @@ def network_layers(
 
 
 def needs_full_covariance(layers: Sequence[Layer]) -> bool:
-    """Whether any layer averages over positions (then all :math:`(p, p')` are needed)."""
+    """Whether any layer averages over positions (then all :math:`(p, p')` are needed;
+    the branches of a ``Parallel`` hold no pooling)."""
     return any(isinstance(layer, AvgPool | GlobalAvgPool) for layer in layers)
 
 
+def every_layer(layers: Sequence[Layer]) -> Iterator[Layer]:
+    """The layers in order, those of each ``Parallel``'s branches in its place."""
+    for layer in layers:
+        yield layer
+        if isinstance(layer, Parallel):
+            for branch in layer.branches:
+                yield from every_layer(branch)
+
+
 def _check_layers(layers: Sequence[Layer]) -> tuple[Layer, ...]:
-    """The layers, checked: spatial steps, one read-out, then ``Dense`` only."""
+    """The layers, checked: spatial steps, one read-out, then ``Dense`` only; every
+    activation after a ``Conv`` or ``Dense``; every ``Parallel`` a sum of independent
+    branches without pooling."""
     layers = tuple(layers)
     ends = [i for i, layer in enumerate(layers) if isinstance(layer, GlobalAvgPool | Flatten)]
     if len(ends) != 1 or not layers or not isinstance(layers[-1], Dense):
@@ -242,22 +299,14 @@ def _check_layers(layers: Sequence[Layer]) -> tuple[Layer, ...]:
             f"a Dense layer last; got {[type(layer).__name__ for layer in layers]}"
         )
     end = ends[0]
-    if any(isinstance(layer, Dense) for layer in layers[:end]) or any(
-        isinstance(layer, Conv | AvgPool) for layer in layers[end:]
+    if any(isinstance(layer, Dense) for layer in every_layer(layers[:end])) or any(
+        isinstance(layer, Conv | AvgPool) for layer in every_layer(layers[end:])
     ):
         raise InvalidParameterError(
             "Conv and AvgPool come before the GlobalAvgPool or Flatten, Dense after it"
         )
-    gaussian = False  # is the input of the next layer a Gaussian process?
-    for layer in layers:
-        if isinstance(layer, Activation) and not gaussian:
-            raise InvalidParameterError(
-                f"{type(layer).__name__} needs a Conv or Dense before it (with no "
-                "activation between): its kernel rule holds for Gaussian inputs, which only "
-                "a random affine step gives"
-            )
-        gaussian = isinstance(layer, Conv | Dense) or (gaussian and isinstance(layer, AvgPool))
-    for layer in layers:
+    _gaussian_after(layers, gaussian=False)
+    for layer in every_layer(layers):
         if isinstance(layer, Conv | Dense):
             for name in ("w_std", "b_std"):
                 value = check_nonnegative_float(name, getattr(layer, name))
@@ -268,6 +317,45 @@ def _check_layers(layers: Sequence[Layer]) -> tuple[Layer, ...]:
                         "e.g. sqrt(2)"
                     )
     return layers
+
+
+def _gaussian_after(layers: Sequence[Layer], gaussian: bool) -> bool:
+    """Whether the output of ``layers`` is a Gaussian process when their input is (or
+    not); refuses an activation whose input is not, and a ``Parallel`` whose branches
+    are not independent or hold a pooling or a read-out.
+
+    Raises
+    ------
+    InvalidParameterError
+    """
+    for layer in layers:
+        if isinstance(layer, Activation) and not gaussian:
+            raise InvalidParameterError(
+                f"{type(layer).__name__} needs a Conv or Dense before it (with no "
+                "activation between): its kernel rule holds for Gaussian inputs, which only "
+                "a random affine step gives"
+            )
+        if isinstance(layer, Parallel):
+            inside = [list(every_layer(branch)) for branch in layer.branches]
+            if any(
+                isinstance(step, AvgPool | GlobalAvgPool | Flatten) for b in inside for step in b
+            ):
+                raise InvalidParameterError(
+                    "the branches of a Parallel keep the positions: put AvgPool, "
+                    "GlobalAvgPool and Flatten before or after it"
+                )
+            shared = [b for b in inside if not any(isinstance(s, Conv | Dense) for s in b)]
+            if not layer.branches or len(shared) > 1:
+                raise InvalidParameterError(
+                    f"a Parallel of {len(layer.branches)} branches, {len(shared)} of them "
+                    "without a Conv or Dense: its kernels add only when the branches are "
+                    "independent, so every branch but one needs a Conv or Dense of its own"
+                )
+            gaussian = all(_gaussian_after(branch, gaussian) for branch in layer.branches)
+        else:
+            keeps = isinstance(layer, AvgPool) or getattr(layer, "preserves_gaussian", False)
+            gaussian = isinstance(layer, Conv | Dense) or (gaussian and keeps)
+    return gaussian
 
 
 def conv_kernels(
@@ -344,7 +432,11 @@ def conv_kernels(
 def _describe(architecture: str | Sequence[Layer], layers: Sequence[Layer]) -> str:
     """The network and its weight and bias scales in words, for messages."""
     scales = sorted(
-        {(layer.w_std, layer.b_std) for layer in layers if isinstance(layer, Conv | Dense)}
+        {
+            (layer.w_std, layer.b_std)
+            for layer in every_layer(layers)
+            if isinstance(layer, Conv | Dense)
+        }
     )
     settings = ", ".join(f"w_std={w:g}, b_std={b:g}" for w, b in scales)
     name = architecture if isinstance(architecture, str) else f"{len(layers)} layers"

@@ -56,6 +56,7 @@ from .conv import (
     Flatten,
     GlobalAvgPool,
     Layer,
+    Parallel,
     needs_full_covariance,
 )
 from .ntk import snap_tolerance
@@ -244,35 +245,44 @@ def _fold(
     else:
         nngp = _products(xp, images_a, images_b, full, paired) / channels
         ntk = xp.zeros_like(nngp)
-    activation_index = 0
-    for layer in layers:
-        if isinstance(layer, Conv):
-            w2, b2 = float(layer.w_std) ** 2, float(layer.b_std) ** 2
-            nngp_next = steps.conv_nngp(*_nine_slices(xp, nngp, spatial), w2 / 9.0, b2)
-            ntk = steps.conv_ntk(nngp_next, *_nine_slices(xp, ntk, spatial), w2 / 9.0)
-            nngp = nngp_next
-        elif isinstance(layer, Dense):
-            w2, b2 = float(layer.w_std) ** 2, float(layer.b_std) ** 2
-            nngp = nngp * w2 + b2
-            ntk = nngp + ntk * w2
-        elif isinstance(layer, Relu):  # the ReLU's rule, fused (one kernel a step on CuPy)
-            variance_a, variance_b = variances(activation_index, nngp)
-            rest = steps.relu_rest(nngp, variance_a, variance_b)
-            nngp = steps.relu_nngp(nngp, variance_a, variance_b, rest)
-            ntk = steps.relu_ntk(ntk, rest)
-            activation_index += 1
-        elif isinstance(layer, Activation):
-            variance_a, variance_b = variances(activation_index, nngp)
-            nngp, ntk = layer.dual(xp, nngp, ntk, variance_a, variance_b)
-            activation_index += 1
-        elif isinstance(layer, AvgPool):
-            nngp, ntk = _pool(nngp), _pool(ntk)
-        elif isinstance(layer, GlobalAvgPool):
-            nngp, ntk = _mean_positions(nngp, spatial), _mean_positions(ntk, spatial)
-            spatial = 0
-        elif isinstance(layer, Flatten):
-            nngp, ntk = _mean_diagonal(nngp, spatial), _mean_diagonal(ntk, spatial)
-            spatial = 0
+    count = [0]  # activations met so far, in order, the branches' included
+
+    def run(layers: Sequence[Layer], nngp: Any, ntk: Any, spatial: int) -> tuple:
+        for layer in layers:
+            if isinstance(layer, Conv):
+                w2, b2 = float(layer.w_std) ** 2, float(layer.b_std) ** 2
+                nngp_next = steps.conv_nngp(*_nine_slices(xp, nngp, spatial), w2 / 9.0, b2)
+                ntk = steps.conv_ntk(nngp_next, *_nine_slices(xp, ntk, spatial), w2 / 9.0)
+                nngp = nngp_next
+            elif isinstance(layer, Dense):
+                w2, b2 = float(layer.w_std) ** 2, float(layer.b_std) ** 2
+                nngp = nngp * w2 + b2
+                ntk = nngp + ntk * w2
+            elif isinstance(layer, Relu):  # the ReLU's rule, fused (one kernel a step on CuPy)
+                variance_a, variance_b = variances(count[0], nngp)
+                rest = steps.relu_rest(nngp, variance_a, variance_b)
+                nngp = steps.relu_nngp(nngp, variance_a, variance_b, rest)
+                ntk = steps.relu_ntk(ntk, rest)
+                count[0] += 1
+            elif isinstance(layer, Activation):
+                variance_a, variance_b = variances(count[0], nngp)
+                nngp, ntk = layer.dual(xp, nngp, ntk, variance_a, variance_b)
+                count[0] += 1
+            elif isinstance(layer, Parallel):  # independent branches: the kernels add
+                outputs = [run(branch, nngp, ntk, spatial) for branch in layer.branches]
+                nngp = sum(output[0] for output in outputs[1:]) + outputs[0][0]
+                ntk = sum(output[1] for output in outputs[1:]) + outputs[0][1]
+            elif isinstance(layer, AvgPool):
+                nngp, ntk = _pool(nngp), _pool(ntk)
+            elif isinstance(layer, GlobalAvgPool):
+                nngp, ntk = _mean_positions(nngp, spatial), _mean_positions(ntk, spatial)
+                spatial = 0
+            elif isinstance(layer, Flatten):
+                nngp, ntk = _mean_diagonal(nngp, spatial), _mean_diagonal(ntk, spatial)
+                spatial = 0
+        return nngp, ntk, spatial
+
+    nngp, ntk, _ = run(layers, nngp, ntk, spatial)
     return nngp, ntk
 
 
