@@ -170,7 +170,7 @@ def test_a_network_written_as_words_is_its_layers():
         Dense(1.5, 0.1),
     )
     written = architecture_layers("conv:2:0.5+leaky-relu:0.2+pool+conv+abs+gap+dense:1:0")
-    expected = (Conv(2.0, 0.5), LeakyRelu(0.2), AvgPool(), Conv(2**0.5, 0.0), Abs())
+    expected = (Conv(2.0, 0.5), LeakyRelu(0.2), AvgPool(), Conv(1.0, 0.0), Abs())
     assert written == (*expected, GlobalAvgPool(), Dense(1.0, 0.0))
     assert architecture_layers("conv+relu+conv+relu+gap+dense") == architecture_layers("cnn-gap-2")
     residual = architecture_layers("conv+(|relu+conv+relu+conv)+relu+gap+dense", 1.0, 0.0)

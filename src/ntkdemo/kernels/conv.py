@@ -129,7 +129,7 @@ def fully_connected_depth(name: object) -> int | None:
     return int(written.group(1)) if written and int(written.group(1)) >= 1 else None
 
 
-def architecture_layers(name: str, w_std: float = 2**0.5, b_std: float = 0.0) -> tuple[Layer, ...]:
+def architecture_layers(name: str, w_std: float = 1.0, b_std: float = 0.0) -> tuple[Layer, ...]:
     """The layers of a named architecture (every ``conv`` is a ``Conv`` then a ``Relu``).
 
     Parameters
@@ -194,7 +194,7 @@ LAYER_WORDS: dict[str, Callable[..., Layer]] = {
 they make; numbers after a word, ``:``-separated, are the layer's parameters."""
 
 
-def written_layers(text: str, w_std: float = 2**0.5, b_std: float = 0.0) -> tuple[Layer, ...]:
+def written_layers(text: str, w_std: float = 1.0, b_std: float = 0.0) -> tuple[Layer, ...]:
     """The layers of a network written as words joined by ``+``, e.g.
     ``conv+erf+conv+erf+gap+dense`` or ``conv:1.5:0.1+leaky-relu:0.1+pool+conv+abs+gap+dense``.
 
@@ -257,7 +257,7 @@ def _split_outside_parentheses(text: str, separator: str, whole: str) -> list[st
 
 
 def network_layers(
-    architecture: str | Sequence[Layer], w_std: float = 2**0.5, b_std: float = 0.0
+    architecture: str | Sequence[Layer], w_std: float = 1.0, b_std: float = 0.0
 ) -> tuple[Layer, ...]:
     """The checked layers of a network given by name (:func:`architecture_layers`, with
     ``w_std`` and ``b_std``) or as layers: spatial steps, one read-out, ``Dense`` and
@@ -363,7 +363,7 @@ def conv_kernels(
     Y: np.ndarray | None = None,
     *,
     architecture: str | Sequence[Layer],
-    w_std: float = 2**0.5,
+    w_std: float = 1.0,
     b_std: float = 0.0,
     image_shape: tuple[int, ...] | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
@@ -381,8 +381,11 @@ def conv_kernels(
         (:func:`~ntkdemo.kernels.deep.fc_kernels` at depth L, on the flattened images),
         or the layers themselves (``Conv``, an activation, ``AvgPool``, ``GlobalAvgPool``,
         ``Flatten``, ``Dense``).
-    w_std, b_std : float, default=sqrt(2) and 0
-        For a named architecture.
+    w_std, b_std : float, default=1.0 and 0.0
+        For a named architecture: the defaults of ``stax``, of
+        :class:`~ntkdemo.spec.KernelSpec`, the command line and the estimators (with
+        ``b_std = 0`` the scale is a constant factor of the kernel per layer; it matters
+        with a bias, a ridge or a training time).
     image_shape : tuple of int, optional
         ``(H, W)`` or ``(H, W, C)`` of one image, for flat rows.
     progress : callable, optional
@@ -467,7 +470,7 @@ def seconds_per_pair(
     architecture: str | Sequence[Layer],
     image_shape: tuple[int, ...],
     *,
-    w_std: float = 2**0.5,
+    w_std: float = 1.0,
     b_std: float = 0.0,
     images: int = 12,
 ) -> float:

@@ -15,9 +15,9 @@ import numpy as np
 
 from ..errors import InvalidParameterError
 from ..validation import check_matrix, check_nonnegative_float, check_positive_int
+from .activations import Relu
 from .blocks import assemble, mirror_upper, products
 from .in_range import check_kernel_range
-from .ntk import snap_tolerance
 
 
 @dataclass(frozen=True)
@@ -49,31 +49,13 @@ def _dense(state: _PairState, w_std: float, b_std: float) -> _PairState:
 
 
 def _relu(state: _PairState) -> _PairState:
-    r"""ReLU layer (arc-cosine kernels of degree 1 and 0, Cho & Saul 2009).
-
-    With :math:`\theta = \operatorname{arctan2}(\sqrt{\max(q_{11}q_{22} - q_{12}^2, 0)}, q_{12})`,
-
-    .. math::
-
-        K' = \frac{\sqrt{q_{11}q_{22} - q_{12}^2} + (\pi - \theta) q_{12}}{2\pi},\qquad
-        \dot K = \frac{\pi - \theta}{2\pi},\qquad \Theta' = \Theta \dot K,
-
-    and on the diagonal :math:`q' = q/2` exactly; :math:`K' \ge 0` is enforced. The
-    product :math:`q_{11}q_{22}` is taken as :math:`q_{11}q_{22}(1 - \epsilon)`
-    (:func:`~.ntk.snap_tolerance`): a covariance within rounding of
-    :math:`\sqrt{q_{11}q_{22}}` (two identical inputs, whose product came out an ulp
-    apart from their variances) gives the angle 0, not :math:`\sqrt{2\,\mathrm{ulp}}`,
-    which the ReLU's unbounded derivative at :math:`\theta = 0` would carry into the
-    kernel at :math:`10^{-8}`.
-    """
-    product = state.q11[:, None] * state.q22[None, :] * (1.0 - snap_tolerance(np.float64))
-    sine_term = np.sqrt(np.maximum(product - state.q12**2, 0.0))
-    theta = np.arctan2(sine_term, state.q12)
-    # >= 0 in exact arithmetic; rounding at antipodes could leave -1e-32
-    q12 = np.maximum((sine_term + (np.pi - theta) * state.q12) / (2 * np.pi), 0.0)
-    ntk_values = state.ntk * ((np.pi - theta) / (2 * np.pi))
+    r"""ReLU layer: the rule of :class:`~.activations.Relu` (arc-cosine kernels of degree
+    1 and 0, Cho & Saul 2009, with the one snapped angle of
+    :func:`~.activations.arc_cosine_angle`) on the block's pairs, and on the
+    diagonal :math:`q' = q/2` exactly (the same input on both sides: angle 0)."""
+    q12, ntk_values = Relu().dual(np, state.q12, state.ntk, state.q11[:, None], state.q22[None, :])
     q11, q22 = state.q11 / 2, state.q22 / 2
-    if state.diagonal:  # the same input on both sides: theta = 0 and q' = q / 2 exactly
+    if state.diagonal:
         np.fill_diagonal(q12, q11)
         np.fill_diagonal(ntk_values, np.diagonal(state.ntk) / 2)
     return replace(state, q11=q11, q22=q22, q12=q12, ntk=ntk_values)
