@@ -134,7 +134,10 @@ def cache_key(dataset: str, sample, network: dict) -> str:
     ).hexdigest()
     return json.dumps(
         {
-            "layers": [repr(layer) for layer in architecture_layers(network["architecture"])],
+            "layers": [
+                repr(layer)
+                for layer in architecture_layers(network["architecture"], network["w_std"])
+            ],
             "architecture": network["architecture"],
             "image_shape": list(network["image_shape"]),
             "dataset": os.path.abspath(dataset),
@@ -165,7 +168,8 @@ def read_cache(path: str | None, key: str) -> dict[str, np.ndarray]:
         differences = "; ".join(
             f"{name} {held.get(name, 'unrecorded')} (this run: {wanted[name]})"
             for name in sorted(wanted)
-            if held.get(name) != wanted[name] and name != "layers"
+            if held.get(name) != wanted[name]
+            and (name != "layers" or held.get("architecture") == wanted["architecture"])
         )
         raise InvalidParameterError(
             f"--cache {path} holds the kernels of another run: {differences}; name another "
@@ -213,7 +217,11 @@ def main() -> int:
         test_indices=sample.test_indices[: options.test],
     )
     X, X_test = scaled_unit_rows(sample.X_train), scaled_unit_rows(sample.X_test)
-    network = {"architecture": options.architecture, "image_shape": sample.image_shape}
+    network = {  # w_std sqrt(2), as every run behind the README's rows (b_std 0: a scale)
+        "architecture": options.architecture,
+        "image_shape": sample.image_shape,
+        "w_std": 2**0.5,
+    }
     parts = {"": lambda bar: plain_kernels(X, X_test, network, bar)}
     if options.flip:
         if not is_mirror_symmetric(options.architecture, sample.image_shape):

@@ -132,7 +132,7 @@ def measure_round(
         images = sample.X_train[: counts[name]].reshape(-1, 28, 28, 1)
         for _ in range(2):
             start = time.perf_counter()
-            _, ntk = conv_kernels(images, architecture=name)
+            _, ntk = conv_kernels(images, architecture=name, w_std=2**0.5)  # as theirs
             seconds = time.perf_counter() - start
         measured[name] = (theirs[name]["seconds"], seconds, np.asarray(theirs[name]["ntk"]), ntk)
     return measured

@@ -50,6 +50,14 @@ CASES = sorted(
 def network(form: str, activation: str, w_std: float, b_std: float) -> list:
     """The layers of ``make_activation_reference.py``'s network of that form."""
     act = ACTIVATIONS[activation]
+    if form == "strided":
+        first = [Conv(w_std, b_std, (5, 5), (2, 2), "SAME"), Relu()]
+        first += [Conv(w_std, b_std, (3, 3), (1, 1), "VALID"), act(), AvgPool((3, 3), (1, 1))]
+        return [*first, GlobalAvgPool(), Dense(w_std, b_std)]
+    if form == "strided-flatten":
+        first = [Conv(w_std, b_std, (1, 3), (1, 1), "VALID"), act()]
+        first += [Conv(w_std, b_std, (3, 3), (2, 2), "SAME"), act()]
+        return [*first, Flatten(), Dense(w_std, b_std)]
     if form == "norm":
         first = [Conv(w_std, b_std), LayerNorm(), Relu(), Conv(w_std, b_std), LayerNorm()]
         return [*first, act(), GlobalAvgPool(), Dense(w_std, b_std)]
@@ -272,3 +280,52 @@ def test_each_smooth_dual_is_the_gaussian_expectation_it_claims(activation):
         )
         assert abs(nngp - expected_nngp) <= 1e-9 * abs(expected_nngp)
         assert abs(ntk - expected_dot) <= 1e-9 * abs(expected_dot)
+
+
+@pytest.mark.parametrize(
+    ("layers", "width", "symmetric"),
+    [
+        ([Conv(1.0, 0.0)], 28, True),
+        ([Conv(1.0, 0.0), Relu(), AvgPool()], 27, False),  # the last column dropped
+        ([Conv(1.0, 0.0, (5, 5), (2, 2))], 28, False),  # one zero padded, after only
+        ([Conv(1.0, 0.0, (3, 3), (2, 2))], 27, True),
+        ([Conv(1.0, 0.0, (3, 3), (1, 1), "VALID"), Relu(), AvgPool((3, 3), (1, 1))], 9, True),
+    ],
+)
+def test_mirror_symmetry_is_decided_from_every_window(layers, width, symmetric):
+    """Decided from the windows, and true of the kernel: K(Fx, Fy) = K(x, y) exactly
+    where decided so, and not where not."""
+    from ntkdemo.kernels.mirror import is_mirror_symmetric, mirrored
+
+    network = [*layers, GlobalAvgPool(), Dense(1.0, 0.0)]
+    assert is_mirror_symmetric(network, (9, width)) == symmetric
+    X = np.random.default_rng(4).random((3, 9 * width))
+    plain = conv_kernels(X, architecture=network, image_shape=(9, width))[1]
+    flipped = conv_kernels(mirrored(X, (9, width)), architecture=network, image_shape=(9, width))
+    assert np.allclose(flipped[1], plain, rtol=1e-12) == symmetric
+
+
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [
+        ([Conv(1.0, 0.0, (9, 9), (1, 1), "VALID")], r"images of 8 x 8 are too small .* Conv"),
+        ([Conv(1.0, 0.0), Parallel([], [Relu(), Conv(1.0, 0.0, stride=2)])], "keep the positions"),
+    ],
+)
+def test_shapes_that_cannot_run_are_refused(layers, message):
+    with pytest.raises(InvalidParameterError, match=message):
+        conv_kernels(REFERENCE["colour"], architecture=[*layers, GlobalAvgPool(), Dense(1.0, 0.0)])
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Conv(1.0, 0.0, filter=(0, 3)), r"Conv filter must be two whole numbers >= 1"),
+        (lambda: Conv(1.0, 0.0, stride=1.5), r"Conv stride must be two whole numbers"),
+        (lambda: Conv(1.0, 0.0, padding="FULL"), r"padding must be 'SAME' or 'VALID'"),
+        (lambda: AvgPool((2, 2, 2)), r"AvgPool window must be two whole numbers"),
+    ],
+)
+def test_bad_layer_settings_are_named(make, message):
+    with pytest.raises(InvalidParameterError, match=message):
+        make()

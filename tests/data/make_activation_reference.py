@@ -47,9 +47,18 @@ def network(form, activation, w_std, b_std):
     """``fc``: Flatten, (Dense, act) x 2, Dense; ``gap``/``flatten``: (Conv, act) x 2,
     the read-out, Dense; ``mixed``: Conv, Relu, Conv, act, AvgPool, Conv, act, GAP, Dense;
     ``residual``: Conv, two blocks x + Conv(act(Conv(act(x)))), act, GAP, Dense;
-    ``norm``: Conv, LayerNorm, Relu, Conv, LayerNorm, act, GAP, Dense."""
+    ``norm``: Conv, LayerNorm, Relu, Conv, LayerNorm, act, GAP, Dense; ``strided`` and
+    ``strided-flatten``: other filters, strides, paddings and pool windows."""
     act = ACTIVATIONS[activation]
-    if form == "norm":  # Conv, LayerNorm, Relu, Conv, LayerNorm, act, GAP, Dense
+    if form == "strided":  # 5 x 5 stride 2 'SAME', 3 x 3 'VALID', a 3 x 3 pool of stride 1
+        layers = [stax.Conv(1, (5, 5), (2, 2), "SAME", W_std=w_std, b_std=b_std), stax.Relu()]
+        layers += [stax.Conv(1, (3, 3), (1, 1), "VALID", W_std=w_std, b_std=b_std), act()]
+        layers += [stax.AvgPool((3, 3), strides=(1, 1)), stax.GlobalAvgPool()]
+    elif form == "strided-flatten":  # 1 x 3 'VALID', then 3 x 3 stride 2 'SAME', Flatten
+        layers = [stax.Conv(1, (1, 3), (1, 1), "VALID", W_std=w_std, b_std=b_std), act()]
+        layers += [stax.Conv(1, (3, 3), (2, 2), "SAME", W_std=w_std, b_std=b_std), act()]
+        layers += [stax.Flatten()]
+    elif form == "norm":  # Conv, LayerNorm, Relu, Conv, LayerNorm, act, GAP, Dense
         norm = lambda: stax.LayerNorm(axis=-1)  # noqa: E731
         layers = [conv(w_std, b_std), norm(), stax.Relu(), conv(w_std, b_std), norm(), act()]
         layers += [stax.GlobalAvgPool()]
@@ -81,6 +90,7 @@ cases += [("colour", "mixed", "erf", 1.3, 0.2), ("colour", "mixed", "leaky-relu"
 cases += [("colour", "residual", "relu", 1.0, 0.1), ("wide", "residual", "erf", 1.2, 0.0)]
 cases += [("grey", "fc", "gelu", 1.3, 0.2), ("colour", "gap", "gelu", 1.1, 0.1)]
 cases += [("colour", "norm", "erf", 1.2, 0.1), ("colour", "norm", "gelu", 1.0, 0.0)]
+cases += [("grey", "strided", "erf", 1.3, 0.1), ("colour", "strided-flatten", "relu", 1.1, 0.2)]
 payload["wide"] = np.random.default_rng(20261206).standard_normal((4, 32, 32, 3))
 for number, (name, form, activation, w_std, b_std) in enumerate(cases):
     x = payload[name]

@@ -12,22 +12,28 @@ pre-activations between every position :math:`p` of :math:`x` and :math:`p'` of
 It starts from :math:`K_0(p, p') = \sum_c x_{pc} y_{p'c} / C`, :math:`\Theta_0 = 0`, and
 passes through:
 
-* ``Conv`` (3 x 3, 'SAME' zero padding): with :math:`A` the mean over the nine offsets
-  :math:`d`, :math:`(A K)(p, p') = \frac19 \sum_d K(p + d, p' + d)` (the same offset on
-  both sides, so each relative offset :math:`p' - p` evolves on its own),
-  :math:`K' = \sigma_w^2 A K + \sigma_b^2` and :math:`\Theta' = K' + \sigma_w^2 A \Theta`;
+* ``Conv`` (by default 3 x 3, stride 1, 'SAME' zero padding; any filter, stride and
+  'SAME' or 'VALID' padding, :class:`Window`): with :math:`A` the mean over the filter's
+  :math:`|F|` taps :math:`d`, :math:`(A K)(p, p') = \frac{1}{|F|} \sum_d K(s p + d,
+  s p' + d)` (the same offset on both sides, so each relative offset :math:`p' - p`
+  evolves on its own), :math:`K' = \sigma_w^2 A K + \sigma_b^2` and
+  :math:`\Theta' = K' + \sigma_w^2 A \Theta`;
 * an activation (:mod:`.activations`; here the ``Relu``, the one the compiled loops
   run): the arc-cosine step of :func:`~ntkdemo.kernels.deep.fc_kernels` entry by
   entry, with the variances :math:`q_x(p) = K_{xx}(p, p)` and :math:`q_y(p')` of each
   image (computed once per image, by the same fold on the pair :math:`(x, x)`);
   positions of zero variance (black borders at :math:`\sigma_b = 0`) give 0, never NaN;
-* ``AvgPool`` (2 x 2, stride 2): the mean over the four positions of each block on
-  both sides;
+* ``AvgPool`` (by default 2 x 2, stride 2; any window and stride, 'VALID'): the mean
+  over each window's positions on both sides;
+* ``Parallel``: its branches run on the same state, their kernels summed;
 * ``GlobalAvgPool``: the mean over all :math:`(p, p')`; ``Flatten``: the mean over the
   diagonal :math:`p = p'`; both end the spatial part;
 * ``Dense``: :math:`K' = \sigma_w^2 K + \sigma_b^2`, :math:`\Theta' = K' + \sigma_w^2 \Theta`.
 
-The read-out decides what is stored: without pooling, a ``Flatten`` read-out needs only
+The compiled loops (:mod:`.conv_loops`) run the ReLU networks of the default settings
+(:func:`runs_compiled`); every other network runs in the array fold of
+:mod:`.conv_arrays`, whose layer steps are these. The read-out decides what is stored:
+without pooling, a ``Flatten`` read-out needs only
 the entries :math:`K(p, p)` (``H W`` per pair: the conv maps them among themselves),
 with pooling the whole :math:`(H W)^2`. Pairs are computed in chunks, so memory is
 bounded by the chunk, never by the :math:`(n_1, n_2, H, W, H, W)` tensor.
@@ -63,16 +69,97 @@ __all__ = [
 
 
 @dataclass(frozen=True)
+class Window:
+    """Where a window of ``size`` positions, moved by ``stride``, reads along one axis of
+    ``length`` positions: ``before`` zeros padded first, ``count`` outputs.
+
+    'SAME' keeps ``ceil(length / stride)`` outputs and pads ``max((count - 1) stride +
+    size - length, 0)`` zeros, half of them (rounded down) before, as XLA does; 'VALID'
+    pads none and keeps the windows inside.
+    """
+
+    size: int
+    stride: int
+    before: int
+    count: int
+
+    @classmethod
+    def along(cls, length: int, size: int, stride: int, padding: str) -> Window:
+        if padding == "SAME":
+            count = -(-length // stride)
+            total = max((count - 1) * stride + size - length, 0)
+            return cls(size, stride, total // 2, count)
+        return cls(size, stride, 0, (length - size) // stride + 1 if length >= size else 0)
+
+    def mirror_symmetric(self, length: int) -> bool:
+        """Whether mirroring the input mirrors the outputs' windows: window ``j`` reads
+        ``[j s - l, j s - l + f)``, so the mirror of window ``j`` is window
+        ``count - 1 - j`` iff ``(count - 1) s = length + 2 l - f``."""
+        return (self.count - 1) * self.stride == length + 2 * self.before - self.size
+
+
+def _pair(value: object, name: str) -> tuple[int, int]:
+    """``value`` as a pair of whole numbers >= 1 (an int is used twice)."""
+    if isinstance(value, int | np.integer):
+        pair: tuple = (value, value)
+    else:
+        pair = tuple(value) if isinstance(value, Iterable) else ()
+    if len(pair) != 2 or not all(
+        isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 1 for v in pair
+    ):
+        raise InvalidParameterError(f"{name} must be two whole numbers >= 1, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+@dataclass(frozen=True)
 class Conv:
-    """A 3 x 3 convolution with 'SAME' zero padding (neural-tangents' ``stax.Conv``)."""
+    """A convolution (neural-tangents' ``stax.Conv``): ``filter`` positions (height,
+    width), moved by ``stride``, zero ``padding`` 'SAME' or 'VALID'; by default 3 x 3,
+    stride 1, 'SAME'."""
 
     w_std: float
     b_std: float
+    filter: tuple[int, int] = (3, 3)
+    stride: tuple[int, int] = (1, 1)
+    padding: str = "SAME"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "filter", _pair(self.filter, "Conv filter"))
+        object.__setattr__(self, "stride", _pair(self.stride, "Conv stride"))
+        if self.padding not in ("SAME", "VALID"):
+            raise InvalidParameterError(
+                f"Conv padding must be 'SAME' or 'VALID', got {self.padding!r}"
+            )
+
+    def windows(self, height: int, width: int) -> tuple[Window, Window]:
+        """The windows along the height and the width of its input."""
+        return (
+            Window.along(height, self.filter[0], self.stride[0], self.padding),
+            Window.along(width, self.filter[1], self.stride[1], self.padding),
+        )
 
 
 @dataclass(frozen=True)
 class AvgPool:
-    """2 x 2 average pooling with stride 2 ('VALID': an odd last row or column is dropped)."""
+    """Average pooling over ``window`` positions moved by ``stride`` (None: the window),
+    'VALID' (neural-tangents' ``stax.AvgPool``): by default 2 x 2 blocks, an odd last row
+    or column dropped."""
+
+    window: tuple[int, int] = (2, 2)
+    stride: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "window", _pair(self.window, "AvgPool window"))
+        stride = self.window if self.stride is None else _pair(self.stride, "AvgPool stride")
+        object.__setattr__(self, "stride", stride)
+
+    def windows(self, height: int, width: int) -> tuple[Window, Window]:
+        """The windows along the height and the width of its input."""
+        stride = self.stride or self.window
+        return (
+            Window.along(height, self.window[0], stride[0], "VALID"),
+            Window.along(width, self.window[1], stride[1], "VALID"),
+        )
 
 
 @dataclass(frozen=True)
@@ -113,10 +200,24 @@ class Parallel:
 
 Layer = Conv | Activation | AvgPool | GlobalAvgPool | Flatten | Dense | Parallel
 
-COMPILED_LAYERS = (Conv, Relu, AvgPool, GlobalAvgPool, Flatten, Dense)
-"""The layers the compiled fold (:mod:`.conv_loops`) runs; a network with any other
-(an activation of :mod:`.activations` beyond the ReLU) runs in the array fold of
-:mod:`.conv_arrays`, the reference every path is held to."""
+
+def runs_compiled(layers: Sequence[Layer]) -> bool:
+    """Whether the compiled fold (:mod:`.conv_loops`) runs this network: ReLU networks of
+    3 x 3 'SAME' convolutions of stride 1 and 2 x 2 pools of stride 2. Any other runs in
+    the array fold of :mod:`.conv_arrays`, the reference every path is held to."""
+    for layer in layers:
+        if isinstance(layer, Conv) and (layer.filter, layer.stride, layer.padding) != (
+            (3, 3),
+            (1, 1),
+            "SAME",
+        ):
+            return False
+        if isinstance(layer, AvgPool) and (layer.window, layer.stride) != ((2, 2), (2, 2)):
+            return False
+        if isinstance(layer, Activation | Parallel) and type(layer) is not Relu:
+            return False
+    return True
+
 
 MYRTLE_FACTORS = {"myrtle5": (2, 1, 1), "myrtle7": (2, 2, 2), "myrtle10": (3, 3, 3)}
 """Convolutions before the first pool, between the pools, and after the second."""
@@ -198,10 +299,11 @@ def written_layers(text: str, w_std: float = 1.0, b_std: float = 0.0) -> tuple[L
     """The layers of a network written as words joined by ``+``, e.g.
     ``conv+erf+conv+erf+gap+dense`` or ``conv:1.5:0.1+leaky-relu:0.1+pool+conv+abs+gap+dense``.
 
-    Each word is a key of :data:`LAYER_WORDS`; numbers after it (``:``-separated) are
-    the layer's parameters in order (``conv:W_STD:B_STD``, ``erf:A:B:C``,
-    ``abrelu:A:B``, ``leaky-relu:ALPHA``); a ``conv`` or ``dense`` without them takes
-    ``w_std`` and ``b_std``. Branches in parentheses, separated by ``|``, are a
+    Each word is a key of :data:`LAYER_WORDS`; values after it (``:``-separated) are
+    the layer's parameters in order (``conv:W_STD:B_STD:FILTER:STRIDE:PADDING`` as in
+    ``conv:1.5:0.1:5:2:valid``, ``pool:WINDOW:STRIDE``, ``erf:A:B:C``, ``abrelu:A:B``,
+    ``leaky-relu:ALPHA``); a ``conv`` or ``dense`` without them takes ``w_std`` and
+    ``b_std``. Branches in parentheses, separated by ``|``, are a
     :class:`Parallel` (an empty one the identity): ``conv+(|relu+conv+relu+conv)+relu+gap+dense``
     is a residual network. ``+`` joins layers because ``,`` separates networks in
     ``ntkdemo curve --architectures``.
@@ -228,7 +330,7 @@ def written_layers(text: str, w_std: float = 1.0, b_std: float = 0.0) -> tuple[L
                 f"{', '.join(LAYER_WORDS)} joined by +, and (A|B) for parallel branches"
             )
         try:
-            values = [float(number) for number in numbers]
+            values: list[object] = [_written_value(number) for number in numbers]
             if word in ("conv", "dense") and not values:
                 values = [w_std, b_std]
             layers.append(LAYER_WORDS[word](*values))
@@ -238,6 +340,16 @@ def written_layers(text: str, w_std: float = 1.0, b_std: float = 0.0) -> tuple[L
                 f"(see ntkdemo.kernels.{LAYER_WORDS[word].__name__})"
             ) from None
     return tuple(layers)
+
+
+def _written_value(text: str) -> object:
+    """A written layer parameter: a whole number, a number, or a word (a padding)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text.upper()
 
 
 def _split_outside_parentheses(text: str, separator: str, whole: str) -> list[str]:
@@ -270,6 +382,30 @@ def network_layers(
     if isinstance(architecture, str):
         return _check_layers(architecture_layers(architecture, w_std, b_std))
     return _check_layers(architecture)
+
+
+def spatial_windows(layers: Sequence[Layer], shape: tuple[int, int]) -> list[tuple[Window, ...]]:
+    """The windows of each ``Conv`` and ``AvgPool`` along the height and the width, in
+    order, for images of ``shape`` (the branches of a ``Parallel`` keep the positions).
+
+    Raises
+    ------
+    InvalidParameterError
+        If a layer leaves no position (images too small for its filter or window).
+    """
+    height, width = shape
+    found: list[tuple[Window, ...]] = []
+    for layer in layers:
+        if isinstance(layer, Conv | AvgPool):
+            windows = layer.windows(height, width)
+            height, width = windows[0].count, windows[1].count
+            if min(height, width) < 1:
+                raise InvalidParameterError(
+                    f"images of {shape[0]} x {shape[1]} are too small for this architecture: "
+                    f"its {layer} leaves no position"
+                )
+            found.append(windows)
+    return found
 
 
 def needs_full_covariance(layers: Sequence[Layer]) -> bool:
@@ -338,11 +474,15 @@ def _gaussian_after(layers: Sequence[Layer], gaussian: bool) -> bool:
         if isinstance(layer, Parallel):
             inside = [list(every_layer(branch)) for branch in layer.branches]
             if any(
-                isinstance(step, AvgPool | GlobalAvgPool | Flatten) for b in inside for step in b
+                isinstance(step, AvgPool | GlobalAvgPool | Flatten)
+                or (isinstance(step, Conv) and (step.stride, step.padding) != ((1, 1), "SAME"))
+                for branch in inside
+                for step in branch
             ):
                 raise InvalidParameterError(
                     "the branches of a Parallel keep the positions: put AvgPool, "
-                    "GlobalAvgPool and Flatten before or after it"
+                    "GlobalAvgPool, Flatten and strided or 'VALID' convolutions before or "
+                    "after it"
                 )
             shared = [b for b in inside if not any(isinstance(s, Conv | Dense) for s in b)]
             if not layer.branches or len(shared) > 1:
@@ -420,8 +560,9 @@ def conv_kernels(
         raise InvalidParameterError(
             f"X and Y images differ in shape: {images_X.shape[1:]} and {images_Y.shape[1:]}"
         )
+    spatial_windows(layers, images_X.shape[1:3])  # refuses images too small for the layers
     with np.errstate(over="ignore", invalid="ignore"):  # refused just below, with advice
-        if all(type(layer) in COMPILED_LAYERS for layer in layers):
+        if runs_compiled(layers):
             nngp, ntk = _compiled_kernels(images_X, images_Y, Y is None, layers, progress)
             if Y is None:
                 mirror_upper(nngp)

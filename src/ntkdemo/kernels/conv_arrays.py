@@ -11,10 +11,10 @@ position), ``(A, B, H, W)`` for a ``Flatten`` read-out without pooling (the diag
 :math:`p = p'`, which the convolutions map among themselves), ``(A, B)`` after the
 read-out. Each layer is a few whole-array operations, the mathematics of :mod:`.conv`:
 
-* ``Conv``: a zero border of one position on each spatial axis, then the nine slices
-  shifted by the same offset :math:`d` on both sides summed,
-  :math:`K' = \frac{\sigma_w^2}{9} \sum_d K(p + d, p' + d) + \sigma_b^2`,
-  :math:`\Theta' = K' + \frac{\sigma_w^2}{9} \sum_d \Theta(p + d, p' + d)`;
+* ``Conv``: the padding's zero border on each spatial axis, then one strided slice per
+  filter tap shifted by the same offset :math:`d` on both sides, summed,
+  :math:`K' = \frac{\sigma_w^2}{|F|} \sum_d K(s p + d, s p' + d) + \sigma_b^2`,
+  :math:`\Theta' = K' + \frac{\sigma_w^2}{|F|} \sum_d \Theta(s p + d, s p' + d)`;
 * an activation: its own rule (:meth:`~.activations.Activation.dual`) with the
   variances of the two images; the ``Relu``, fused: with :math:`q_x(p) q_y(p')`,
   :math:`s = \sqrt{(q_x q_y (1 - \epsilon) - K^2)_+}` (:math:`\epsilon` the
@@ -22,16 +22,18 @@ read-out. Each layer is a few whole-array operations, the mathematics of :mod:`.
   :math:`\theta = \operatorname{atan2}(s, K)`,
   :math:`K' = (s + (\pi - \theta) K) / 2\pi`, :math:`\Theta' = \Theta (\pi - \theta) / 2\pi`
   (positions of zero variance give :math:`\theta = 0`: :math:`K' = 0`, never NaN);
-* ``AvgPool``: a reshape that puts each 2 x 2 block on its own axes, then their mean;
+* ``AvgPool``: the mean of one strided slice per window tap, on the first positions,
+  then on the second;
+* ``Parallel``: each branch folded from the same state, the kernels summed;
 * ``GlobalAvgPool`` the mean over all position pairs, ``Flatten`` over the diagonal;
 * ``Dense``: :math:`K' = \sigma_w^2 K + \sigma_b^2`, :math:`\Theta' = K' + \sigma_w^2 \Theta`.
 
-A first ``Conv`` is one batched matrix product of the images' 3 x 3 patches
-(:math:`\sum_d K_0(p + d, p' + d)` is the dot product of the patches at :math:`p` and
-:math:`p'`). The variances come from the same fold on the pairs :math:`(x, x)` (state of
+A first ``Conv`` is one batched matrix product of the images' patches
+(:math:`\sum_d K_0(s p + d, s p' + d)` is the dot product of the patches at :math:`p`
+and :math:`p'`). The variances come from the same fold on the pairs :math:`(x, x)` (state of
 shape ``(n, H, W, H, W)``), read off its diagonal before each activation:
 :func:`self_variances`; the kernels of those pairs are the Gram matrix's diagonal.
-With CuPy each elementwise step (a conv's nine-slice sum and
+With CuPy each elementwise step (a 3 x 3 conv's nine-slice sum and
 affine map, the ReLU's angle, its NNGP, its NTK) is one compiled kernel
 (``cupy.fuse``), reading the shifted slices and the broadcast variances in place; with
 NumPy the same functions run as written. A tile's memory is about
@@ -57,6 +59,7 @@ from .conv import (
     GlobalAvgPool,
     Layer,
     Parallel,
+    Window,
     needs_full_covariance,
 )
 from .ntk import snap_tolerance
@@ -238,8 +241,9 @@ def _fold(
     first = layers[0]
     if isinstance(first, Conv):
         w2, b2 = float(first.w_std) ** 2, float(first.b_std) ** 2
-        nngp = _products(xp, _patches(xp, images_a), _patches(xp, images_b), full, paired)
-        nngp = nngp * (w2 / (9.0 * channels)) + b2
+        patches_a, patches_b = _patches(xp, images_a, first), _patches(xp, images_b, first)
+        nngp = _products(xp, patches_a, patches_b, full, paired)
+        nngp = nngp * (w2 / (first.filter[0] * first.filter[1] * channels)) + b2
         ntk = nngp.copy()
         layers = layers[1:]
     else:
@@ -251,8 +255,15 @@ def _fold(
         for layer in layers:
             if isinstance(layer, Conv):
                 w2, b2 = float(layer.w_std) ** 2, float(layer.b_std) ** 2
-                nngp_next = steps.conv_nngp(*_nine_slices(xp, nngp, spatial), w2 / 9.0, b2)
-                ntk = steps.conv_ntk(nngp_next, *_nine_slices(xp, ntk, spatial), w2 / 9.0)
+                scale = w2 / (layer.filter[0] * layer.filter[1])
+                nngp_taps = _conv_slices(xp, nngp, spatial, layer)
+                ntk_taps = _conv_slices(xp, ntk, spatial, layer)
+                if len(nngp_taps) == 9:  # 3 x 3: one fused kernel a step on CuPy
+                    nngp_next = steps.conv_nngp(*nngp_taps, scale, b2)
+                    ntk = steps.conv_ntk(nngp_next, *ntk_taps, scale)
+                else:
+                    nngp_next = sum(nngp_taps[1:], nngp_taps[0]) * scale + b2
+                    ntk = nngp_next + sum(ntk_taps[1:], ntk_taps[0]) * scale
                 nngp = nngp_next
             elif isinstance(layer, Dense):
                 w2, b2 = float(layer.w_std) ** 2, float(layer.b_std) ** 2
@@ -273,7 +284,7 @@ def _fold(
                 nngp = sum(output[0] for output in outputs[1:]) + outputs[0][0]
                 ntk = sum(output[1] for output in outputs[1:]) + outputs[0][1]
             elif isinstance(layer, AvgPool):
-                nngp, ntk = _pool(nngp), _pool(ntk)
+                nngp, ntk = _pool(xp, nngp, layer), _pool(xp, ntk, layer)
             elif isinstance(layer, GlobalAvgPool):
                 nngp, ntk = _mean_positions(nngp, spatial), _mean_positions(ntk, spatial)
                 spatial = 0
@@ -286,13 +297,38 @@ def _fold(
     return nngp, ntk
 
 
-def _patches(xp: Any, images: Any) -> Any:
-    """Each position's 3 x 3 patch ('SAME': zero outside), shape (n, H, W, 9 C)."""
+def _patches(xp: Any, images: Any, conv: Conv) -> Any:
+    """Each output position's patch of the convolution (zeros outside the image), shape
+    (n, H_out, W_out, filter height * filter width * C)."""
     count, height, width, channels = images.shape
-    bordered = xp.zeros((count, height + 2, width + 2, channels))
-    bordered[:, 1:-1, 1:-1] = images
-    shifted = [bordered[:, i : i + height, j : j + width] for i in range(3) for j in range(3)]
+    rows, columns = conv.windows(height, width)
+    bordered = _bordered(xp, images, (rows, columns), axes=(1, 2))
+    shifted = [
+        bordered[:, _taps(rows, i), _taps(columns, j)]
+        for i in range(rows.size)
+        for j in range(columns.size)
+    ]
     return xp.concatenate(shifted, axis=-1)
+
+
+def _bordered(xp: Any, state: Any, windows: tuple[Window, Window], axes: tuple[int, ...]) -> Any:
+    """``state`` with the windows' zero padding on the spatial ``axes`` (height, width
+    alternating), long enough for every tap."""
+    shape = list(state.shape)
+    where: list[Any] = [slice(None)] * state.ndim
+    for number, axis in enumerate(axes):
+        window = windows[number % 2]
+        length = state.shape[axis]
+        shape[axis] = max(window.before + length, (window.count - 1) * window.stride + window.size)
+        where[axis] = slice(window.before, window.before + length)
+    bordered = xp.zeros(shape)
+    bordered[tuple(where)] = state
+    return bordered
+
+
+def _taps(window: Window, offset: int) -> slice:
+    """The positions the window's ``offset``-th tap reads, one per output."""
+    return slice(offset, offset + (window.count - 1) * window.stride + 1, window.stride)
 
 
 def _products(xp: Any, images_a: Any, images_b: Any, full: bool, paired: bool) -> Any:
@@ -315,30 +351,37 @@ def _products(xp: Any, images_a: Any, images_b: Any, full: bool, paired: bool) -
     return products.reshape(*products.shape[:-2], height, width, height, width)
 
 
-def _nine_slices(xp: Any, state: Any, spatial: int) -> list:
-    """The nine views :math:`S(p + d, p' + d)` of a state bordered with zeros (the
-    positions outside the image)."""
-    if spatial == 4:
-        *lead, height, width, _, _ = state.shape
-        bordered = xp.zeros((*lead, height + 2, width + 2, height + 2, width + 2))
-        bordered[..., 1:-1, 1:-1, 1:-1, 1:-1] = state
-        return [
-            bordered[..., i : i + height, j : j + width, i : i + height, j : j + width]
-            for i in range(3)
-            for j in range(3)
+def _conv_slices(xp: Any, state: Any, spatial: int, conv: Conv) -> list:
+    """The views :math:`S(s p + d, s p' + d)` of a state bordered with zeros (the
+    positions outside the image), one per tap :math:`d` of the filter (the same offset
+    on both sides), at the stride :math:`s`."""
+    height, width = state.shape[-spatial], state.shape[-spatial + 1]
+    rows, columns = conv.windows(height, width)
+    axes = tuple(range(state.ndim - spatial, state.ndim))
+    bordered = _bordered(xp, state, (rows, columns), axes)
+    lead = (slice(None),) * (state.ndim - spatial)
+    views = []
+    for i in range(rows.size):
+        for j in range(columns.size):
+            taps = (_taps(rows, i), _taps(columns, j))
+            views.append(bordered[lead + taps * (spatial // 2)])
+    return views
+
+
+def _pool(xp: Any, state: Any, pool: AvgPool) -> Any:
+    """Average pooling on both sides of a full state (..., H, W, H, W): the mean over
+    the window's taps of the first position, then of the second ('VALID')."""
+    height, width = state.shape[-4], state.shape[-3]
+    rows, columns = pool.windows(height, width)
+    for first in (state.ndim - 4, state.ndim - 2):
+        lead = (slice(None),) * first
+        taps = [
+            state[lead + (_taps(rows, i), _taps(columns, j))]
+            for i in range(rows.size)
+            for j in range(columns.size)
         ]
-    *lead, height, width = state.shape
-    bordered = xp.zeros((*lead, height + 2, width + 2))
-    bordered[..., 1:-1, 1:-1] = state
-    return [bordered[..., i : i + height, j : j + width] for i in range(3) for j in range(3)]
-
-
-def _pool(state: Any) -> Any:
-    """2 x 2 average pooling with stride 2 on both sides ('VALID')."""
-    *lead, height, width, _, _ = state.shape
-    h, w = height // 2, width // 2
-    blocks = state[..., : 2 * h, : 2 * w, : 2 * h, : 2 * w].reshape(*lead, h, 2, w, 2, h, 2, w, 2)
-    return blocks.mean(axis=(-7, -5, -3, -1))
+        state = sum(taps[1:], taps[0]) / len(taps)
+    return state
 
 
 def _mean_positions(state: Any, spatial: int) -> Any:

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import InvalidParameterError
 from .blocks import assemble
-from .conv import AvgPool, Layer, architecture_layers
+from .conv import Layer, network_layers, spatial_windows
 
 KernelFunction = Callable[..., np.ndarray]
 """``kernel(X, Y=None, progress=None)``: the matrix of the rows of X against those of Y."""
@@ -62,16 +62,17 @@ def is_mirror_symmetric(
 ) -> bool:
     """Whether the kernel of ``architecture`` on images of ``image_shape`` satisfies
     :math:`K(Fx, Fy) = K(x, y)` (module docstring): always for a fully connected network
-    (``None`` or ``fc-L``), else when every ``AvgPool`` sees an even width."""
+    (``None`` or ``fc-L``), else when every ``Conv`` and ``AvgPool`` reads mirrored
+    windows for mirrored outputs (:meth:`~.conv.Window.mirror_symmetric`: a 2 x 2 pool
+    on an even width, a 'SAME' 3 x 3 convolution; not a pool dropping its last column)."""
     if architecture is None:
         return True
-    layers = architecture_layers(architecture) if isinstance(architecture, str) else architecture
+    layers = network_layers(architecture) if isinstance(architecture, str) else architecture
     width = image_shape[1]
-    for layer in layers:
-        if isinstance(layer, AvgPool):
-            if width % 2:
-                return False
-            width //= 2
+    for windows in spatial_windows(layers, (image_shape[0], image_shape[1])):
+        if not windows[1].mirror_symmetric(width):
+            return False
+        width = windows[1].count
     return True
 
 
