@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +77,22 @@ def fashion_mnist() -> Path:
     if not (SHARED_FASHION_MNIST / "fashion_mnist").is_dir():
         pytest.skip(f"real data absent: {SHARED_FASHION_MNIST} is not there")
     return SHARED_FASHION_MNIST
+
+
+def command(*arguments: str) -> list[str]:
+    """The command line of ``python -m ntkdemo ARGUMENTS`` in this interpreter."""
+    return [sys.executable, "-m", "ntkdemo", *arguments]
+
+
+def tiny(dataset: Path, out: Path, *extra: str) -> list[str]:
+    """Arguments of a small run on ``dataset`` writing to ``out``, then ``extra``."""
+    return ["--dataset", str(dataset), "--train-per-class", "4", "--test-per-class", "2"] + [
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def run_ntkdemo(*arguments: str) -> subprocess.CompletedProcess:
+    """``python -m ntkdemo ARGUMENTS`` as a user runs it, bounded in time."""
+    return subprocess.run(command(*arguments), capture_output=True, text=True, timeout=300)

@@ -5,10 +5,12 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import run_ntkdemo
 from ntkdemo.cli import main
 
 
@@ -164,7 +166,6 @@ def test_unexpected_failure_is_one_line(tiny_dataset, tmp_path, capsys, monkeypa
 def test_a_source_tree_without_package_metadata_still_imports(tmp_path):
     """``PYTHONPATH=src`` without ``pip install`` (as on a machine without the
     installer): the version is ``0+unknown`` instead of a PackageNotFoundError."""
-    from pathlib import Path
 
     import ntkdemo
 
@@ -266,3 +267,9 @@ def test_zca_zero_is_refused_before_loading(capsys):
         "ntkdemo: error: ntkdemo run: argument --zca: must be a finite number > 0, got '0' "
         "(see --help)"
     )
+
+
+@pytest.mark.parametrize("value, expected", [("-1,3", "unknown class id(s) [-1, 3]")])
+def test_negative_values_reach_their_check(tiny_dataset, tmp_path, value, expected):
+    done = run_ntkdemo("--dataset", str(tiny_dataset), "--classes", value, "--out", str(tmp_path))
+    assert done.returncode == 2 and expected in done.stderr

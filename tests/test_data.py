@@ -1,8 +1,12 @@
 """Balanced, seeded sampling from the label column; errors a user will make."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from conftest import run_ntkdemo
 from ntkdemo.data import balanced_indices, load_sample
 from ntkdemo.errors import DatasetError, InvalidParameterError
 
@@ -111,7 +115,6 @@ def test_environment_variable_sets_default(tiny_dataset, monkeypatch):
 
 def test_other_shapes_columns_and_splits(tmp_path, capsys):
     """An RGB, CIFAR-like dataset with other column and split names runs unchanged."""
-    import json
 
     from conftest import random_images, write_image_dataset
     from ntkdemo.cli import main
@@ -177,3 +180,158 @@ def test_every_row_drawn_is_interleaved_as_far_as_the_smallest_class_goes():
     assert sorted(rows.tolist()) == list(range(12))
     np.testing.assert_array_equal(labels[rows[:9]], np.tile([0, 1, 2], 3))
     np.testing.assert_array_equal(np.sort(labels[rows[9:]]), [0, 0, 2])
+
+
+def _dataset(
+    folder: Path, train_shape=(8, 8), test_shape=(8, 8), test_names=None, test_images=None
+):
+    from conftest import random_images, write_image_dataset
+
+    rng = np.random.default_rng(5)
+    labels = np.repeat([0, 1, 2], 6)
+    names = ["a", "b", "c"]
+    write_image_dataset(folder, {"train": (random_images(rng, labels, train_shape), labels)}, names)
+    images = random_images(rng, labels, test_shape) if test_images is None else test_images
+    write_image_dataset(folder, {"test": (images, labels)}, test_names or names)
+    return folder
+
+
+def _one_line_refusal(folder: Path, out: Path) -> str:
+    """stderr of a run on ``folder`` that must end in one line with exit code 2."""
+    done = run_ntkdemo(
+        "--dataset",
+        str(folder),
+        "--train-per-class",
+        "3",
+        "--test-per-class",
+        "3",
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    return done.stderr
+
+
+def test_splits_that_name_their_classes_differently_are_refused(tmp_path):
+    folder = _dataset(tmp_path / "d", test_names=["b", "a", "c"])
+    stderr = _one_line_refusal(folder, tmp_path / "o")
+    assert "name their classes differently (['a', 'b', 'c'] against ['b', 'a', 'c'])" in stderr
+
+
+def test_splits_of_different_image_shapes_are_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(1, 255, size=(18, 8, 8, 3), dtype=np.uint8)
+    folder = _dataset(tmp_path / "d", test_images=rgb[:, :, :, 0].repeat(3, axis=2))  # 8 x 24
+    del rgb
+    stderr = _one_line_refusal(folder, tmp_path / "o")
+    assert "have shape (8, 8) but 'test' images (8, 24)" in stderr
+
+
+def test_class_names_with_control_characters_are_printed_escaped(tmp_path):
+    from conftest import random_images, write_image_dataset
+
+    rng = np.random.default_rng(5)
+    labels = np.repeat([0, 1], 6)
+    images = random_images(rng, labels)
+    folder = write_image_dataset(
+        tmp_path / "d",
+        {"train": (images, labels), "test": (images, labels)},
+        ["line\nbreak", "\x1b[31mred"],
+    )
+    done = run_ntkdemo(
+        "--dataset",
+        str(folder),
+        "--train-per-class",
+        "3",
+        "--test-per-class",
+        "2",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "line\\nbreak" in done.stdout and "\\x1b[31mred" in done.stdout
+    assert "\x1b" not in done.stdout and "line\nbreak" not in done.stdout
+
+
+def test_library_calls_take_paths_and_read_only_arrays(fashion_mnist):
+    from ntkdemo.data import load_sample
+    from ntkdemo.solvers import solve
+
+    sample = load_sample(fashion_mnist, 2, 1)
+    assert sample.X_train.shape == (20, 784)
+    K = np.eye(3) + 1
+    K.setflags(write=False)
+    np.testing.assert_allclose(solve(K, np.ones(3), overwrite_k=True).coef, np.full(3, 0.25))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: {"y_train": s.y_train[:-1]}, "one label per image of sample.X_train"),
+        (lambda s: {"X_test": s.X_test[:, :5]}, "sample.X_test has 5 features"),
+        (lambda s: {"y_test": s.y_test + 20}, r"sample.y_test must hold whole numbers in 0..2"),
+        (lambda s: {"X_train": s.X_train.astype(str)}, "sample.X_train must hold real numbers"),
+    ],
+)
+def test_run_demo_names_the_field_of_a_bad_sample(tiny_dataset, change, message):
+    import dataclasses
+
+    from ntkdemo.data import load_sample
+    from ntkdemo.demo import run_demo
+    from ntkdemo.errors import InvalidInputError
+
+    sample = load_sample(tiny_dataset, 4, 2)
+    with pytest.raises(InvalidInputError, match=message):
+        run_demo(dataclasses.replace(sample, **change(sample)))
+    with pytest.raises(InvalidInputError, match="run_demo needs a Sample"):
+        run_demo("not a sample")
+
+
+def _array_dataset(folder: Path, train_images: list, labels: list[int]) -> Path:
+    """Train and test splits whose images are float arrays (or missing), as some hub
+    datasets store them."""
+    import datasets
+
+    features = datasets.Features(
+        {
+            "image": datasets.Array2D(shape=(4, 4), dtype="float32"),
+            "label": datasets.ClassLabel(names=["a", "b"]),
+        }
+    )
+    (folder / "data").mkdir(parents=True)
+    for split in ("train", "test"):
+        table = datasets.Dataset.from_dict(
+            {"image": train_images, "label": labels}, features=features
+        )
+        table.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return folder
+
+
+def test_a_nan_pixel_is_named_by_its_dataset_row(tmp_path):
+    from ntkdemo.data import load_sample
+    from ntkdemo.errors import DatasetError
+
+    rng = np.random.default_rng(3)
+    images = [rng.random((4, 4)).astype(np.float32) + 0.1 for _ in range(8)]
+    images[5][2, 2] = np.nan
+    folder = _array_dataset(tmp_path / "d", [image.tolist() for image in images], [0, 1] * 4)
+    with pytest.raises(DatasetError, match=r"row\(s\) 5 of the 'train' split .* hold NaN"):
+        load_sample(folder, 4, 1, seed=0, image_column="image")
+
+
+def test_a_missing_image_is_named_by_its_dataset_row(tmp_path):
+    from conftest import random_images, write_image_dataset
+    from ntkdemo.data import load_sample
+    from ntkdemo.errors import DatasetError
+
+    rng = np.random.default_rng(4)
+    labels = np.repeat([0, 1], 4)
+    images = list(random_images(rng, labels))
+    images[3] = None
+    folder = write_image_dataset(
+        tmp_path / "d",
+        {"train": (images, labels), "test": (random_images(rng, labels), labels)},
+        ["a", "b"],
+    )
+    with pytest.raises(DatasetError, match=r"row\(s\) 3 of the 'train' split .* have no image"):
+        load_sample(folder, 4, 1, seed=0)

@@ -104,3 +104,48 @@ def test_mismatched_shapes_rejected(problem):
         match=r"y_train must have shape \(\d+,\) or \(\d+, n_outputs\) to match the kernel",
     ):
         gradient_descent_mean(K, K_test, Y[:-1], 1.0)
+
+
+def test_round_off_eigenvalues_are_not_inverted():
+    """An all-ones kernel has one eigenvalue 12 and eleven null ones, which eigh returns as
+    round-off of either sign; inverted, they gave 1.3e33. The pseudo-inverse answer is 1."""
+    from ntkdemo.dynamics import gradient_descent_mean
+
+    predicted = gradient_descent_mean(np.ones((12, 12)), np.ones((1, 12)), np.ones((12, 1)))
+    np.testing.assert_allclose(predicted, [[1.0]], rtol=1e-12)
+
+
+def test_identical_images_with_split_labels_score_at_most_half():
+    """20 copies of one image, labelled 10/10: every prediction is the same, at any time."""
+    from ntkdemo.dynamics import GradientDescentDynamics
+    from ntkdemo.kernels import ntk
+    from ntkdemo.solvers import one_hot
+
+    X = np.tile(np.random.default_rng(0).random((1, 16)), (20, 1))
+    labels = np.repeat([0, 1], 10)
+    K = ntk(X)
+    dynamics = GradientDescentDynamics(K, one_hot(labels, 2))
+    for t in (1.0, 1e300, None):
+        outputs = dynamics.predict(K, t)
+        np.testing.assert_allclose(outputs, np.broadcast_to(outputs[0], outputs.shape), rtol=1e-12)
+        assert np.mean(outputs.argmax(1) == labels) == 0.5
+
+
+def test_discrete_steps_past_the_stability_limit_are_refused():
+    from ntkdemo.dynamics import GradientDescentDynamics
+    from ntkdemo.errors import InvalidParameterError
+
+    dynamics = GradientDescentDynamics(np.eye(3) + 1, np.ones(3), learning_rate=1e6)
+    with pytest.raises(InvalidParameterError, match=r"stability limit 2 m / lambda_max = 1\.5\b"):
+        dynamics.discrete_dual_coefficients(100)
+    stable = GradientDescentDynamics(np.eye(3) + 1, np.ones(3), learning_rate=1.4)
+    assert np.isfinite(stable.discrete_dual_coefficients(100)).all()
+
+
+@pytest.mark.parametrize("K", [-np.eye(3), np.diag([1.0, 1.0, -0.5])])
+def test_a_kernel_that_is_not_psd_is_refused(K):
+    from ntkdemo.dynamics import gradient_descent_mean
+    from ntkdemo.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="not positive semi-definite"):
+        gradient_descent_mean(K, np.ones((1, 3)), np.ones(3))

@@ -81,3 +81,12 @@ def test_ntk_times_streams_the_product():
         np.testing.assert_allclose(
             ntk_times(Z, None, V, block_rows=block_rows), ntk(Z) @ V, rtol=0, atol=1e-12
         )
+
+
+@pytest.mark.parametrize("labels", [[0, -1], [0, 2], [0.5, 1]])
+def test_one_hot_refuses_labels_outside_the_classes(labels):
+    from ntkdemo.errors import InvalidInputError
+    from ntkdemo.solvers import one_hot
+
+    with pytest.raises(InvalidInputError, match="labels must be whole numbers in 0..1"):
+        one_hot(np.array(labels), 2)

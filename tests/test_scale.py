@@ -1,6 +1,8 @@
 """Scale: the memory plan, the iterative (cg) path, whole splits."""
 
 import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -176,3 +178,48 @@ def test_cg32_serves_deep_kernels_and_refuses_a_training_time(tiny_dataset, tmp_
     assert code == 2 and "serves kernels at convergence only; drop --time" in (
         capsys.readouterr().err
     )
+
+
+PEAK_OF_A_RUN = """
+import resource, subprocess, sys
+done = subprocess.run([sys.executable, "-m", "ntkdemo", *sys.argv[1:]], capture_output=True)
+sys.stderr.write(done.stderr.decode())
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, done.returncode)
+"""
+
+
+@pytest.mark.parametrize("cap, solver", [("450MB", "auto"), ("600MB", "cg32")])
+def test_max_memory_bounds_the_whole_run(fashion_mnist, tmp_path, cap, solver):
+    """The plan counts what the run loads after it (scikit-learn, matplotlib, figures):
+    the review measured peaks 95-157 MB above --max-memory."""
+    from ntkdemo.units import parse_bytes
+
+    per_class = "100" if solver == "auto" else "300"
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_OF_A_RUN, "--dataset", str(fashion_mnist)]
+        + ["--train-per-class", per_class, "--max-memory", cap, "--solver", solver]
+        + ["--out", str(tmp_path), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    peak, code = (int(v) for v in done.stdout.split())
+    assert code == 0, done.stderr
+    assert peak <= parse_bytes(cap)
+
+
+def test_max_memory_with_a_strategy_outside_this_process_is_refused():
+    from ntkdemo.errors import InvalidParameterError
+    from ntkdemo.plan import plan_memory
+
+    with pytest.raises(InvalidParameterError, match="the cuda strategy is bounded by its free"):
+        plan_memory(100, 10, 784, 10, device="cuda", max_memory=1000)
+
+
+@pytest.mark.parametrize("text", ["1 0GB", "GB", "5XB"])
+def test_memory_sizes_with_stray_characters_are_refused(text):
+    from ntkdemo.errors import InvalidParameterError
+    from ntkdemo.units import parse_bytes
+
+    with pytest.raises(InvalidParameterError, match="cannot read the memory size"):
+        parse_bytes(text)

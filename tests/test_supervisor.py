@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 import ntkdemo
+from conftest import command, tiny
+from ntkdemo.supervisor import blas_environment
 
 SOURCE = Path(ntkdemo.__file__).resolve().parent
 
@@ -157,3 +163,110 @@ def test_a_stop_request_to_the_process_itself_ends_the_run(fashion_mnist, old_ou
     assert err.strip() == "ntkdemo: interrupted; --out holds the previous set of files"
     assert_untouched(old_out)
     assert not any(child.is_running() for child in children)
+
+
+AMD_AVX512 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 avx512f avx512dq\n"
+
+
+AMD_AVX2 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2\n"
+
+
+INTEL_AVX512 = "vendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 avx512f\n"
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, environ, expected",
+    [
+        (AMD_AVX512, {}, {"OPENBLAS_CORETYPE": "Haswell"}),
+        (AMD_AVX512, {"OPENBLAS_CORETYPE": "Zen"}, {}),  # the user's choice stands
+        (AMD_AVX2, {}, {}),
+        (INTEL_AVX512, {}, {}),
+        ("", {}, {}),  # no /proc/cpuinfo
+    ],
+)
+def test_openblas_coretype_is_set_only_on_amd_with_avx512(cpuinfo, environ, expected):
+    assert blas_environment(environ, cpuinfo) == expected
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_child_dies_with_its_parent_and_writes_nothing(tiny_dataset, tmp_path):
+    out = tmp_path / "out"
+    parent = subprocess.Popen(
+        command(*tiny(tiny_dataset, out, "--quiet")),
+        env={**os.environ, "NTKDEMO_TEST_FAULT": "compute:SIGSTOP"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        children: list[psutil.Process] = []
+        while time.monotonic() < deadline:
+            children = psutil.Process(parent.pid).children()
+            if children and children[0].status() == psutil.STATUS_STOPPED:
+                break
+            time.sleep(0.1)
+        assert children, "the child never reached the compute stage"
+        status_folders = list(Path(tempfile.gettempdir()).glob(f"ntkdemo-status-{parent.pid}-*"))
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        gone, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, "the child outlived its parent"
+    finally:
+        parent.kill()
+    assert not (out / "metrics.json").exists()
+    assert status_folders  # left by the killed parent, removed by the next run
+    done = subprocess.run(command("--version"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0
+    assert not any(folder.exists() for folder in status_folders)
+
+
+def test_closed_stderr_and_full_stdout(tiny_dataset, tmp_path):
+    closed = subprocess.run(
+        command(*tiny(tiny_dataset, tmp_path / "a", "--quiet")),
+        stderr=subprocess.DEVNULL,
+        timeout=300,
+        preexec_fn=lambda: os.close(2),
+    )
+    assert closed.returncode == 0
+    assert (tmp_path / "a" / "metrics.json").is_file()
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            command(*tiny(tiny_dataset, tmp_path / "b")),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    assert done.returncode == 2
+    assert done.stderr == (
+        "ntkdemo: error: cannot write to standard output (No space left on device); "
+        "redirect it elsewhere or use --quiet\n"
+    )
+
+
+def test_a_swallowed_ctrl_c_is_sent_again_and_repeats_are_ignored():
+    """A KeyboardInterrupt raised inside a callback (distributed's gc hook, seen under load)
+    is 'ignored' by Python; the command's hook sends SIGINT again instead of printing it.
+    A second SIGINT just after one was raised is ignored (nothing interrupts the line)."""
+    from types import SimpleNamespace
+
+    from ntkdemo.cli.main import Interrupts
+
+    received, passed_on = [], []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        interrupts = Interrupts(passed_on.append)
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.on_signal(signal.SIGINT, None)
+        interrupts.on_signal(signal.SIGINT, None)  # a repeat: ignored
+        interrupts.unraisable(SimpleNamespace(exc_type=KeyboardInterrupt))  # that one was lost
+        deadline = time.monotonic() + 5
+        while not received and time.monotonic() < deadline:  # sent again, from a timer
+            time.sleep(0.01)
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.on_signal(signal.SIGINT, None)  # so the re-sent one is raised
+        other = SimpleNamespace(exc_type=ValueError)
+        interrupts.unraisable(other)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert received == [signal.SIGINT] and passed_on == [other]

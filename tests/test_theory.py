@@ -3,10 +3,12 @@
 import dataclasses
 import json
 import re
+import time
 
 import numpy as np
 import pytest
 
+from conftest import run_ntkdemo
 from ntkdemo.cli import main
 from ntkdemo.data import load_sample
 from ntkdemo.demo import run_demo
@@ -245,3 +247,55 @@ def test_learning_curve_past_whole_matrices_runs_every_kernel(tiny_dataset):
         np.testing.assert_array_equal(split.accuracy[model], whole.accuracy[model])
     assert np.isnan(split.accuracy["RBF SVC"][1])
     assert split.accuracy["RBF SVC"][0] == whole.accuracy["RBF SVC"][0]
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["curve", "--times", "1,10", "--widths", "300000000"], "--widths: a network of width"),
+        (["verify", "--widths", "1000000000000"], "use widths up to"),
+        (["compare-network", "--steps", "1000000000"], "hours at 50 GFLOP/s"),
+        (["spectrum", "--circle-points", "100000"], "--circle-points 100000: its Gram matrix"),
+    ],
+)
+def test_theory_requests_past_memory_or_time_are_refused_up_front(
+    tiny_dataset, tmp_path, arguments, message
+):
+    """The review: OOM-killed after 64 s, or running on; advice naming --max-memory."""
+    start = time.monotonic()
+    done = run_ntkdemo(
+        *arguments,
+        "--dataset",
+        str(tiny_dataset),
+        "--out",
+        str(tmp_path),
+        "--train-per-class",
+        "5",
+        "--test-per-class",
+        "1",
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr and "--max-memory" not in done.stderr
+    assert time.monotonic() - start < 60
+
+
+def test_network_cost_model():
+    from ntkdemo.errors import InvalidParameterError
+    from ntkdemo.theory.cost import check_networks, network_bytes
+
+    assert network_bytes(10, 784, 100) == 8 * 100 * (2 * 784 + 50)
+    check_networks([100], 10, 784, available=network_bytes(10, 784, 100))
+    with pytest.raises(InvalidParameterError, match="use widths up to 100$"):
+        check_networks([101], 10, 784, available=network_bytes(10, 784, 100))
+
+
+def test_whole_kernels_cost_model():
+    """NNGP and NTK of n training and m test images, and as much again: 32 n (n + m)
+    bytes; the refusal names the largest n that fits."""
+    from ntkdemo.errors import InvalidParameterError
+    from ntkdemo.theory.cost import check_whole_kernels
+
+    available = 32 * 1000 * (1000 + 300)
+    check_whole_kernels(1000, 300, available=available, option="--whole-images")
+    with pytest.raises(InvalidParameterError, match=r"--whole-images 1001: .* use at most 1000$"):
+        check_whole_kernels(1001, 300, available=available, option="--whole-images")

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
+from typing import Any
 
 import numpy as np
 
@@ -75,13 +76,9 @@ def positive_float(text: str) -> float:
 
 def duration(text: str) -> float:
     """Parse a duration (``90s``, ``30min``, ``2h``) into seconds."""
-    from ..errors import InvalidParameterError
     from ..units import parse_duration
 
-    try:
-        return parse_duration(text)
-    except InvalidParameterError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return _parsed_by(parse_duration, text)
 
 
 def time_value(text: str) -> float:
@@ -97,11 +94,17 @@ def time_value(text: str) -> float:
 
 def memory_size(text: str) -> int:
     """Parse ``--max-memory``: bytes, or a number with KB/MB/GB/TB."""
-    from ..errors import InvalidParameterError
     from ..units import parse_bytes
 
+    return _parsed_by(parse_bytes, text)
+
+
+def _parsed_by(parse: Callable[[str], Any], text: str) -> Any:
+    """``parse(text)``, a library parser's refusal turned into argparse's error."""
+    from ..errors import InvalidParameterError
+
     try:
-        return parse_bytes(text)
+        return parse(text)
     except InvalidParameterError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
