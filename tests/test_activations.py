@@ -329,3 +329,22 @@ def test_shapes_that_cannot_run_are_refused(layers, message):
 def test_bad_layer_settings_are_named(make, message):
     with pytest.raises(InvalidParameterError, match=message):
         make()
+
+
+def test_a_network_in_a_json_file_is_its_layers(tmp_path):
+    """The same residual network as words and as a JSON file."""
+    import json
+
+    from ntkdemo.kernels import architecture_layers
+
+    path = tmp_path / "net.json"
+    items = ["conv", {"layer": "erf", "a": 1.3}, {"parallel": [[], ["relu", "conv"]]}]
+    items += [{"layer": "conv", "w_std": 1.2, "filter": [5, 5], "stride": 2}, "relu", "gap"]
+    path.write_text(json.dumps([*items, "dense"]))
+    written = "conv+erf:1.3+(|relu+conv)+conv:1.2:0:5:2+relu+gap+dense"
+    assert architecture_layers(str(path)) == architecture_layers(written)
+    path.write_text(json.dumps(["conv", {"layer": "erf", "d": 1}, "gap", "dense"]))
+    with pytest.raises(InvalidParameterError, match=r"layer \{'layer': 'erf', 'd': 1\} in"):
+        architecture_layers(str(path))
+    with pytest.raises(InvalidParameterError, match="cannot read the architecture file"):
+        architecture_layers(str(tmp_path / "missing.json"))

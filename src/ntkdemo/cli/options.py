@@ -191,7 +191,8 @@ def add_kernel_options(parser: argparse.ArgumentParser) -> None:
         "words joined by +, e.g. conv+erf+conv:1.5:0.1+leaky-relu:0.1+pool+conv+abs+gap+dense "
         "(words: conv, dense, pool, gap, flatten, relu, abrelu:A:B, leaky-relu:ALPHA, abs, "
         "erf:A:B:C, gelu, layernorm, identity; (A|B) sums parallel branches: "
-        "conv+(|relu+conv)+relu+gap+dense is residual); whole training sets of these are "
+        "conv+(|relu+conv)+relu+gap+dense is residual), or a JSON file of them (NAME.json); "
+        "whole training sets of these are "
         "slow: milliseconds per image pair for the pooling ones",
     )
     group.add_argument(

@@ -46,6 +46,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -242,8 +243,9 @@ def architecture_layers(name: str, w_std: float = 1.0, b_std: float = 0.0) -> tu
         ``GlobalAvgPool``, ``Dense``; factors in :data:`MYRTLE_FACTORS`), or ``fc-L``:
         the fully connected network of :func:`~ntkdemo.kernels.deep.fc_kernels` as
         layers of a 1 x 1 image whose channels are the features (``Flatten``, then L
-        times ``Dense``, ``Relu``, then ``Dense``), or layers written as words joined by
-        ``+`` (:func:`written_layers`).
+        times ``Dense``, ``Relu``, then ``Dense``), layers written as words joined by
+        ``+`` (:func:`written_layers`), or a JSON file of them, ``NAME.json``
+        (:func:`json_layers`).
     w_std, b_std : float
         Weight and bias standard deviations of every ``Conv`` and ``Dense``.
 
@@ -275,6 +277,8 @@ def architecture_layers(name: str, w_std: float = 1.0, b_std: float = 0.0) -> tu
             GlobalAvgPool(),
             Dense(w_std, b_std),
         )
+    if name.endswith(".json"):
+        return json_layers(name, w_std, b_std)
     if "+" in name:
         return written_layers(name, w_std, b_std)
     raise InvalidParameterError(
@@ -340,6 +344,61 @@ def written_layers(text: str, w_std: float = 1.0, b_std: float = 0.0) -> tuple[L
                 f"(see ntkdemo.kernels.{LAYER_WORDS[word].__name__})"
             ) from None
     return tuple(layers)
+
+
+def json_layers(path: str, w_std: float = 1.0, b_std: float = 0.0) -> tuple[Layer, ...]:
+    """The layers of a network in a JSON file: a list whose items are a layer's word of
+    :data:`LAYER_WORDS` alone (``"gap"``), an object naming it with its parameters
+    (``{"layer": "conv", "w_std": 1.5, "filter": [5, 5], "stride": 2, "padding":
+    "VALID"}``), or ``{"parallel": [[...], [...]]}`` (branches, each such a list). A
+    ``conv`` or ``dense`` without scales takes ``w_std`` and ``b_std``.
+
+    Raises
+    ------
+    InvalidParameterError
+        If the file cannot be read, is not such a list, or names an unknown layer or
+        parameter.
+    """
+    import json
+
+    try:
+        with open(path) as file:
+            items = json.load(file)
+    except (OSError, ValueError) as exc:
+        raise InvalidParameterError(
+            f"cannot read the architecture file {path!r}: {exc}; it holds a JSON list of "
+            'layers such as ["conv", "erf", "gap", "dense"]'
+        ) from None
+
+    def layers_of(items: object) -> tuple[Layer, ...]:
+        if not isinstance(items, list):
+            raise InvalidParameterError(
+                f"{path!r} must hold a JSON list of layers, found {type(items).__name__}"
+            )
+        return tuple(layer_of(item) for item in items)
+
+    def layer_of(item: object) -> Layer:
+        if isinstance(item, dict) and set(item) == {"parallel"}:
+            return Parallel(*(layers_of(branch) for branch in item["parallel"]))
+        settings: dict[str, Any] = dict(item) if isinstance(item, dict) else {"layer": item}
+        word = settings.pop("layer", None)
+        if word not in LAYER_WORDS:
+            raise InvalidParameterError(
+                f"unknown layer {word!r} in {path!r}; use {', '.join(LAYER_WORDS)} or "
+                '{"parallel": [...]}'
+            )
+        if word in ("conv", "dense"):
+            settings = {"w_std": w_std, "b_std": b_std, **settings}
+        for key in ("filter", "stride", "window"):
+            value = settings.get(key)
+            if isinstance(value, list):
+                settings[key] = tuple(value)
+        try:
+            return LAYER_WORDS[word](**settings)
+        except TypeError as exc:
+            raise InvalidParameterError(f"layer {item!r} in {path!r}: {exc}") from None
+
+    return layers_of(items)
 
 
 def _written_value(text: str) -> object:
