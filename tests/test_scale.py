@@ -223,3 +223,18 @@ def test_memory_sizes_with_stray_characters_are_refused(text):
 
     with pytest.raises(InvalidParameterError, match="cannot read the memory size"):
         parse_bytes(text)
+
+
+def test_durations_as_people_write_them():
+    from ntkdemo.units import parse_duration
+
+    assert [parse_duration(t) for t in ("90", "90s", "30min", "1.5 h", "1d")] == [
+        90.0,
+        90.0,
+        1800.0,
+        5400.0,
+        86400.0,
+    ]
+    for text, message in [("2 parsecs", "cannot read the duration"), ("0", "finite time > 0")]:
+        with pytest.raises(InvalidParameterError, match=message):
+            parse_duration(text)

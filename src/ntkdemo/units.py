@@ -12,7 +12,7 @@ import re
 
 from .errors import InvalidParameterError
 
-_UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6}
+_UNITS: dict[str, float] = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6}
 _UNITS.update({"G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12})
 
 
@@ -25,13 +25,8 @@ def parse_bytes(text: str) -> int:
         If the text is not a number with an optional unit, or the size is not finite or
         below one byte.
     """
-    written = re.fullmatch(r"\s*([^\sKMGTB]+)\s*([KMGT]?B?)\s*", text.upper())
-    try:
-        value = float(written.group(1)) * _UNITS[written.group(2)]  # type: ignore[union-attr]
-    except (AttributeError, ValueError, KeyError):
-        raise InvalidParameterError(
-            f"cannot read the memory size {text!r}; write e.g. 16GB, 500MB or 2e9"
-        ) from None
+    pattern = r"\s*([^\sKMGTB]+)\s*([KMGT]?B?)\s*"
+    value = _number_with_unit(text, pattern, _UNITS, "memory size", "16GB, 500MB or 2e9")
     if not math.isfinite(value) or value < 1:
         raise InvalidParameterError(
             f"the memory size must be a finite number of bytes >= 1, such as 16GB, got {text!r}"
@@ -39,7 +34,7 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
-_DURATION_UNITS = {"": 1, "S": 1, "M": 60, "MIN": 60, "H": 3600, "D": 86400}
+_DURATION_UNITS: dict[str, float] = {"": 1, "S": 1, "M": 60, "MIN": 60, "H": 3600, "D": 86400}
 
 
 def parse_duration(text: str) -> float:
@@ -52,18 +47,33 @@ def parse_duration(text: str) -> float:
         If the text is not a number with an optional unit, or the duration is not a
         finite number of seconds > 0.
     """
-    written = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([A-Z]*)\s*", text.upper())
-    try:
-        value = float(written.group(1)) * _DURATION_UNITS[written.group(2)]  # type: ignore[union-attr]
-    except (AttributeError, ValueError, KeyError):
-        raise InvalidParameterError(
-            f"cannot read the duration {text!r}; write e.g. 90s, 30min or 2h"
-        ) from None
+    pattern = r"\s*([0-9.eE+-]+)\s*([A-Z]*)\s*"
+    value = _number_with_unit(text, pattern, _DURATION_UNITS, "duration", "90s, 30min or 2h")
     if not math.isfinite(value) or value <= 0:
         raise InvalidParameterError(
             f"the duration must be a finite time > 0, such as 30min or 2h, got {text!r}"
         )
     return value
+
+
+def _number_with_unit(
+    text: str, pattern: str, units: dict[str, float], what: str, examples: str
+) -> float:
+    """The number ``pattern``'s first group reads in ``text`` (upper-cased) times the unit
+    its second names.
+
+    Raises
+    ------
+    InvalidParameterError
+        If the text does not match or names no unit of ``units``.
+    """
+    written = re.fullmatch(pattern, text.upper())
+    try:
+        return float(written.group(1)) * units[written.group(2)]  # type: ignore[union-attr]
+    except (AttributeError, ValueError, KeyError):
+        raise InvalidParameterError(
+            f"cannot read the {what} {text!r}; write e.g. {examples}"
+        ) from None
 
 
 def format_duration(seconds: float) -> str:
