@@ -31,7 +31,8 @@ import numpy as np
 
 def main() -> None:
     from ntkdemo.data import Sample, balanced_indices
-    from ntkdemo.kernels.conv import architecture_layers, as_images, conv_kernels
+    from ntkdemo.kernels import architecture_layers, conv_kernels
+    from ntkdemo.kernels.conv import as_images
     from ntkdemo.kernels.conv_arrays import pair_kernels
     from ntkdemo.kernels.mirror import mirrored
     from ntkdemo.kernels.ntk import scaled_unit_rows

@@ -127,7 +127,7 @@ def cache_key(dataset: str, sample, network: dict) -> str:
     ``--flip`` are more entries of the same file."""
     import hashlib
 
-    from ntkdemo.kernels.conv import architecture_layers
+    from ntkdemo.kernels import architecture_layers
 
     rows = hashlib.sha256(
         np.concatenate([sample.train_indices, [-1], sample.test_indices]).astype("<i8").tobytes()

@@ -70,13 +70,8 @@ print(json.dumps(result))
 
 def flops_per_pair(name: str, height: int = 28) -> float:
     """Adds and multiplies of ntkdemo's fold for one pair (angle = 40 flops)."""
-    from ntkdemo.kernels.conv import (
-        AvgPool,
-        Conv,
-        Relu,
-        architecture_layers,
-        needs_full_covariance,
-    )
+    from ntkdemo.kernels import AvgPool, Conv, Relu, architecture_layers
+    from ntkdemo.kernels.layers import needs_full_covariance
 
     layers = architecture_layers(name)
     side = height

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 from test_conv_kernels import CASES, DUPLICATES, REFERENCE, composed
 
-from ntkdemo.kernels.conv import (
+from ntkdemo.kernels import (
     AvgPool,
     Conv,
     Dense,
     GlobalAvgPool,
     Relu,
-    _check_layers,
     architecture_layers,
     conv_kernels,
 )
 from ntkdemo.kernels.conv_arrays import bytes_per_pair, pair_kernels, self_variances
+from ntkdemo.kernels.layers import check_layers
 
 ROOMY = 10**9  # bytes: every case in one tile
 
@@ -25,7 +25,7 @@ def layers_of(case: str) -> tuple:
     _, name, w_std, b_std = REFERENCE[case]
     w_std, b_std = float(w_std), float(b_std)
     if str(name).startswith("composed-"):
-        return _check_layers(composed(str(name), w_std, b_std))
+        return check_layers(composed(str(name), w_std, b_std))
     return architecture_layers(str(name), w_std, b_std)
 
 
@@ -68,7 +68,7 @@ def test_self_variances_are_the_diagonal_before_each_relu():
     rng = np.random.default_rng(4)
     images = rng.random((2, 4, 4, 3))
     layers = (Conv(1.5, 0.5), Relu(), AvgPool(), Conv(1.0, 0.0), Relu(), GlobalAvgPool())
-    layers = _check_layers((*layers, Dense(1.0, 0.0)))
+    layers = check_layers((*layers, Dense(1.0, 0.0)))
     first, second = self_variances(np, layers, images, memory_bytes=ROOMY)
     bordered = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
     squares = sum(

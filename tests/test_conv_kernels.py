@@ -9,8 +9,7 @@ import pytest
 
 from ntkdemo.data import Sample
 from ntkdemo.errors import InvalidParameterError
-from ntkdemo.kernels import fc_kernels
-from ntkdemo.kernels.conv import (
+from ntkdemo.kernels import (
     AvgPool,
     Conv,
     Dense,
@@ -19,6 +18,7 @@ from ntkdemo.kernels.conv import (
     Relu,
     architecture_layers,
     conv_kernels,
+    fc_kernels,
 )
 
 REFERENCE = np.load(Path(__file__).parent / "data" / "conv_reference.npz")

@@ -9,8 +9,7 @@ import pytest
 from ntkdemo.data import Sample
 from ntkdemo.demo import run_demo
 from ntkdemo.errors import InvalidParameterError
-from ntkdemo.kernels import conv_kernels, unit_rows
-from ntkdemo.kernels.conv import AvgPool, Conv, Dense, GlobalAvgPool, Relu
+from ntkdemo.kernels import AvgPool, Conv, Dense, GlobalAvgPool, Relu, conv_kernels, unit_rows
 from ntkdemo.kernels.mirror import is_mirror_symmetric, mirrored
 from ntkdemo.preprocess import flip_kernel, with_flips, zca_whitened
 from ntkdemo.spec import KernelSpec

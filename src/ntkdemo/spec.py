@@ -18,8 +18,9 @@ import numpy as np
 
 from .dynamics import check_times
 from .errors import InvalidParameterError
-from .kernels.conv import Layer, fully_connected_depth, network_layers
+from .kernels.architecture import fully_connected_depth, network_layers
 from .kernels.in_range import check_kernel_informative
+from .kernels.layers import Layer
 from .kernels.matrix import PairTally, is_default_kernel, kernel_of_unit_rows
 from .kernels.mirror import is_mirror_symmetric
 from .validation import check_nonnegative_float, check_positive_int

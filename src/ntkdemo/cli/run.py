@@ -216,7 +216,7 @@ def _depth(options) -> int:
     than L beside ``--architecture fc-L``, except 1 (its default): refused here when given."""
     if options.depth is None:
         return 1
-    from ..kernels.conv import fully_connected_depth
+    from ..kernels.architecture import fully_connected_depth
 
     named = fully_connected_depth(options.architecture)
     if options.depth == 1 and named not in (None, 1):

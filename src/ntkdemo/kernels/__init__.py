@@ -2,8 +2,11 @@
 
 * :mod:`~ntkdemo.kernels.ntk` -- the one-hidden-layer NTK as a map of cosines;
 * :mod:`~ntkdemo.kernels.deep` -- NNGP and NTK of deeper networks, a fold of layer steps;
-* :mod:`~ntkdemo.kernels.conv` -- the same fold for convolutional networks, its layers
-  as values (with :mod:`~ntkdemo.kernels.conv_loops`, its compiled loops, and
+* :mod:`~ntkdemo.kernels.layers` -- the layers of a network as values, and which
+  sequences are networks; :mod:`~ntkdemo.kernels.architecture` -- networks by name, in
+  words (``conv+erf+gap+dense``) or in a JSON file;
+* :mod:`~ntkdemo.kernels.conv` -- the same fold for convolutional networks (with
+  :mod:`~ntkdemo.kernels.conv_loops`, its compiled loops, and
   :mod:`~ntkdemo.kernels.conv_arrays`, the fold over whole arrays that runs every
   composition);
 * :mod:`~ntkdemo.kernels.activations` -- the layers acting position by position
@@ -21,18 +24,11 @@ This layer imports nothing from the solvers, the plan or the command line.
 
 from . import activations
 from .activations import *  # noqa: F403 - every activation, by the module's __all__
+from .architecture import architecture_layers
 from .blocks import mirror_upper
-from .conv import (
-    AvgPool,
-    Conv,
-    Dense,
-    Flatten,
-    GlobalAvgPool,
-    Parallel,
-    architecture_layers,
-    conv_kernels,
-)
+from .conv import conv_kernels
 from .deep import fc_kernels
+from .layers import AvgPool, Conv, Dense, Flatten, GlobalAvgPool, Parallel
 from .matrix import is_default_kernel, kernel_matrix
 from .ntk import ntk, ntk_of_cosine, ntk_times, scaled_unit_rows, unit_rows
 

@@ -262,4 +262,4 @@ WORDS: dict[str, type[Activation]] = {
     "identity": Identity,
 }
 """Each activation's word in the written form of a network
-(:func:`~.conv.written_layers`): ``erf:A:B:C`` makes ``Erf(A, B, C)``."""
+(:func:`~.architecture.written_layers`): ``erf:A:B:C`` makes ``Erf(A, B, C)``."""

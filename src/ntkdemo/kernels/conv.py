@@ -13,8 +13,8 @@ It starts from :math:`K_0(p, p') = \sum_c x_{pc} y_{p'c} / C`, :math:`\Theta_0 =
 passes through:
 
 * ``Conv`` (by default 3 x 3, stride 1, 'SAME' zero padding; any filter, stride and
-  'SAME' or 'VALID' padding, :class:`Window`): with :math:`A` the mean over the filter's
-  :math:`|F|` taps :math:`d`, :math:`(A K)(p, p') = \frac{1}{|F|} \sum_d K(s p + d,
+  'SAME' or 'VALID' padding, :class:`~.layers.Window`): with :math:`A` the mean over
+  the filter's :math:`|F|` taps :math:`d`, :math:`(A K)(p, p') = \frac{1}{|F|} \sum_d K(s p + d,
   s p' + d)` (the same offset on both sides, so each relative offset :math:`p' - p`
   evolves on its own), :math:`K' = \sigma_w^2 A K + \sigma_b^2` and
   :math:`\Theta' = K' + \sigma_w^2 A \Theta`;
@@ -31,7 +31,7 @@ passes through:
 * ``Dense``: :math:`K' = \sigma_w^2 K + \sigma_b^2`, :math:`\Theta' = K' + \sigma_w^2 \Theta`.
 
 The compiled loops (:mod:`.conv_loops`) run the ReLU networks of the default settings
-(:func:`runs_compiled`); every other network runs in the array fold of
+(:func:`~.layers.runs_compiled`); every other network runs in the array fold of
 :mod:`.conv_arrays`, whose layer steps are these. The read-out decides what is stored:
 without pooling, a ``Flatten`` read-out needs only
 the entries :math:`K(p, p)` (``H W`` per pair: the conv maps them among themselves),
@@ -43,518 +43,30 @@ from __future__ import annotations
 
 import math
 import os
-import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
 from ..errors import InvalidInputError, InvalidParameterError
-from ..validation import check_matrix, check_nonnegative_float
-from .activations import WORDS as ACTIVATION_WORDS
-from .activations import Activation, Relu
+from ..validation import check_matrix
+from .activations import Relu
+from .architecture import fully_connected_depth, network_layers
 from .blocks import mirror_upper
 from .in_range import check_kernel_range
-
-__all__ = [
-    "AvgPool",
-    "Conv",
-    "Dense",
-    "Flatten",
-    "GlobalAvgPool",
-    "Parallel",
-    "architecture_layers",
-    "conv_kernels",
-]
-
-
-@dataclass(frozen=True)
-class Window:
-    """Where a window of ``size`` positions, moved by ``stride``, reads along one axis of
-    ``length`` positions: ``before`` zeros padded first, ``count`` outputs.
-
-    'SAME' keeps ``ceil(length / stride)`` outputs and pads ``max((count - 1) stride +
-    size - length, 0)`` zeros, half of them (rounded down) before, as XLA does; 'VALID'
-    pads none and keeps the windows inside.
-    """
-
-    size: int
-    stride: int
-    before: int
-    count: int
-
-    @classmethod
-    def along(cls, length: int, size: int, stride: int, padding: str) -> Window:
-        if padding == "SAME":
-            count = -(-length // stride)
-            total = max((count - 1) * stride + size - length, 0)
-            return cls(size, stride, total // 2, count)
-        return cls(size, stride, 0, (length - size) // stride + 1 if length >= size else 0)
-
-    def mirror_symmetric(self, length: int) -> bool:
-        """Whether mirroring the input mirrors the outputs' windows: window ``j`` reads
-        ``[j s - l, j s - l + f)``, so the mirror of window ``j`` is window
-        ``count - 1 - j`` iff ``(count - 1) s = length + 2 l - f``."""
-        return (self.count - 1) * self.stride == length + 2 * self.before - self.size
-
-
-def _pair(value: object, name: str) -> tuple[int, int]:
-    """``value`` as a pair of whole numbers >= 1 (an int is used twice)."""
-    if isinstance(value, int | np.integer):
-        pair: tuple = (value, value)
-    else:
-        pair = tuple(value) if isinstance(value, Iterable) else ()
-    if len(pair) != 2 or not all(
-        isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 1 for v in pair
-    ):
-        raise InvalidParameterError(f"{name} must be two whole numbers >= 1, got {value!r}")
-    return int(pair[0]), int(pair[1])
-
-
-@dataclass(frozen=True)
-class Conv:
-    """A convolution (neural-tangents' ``stax.Conv``): ``filter`` positions (height,
-    width), moved by ``stride``, zero ``padding`` 'SAME' or 'VALID'; by default 3 x 3,
-    stride 1, 'SAME'."""
-
-    w_std: float
-    b_std: float
-    filter: tuple[int, int] = (3, 3)
-    stride: tuple[int, int] = (1, 1)
-    padding: str = "SAME"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "filter", _pair(self.filter, "Conv filter"))
-        object.__setattr__(self, "stride", _pair(self.stride, "Conv stride"))
-        if self.padding not in ("SAME", "VALID"):
-            raise InvalidParameterError(
-                f"Conv padding must be 'SAME' or 'VALID', got {self.padding!r}"
-            )
-
-    def windows(self, height: int, width: int) -> tuple[Window, Window]:
-        """The windows along the height and the width of its input."""
-        return (
-            Window.along(height, self.filter[0], self.stride[0], self.padding),
-            Window.along(width, self.filter[1], self.stride[1], self.padding),
-        )
-
-
-@dataclass(frozen=True)
-class AvgPool:
-    """Average pooling over ``window`` positions moved by ``stride`` (None: the window),
-    'VALID' (neural-tangents' ``stax.AvgPool``): by default 2 x 2 blocks, an odd last row
-    or column dropped."""
-
-    window: tuple[int, int] = (2, 2)
-    stride: tuple[int, int] | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "window", _pair(self.window, "AvgPool window"))
-        stride = self.window if self.stride is None else _pair(self.stride, "AvgPool stride")
-        object.__setattr__(self, "stride", stride)
-
-    def windows(self, height: int, width: int) -> tuple[Window, Window]:
-        """The windows along the height and the width of its input."""
-        stride = self.stride or self.window
-        return (
-            Window.along(height, self.window[0], stride[0], "VALID"),
-            Window.along(width, self.window[1], stride[1], "VALID"),
-        )
-
-
-@dataclass(frozen=True)
-class GlobalAvgPool:
-    """The mean over all positions: ends the spatial part."""
-
-
-@dataclass(frozen=True)
-class Flatten:
-    """All positions as one feature vector: ends the spatial part."""
-
-
-@dataclass(frozen=True)
-class Dense:
-    """A fully connected read-out layer."""
-
-    w_std: float
-    b_std: float
-
-
-@dataclass(frozen=True, init=False)
-class Parallel:
-    r"""Branches applied to the same input, their outputs summed (``stax.FanOut``,
-    ``stax.parallel``, ``stax.FanInSum``): a branch is a sequence of layers, ``[]`` the
-    identity. ``Parallel([], [Relu(), Conv(...), Relu(), Conv(...)])`` is a residual block.
-
-    The kernels add: :math:`K' = \sum_b K_b`, :math:`\Theta' = \sum_b \Theta_b`, which is
-    exact when the branches are independent in the limit: every branch but one holds a
-    ``Conv`` or ``Dense`` (its own random weights). Branches keep the positions: no
-    pooling or read-out inside them.
-    """
-
-    branches: tuple[tuple[Layer, ...], ...]
-
-    def __init__(self, *branches: Sequence[Layer]) -> None:
-        object.__setattr__(self, "branches", tuple(tuple(branch) for branch in branches))
-
-
-Layer = Conv | Activation | AvgPool | GlobalAvgPool | Flatten | Dense | Parallel
-
-
-def runs_compiled(layers: Sequence[Layer]) -> bool:
-    """Whether the compiled fold (:mod:`.conv_loops`) runs this network: ReLU networks of
-    3 x 3 'SAME' convolutions of stride 1 and 2 x 2 pools of stride 2. Any other runs in
-    the array fold of :mod:`.conv_arrays`, the reference every path is held to."""
-    for layer in layers:
-        if isinstance(layer, Conv) and (layer.filter, layer.stride, layer.padding) != (
-            (3, 3),
-            (1, 1),
-            "SAME",
-        ):
-            return False
-        if isinstance(layer, AvgPool) and (layer.window, layer.stride) != ((2, 2), (2, 2)):
-            return False
-        if isinstance(layer, Activation | Parallel) and type(layer) is not Relu:
-            return False
-    return True
-
-
-MYRTLE_FACTORS = {"myrtle5": (2, 1, 1), "myrtle7": (2, 2, 2), "myrtle10": (3, 3, 3)}
-"""Convolutions before the first pool, between the pools, and after the second."""
-
-
-def fully_connected_depth(name: object) -> int | None:
-    """L of an architecture named ``fc-L`` (L >= 1), the one place such names are read;
-    None for any other name or value."""
-    written = re.fullmatch(r"fc-(\d+)", name) if isinstance(name, str) else None
-    return int(written.group(1)) if written and int(written.group(1)) >= 1 else None
-
-
-def architecture_layers(name: str, w_std: float = 1.0, b_std: float = 0.0) -> tuple[Layer, ...]:
-    """The layers of a named architecture (every ``conv`` is a ``Conv`` then a ``Relu``).
-
-    Parameters
-    ----------
-    name : str
-        ``cnn-flatten-L`` (L convolutions, ``Flatten``, ``Dense``), ``cnn-gap-L`` (L
-        convolutions, ``GlobalAvgPool``, ``Dense``), ``myrtle5``, ``myrtle7`` or
-        ``myrtle10`` (f1 convolutions, ``AvgPool``, f2, ``AvgPool``, f3,
-        ``GlobalAvgPool``, ``Dense``; factors in :data:`MYRTLE_FACTORS`), or ``fc-L``:
-        the fully connected network of :func:`~ntkdemo.kernels.deep.fc_kernels` as
-        layers of a 1 x 1 image whose channels are the features (``Flatten``, then L
-        times ``Dense``, ``Relu``, then ``Dense``), layers written as words joined by
-        ``+`` (:func:`written_layers`), or a JSON file of them, ``NAME.json``
-        (:func:`json_layers`).
-    w_std, b_std : float
-        Weight and bias standard deviations of every ``Conv`` and ``Dense``.
-
-    Raises
-    ------
-    InvalidParameterError
-        If the name is none of these.
-    """
-
-    def convs(count: int) -> list[Layer]:
-        return [layer for _ in range(count) for layer in (Conv(w_std, b_std), Relu())]
-
-    depth = fully_connected_depth(name)
-    if depth is not None:
-        hidden: list[Layer] = [Dense(w_std, b_std), Relu()] * depth
-        return (Flatten(), *hidden, Dense(w_std, b_std))
-    written = re.fullmatch(r"cnn-(flatten|gap)-(\d+)", name)
-    if written and int(written.group(2)) >= 1:
-        ending: Layer = Flatten() if written.group(1) == "flatten" else GlobalAvgPool()
-        return (*convs(int(written.group(2))), ending, Dense(w_std, b_std))
-    if name in MYRTLE_FACTORS:
-        f1, f2, f3 = MYRTLE_FACTORS[name]
-        return (
-            *convs(f1),
-            AvgPool(),
-            *convs(f2),
-            AvgPool(),
-            *convs(f3),
-            GlobalAvgPool(),
-            Dense(w_std, b_std),
-        )
-    if name.endswith(".json"):
-        return json_layers(name, w_std, b_std)
-    if "+" in name:
-        return written_layers(name, w_std, b_std)
-    raise InvalidParameterError(
-        f"unknown architecture {name!r}; use fc-L, cnn-flatten-L, cnn-gap-L (L >= 1), "
-        "myrtle5, myrtle7, myrtle10, or layers written as conv+erf+conv+erf+gap+dense"
-    )
-
-
-LAYER_WORDS: dict[str, Callable[..., Layer]] = {
-    "conv": Conv,
-    "dense": Dense,
-    "pool": AvgPool,
-    "gap": GlobalAvgPool,
-    "flatten": Flatten,
-    **ACTIVATION_WORDS,
-}
-"""The words of the written form of a network (:func:`written_layers`) and the layers
-they make; numbers after a word, ``:``-separated, are the layer's parameters."""
-
-
-def written_layers(text: str, w_std: float = 1.0, b_std: float = 0.0) -> tuple[Layer, ...]:
-    """The layers of a network written as words joined by ``+``, e.g.
-    ``conv+erf+conv+erf+gap+dense`` or ``conv:1.5:0.1+leaky-relu:0.1+pool+conv+abs+gap+dense``.
-
-    Each word is a key of :data:`LAYER_WORDS`; values after it (``:``-separated) are
-    the layer's parameters in order (``conv:W_STD:B_STD:FILTER:STRIDE:PADDING`` as in
-    ``conv:1.5:0.1:5:2:valid``, ``pool:WINDOW:STRIDE``, ``erf:A:B:C``, ``abrelu:A:B``,
-    ``leaky-relu:ALPHA``); a ``conv`` or ``dense`` without them takes ``w_std`` and
-    ``b_std``. Branches in parentheses, separated by ``|``, are a
-    :class:`Parallel` (an empty one the identity): ``conv+(|relu+conv+relu+conv)+relu+gap+dense``
-    is a residual network. ``+`` joins layers because ``,`` separates networks in
-    ``ntkdemo curve --architectures``.
-
-    Raises
-    ------
-    InvalidParameterError
-        If a word is unknown, its numbers do not fit the layer, or parentheses do not
-        match.
-    """
-    layers: list[Layer] = []
-    for part in _split_outside_parentheses(text, "+", text):
-        part = part.strip()
-        if part.startswith("(") and part.endswith(")"):
-            branches = _split_outside_parentheses(part[1:-1], "|", text)
-            layers.append(
-                Parallel(*(written_layers(b, w_std, b_std) if b.strip() else () for b in branches))
-            )
-            continue
-        word, *numbers = part.split(":")
-        if word not in LAYER_WORDS:
-            raise InvalidParameterError(
-                f"unknown layer {word!r} in architecture {text!r}; use "
-                f"{', '.join(LAYER_WORDS)} joined by +, and (A|B) for parallel branches"
-            )
-        try:
-            values: list[object] = [_written_value(number) for number in numbers]
-            if word in ("conv", "dense") and not values:
-                values = [w_std, b_std]
-            layers.append(LAYER_WORDS[word](*values))
-        except (TypeError, ValueError):
-            raise InvalidParameterError(
-                f"layer {part!r} of architecture {text!r} takes other numbers "
-                f"(see ntkdemo.kernels.{LAYER_WORDS[word].__name__})"
-            ) from None
-    return tuple(layers)
-
-
-def json_layers(path: str, w_std: float = 1.0, b_std: float = 0.0) -> tuple[Layer, ...]:
-    """The layers of a network in a JSON file: a list whose items are a layer's word of
-    :data:`LAYER_WORDS` alone (``"gap"``), an object naming it with its parameters
-    (``{"layer": "conv", "w_std": 1.5, "filter": [5, 5], "stride": 2, "padding":
-    "VALID"}``), or ``{"parallel": [[...], [...]]}`` (branches, each such a list). A
-    ``conv`` or ``dense`` without scales takes ``w_std`` and ``b_std``.
-
-    Raises
-    ------
-    InvalidParameterError
-        If the file cannot be read, is not such a list, or names an unknown layer or
-        parameter.
-    """
-    import json
-
-    try:
-        with open(path) as file:
-            items = json.load(file)
-    except (OSError, ValueError) as exc:
-        raise InvalidParameterError(
-            f"cannot read the architecture file {path!r}: {exc}; it holds a JSON list of "
-            'layers such as ["conv", "erf", "gap", "dense"]'
-        ) from None
-
-    def layers_of(items: object) -> tuple[Layer, ...]:
-        if not isinstance(items, list):
-            raise InvalidParameterError(
-                f"{path!r} must hold a JSON list of layers, found {type(items).__name__}"
-            )
-        return tuple(layer_of(item) for item in items)
-
-    def layer_of(item: object) -> Layer:
-        if isinstance(item, dict) and set(item) == {"parallel"}:
-            return Parallel(*(layers_of(branch) for branch in item["parallel"]))
-        settings: dict[str, Any] = dict(item) if isinstance(item, dict) else {"layer": item}
-        word = settings.pop("layer", None)
-        if word not in LAYER_WORDS:
-            raise InvalidParameterError(
-                f"unknown layer {word!r} in {path!r}; use {', '.join(LAYER_WORDS)} or "
-                '{"parallel": [...]}'
-            )
-        if word in ("conv", "dense"):
-            settings = {"w_std": w_std, "b_std": b_std, **settings}
-        for key in ("filter", "stride", "window"):
-            value = settings.get(key)
-            if isinstance(value, list):
-                settings[key] = tuple(value)
-        try:
-            return LAYER_WORDS[word](**settings)
-        except TypeError as exc:
-            raise InvalidParameterError(f"layer {item!r} in {path!r}: {exc}") from None
-
-    return layers_of(items)
-
-
-def _written_value(text: str) -> object:
-    """A written layer parameter: a whole number, a number, or a word (a padding)."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text.upper()
-
-
-def _split_outside_parentheses(text: str, separator: str, whole: str) -> list[str]:
-    """``text`` split at each ``separator`` outside parentheses (``whole`` names the
-    architecture in the message when they do not match)."""
-    parts, depth, start = [], 0, 0
-    for position, character in enumerate(text):
-        depth += {"(": 1, ")": -1}.get(character, 0)
-        if depth < 0:
-            break
-        if character == separator and depth == 0:
-            parts.append(text[start:position])
-            start = position + 1
-    if depth != 0:
-        raise InvalidParameterError(f"the parentheses of architecture {whole!r} do not match")
-    return [*parts, text[start:]]
-
-
-def network_layers(
-    architecture: str | Sequence[Layer], w_std: float = 1.0, b_std: float = 0.0
-) -> tuple[Layer, ...]:
-    """The checked layers of a network given by name (:func:`architecture_layers`, with
-    ``w_std`` and ``b_std``) or as layers: spatial steps, one read-out, ``Dense`` and
-    activations after it, each activation after a ``Conv`` or ``Dense``.
-
-    Raises
-    ------
-    InvalidParameterError
-    """
-    if isinstance(architecture, str):
-        return _check_layers(architecture_layers(architecture, w_std, b_std))
-    return _check_layers(architecture)
-
-
-def spatial_windows(layers: Sequence[Layer], shape: tuple[int, int]) -> list[tuple[Window, ...]]:
-    """The windows of each ``Conv`` and ``AvgPool`` along the height and the width, in
-    order, for images of ``shape`` (the branches of a ``Parallel`` keep the positions).
-
-    Raises
-    ------
-    InvalidParameterError
-        If a layer leaves no position (images too small for its filter or window).
-    """
-    height, width = shape
-    found: list[tuple[Window, ...]] = []
-    for layer in layers:
-        if isinstance(layer, Conv | AvgPool):
-            windows = layer.windows(height, width)
-            height, width = windows[0].count, windows[1].count
-            if min(height, width) < 1:
-                raise InvalidParameterError(
-                    f"images of {shape[0]} x {shape[1]} are too small for this architecture: "
-                    f"its {layer} leaves no position"
-                )
-            found.append(windows)
-    return found
-
-
-def needs_full_covariance(layers: Sequence[Layer]) -> bool:
-    """Whether any layer averages over positions (then all :math:`(p, p')` are needed;
-    the branches of a ``Parallel`` hold no pooling)."""
-    return any(isinstance(layer, AvgPool | GlobalAvgPool) for layer in layers)
-
-
-def every_layer(layers: Sequence[Layer]) -> Iterator[Layer]:
-    """The layers in order, those of each ``Parallel``'s branches in its place."""
-    for layer in layers:
-        yield layer
-        if isinstance(layer, Parallel):
-            for branch in layer.branches:
-                yield from every_layer(branch)
-
-
-def _check_layers(layers: Sequence[Layer]) -> tuple[Layer, ...]:
-    """The layers, checked: spatial steps, one read-out, then ``Dense`` only; every
-    activation after a ``Conv`` or ``Dense``; every ``Parallel`` a sum of independent
-    branches without pooling."""
-    layers = tuple(layers)
-    ends = [i for i, layer in enumerate(layers) if isinstance(layer, GlobalAvgPool | Flatten)]
-    if len(ends) != 1 or not layers or not isinstance(layers[-1], Dense):
-        raise InvalidParameterError(
-            "a convolutional architecture needs exactly one GlobalAvgPool or Flatten, and "
-            f"a Dense layer last; got {[type(layer).__name__ for layer in layers]}"
-        )
-    end = ends[0]
-    if any(isinstance(layer, Dense) for layer in every_layer(layers[:end])) or any(
-        isinstance(layer, Conv | AvgPool) for layer in every_layer(layers[end:])
-    ):
-        raise InvalidParameterError(
-            "Conv and AvgPool come before the GlobalAvgPool or Flatten, Dense after it"
-        )
-    _gaussian_after(layers, gaussian=False)
-    for layer in every_layer(layers):
-        if isinstance(layer, Conv | Dense):
-            for name in ("w_std", "b_std"):
-                value = check_nonnegative_float(name, getattr(layer, name))
-                if not math.isfinite(value * value):  # a product overflows to inf, ** raises
-                    raise InvalidParameterError(
-                        f"{name}={value:g} of a {type(layer).__name__} layer overflows float64 "
-                        f"when squared (the variance it scales by); use {name} < 1e150, "
-                        "e.g. sqrt(2)"
-                    )
-    return layers
-
-
-def _gaussian_after(layers: Sequence[Layer], gaussian: bool) -> bool:
-    """Whether the output of ``layers`` is a Gaussian process when their input is (or
-    not); refuses an activation whose input is not, and a ``Parallel`` whose branches
-    are not independent or hold a pooling or a read-out.
-
-    Raises
-    ------
-    InvalidParameterError
-    """
-    for layer in layers:
-        if isinstance(layer, Activation) and not gaussian:
-            raise InvalidParameterError(
-                f"{type(layer).__name__} needs a Conv or Dense before it (with no "
-                "activation between): its kernel rule holds for Gaussian inputs, which only "
-                "a random affine step gives"
-            )
-        if isinstance(layer, Parallel):
-            inside = [list(every_layer(branch)) for branch in layer.branches]
-            if any(
-                isinstance(step, AvgPool | GlobalAvgPool | Flatten)
-                or (isinstance(step, Conv) and (step.stride, step.padding) != ((1, 1), "SAME"))
-                for branch in inside
-                for step in branch
-            ):
-                raise InvalidParameterError(
-                    "the branches of a Parallel keep the positions: put AvgPool, "
-                    "GlobalAvgPool, Flatten and strided or 'VALID' convolutions before or "
-                    "after it"
-                )
-            shared = [b for b in inside if not any(isinstance(s, Conv | Dense) for s in b)]
-            if not layer.branches or len(shared) > 1:
-                raise InvalidParameterError(
-                    f"a Parallel of {len(layer.branches)} branches, {len(shared)} of them "
-                    "without a Conv or Dense: its kernels add only when the branches are "
-                    "independent, so every branch but one needs a Conv or Dense of its own"
-                )
-            gaussian = all(_gaussian_after(branch, gaussian) for branch in layer.branches)
-        else:
-            keeps = isinstance(layer, AvgPool) or getattr(layer, "preserves_gaussian", False)
-            gaussian = isinstance(layer, Conv | Dense) or (gaussian and keeps)
-    return gaussian
+from .layers import (
+    AvgPool,
+    Conv,
+    Dense,
+    Flatten,
+    GlobalAvgPool,
+    Layer,
+    every_layer,
+    needs_full_covariance,
+    runs_compiled,
+    spatial_windows,
+)
+
+__all__ = ["as_images", "conv_kernels", "seconds_per_pair"]
 
 
 def conv_kernels(
@@ -576,8 +88,9 @@ def conv_kernels(
     Y : array-like, optional
         Second set of images (default ``X``: the symmetric Gram matrix).
     architecture : str or sequence of layers
-        A name for :func:`architecture_layers` (``w_std`` and ``b_std`` apply), ``fc-L``
-        (:func:`~ntkdemo.kernels.deep.fc_kernels` at depth L, on the flattened images),
+        A name for :func:`~.architecture.architecture_layers` (``w_std`` and ``b_std``
+        apply), ``fc-L`` (:func:`~ntkdemo.kernels.deep.fc_kernels` at depth L, on the
+        flattened images),
         or the layers themselves (``Conv``, an activation, ``AvgPool``, ``GlobalAvgPool``,
         ``Flatten``, ``Dense``).
     w_std, b_std : float, default=1.0 and 0.0

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from .activations import Activation, Relu
-from .conv import (
+from .layers import (
     AvgPool,
     Conv,
     Dense,
@@ -96,7 +96,7 @@ def pair_kernels(
     xp : module
         ``numpy`` or ``cupy``; the images are ``xp`` arrays of float64.
     layers : sequence of layers
-        Already checked (:func:`.conv.architecture_layers`, ``conv._check_layers``).
+        Already checked (:func:`.layers.check_layers`).
     images_X, images_Y : array
         ``images_Y`` None is the symmetric Gram matrix of ``images_X`` (its upper
         tiles computed, mirrored).

@@ -10,8 +10,9 @@ from functools import partial
 import numpy as np
 
 from ..errors import InvalidParameterError
-from .conv import Layer, conv_kernels
+from .conv import conv_kernels
 from .deep import fc_kernels
+from .layers import Layer
 from .mirror import mirror_averaged
 from .ntk import fold_inputs, ntk, ntk_of_unit_rows, unit_rows
 

@@ -30,8 +30,9 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from ..errors import InvalidParameterError
+from .architecture import network_layers
 from .blocks import assemble
-from .conv import Layer, network_layers, spatial_windows
+from .layers import Layer, spatial_windows
 
 KernelFunction = Callable[..., np.ndarray]
 """``kernel(X, Y=None, progress=None)``: the matrix of the rows of X against those of Y."""
@@ -63,7 +64,7 @@ def is_mirror_symmetric(
     """Whether the kernel of ``architecture`` on images of ``image_shape`` satisfies
     :math:`K(Fx, Fy) = K(x, y)` (module docstring): always for a fully connected network
     (``None`` or ``fc-L``), else when every ``Conv`` and ``AvgPool`` reads mirrored
-    windows for mirrored outputs (:meth:`~.conv.Window.mirror_symmetric`: a 2 x 2 pool
+    windows for mirrored outputs (:meth:`~.layers.Window.mirror_symmetric`: a 2 x 2 pool
     on an even width, a 'SAME' 3 x 3 convolution; not a pool dropping its last column)."""
     if architecture is None:
         return True

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidParameterError
-from ..kernels.conv import as_images, network_layers
+from ..kernels.architecture import network_layers
+from ..kernels.conv import as_images
 from ..kernels.conv_arrays import pair_kernels
 from ..kernels.ntk import fold_inputs, snap_tolerance
 from ..spec import KernelSpec
