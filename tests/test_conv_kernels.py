@@ -431,3 +431,22 @@ def test_a_conv_kernel_collapsed_to_a_constant_is_refused():
     assert np.linalg.matrix_rank(kernel) == 3  # ten layers still tell them apart
     identical = unit_rows(np.ones((3, 36)))  # rows that are one image: not a collapse
     KernelSpec(architecture="cnn-flatten-100", **settings).matrix(identical)
+
+
+def test_the_per_pair_cost_of_a_cheap_kernel_is_measured_on_enough_pairs(monkeypatch):
+    """Twelve images of a microsecond kernel time its call, not its pairs: the count
+    doubles until the measurement lasts (here up to the ``largest`` given)."""
+    from ntkdemo.kernels import conv
+    from ntkdemo.units import format_pair_cost
+
+    sizes: list[int] = []
+    measured = conv.conv_kernels
+
+    def recording(X, *arguments, **settings):
+        sizes.append(len(X))
+        return measured(X, *arguments, **settings)
+
+    monkeypatch.setattr(conv, "conv_kernels", recording)
+    cost = conv.seconds_per_pair("cnn-flatten-1", (4, 4), largest=48)
+    assert sizes == [2, 12, 24, 48] and 0 < cost < 1e-3
+    assert format_pair_cost(0.0025) == "2.50 ms" and format_pair_cost(4.1e-6) == "4.1 us"

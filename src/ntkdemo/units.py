@@ -86,6 +86,11 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def format_pair_cost(seconds: float) -> str:
+    """A per-pair cost: ``0.0025`` -> ``"2.50 ms"``, ``4.1e-06`` -> ``"4.1 us"``."""
+    return f"{seconds * 1e3:.2f} ms" if seconds >= 1e-4 else f"{seconds * 1e6:.1f} us"
+
+
 def format_bytes(count: float) -> str:
     """``1.5e9`` -> ``"1.50 GB"``."""
     for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import InvalidParameterError
-from ..units import format_duration
+from ..units import format_duration, format_pair_cost
 from .options import (
     Console,
     UsageError,
@@ -338,7 +338,7 @@ def _conv_estimate(
             lambda n: spectrum_pairs(n) * per_pair + gpu_pairs(n) * per_pair_gpu,
             f"{gpu_pairs(n_train):,} image pairs on the GPU at {per_pair_gpu * 1e6:.0f} us "
             f"each, {spectrum_pairs(n_train):,} for the spectrum on the CPU at "
-            f"{per_pair * 1e3:.2f} ms",
+            f"{format_pair_cost(per_pair)}",
             n_train,
             per_class,
         )
@@ -348,7 +348,7 @@ def _conv_estimate(
 
     return KernelEstimate(
         lambda n: pairs(n) * per_pair,
-        f"{pairs(n_train):,} image pairs at {per_pair * 1e3:.2f} ms each",
+        f"{pairs(n_train):,} image pairs at {format_pair_cost(per_pair)} each",
         n_train,
         per_class,
     )

@@ -179,6 +179,11 @@ def _check_image_shape(image_shape: object) -> tuple[int, ...] | None:
     return tuple(int(size) for size in shape)
 
 
+MEASURED_SECONDS = 0.5
+"""How long the per-pair measurement of :func:`seconds_per_pair` runs at least, so
+that a call's fixed cost is a small part of what it times."""
+
+
 def seconds_per_pair(
     architecture: str | Sequence[Layer],
     image_shape: tuple[int, ...],
@@ -186,22 +191,30 @@ def seconds_per_pair(
     w_std: float = 1.0,
     b_std: float = 0.0,
     images: int = 12,
+    largest: int = 768,
 ) -> float:
     """Seconds one image pair of ``conv_kernels`` takes on this machine, measured.
 
-    The Gram matrix of ``images`` random images of ``image_shape`` is computed twice
-    (the first call loads or compiles the loops) and the second timed, divided by its
-    pairs: a calibrated cost for estimating a whole run (every core in use).
+    The Gram matrix of ``images`` random images of ``image_shape`` is computed once
+    (loading or compiling the loops), then timed; while it takes less than
+    :data:`MEASURED_SECONDS` the count of images doubles (up to ``largest``), so that a
+    cheap kernel's per-call cost does not pass for a per-pair one (12 ``cnn-flatten-3``
+    images read 20 us a pair where a whole split takes 6). The time divided by the
+    pairs is a calibrated cost for estimating a whole run (every core in use).
     """
     import time
 
     shape = tuple(image_shape)
     rng = np.random.default_rng(0)
-    sample = rng.random((images, *shape))
-    conv_kernels(sample[:2], architecture=architecture, w_std=w_std, b_std=b_std)
-    start = time.perf_counter()
-    conv_kernels(sample, architecture=architecture, w_std=w_std, b_std=b_std)
-    return (time.perf_counter() - start) / (images * (images + 1) / 2)
+    conv_kernels(rng.random((2, *shape)), architecture=architecture, w_std=w_std, b_std=b_std)
+    while True:
+        sample = rng.random((images, *shape))
+        start = time.perf_counter()
+        conv_kernels(sample, architecture=architecture, w_std=w_std, b_std=b_std)
+        seconds = time.perf_counter() - start
+        if seconds >= MEASURED_SECONDS or images >= largest:
+            return seconds / (images * (images + 1) / 2)
+        images = min(2 * images, largest)
 
 
 def _pair_count(n_X: int, n_Y: int, symmetric: bool) -> int:

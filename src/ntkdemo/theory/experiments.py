@@ -207,13 +207,13 @@ def _seconds_per_pair(spec) -> float:
 def _cost(pairs: int, per_pair: float) -> str:
     """`` (about T here: P image pairs at C ms each, ...)``, or nothing without a
     per-pair cost."""
-    from ..units import format_duration
+    from ..units import format_duration, format_pair_cost
 
     if not per_pair:
         return ""
     return (
         f" (about {format_duration(pairs * per_pair)} here: {pairs:,} image pairs at "
-        f"{per_pair * 1e3:.2f} ms each, measured now)"
+        f"{format_pair_cost(per_pair)} each, measured now)"
     )
 
 
