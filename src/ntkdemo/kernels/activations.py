@@ -45,9 +45,17 @@ __all__ = [
     "LayerNorm",
     "LeakyRelu",
     "Relu",
+    "UNSNAPPED",
     "WORDS",
     "arc_cosine_angle",
 ]
+
+
+UNSNAPPED = 1.0 - snap_tolerance(np.float64)
+r"""The arc-cosine steps' :math:`1 - \epsilon`: :math:`q_a q_b` is taken as
+:math:`q_a q_b (1 - \epsilon)`, so an angle within rounding of 0 (a covariance an ulp
+below :math:`\sqrt{q_a q_b}`, two identical positions) is 0: the one rounding rule of
+every arc-cosine step, here and in the compiled and fused folds."""
 
 
 class Activation(ABC):
@@ -89,8 +97,7 @@ def arc_cosine_angle(xp: Any, nngp: Any, variance_a: Any, variance_b: Any) -> tu
     where the angle's unbounded derivative would turn an ulp into :math:`10^{-8}`.
     Zero variances give :math:`s = 0, \theta = 0`.
     """
-    unsnapped = 1.0 - snap_tolerance(np.float64)
-    sine = xp.sqrt(xp.maximum(variance_a * variance_b * unsnapped - nngp * nngp, 0.0))
+    sine = xp.sqrt(xp.maximum(variance_a * variance_b * UNSNAPPED - nngp * nngp, 0.0))
     return sine, xp.arctan2(sine, nngp)
 
 

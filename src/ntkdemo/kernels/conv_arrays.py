@@ -18,7 +18,7 @@ read-out. Each layer is a few whole-array operations, the mathematics of :mod:`.
 * an activation: its own rule (:meth:`~.activations.Activation.dual`) with the
   variances of the two images; the ``Relu``, fused: with :math:`q_x(p) q_y(p')`,
   :math:`s = \sqrt{(q_x q_y (1 - \epsilon) - K^2)_+}` (:math:`\epsilon` the
-  :func:`~.ntk.snap_tolerance`: an angle within rounding of 0 is 0),
+  :data:`~.activations.UNSNAPPED`: an angle within rounding of 0 is 0),
   :math:`\theta = \operatorname{atan2}(s, K)`,
   :math:`K' = (s + (\pi - \theta) K) / 2\pi`, :math:`\Theta' = \Theta (\pi - \theta) / 2\pi`
   (positions of zero variance give :math:`\theta = 0`: :math:`K' = 0`, never NaN);
@@ -48,9 +48,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from .activations import Activation, Relu
+from .activations import UNSNAPPED, Activation, Relu
 from .layers import (
     AvgPool,
     Conv,
@@ -62,7 +60,6 @@ from .layers import (
     Window,
     needs_full_covariance,
 )
-from .ntk import snap_tolerance
 
 __all__ = ["bytes_per_pair", "pair_kernels", "self_variances"]
 
@@ -197,7 +194,6 @@ class _Steps:
     @classmethod
     def of(cls, xp: Any) -> _Steps:
         inverse = 1.0 / (2.0 * math.pi)
-        unsnapped = 1.0 - snap_tolerance(np.float64)
 
         def conv_nngp(v0, v1, v2, v3, v4, v5, v6, v7, v8, scale, bias):
             return (v0 + v1 + v2 + v3 + v4 + v5 + v6 + v7 + v8) * scale + bias
@@ -206,11 +202,11 @@ class _Steps:
             return nngp + (v0 + v1 + v2 + v3 + v4 + v5 + v6 + v7 + v8) * scale
 
         def relu_rest(nngp, variance_a, variance_b):
-            sine = xp.sqrt(xp.maximum(variance_a * variance_b * unsnapped - nngp * nngp, 0.0))
+            sine = xp.sqrt(xp.maximum(variance_a * variance_b * UNSNAPPED - nngp * nngp, 0.0))
             return math.pi - xp.arctan2(sine, nngp)
 
         def relu_nngp(nngp, variance_a, variance_b, rest):
-            sine = xp.sqrt(xp.maximum(variance_a * variance_b * unsnapped - nngp * nngp, 0.0))
+            sine = xp.sqrt(xp.maximum(variance_a * variance_b * UNSNAPPED - nngp * nngp, 0.0))
             return xp.maximum((sine + rest * nngp) * inverse, 0.0)
 
         def relu_ntk(ntk, rest):

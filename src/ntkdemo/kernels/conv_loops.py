@@ -28,12 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..compiled import jit
-from .ntk import snap_tolerance
-
-UNSNAPPED = 1.0 - snap_tolerance(np.float64)
-r"""The ReLU's :math:`1 - \epsilon`: an angle within rounding of 0 (a pair of identical
-positions whose covariance came out an ulp below :math:`\sqrt{q_x q_y}`) is 0, the one
-rounding rule of every arc-cosine step (:func:`~.ntk.snap_tolerance`)."""
+from .activations import UNSNAPPED
 
 CONV, RELU, POOL, GLOBAL_POOL, FLATTEN, DENSE = range(6)
 
@@ -244,10 +239,11 @@ def _relu_plane(
 ):  # pragma: no cover - compiled
     r"""In place over a plane's run, the conv's affine step :math:`q = s K + b` then the
     arc-cosine step with the variances :math:`q_x q_y` = ``variance * columns[m]``:
-    with :math:`\sin = \sqrt{(q_x q_y (1 - \epsilon) - q^2)_+}` (:data:`UNSNAPPED`) and
-    :math:`\rho = \pi - \theta`, the NNGP :math:`(\sin + \rho q) / 2\pi` and the NTK
-    :math:`(t q + s \Theta) \rho / 2\pi`; the border is cleared after. After a conv (on
-    its nine-offset sums) ``t = 1``; a ReLU alone is ``s, b, t = 1, 0, 0``."""
+    with :math:`\sin = \sqrt{(q_x q_y (1 - \epsilon) - q^2)_+}`
+    (:data:`~.activations.UNSNAPPED`) and :math:`\rho = \pi - \theta`, the NNGP
+    :math:`(\sin + \rho q) / 2\pi` and the NTK :math:`(t q + s \Theta) \rho / 2\pi`; the
+    border is cleared after. After a conv (on its nine-offset sums) ``t = 1``; a ReLU
+    alone is ``s, b, t = 1, 0, 0``."""
     first, last = _run(height, width)
     nngp_run, ntk_run, columns_run = nngp[first:last], ntk[first:last], columns[first:last]
     inverse = 1.0 / (2.0 * np.pi)
