@@ -296,15 +296,7 @@ def _fold(
 def _patches(xp: Any, images: Any, conv: Conv) -> Any:
     """Each output position's patch of the convolution (zeros outside the image), shape
     (n, H_out, W_out, filter height * filter width * C)."""
-    count, height, width, channels = images.shape
-    rows, columns = conv.windows(height, width)
-    bordered = _bordered(xp, images, (rows, columns), axes=(1, 2))
-    shifted = [
-        bordered[:, _taps(rows, i), _taps(columns, j)]
-        for i in range(rows.size)
-        for j in range(columns.size)
-    ]
-    return xp.concatenate(shifted, axis=-1)
+    return xp.concatenate(_tap_views(xp, images, conv, axes=(1, 2)), axis=-1)
 
 
 def _bordered(xp: Any, state: Any, windows: tuple[Window, Window], axes: tuple[int, ...]) -> Any:
@@ -351,17 +343,21 @@ def _conv_slices(xp: Any, state: Any, spatial: int, conv: Conv) -> list:
     """The views :math:`S(s p + d, s p' + d)` of a state bordered with zeros (the
     positions outside the image), one per tap :math:`d` of the filter (the same offset
     on both sides), at the stride :math:`s`."""
-    height, width = state.shape[-spatial], state.shape[-spatial + 1]
-    rows, columns = conv.windows(height, width)
-    axes = tuple(range(state.ndim - spatial, state.ndim))
-    bordered = _bordered(xp, state, (rows, columns), axes)
-    lead = (slice(None),) * (state.ndim - spatial)
-    views = []
-    for i in range(rows.size):
-        for j in range(columns.size):
-            taps = (_taps(rows, i), _taps(columns, j))
-            views.append(bordered[lead + taps * (spatial // 2)])
-    return views
+    return _tap_views(xp, state, conv, axes=tuple(range(state.ndim - spatial, state.ndim)))
+
+
+def _tap_views(xp: Any, array: Any, conv: Conv, axes: tuple[int, ...]) -> list:
+    """One view of ``array`` zero-bordered for the convolution per tap of its filter, the
+    tap's strided positions taken on each (height, width) pair of ``axes`` (the same
+    offset on every pair)."""
+    rows, columns = conv.windows(array.shape[axes[0]], array.shape[axes[1]])
+    bordered = _bordered(xp, array, (rows, columns), axes)
+    lead = (slice(None),) * axes[0]
+    return [
+        bordered[lead + (_taps(rows, i), _taps(columns, j)) * (len(axes) // 2)]
+        for i in range(rows.size)
+        for j in range(columns.size)
+    ]
 
 
 def _pool(xp: Any, state: Any, pool: AvgPool) -> Any:

@@ -62,6 +62,22 @@ class Window:
             return cls(size, stride, total // 2, count)
         return cls(size, stride, 0, (length - size) // stride + 1 if length >= size else 0)
 
+    @classmethod
+    def pair(
+        cls,
+        height: int,
+        width: int,
+        size: tuple[int, int],
+        stride: tuple[int, int],
+        padding: str,
+    ) -> tuple[Window, Window]:
+        """The windows along the height and the width of an input of ``height`` x
+        ``width`` for a filter or pooling window of ``size`` and ``stride``."""
+        return (
+            cls.along(height, size[0], stride[0], padding),
+            cls.along(width, size[1], stride[1], padding),
+        )
+
     def mirror_symmetric(self, length: int) -> bool:
         """Whether mirroring the input mirrors the outputs' windows: window ``j`` reads
         ``[j s - l, j s - l + f)``, so the mirror of window ``j`` is window
@@ -104,10 +120,7 @@ class Conv:
 
     def windows(self, height: int, width: int) -> tuple[Window, Window]:
         """The windows along the height and the width of its input."""
-        return (
-            Window.along(height, self.filter[0], self.stride[0], self.padding),
-            Window.along(width, self.filter[1], self.stride[1], self.padding),
-        )
+        return Window.pair(height, width, self.filter, self.stride, self.padding)
 
 
 @dataclass(frozen=True)
@@ -126,11 +139,7 @@ class AvgPool:
 
     def windows(self, height: int, width: int) -> tuple[Window, Window]:
         """The windows along the height and the width of its input."""
-        stride = self.stride or self.window
-        return (
-            Window.along(height, self.window[0], stride[0], "VALID"),
-            Window.along(width, self.window[1], stride[1], "VALID"),
-        )
+        return Window.pair(height, width, self.window, self.stride or self.window, "VALID")
 
 
 @dataclass(frozen=True)
