@@ -277,8 +277,7 @@ def _compiled_kernels(
             self_nngp, self_ntk = np.empty(len(images)), np.empty(len(images))
             for start in range(0, len(images), per_task * threads):
                 stop = min(start + per_task * threads, len(images))
-                bounds = np.linspace(start, stop, threads + 1).astype(int)
-                shares = [slice(bounds[t], bounds[t + 1]) for t in range(threads)]
+                shares = [slice(*share) for share in _equal_shares(start, stop, threads)]
                 list(
                     pool.map(
                         lambda t, shares=shares: conv_loops.self_variances(
@@ -317,13 +316,17 @@ def _compiled_kernels(
         starts = range(0, n_pairs, per_task * threads)
         for start in progress(starts) if progress else starts:
             stop = min(start + per_task * threads, n_pairs)
-            bounds = np.linspace(start, stop, threads + 1).astype(int)  # equal shares
-            shares = [(int(bounds[t]), int(bounds[t + 1])) for t in range(threads)]
-            list(pool.map(task, shares, range(threads)))
+            list(pool.map(task, _equal_shares(start, stop, threads), range(threads)))
     if symmetric:  # the diagonal: the pairs (x, x) the variances came from
         np.fill_diagonal(nngp, self_nngp)
         np.fill_diagonal(ntk, self_ntk)
     return nngp, ntk
+
+
+def _equal_shares(start: int, stop: int, threads: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` cut into ``threads`` contiguous shares as equal as can be."""
+    bounds = np.linspace(start, stop, threads + 1).astype(int)
+    return [(int(bounds[t]), int(bounds[t + 1])) for t in range(threads)]
 
 
 ARRAY_FOLD_BYTES = 500_000_000
@@ -381,13 +384,8 @@ def _encode(
         if isinstance(layer, Relu):
             offsets.append(offsets[-1] + ((height + 2) * (width + 2) if spatial else 1))
         spatial = spatial and not isinstance(layer, GlobalAvgPool | Flatten)
-        if isinstance(layer, AvgPool):
+        if isinstance(layer, AvgPool):  # 2 x 2 (runs_compiled); sizes checked by the caller
             height, width = height // 2, width // 2
-            if min(height, width) < 1:
-                raise InvalidParameterError(
-                    f"images of {shape[0]} x {shape[1]} are too small for this architecture's "
-                    "pooling layers"
-                )
         code = {
             Conv: conv_loops.CONV,
             Relu: conv_loops.RELU,
