@@ -141,22 +141,42 @@ def written_layers(text: str, w_std: float = 1.0, b_std: float = 0.0) -> tuple[L
             )
             continue
         word, *numbers = part.split(":")
-        if word not in LAYER_WORDS:
-            raise InvalidParameterError(
-                f"unknown layer {word!r} in architecture {text!r}; use "
-                f"{', '.join(LAYER_WORDS)} joined by +, and (A|B) for parallel branches"
-            )
+        _check_known(word, f"architecture {text!r}")
         try:
-            values: list[object] = [_written_value(number) for number in numbers]
-            if word in ("conv", "dense") and not values:
-                values = [w_std, b_std]
-            layers.append(LAYER_WORDS[word](*values))
+            layers.append(_layer(word, [_written_value(n) for n in numbers], {}, w_std, b_std))
         except (TypeError, ValueError):
             raise InvalidParameterError(
                 f"layer {part!r} of architecture {text!r} takes other numbers "
                 f"(see ntkdemo.kernels.{LAYER_WORDS[word].__name__})"
             ) from None
     return tuple(layers)
+
+
+def _check_known(word: object, where: str) -> None:
+    """Refuse a ``word`` that names no layer of :data:`LAYER_WORDS` (``where`` says where
+    it stood).
+
+    Raises
+    ------
+    InvalidParameterError
+    """
+    if word not in LAYER_WORDS:
+        raise InvalidParameterError(
+            f"unknown layer {word!r} in {where}; the layers are {', '.join(LAYER_WORDS)}, "
+            'and parallel branches ((A|B) in words, {"parallel": [...]} in JSON)'
+        )
+
+
+def _layer(
+    word: str, values: Sequence[object], settings: dict[str, Any], w_std: float, b_std: float
+) -> Layer:
+    """The layer :data:`LAYER_WORDS` names ``word``, made from ``values`` and
+    ``settings``; a ``conv`` or ``dense`` given no values takes ``w_std`` and ``b_std``
+    unless ``settings`` name its scales. Raises what the layer's constructor raises
+    (each reader says so its way)."""
+    if word in ("conv", "dense") and not values:
+        settings = {"w_std": w_std, "b_std": b_std, **settings}
+    return LAYER_WORDS[word](*values, **settings)
 
 
 def json_layers(path: str, w_std: float = 1.0, b_std: float = 0.0) -> tuple[Layer, ...]:
@@ -195,19 +215,13 @@ def json_layers(path: str, w_std: float = 1.0, b_std: float = 0.0) -> tuple[Laye
             return Parallel(*(layers_of(branch) for branch in item["parallel"]))
         settings: dict[str, Any] = dict(item) if isinstance(item, dict) else {"layer": item}
         word = settings.pop("layer", None)
-        if word not in LAYER_WORDS:
-            raise InvalidParameterError(
-                f"unknown layer {word!r} in {path!r}; use {', '.join(LAYER_WORDS)} or "
-                '{"parallel": [...]}'
-            )
-        if word in ("conv", "dense"):
-            settings = {"w_std": w_std, "b_std": b_std, **settings}
         for key in ("filter", "stride", "window"):
             value = settings.get(key)
             if isinstance(value, list):
                 settings[key] = tuple(value)
+        _check_known(word, repr(path))
         try:
-            return LAYER_WORDS[word](**settings)
+            return _layer(str(word), (), settings, w_std, b_std)
         except TypeError as exc:
             raise InvalidParameterError(f"layer {item!r} in {path!r}: {exc}") from None
 
