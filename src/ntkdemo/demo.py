@@ -112,10 +112,15 @@ def run_demo(
     shown = min(spectrum_rows or spectrum_rows_for(spec), n_train)
     targets = one_hot(sample.y_train, sample.n_classes)
     fitted = plan.strategy.fit(
-        X_train, targets, spec, progress=progress, report=report, spectrum_rows=shown
+        X_train,
+        targets,
+        spec,
+        progress=progress,
+        report=report,
+        spectrum_rows=shown if plan.strategy.gives_spectrum else 0,
     )
     eigenvalues = fitted.eigenvalues
-    if eigenvalues is None:  # the strategy did not hold the training Gram whole
+    if eigenvalues is None:  # not gives_spectrum: the training Gram is not held whole
         with watch.stage("spectrum"):
             eigenvalues = np.linalg.eigvalsh(spec.matrix(X_train[:shown]))
     with watch.stage("predict"):

@@ -192,7 +192,7 @@ def command_run(options) -> int:
 
         if spec.architecture is not None:
             per_class = len(draw.y_train) // draw.n_classes
-            spectrum_apart = plan.strategy.name != "cholesky"  # only it holds K whole
+            spectrum_apart = not plan.strategy.gives_spectrum
             estimate = _conv_estimate(spec, sample, per_class, options.device, spectrum_apart)
             say(estimate.describe())
             advice = estimate.bound(options.max_time)
@@ -257,14 +257,17 @@ class KernelEstimate:
         seconds = self.seconds_for(self.n_train)
         return f"kernel: about {format_duration(seconds)} here ({self.costs}, measured now)"
 
+    def images(self, per_class: int) -> int:
+        """Training images of a draw of ``per_class`` a class (mirrors added included)."""
+        return per_class * self.n_train // self.per_class
+
     def largest_per_class(self, seconds: float) -> int:
         """The most training images per class whose kernel takes at most ``seconds`` (0 if
         even one per class takes longer)."""
-        images_per_class = self.n_train // self.per_class  # classes, doubled by mirrors
         low, high = 0, self.per_class
         while low < high:
             middle = (low + high + 1) // 2
-            if self.seconds_for(middle * images_per_class) <= seconds:
+            if self.seconds_for(self.images(middle)) <= seconds:
                 low = middle
             else:
                 high = middle - 1
@@ -286,7 +289,7 @@ class KernelEstimate:
         fits = self.largest_per_class(limit)
         smaller = (
             f"--train-per-class {fits} takes about "
-            f"{format_duration(self.seconds_for(fits * self.n_train // self.per_class))}"
+            f"{format_duration(self.seconds_for(self.images(fits)))}"
             if fits
             else "not even one training image per class fits; use a smaller network"
         )

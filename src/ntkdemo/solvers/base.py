@@ -117,6 +117,13 @@ class Solver(Protocol):
         """Whether its memory is this process's (then what the process holds counts too)."""
         ...
 
+    @property
+    def gives_spectrum(self) -> bool:
+        """Whether it holds the training Gram matrix whole in this process, so its fit
+        gives the eigenvalues of a leading block (``spectrum_rows``) at no kernel cost;
+        else the spectrum's block is computed apart."""
+        ...
+
     def estimate_bytes(self, n_train: int, n_test: int, n_features: int, n_outputs: int) -> int:
         """Peak bytes of a run (kernel, inputs, workspaces), beyond what the process holds."""
         ...

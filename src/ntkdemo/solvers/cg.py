@@ -456,6 +456,7 @@ class CGSolver:
     name: str = "cg"
     options: CGOptions = DEFAULT_OPTIONS
     in_process: bool = True
+    gives_spectrum: bool = False  # the triangle is stored in clustered order
 
     def serves(self, spec: KernelSpec) -> bool:
         return spec.time is None

@@ -242,6 +242,7 @@ class CholeskySolver:
         return "float64 kernel, Cholesky in place"
 
     in_process: bool = True
+    gives_spectrum: bool = True
 
     def available_bytes(self) -> int:
         return host_available_bytes()

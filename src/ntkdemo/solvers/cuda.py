@@ -183,6 +183,7 @@ class CudaSolver:
     name: str = "cuda"
     block_rows: int = 4096
     in_process: bool = False
+    gives_spectrum: bool = False
 
     def serves(self, spec: KernelSpec) -> bool:
         return spec.time is None and not spec.flip

@@ -417,6 +417,7 @@ class DaskSolver:
     options: CGOptions = DEFAULT_OPTIONS
     name: str = "dask"
     in_process: bool = False
+    gives_spectrum: bool = False
 
     def serves(self, spec: KernelSpec) -> bool:
         return spec.time is None
