@@ -18,11 +18,11 @@ passes through:
   s p' + d)` (the same offset on both sides, so each relative offset :math:`p' - p`
   evolves on its own), :math:`K' = \sigma_w^2 A K + \sigma_b^2` and
   :math:`\Theta' = K' + \sigma_w^2 A \Theta`;
-* an activation (:mod:`.activations`; here the ``Relu``, the one the compiled loops
-  run): the arc-cosine step of :func:`~ntkdemo.kernels.deep.fc_kernels` entry by
-  entry, with the variances :math:`q_x(p) = K_{xx}(p, p)` and :math:`q_y(p')` of each
-  image (computed once per image, by the same fold on the pair :math:`(x, x)`);
-  positions of zero variance (black borders at :math:`\sigma_b = 0`) give 0, never NaN;
+* an activation (:mod:`.activations`; the ``Relu``: the arc-cosine step of
+  :func:`~ntkdemo.kernels.deep.fc_kernels`): its rule entry by entry, with the
+  variances :math:`q_x(p) = K_{xx}(p, p)` and :math:`q_y(p')` of each image (computed
+  once per image, by the same fold on the pair :math:`(x, x)`); positions of zero
+  variance (black borders at :math:`\sigma_b = 0`) give numbers, never NaN;
 * ``AvgPool`` (by default 2 x 2, stride 2; any window and stride, 'VALID'): the mean
   over each window's positions on both sides;
 * ``Parallel``: its branches run on the same state, their kernels summed;
@@ -30,8 +30,9 @@ passes through:
   diagonal :math:`p = p'`; both end the spatial part;
 * ``Dense``: :math:`K' = \sigma_w^2 K + \sigma_b^2`, :math:`\Theta' = K' + \sigma_w^2 \Theta`.
 
-The compiled loops (:mod:`.conv_loops`) run the ReLU networks of the default settings
-(:func:`~.layers.runs_compiled`); every other network runs in the array fold of
+The compiled loops (:mod:`.conv_loops`) run the networks of 3 x 3 convolutions, 2 x 2
+pools, residual blocks and the activations with a compiled rule (:func:`_encode`);
+every other network runs in the array fold of
 :mod:`.conv_arrays`, whose layer steps are these. The read-out decides what is stored:
 without pooling, a ``Flatten`` read-out needs only
 the entries :math:`K(p, p)` (``H W`` per pair: the conv maps them among themselves),
@@ -49,7 +50,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, InvalidParameterError
 from ..validation import check_matrix
-from .activations import Relu
+from .activations import ABRelu, Abs, Erf, Gelu, Identity, LayerNorm, LeakyRelu, Relu
 from .architecture import fully_connected_depth, network_layers
 from .blocks import mirror_upper
 from .in_range import check_kernel_range
@@ -60,9 +61,9 @@ from .layers import (
     Flatten,
     GlobalAvgPool,
     Layer,
+    Parallel,
     every_layer,
     needs_full_covariance,
-    runs_compiled,
     spatial_windows,
 )
 
@@ -134,8 +135,11 @@ def conv_kernels(
         )
     spatial_windows(layers, images_X.shape[1:3])  # refuses images too small for the layers
     with np.errstate(over="ignore", invalid="ignore"):  # refused just below, with advice
-        if runs_compiled(layers):
-            nngp, ntk = _compiled_kernels(images_X, images_Y, Y is None, layers, progress)
+        encoded = _encode(layers, images_X.shape[1:3])
+        if encoded is not None:
+            nngp, ntk = _compiled_kernels(
+                images_X, images_Y, Y is None, encoded, needs_full_covariance(layers), progress
+            )
             if Y is None:
                 mirror_upper(nngp)
                 mirror_upper(ntk)
@@ -247,22 +251,23 @@ def _compiled_kernels(
     images_X: np.ndarray,
     images_Y: np.ndarray,
     symmetric: bool,
-    layers: Sequence[Layer],
+    encoded: tuple[np.ndarray, np.ndarray, np.ndarray],
+    full: bool,
     progress: Callable[[Iterable], Iterable] | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The fold for every pair, compiled, on every core (:mod:`.conv_loops`): each pair's
-    whole position covariance where the read-out pools, else its diagonal."""
+    whole position covariance where the read-out pools (``full``), else its diagonal;
+    ``encoded`` is :func:`_encode`'s."""
     from concurrent.futures import ThreadPoolExecutor
 
     from . import conv_loops
 
-    full = needs_full_covariance(layers)
     fold = conv_loops.fold_one_pair if full else conv_loops.fold_one_pair_diagonal
-    encoded = _encode(layers, images_X.shape[1:3])
     threads = max(1, min(os.cpu_count() or 1, len(images_X) * len(images_Y)))
     stored = conv_loops.workspace_entries(images_X.shape[1], images_X.shape[2], full)
-    _check_workspace(threads * 4 * 8 * stored, images_X.shape[1:3])
-    workspaces = np.empty((threads, 4, stored))
+    rows = conv_loops.workspace_rows(encoded[1])
+    _check_workspace(threads * rows * 8 * stored, images_X.shape[1:3])
+    workspaces = np.empty((threads, rows, stored))
     per_task = max(1, ENTRIES_PER_TASK // stored)
     n_pairs = _pair_count(len(images_X), len(images_Y), symmetric)
     nngp = np.empty((len(images_X), len(images_Y)))
@@ -360,7 +365,7 @@ def _check_workspace(needed: int, shape: tuple[int, ...]) -> None:
     if needed > 0.9 * free:
         raise InvalidParameterError(
             f"images of {shape[0]} x {shape[1]} need {format_bytes(needed)} of workspace for a "
-            f"pooling read-out (4 covariances of (H W)(H+2)(W+2) entries per thread), more "
+            f"pooling read-out (4 or 8 covariances of (H W)(H+2)(W+2) entries per thread), more "
             f"than the {format_bytes(free)} free; use smaller images or a Flatten read-out "
             "(cnn-flatten-L)"
         )
@@ -368,41 +373,96 @@ def _check_workspace(needed: int, shape: tuple[int, ...]) -> None:
 
 def _encode(
     layers: Sequence[Layer], shape: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    r"""The offset of each ReLU's variance map in an image's flat row (a bordered plane;
-    one entry after the read-out; last: the row's length), the layer codes of
-    :mod:`.conv_loops` and their :math:`\sigma_w^2, \sigma_b^2`."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    r"""The network as the compiled loops (:mod:`.conv_loops`) take it, or None where they
+    cannot run it: the offset of each activation's variance map in an image's flat row
+    (a bordered plane; one entry after the read-out; last: the row's length), the layer
+    codes, and each step's parameters (:math:`\sigma_w^2, \sigma_b^2` of a ``Conv`` or
+    ``Dense``, an activation's own, the empty branches of a ``Parallel``).
+
+    The loops run 3 x 3 'SAME' convolutions of stride 1, 2 x 2 pools of stride 2, the
+    activations with a compiled rule (:func:`_activation_code`) and ``Parallel`` blocks
+    of them before the read-out (not nested); any other network runs in the array fold.
+    """
     from . import conv_loops
 
-    codes, w2s, b2s, offsets = [], [], [], [0]
+    codes: list[int] = []
+    params: list[tuple[float, ...]] = []
+    offsets = [0]
     height, width = shape
-    spatial = True  # before the read-out (a ReLU after it needs one entry)
-    for layer in layers:
-        w2 = b2 = 0.0
-        if isinstance(layer, Conv | Dense):
-            w2, b2 = float(layer.w_std) ** 2, float(layer.b_std) ** 2
-        if isinstance(layer, Relu):
-            offsets.append(offsets[-1] + ((height + 2) * (width + 2) if spatial else 1))
-        spatial = spatial and not isinstance(layer, GlobalAvgPool | Flatten)
-        if isinstance(layer, AvgPool):  # 2 x 2 (runs_compiled); sizes checked by the caller
-            height, width = height // 2, width // 2
-        code = {
-            Conv: conv_loops.CONV,
-            Relu: conv_loops.RELU,
-            AvgPool: conv_loops.POOL,
-            GlobalAvgPool: conv_loops.GLOBAL_POOL,
-            Flatten: conv_loops.FLATTEN,
-            Dense: conv_loops.DENSE,
-        }[type(layer)]
+    spatial = True  # before the read-out (an activation after it needs one entry)
+
+    def add(code: int, values: tuple[float, ...] = ()) -> None:
         codes.append(code)
-        w2s.append(w2)
-        b2s.append(b2)
+        params.append((*values, 0.0, 0.0, 0.0)[:3])
+
+    def encode(layer: Layer, in_branch: bool) -> bool:
+        nonlocal height, width, spatial
+        if isinstance(layer, Conv | Dense):
+            if isinstance(layer, Conv) and (layer.filter, layer.stride, layer.padding) != (
+                (3, 3),
+                (1, 1),
+                "SAME",
+            ):
+                return False
+            code = conv_loops.CONV if isinstance(layer, Conv) else conv_loops.DENSE
+            add(code, (float(layer.w_std) ** 2, float(layer.b_std) ** 2))
+        elif isinstance(layer, AvgPool):
+            if (layer.window, layer.stride) != ((2, 2), (2, 2)):
+                return False
+            add(conv_loops.POOL)
+            height, width = height // 2, width // 2  # sizes checked by the caller
+        elif isinstance(layer, GlobalAvgPool | Flatten):
+            add(conv_loops.GLOBAL_POOL if isinstance(layer, GlobalAvgPool) else conv_loops.FLATTEN)
+            spatial = False
+        elif isinstance(layer, Parallel):
+            if in_branch or not spatial:
+                return False
+            add(conv_loops.FAN_OUT)
+            filled = [branch for branch in layer.branches if branch]
+            for number, branch in enumerate(filled):
+                if number:
+                    add(conv_loops.BRANCH)
+                if not all(encode(step, True) for step in branch):
+                    return False
+            identities = len(layer.branches) - len(filled) - (0 if filled else 1)
+            add(conv_loops.FAN_IN, (float(identities),))
+        else:
+            activation = _activation_code(layer)
+            if activation is None:
+                return False
+            add(*activation)
+            offsets.append(offsets[-1] + ((height + 2) * (width + 2) if spatial else 1))
+        return True
+
+    if not all(encode(layer, False) for layer in layers):
+        return None
     return (
         np.array(offsets, dtype=np.int64),
         np.array(codes, dtype=np.int64),
-        np.array(w2s),
-        np.array(b2s),
+        np.array(params, dtype=np.float64).reshape(len(codes), 3),
     )
+
+
+def _activation_code(layer: Layer) -> tuple[int, tuple[float, ...]] | None:
+    """An activation's code in the compiled loops and its parameters, or None for one
+    without a compiled rule (a subclass may change the rule: only these classes)."""
+    from . import conv_loops
+
+    kind = type(layer)
+    if kind is Relu:
+        return conv_loops.RELU, ()
+    if isinstance(layer, ABRelu) and kind in (ABRelu, LeakyRelu, Abs):
+        return conv_loops.ABRELU, (float(layer.a), float(layer.b))
+    if isinstance(layer, Erf) and kind is Erf:
+        return conv_loops.ERF, (float(layer.a), float(layer.b), float(layer.c))
+    if kind is Gelu:
+        return conv_loops.GELU, ()
+    if isinstance(layer, LayerNorm) and kind is LayerNorm:
+        return conv_loops.LAYERNORM, (float(layer.eps),)
+    if kind is Identity:
+        return conv_loops.IDENTITY, ()
+    return None
 
 
 def as_images(X: object, image_shape: tuple[int, ...] | None, name: str = "X") -> np.ndarray:

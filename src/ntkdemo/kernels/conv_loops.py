@@ -6,8 +6,9 @@ Each thread (:func:`fold_pairs` releases the GIL) takes a share of the pairs and
 its own workspace: the NNGP and NTK of a pair before and after a step, written once
 and reused by every pair, since first writes to fresh memory cost more than the
 arithmetic (:func:`workspace_entries`: 22.6 MB per thread at 28 x 28). Layers arrive
-encoded (:data:`CONV`, :data:`RELU`, ... with :math:`\sigma_w^2, \sigma_b^2`),
-per-image variances as one flat row per image with the offset of each ReLU's map.
+encoded (:data:`CONV`, :data:`RELU`, :data:`ERF`, ... with a row of parameters each:
+:math:`\sigma_w^2, \sigma_b^2` of a conv or dense layer, an activation's own),
+per-image variances as one flat row per image with the offset of each activation's map.
 
 **Planes.** A covariance is held as planes: for each position :math:`p` of the first
 image, the :math:`(H + 2) \times (W + 2)` plane of positions :math:`p'` of the second
@@ -18,9 +19,11 @@ rows included), reading the zeros of ``SAME`` padding from the border instead of
 testing bounds; the border entries written on the way are cleared after each step, so
 that the border stays zero. Every loop over a plane is one vectorised run
 (``error_model="numpy"``: a division is a division, with no check for zero that would
-stop the vectoriser); the ReLU's angle comes from :func:`_angle`, an ``arctan2`` in
-straight-line code with one division (exact at :math:`\cos = \pm 1`), and a zero
-variance gives 0.
+stop the vectoriser); every activation's angle comes from :func:`_angle`, an
+``arctan2`` in straight-line code with one division (exact at :math:`\cos = \pm 1`),
+and a zero variance gives 0. Each activation's rule (:func:`_dual`) is the one of
+:mod:`.activations`, written for one entry; the array fold of :mod:`.conv_arrays` is
+the reference the tests hold these loops to.
 """
 
 from __future__ import annotations
@@ -30,11 +33,32 @@ import numpy as np
 from ..compiled import jit
 from .activations import UNSNAPPED
 
-CONV, RELU, POOL, GLOBAL_POOL, FLATTEN, DENSE = range(6)
+CONV, POOL, GLOBAL_POOL, FLATTEN, DENSE, FAN_OUT, BRANCH, FAN_IN = range(8)
+"""Codes of the layers that are not activations. A ``Parallel`` is ``FAN_OUT``, its first
+branch, ``BRANCH``, its second, ..., ``FAN_IN``: ``FAN_OUT`` keeps its input, ``BRANCH``
+adds the branch's output to the sum so far and starts the next from the kept input,
+``FAN_IN`` adds the sum to the last branch's output."""
+
+RELU, ABRELU, ERF, GELU, LAYERNORM, IDENTITY = range(8, 14)
+"""Codes of the activations with a compiled rule (:func:`_dual`); an activation's
+parameters ride in its step's row of ``params`` (``ABRelu``: a, b; ``Erf``: a, b, c;
+``LayerNorm``: eps)."""
+
+
+@jit(inline="always", error_model="numpy")
+def is_activation(code):  # pragma: no cover - compiled
+    """Whether ``code`` is an activation's."""
+    return code >= RELU
+
+
+def workspace_rows(codes: np.ndarray) -> int:
+    """Rows of a thread's workspace: the current and next NNGP and NTK (4), and for a
+    ``Parallel`` its kept input and the sum of its branches (4 more)."""
+    return 8 if FAN_OUT in codes else 4
 
 
 def workspace_entries(height: int, width: int, full: bool) -> int:
-    """Entries of one of a thread's four workspace rows: the planes of one covariance,
+    """Entries of each of a thread's workspace rows: the planes of one covariance,
     :math:`H W (H+2)(W+2)` for a whole one (``full``), :math:`(H+2)(W+2)` for a diagonal."""
     plane = (height + 2) * (width + 2)
     return height * width * plane if full else plane
@@ -149,23 +173,47 @@ def _conv_plane(source, into_nngp, into_ntk, i, j):  # pragma: no cover - compil
         _sum_plane(ntk, into_ntk, i, j, zero, height, width)
 
 
-@jit(inline="always", error_model="numpy")
-def _rectified_plane(source, into_nngp, into_ntk, i, j, relu):  # pragma: no cover - compiled
-    """:func:`_conv_plane` for :math:`p = (i, j)`, then its ReLU (:func:`_relu_plane`)
-    while the plane is in cache; ``relu`` is ``(scale, bias, tangent, map_a, map_b)``.
+@jit(error_model="numpy")
+def _activated_plane(source, into_nngp, into_ntk, i, j, step):  # pragma: no cover - compiled
+    r""":func:`_conv_plane` for :math:`p = (i, j)`, then its activation
+    (:func:`_activation_plane`) while the plane is in cache; ``step`` is ``(code,
+    params, scale, bias, tangent, map_a, map_b)``.
 
     A position of zero variance (a black patch of the first image, the bias zero) has
-    zero sources at every offset, so both planes are zero: they are written as such,
-    with no sums and no angles (a quarter of a Fashion-MNIST image's 3 x 3 patches)."""
-    scale, bias, tangent, map_a, map_b = relu
+    zero sources at every offset: its pre-activations are 0 whatever the weights, so
+    both planes are zero after an activation with :math:`\phi(0) = 0`
+    (:func:`_keeps_zero`): they are written as such, with no sums and no angles (a
+    quarter of a Fashion-MNIST image's 3 x 3 patches)."""
+    code, params, scale, bias, tangent, map_a, map_b = step
     height, width = source[7], source[8]
     variance = map_a[(i + 1) * (width + 2) + j + 1]
-    if variance == 0.0:
+    if variance == 0.0 and _keeps_zero(code, params):
         into_nngp[:] = 0.0
         into_ntk[:] = 0.0
         return
     _conv_plane(source, into_nngp, into_ntk, i, j)
-    _relu_plane(into_nngp, into_ntk, scale, bias, tangent, variance, map_b, height, width)
+    _activation_plane(
+        code,
+        params,
+        into_nngp,
+        into_ntk,
+        scale,
+        bias,
+        tangent,
+        variance,
+        map_b,
+        map_b,
+        False,
+        height,
+        width,
+    )
+
+
+@jit(inline="always", error_model="numpy")
+def _keeps_zero(code, params):  # pragma: no cover - compiled
+    r"""Whether the activation has :math:`\phi(0) = 0` (all but an ``Erf`` with
+    :math:`c \ne 0`): a pre-activation that is 0 for every weight stays 0."""
+    return code != ERF or params[2] == 0.0
 
 
 @jit(inline="always", error_model="numpy")
@@ -234,28 +282,107 @@ def _angle(sine, cosine):  # pragma: no cover - compiled
 
 
 @jit(inline="always", error_model="numpy")
-def _relu_plane(
-    nngp, ntk, scale, bias, tangent, variance, columns, height, width
-):  # pragma: no cover - compiled
-    r"""In place over a plane's run, the conv's affine step :math:`q = s K + b` then the
-    arc-cosine step with the variances :math:`q_x q_y` = ``variance * columns[m]``:
-    with :math:`\sin = \sqrt{(q_x q_y (1 - \epsilon) - q^2)_+}`
-    (:data:`~.activations.UNSNAPPED`) and :math:`\rho = \pi - \theta`, the NNGP
-    :math:`(\sin + \rho q) / 2\pi` and the NTK :math:`(t q + s \Theta) \rho / 2\pi`; the
-    border is cleared after. After a conv (on its nine-offset sums) ``t = 1``; a ReLU
-    alone is ``s, b, t = 1, 0, 0``."""
-    first, last = _run(height, width)
-    nngp_run, ntk_run, columns_run = nngp[first:last], ntk[first:last], columns[first:last]
+def _dual(code, params, q, variance_a, variance_b):  # pragma: no cover - compiled
+    r"""The activation ``code``'s NNGP :math:`K'` and derivative kernel :math:`\dot K` at
+    one entry of NNGP :math:`q` and variances :math:`q_a, q_b`: the rules of
+    :mod:`.activations` (their docstrings give the maths), held to them by the tests,
+    with each angle from :func:`_angle` (so that a plane's loop vectorises):
+    :math:`\arcsin(y / \sqrt{P}) = \operatorname{sign}(y)
+    \operatorname{atan2}(|y|, \sqrt{(P - y^2)_+})` for ``Erf``, :math:`\beta =
+    \operatorname{sign}(K) \operatorname{atan2}(|K|, \Delta)` for ``Gelu``. Every
+    arc-cosine step takes :math:`q_a q_b (1 - \epsilon)`
+    (:data:`~.activations.UNSNAPPED`)."""
     inverse = 1.0 / (2.0 * np.pi)
-    snapped = variance * UNSNAPPED
+    if code == RELU or code == ABRELU:
+        sine = np.sqrt(max(variance_a * variance_b * UNSNAPPED - q * q, 0.0))
+        angle = _angle(sine, q)
+        if code == RELU:
+            rest = np.pi - angle
+            return max((sine + rest * q) * inverse, 0.0), rest * inverse
+        a, b = params[0], params[1]
+        gap = (a - b) ** 2
+        derivative = ((a * a + b * b) * np.pi - gap * angle) * inverse
+        return gap * sine * inverse + derivative * q, derivative
+    if code == ERF:
+        a, b, c = params[0], params[1], params[2]
+        scale = 2.0 * b * b
+        products = (1.0 + scale * variance_a) * (1.0 + scale * variance_b)
+        y = scale * q
+        remaining = products - y * y
+        angle = _angle(abs(y), np.sqrt(max(remaining, 0.0)))
+        nngp = (2.0 * a * a / np.pi) * (angle if y >= 0.0 else -angle) + c * c
+        return nngp, (2.0 * a * a * scale / np.pi) / np.sqrt(max(remaining, 1.0))
+    if code == GELU:
+        shifted = (1.0 + variance_a) * (1.0 + variance_b)
+        products = variance_a * variance_b
+        delta_squared = max(shifted - q * q, 1.0)
+        delta = np.sqrt(delta_squared)
+        angle = _angle(abs(q), delta)
+        angle = angle if q >= 0.0 else -angle
+        spread = (q * q + products * delta_squared) / (shifted * delta)
+        nngp = q / 4 + (q * angle + spread) * inverse
+        slope = 1.0 / delta_squared + (1.0 - products) / shifted + 1.0
+        return nngp, 0.25 + angle * inverse + q * slope * inverse / delta
+    if code == LAYERNORM:
+        factor = 1.0 / np.sqrt((variance_a + params[0]) * (variance_b + params[0]))
+        return q * factor, factor
+    return q, 1.0  # IDENTITY
+
+
+@jit(inline="always", error_model="numpy")
+def _plane_loop(code, params, plane, height, width):  # pragma: no cover - compiled
+    r"""In place over a plane's run, the conv's affine step :math:`q = s K + b` then the
+    activation ``code`` (:func:`_dual`) with the variances :math:`q_a` (``variance``, or
+    ``columns_a[m]`` where ``diagonal``) and :math:`q_b` = ``columns_b[m]``: the NNGP
+    :math:`K'(q)` and the NTK :math:`(t q + s \Theta) \dot K`; the border is cleared
+    after. After a conv (on its nine-offset sums) ``t = 1``; an activation alone is
+    ``s, b, t = 1, 0, 0``. ``plane`` is ``(nngp, ntk, s, b, t, variance, columns_a,
+    columns_b, diagonal)``."""
+    nngp, ntk, scale, bias, tangent, variance, columns_a, columns_b, diagonal = plane
+    first, last = _run(height, width)
+    nngp_run, ntk_run = nngp[first:last], ntk[first:last]
+    a_run, b_run = columns_a[first:last], columns_b[first:last]
     for m in range(last - first):
         q = scale * nngp_run[m] + bias
-        sine = np.sqrt(max(snapped * columns_run[m] - q * q, 0.0))
-        rest = np.pi - _angle(sine, q)
-        nngp_run[m] = max((sine + rest * q) * inverse, 0.0)
-        ntk_run[m] = (tangent * q + scale * ntk_run[m]) * (rest * inverse)
+        nngp_run[m], derivative = _dual(
+            code, params, q, a_run[m] if diagonal else variance, b_run[m]
+        )
+        ntk_run[m] = (tangent * q + scale * ntk_run[m]) * derivative
     _clear_border(nngp, height, width)
     _clear_border(ntk, height, width)
+
+
+@jit(error_model="numpy")
+def _activation_plane(
+    code,
+    params,
+    nngp,
+    ntk,
+    scale,
+    bias,
+    tangent,
+    variance,
+    columns_a,
+    columns_b,
+    diagonal,
+    height,
+    width,
+):  # pragma: no cover - compiled
+    """:func:`_plane_loop` with ``code`` a constant in each call, so that each
+    activation's loop is compiled on its own, its branches folded away."""
+    plane = (nngp, ntk, scale, bias, tangent, variance, columns_a, columns_b, diagonal)
+    if code == RELU:
+        _plane_loop(RELU, params, plane, height, width)
+    elif code == ABRELU:
+        _plane_loop(ABRELU, params, plane, height, width)
+    elif code == ERF:
+        _plane_loop(ERF, params, plane, height, width)
+    elif code == GELU:
+        _plane_loop(GELU, params, plane, height, width)
+    elif code == LAYERNORM:
+        _plane_loop(LAYERNORM, params, plane, height, width)
+    else:
+        _plane_loop(IDENTITY, params, plane, height, width)
 
 
 @jit(inline="always", error_model="numpy")
@@ -288,24 +415,27 @@ def _pool(source, target, height, width):  # pragma: no cover - compiled
 
 @jit(error_model="numpy")
 def _read_out(
-    nngp, ntk, step, codes, w2s, b2s, var_a, var_b, offsets, relu, record
+    nngp, ntk, step, codes, params, var_a, var_b, offsets, activation, record
 ):  # pragma: no cover - compiled
-    """The layers from ``step`` on (``Dense`` and ``Relu``) on one pair's NNGP and NTK;
-    a ``Relu`` reads the pair's variances from the first entry of its slot (written
+    """The layers from ``step`` on (``Dense`` and activations) on one pair's NNGP and NTK;
+    an activation reads the pair's variances from the first entry of its slot (written
     there from the NNGP itself when ``record``: a self pair)."""
-    inverse = 1.0 / (2.0 * np.pi)
     while step < len(codes):
-        if codes[step] == RELU:
+        if is_activation(codes[step]):
             if record:
-                var_a[offsets[relu]] = nngp
-            product = var_a[offsets[relu]] * var_b[offsets[relu]] * UNSNAPPED
-            sine = np.sqrt(max(product - nngp * nngp, 0.0))
-            rest = np.pi - _angle(sine, nngp)
-            nngp, ntk = max((sine + rest * nngp) * inverse, 0.0), ntk * (rest * inverse)
-            relu += 1
+                var_a[offsets[activation]] = nngp
+            nngp, derivative = _dual(
+                codes[step],
+                params[step],
+                nngp,
+                var_a[offsets[activation]],
+                var_b[offsets[activation]],
+            )
+            ntk = ntk * derivative
+            activation += 1
         else:
-            nngp = w2s[step] * nngp + b2s[step]
-            ntk = nngp + w2s[step] * ntk
+            nngp = params[step, 0] * nngp + params[step, 1]
+            ntk = nngp + params[step, 0] * ntk
         step += 1
     return nngp, ntk
 
@@ -333,19 +463,22 @@ def _affine_planes(nngp, ntk, scale, bias, height, width):  # pragma: no cover -
 
 @jit(nogil=True, error_model="numpy")
 def fold_one_pair(
-    a, b, var_a, var_b, offsets, codes, w2s, b2s, record, workspace
+    a, b, var_a, var_b, offsets, codes, params, record, workspace
 ):  # pragma: no cover - compiled
     """NNGP and NTK of images ``a``, ``b`` (H, W, C); with ``record`` (a self pair) each
-    ReLU reads its own diagonal and writes it into ``var_a`` (== ``var_b``).
+    activation reads its own diagonal and writes it into ``var_a`` (== ``var_b``).
 
-    ``workspace`` (4, :func:`workspace_entries`) holds the current and the next NNGP
-    and NTK: written once, reused by every pair of the thread.
+    ``workspace`` (:func:`workspace_rows` rows of :func:`workspace_entries`) holds the
+    current and the next NNGP and NTK, then for a ``Parallel`` its kept input and the sum
+    of its branches: written once, reused by every pair of the thread.
     """
     height, width, channels = a.shape
     nngp = _planes(workspace[0], height, width)
     ntk = _planes(workspace[1], height, width)
     spare_nngp = _planes(workspace[2], height, width)
     spare_ntk = _planes(workspace[3], height, width)
+    kept_nngp, kept_ntk, total_nngp, total_ntk = nngp, ntk, nngp, ntk  # set by FAN_OUT
+    branches = 0  # non-empty branches of the current Parallel summed so far
     plane_size = (height + 2) * (width + 2)
     zero = np.zeros(plane_size)
     scratch = np.empty((2, plane_size))  # a plane's NNGP and NTK between conv and pool
@@ -356,7 +489,7 @@ def fold_one_pair(
             for c in range(channels):
                 channel_planes[c, (k + 1) * row + m + 1] = b[k, m, c] / channels
     # A first conv sums the images' patches straight into its planes (each plane is
-    # rectified at once); other layers start from the covariance of the pixels.
+    # activated at once); other layers start from the covariance of the pixels.
     from_patches = codes[0] == CONV
     if not from_patches:
         for i in range(height):
@@ -364,39 +497,41 @@ def fold_one_pair(
                 _patch_products(nngp[i, j], a, channel_planes, i, j, 0, 1, height, width)
         ntk[...] = 0.0
     ntk_zero = True  # until the first affine step: its nine-offset sums are zero too
-    relu = 0
+    activation = 0
     step = 0
     nngp_out = 0.0
     ntk_out = 0.0
     while step < len(codes):
         code = codes[step]
         row = width + 2
-        first, last = _run(height, width)
-        if code == CONV or code == RELU:
-            scale, bias, tangent = 1.0, 0.0, 0.0  # a ReLU alone
-            rectified = code == RELU or (step + 1 < len(codes) and codes[step + 1] == RELU)
-            map_a = var_a[offsets[relu] : offsets[relu + 1]]  # bordered planes
-            map_b = var_b[offsets[relu] : offsets[relu + 1]]
+        if code == CONV or is_activation(code):
+            scale, bias, tangent = 1.0, 0.0, 0.0  # an activation alone
+            activated = is_activation(code) or (
+                step + 1 < len(codes) and is_activation(codes[step + 1])
+            )
+            act = step + 1 if code == CONV and activated else step  # the activation's step
+            map_a = var_a[offsets[activation] : offsets[activation + 1]] if activated else zero
+            map_b = var_b[offsets[activation] : offsets[activation + 1]] if activated else zero
             # Without ``record`` the variances are known: each plane's sums are
-            # rectified while still in cache. A self pair records its diagonal first.
-            fused = code == CONV and rectified and not record
-            # ... and a pool after it reads the rectified planes while still in cache.
+            # activated while still in cache. A self pair records its diagonal first.
+            fused = code == CONV and activated and not record
+            # ... and a pool after it reads the activated planes while still in cache.
             # A global pool only sums them: the last layer is never stored.
             after = codes[step + 2] if fused and step + 2 < len(codes) else -1
             if code == CONV:
-                scale, bias, tangent = w2s[step] / 9.0, b2s[step], 1.0
+                scale, bias, tangent = params[step, 0] / 9.0, params[step, 1], 1.0
                 patches = from_patches and step == 0
                 source = (nngp, ntk, ntk_zero, patches, a, channel_planes, zero, height, width)
-                relu_step = (scale, bias, tangent, map_a, map_b)
+                act_step = (codes[act], params[act], scale, bias, tangent, map_a, map_b)
                 if after == GLOBAL_POOL:
                     for i in range(height):
                         for j in range(width):
-                            _rectified_plane(source, scratch[0], scratch[1], i, j, relu_step)
+                            _activated_plane(source, scratch[0], scratch[1], i, j, act_step)
                             nngp_out += scratch[0].sum()
                             ntk_out += scratch[1].sum()
                     nngp_out /= (height * width) ** 2
                     ntk_out /= (height * width) ** 2
-                    step += 3  # the conv, its ReLU and the pool
+                    step += 3  # the conv, its activation and the pool
                     break
                 if after == POOL:
                     into_nngp = _planes(spare_nngp.reshape(-1), height // 2, width // 2)
@@ -407,13 +542,13 @@ def fold_one_pair(
                             into_ntk[i, j, :] = 0.0
                             for di in range(2):
                                 for dj in range(2):
-                                    _rectified_plane(
+                                    _activated_plane(
                                         source,
                                         scratch[0],
                                         scratch[1],
                                         2 * i + di,
                                         2 * j + dj,
-                                        relu_step,
+                                        act_step,
                                     )
                                     _pool_into(into_nngp[i, j], scratch[0], height, width)
                                     _pool_into(into_ntk[i, j], scratch[1], height, width)
@@ -429,15 +564,13 @@ def fold_one_pair(
                         for j in range(width):
                             into_ntk = ntk[i, j] if ntk_zero else spare_ntk[i, j]
                             if fused:
-                                _rectified_plane(
-                                    source, spare_nngp[i, j], into_ntk, i, j, relu_step
-                                )
+                                _activated_plane(source, spare_nngp[i, j], into_ntk, i, j, act_step)
                             else:
                                 _conv_plane(source, spare_nngp[i, j], into_ntk, i, j)
                     nngp, spare_nngp = spare_nngp, nngp
                     if not ntk_zero:
                         ntk, spare_ntk = spare_ntk, ntk
-            if rectified and not fused:
+            if activated and not fused:
                 if record:
                     for i in range(height):
                         for j in range(width):
@@ -445,7 +578,9 @@ def fold_one_pair(
                             map_a[diagonal] = scale * nngp[i, j, diagonal] + bias
                 for i in range(height):
                     for j in range(width):
-                        _relu_plane(
+                        _activation_plane(
+                            codes[act],
+                            params[act],
                             nngp[i, j],
                             ntk[i, j],
                             scale,
@@ -453,13 +588,15 @@ def fold_one_pair(
                             tangent,
                             map_a[(i + 1) * row + j + 1],
                             map_b,
+                            map_b,
+                            False,
                             height,
                             width,
                         )
-            if rectified:
-                relu += 1
-                step += code == CONV  # the conv's ReLU is done too
-            else:  # a conv whose output is not rectified
+            if activated:
+                activation += 1
+                step += code == CONV  # the conv's activation is done too
+            else:  # a conv that no activation follows
                 _affine_planes(nngp, ntk, scale, bias, height, width)
             ntk_zero = False
         elif code == POOL:
@@ -471,6 +608,30 @@ def fold_one_pair(
             spare_nngp = _planes(nngp.reshape(-1), height, width)
             spare_ntk = _planes(ntk.reshape(-1), height, width)
             nngp, ntk = pooled_nngp, pooled_ntk
+        elif code == FAN_OUT:
+            if ntk_zero:
+                ntk[...] = 0.0
+                ntk_zero = False
+            kept_nngp = _planes(workspace[4], height, width)
+            kept_ntk = _planes(workspace[5], height, width)
+            kept_nngp[...] = nngp
+            kept_ntk[...] = ntk
+            branches = 0
+        elif code == BRANCH:
+            if branches == 0:
+                total_nngp = _planes(workspace[6], height, width)
+                total_ntk = _planes(workspace[7], height, width)
+                total_nngp[...] = nngp
+                total_ntk[...] = ntk
+            else:
+                total_nngp += nngp
+                total_ntk += ntk
+            branches += 1
+            nngp[...] = kept_nngp
+            ntk[...] = kept_ntk
+        elif code == FAN_IN:
+            _fan_in(nngp, kept_nngp, total_nngp, params[step, 0], branches)
+            _fan_in(ntk, kept_ntk, total_ntk, params[step, 0], branches)
         elif code == GLOBAL_POOL:
             nngp_out = nngp.sum() / (height * width) ** 2
             ntk_out = ntk.sum() / (height * width) ** 2
@@ -486,12 +647,25 @@ def fold_one_pair(
             step += 1
             break
         step += 1
-    return _read_out(nngp_out, ntk_out, step, codes, w2s, b2s, var_a, var_b, offsets, relu, record)
+    return _read_out(
+        nngp_out, ntk_out, step, codes, params, var_a, var_b, offsets, activation, record
+    )
+
+
+@jit(inline="always", error_model="numpy")
+def _fan_in(state, kept, total, identities, branches):  # pragma: no cover - compiled
+    """A ``Parallel``'s sum, into ``state`` (its last branch's output): ``identities``
+    times its kept input (its other empty branches) and, after ``branches`` other
+    branches, their ``total``."""
+    if identities > 0.0:
+        state += identities * kept
+    if branches > 0:
+        state += total
 
 
 @jit(nogil=True, error_model="numpy")
 def fold_one_pair_diagonal(
-    a, b, var_a, var_b, offsets, codes, w2s, b2s, record, workspace
+    a, b, var_a, var_b, offsets, codes, params, record, workspace
 ):  # pragma: no cover - compiled
     """As :func:`fold_one_pair` for a ``Flatten`` read-out without pooling: only the
     entries :math:`K(p, p)` (a conv maps them among themselves), one plane per pair."""
@@ -499,6 +673,8 @@ def fold_one_pair_diagonal(
     size = height * width
     row = width + 2
     nngp, ntk, spare, products = workspace[0], workspace[1], workspace[2], workspace[3]
+    kept_nngp, kept_ntk, total_nngp, total_ntk = nngp, ntk, nngp, ntk  # set by FAN_OUT
+    branches = 0
     first, last = _run(height, width)
     inverse = 1.0 / channels
     nngp[:] = 0.0
@@ -509,14 +685,14 @@ def fold_one_pair_diagonal(
                 into[j] += a[i, j, c] * b[i, j, c] * inverse
     ntk[:] = 0.0
     ntk_zero = True
-    relu = 0
+    activation = 0
     step = 0
     nngp_out = 0.0
     ntk_out = 0.0
     while step < len(codes):
         code = codes[step]
-        if code == CONV or code == RELU:
-            scale, bias, tangent = 1.0, 0.0, 0.0  # a ReLU alone
+        if code == CONV or is_activation(code):
+            scale, bias, tangent = 1.0, 0.0, 0.0  # an activation alone
             if code == CONV:
                 _nine_offset_sum(
                     spare, nngp, nngp, nngp, nngp, nngp, nngp, nngp, nngp, nngp, height, width
@@ -527,32 +703,85 @@ def fold_one_pair_diagonal(
                         spare, ntk, ntk, ntk, ntk, ntk, ntk, ntk, ntk, ntk, height, width
                     )
                     ntk, spare = spare, ntk
-                scale, bias, tangent = w2s[step] / 9.0, b2s[step], 1.0
-            if code == RELU or (step + 1 < len(codes) and codes[step + 1] == RELU):
-                map_a = var_a[offsets[relu] : offsets[relu + 1]]  # bordered planes
-                map_b = var_b[offsets[relu] : offsets[relu + 1]]
+                scale, bias, tangent = params[step, 0] / 9.0, params[step, 1], 1.0
+            if is_activation(code) or (step + 1 < len(codes) and is_activation(codes[step + 1])):
+                act = step + 1 if code == CONV else step  # the activation's step
+                map_a = var_a[offsets[activation] : offsets[activation + 1]]  # bordered planes
+                map_b = var_b[offsets[activation] : offsets[activation + 1]]
                 if record:
-                    first, last = _run(height, width)
                     map_a[first:last] = scale * nngp[first:last] + bias
                     _clear_border(map_a, height, width)
-                for m in range(len(products)):
-                    products[m] = map_a[m] * map_b[m]
-                _relu_plane(nngp, ntk, scale, bias, tangent, 1.0, products, height, width)
-                relu += 1
-                step += code == CONV  # the conv's ReLU is done too
-            else:  # a conv whose output is not rectified
+                if codes[act] == RELU:  # the product of the variances once, for every ReLU
+                    for m in range(len(products)):
+                        products[m] = map_a[m] * map_b[m]
+                    _activation_plane(
+                        RELU,
+                        params[act],
+                        nngp,
+                        ntk,
+                        scale,
+                        bias,
+                        tangent,
+                        1.0,
+                        products,
+                        products,
+                        False,
+                        height,
+                        width,
+                    )
+                else:
+                    _activation_plane(
+                        codes[act],
+                        params[act],
+                        nngp,
+                        ntk,
+                        scale,
+                        bias,
+                        tangent,
+                        1.0,
+                        map_a,
+                        map_b,
+                        True,
+                        height,
+                        width,
+                    )
+                activation += 1
+                step += code == CONV  # the conv's activation is done too
+            else:  # a conv that no activation follows
                 nngp[first:last] = scale * nngp[first:last] + bias
                 ntk[first:last] = nngp[first:last] + scale * ntk[first:last]
                 _clear_border(nngp, height, width)
                 _clear_border(ntk, height, width)
             ntk_zero = False
+        elif code == FAN_OUT:
+            kept_nngp, kept_ntk = workspace[4], workspace[5]
+            kept_nngp[:] = nngp
+            kept_ntk[:] = ntk
+            ntk_zero = False
+            branches = 0
+        elif code == BRANCH:
+            if branches == 0:
+                total_nngp, total_ntk = workspace[6], workspace[7]
+                total_nngp[:] = nngp
+                total_ntk[:] = ntk
+            else:
+                total_nngp += nngp
+                total_ntk += ntk
+            branches += 1
+            nngp[:] = kept_nngp
+            ntk[:] = kept_ntk
+        elif code == FAN_IN:
+            _fan_in(nngp, kept_nngp, total_nngp, params[step, 0], branches)
+            _fan_in(ntk, kept_ntk, total_ntk, params[step, 0], branches)
         elif code == FLATTEN:
             nngp_out = nngp.sum() / size
             ntk_out = ntk.sum() / size
             step += 1
             break
         step += 1
-    return _read_out(nngp_out, ntk_out, step, codes, w2s, b2s, var_a, var_b, offsets, relu, record)
+    return _read_out(
+        nngp_out, ntk_out, step, codes, params, var_a, var_b, offsets, activation, record
+    )
 
 
 @jit(nogil=True, error_model="numpy", cache=False)
@@ -561,12 +790,12 @@ def fold_pairs(
 ):  # pragma: no cover - compiled
     """``nngp[i, j], ntk[i, j]`` (the output matrices) of the pairs ``(images_a[i],
     images_b[j])`` for ``i, j = rows[p], cols[p]`` by ``fold`` (:func:`fold_one_pair` or
-    :func:`fold_one_pair_diagonal`); ``encoded`` is ``(offsets, codes, w2s, b2s)``.
+    :func:`fold_one_pair_diagonal`); ``encoded`` is ``(offsets, codes, params)``.
     Releases the GIL: threads run it on disjoint pairs, each with its own ``workspace``.
     Not cached on disk: numba's cache cannot hold a function taking a function
     (``fold``; numba issues 6251, 9348); the folds it calls are cached, so compiling it
     is quick."""
-    offsets, codes, w2s, b2s = encoded
+    offsets, codes, params = encoded
     for p in range(len(rows)):
         nngp[rows[p], cols[p]], ntk[rows[p], cols[p]] = fold(
             images_a[rows[p]],
@@ -575,8 +804,7 @@ def fold_pairs(
             variances_b[cols[p]],
             offsets,
             codes,
-            w2s,
-            b2s,
+            params,
             False,
             workspace,
         )
@@ -586,11 +814,11 @@ def fold_pairs(
 def self_variances(
     fold, images, variances, encoded, workspace, nngp, ntk
 ):  # pragma: no cover - compiled
-    """Each image's variances before each ReLU, into ``variances`` (n, total), by ``fold``
-    on the pairs (x, x), and those pairs' kernels into ``nngp``, ``ntk`` (n,): a Gram
-    matrix's diagonal, exact (every angle 0 there). Not cached on disk, as
+    """Each image's variances before each activation, into ``variances`` (n, total), by
+    ``fold`` on the pairs (x, x), and those pairs' kernels into ``nngp``, ``ntk`` (n,): a
+    Gram matrix's diagonal, exact (every angle 0 there). Not cached on disk, as
     :func:`fold_pairs`."""
-    offsets, codes, w2s, b2s = encoded
+    offsets, codes, params = encoded
     for p in range(len(images)):
         nngp[p], ntk[p] = fold(
             images[p],
@@ -599,8 +827,7 @@ def self_variances(
             variances[p],
             offsets,
             codes,
-            w2s,
-            b2s,
+            params,
             True,
             workspace,
         )

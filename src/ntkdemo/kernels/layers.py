@@ -5,9 +5,9 @@ to the positions.
 padding); ``GlobalAvgPool`` and ``Flatten`` end the spatial part; ``Dense`` acts after
 it; ``Parallel`` sums independent branches; the activations of :mod:`.activations` act on
 each position. Their kernel rules are the folds' (:mod:`.conv_arrays`, the reference for
-every composition, and :mod:`.conv_loops`, compiled for the ReLU networks of the default
-settings: :func:`runs_compiled`); :func:`check_layers` decides once which sequences are
-networks.
+every composition, and :mod:`.conv_loops`, compiled for the networks of 3 x 3
+convolutions and 2 x 2 pools: ``conv._encode``); :func:`check_layers` decides once which
+sequences are networks.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import InvalidParameterError
 from ..validation import check_nonnegative_float
-from .activations import Activation, Relu
+from .activations import Activation
 
 __all__ = [
     "AvgPool",
@@ -34,7 +34,6 @@ __all__ = [
     "check_layers",
     "every_layer",
     "needs_full_covariance",
-    "runs_compiled",
     "spatial_windows",
 ]
 
@@ -179,24 +178,6 @@ class Parallel:
 
 
 Layer = Conv | Activation | AvgPool | GlobalAvgPool | Flatten | Dense | Parallel
-
-
-def runs_compiled(layers: Sequence[Layer]) -> bool:
-    """Whether the compiled fold (:mod:`.conv_loops`) runs this network: ReLU networks of
-    3 x 3 'SAME' convolutions of stride 1 and 2 x 2 pools of stride 2. Any other runs in
-    the array fold of :mod:`.conv_arrays`, the reference every path is held to."""
-    for layer in layers:
-        if isinstance(layer, Conv) and (layer.filter, layer.stride, layer.padding) != (
-            (3, 3),
-            (1, 1),
-            "SAME",
-        ):
-            return False
-        if isinstance(layer, AvgPool) and (layer.window, layer.stride) != ((2, 2), (2, 2)):
-            return False
-        if isinstance(layer, Activation | Parallel) and type(layer) is not Relu:
-            return False
-    return True
 
 
 def spatial_windows(layers: Sequence[Layer], shape: tuple[int, int]) -> list[tuple[Window, ...]]:
