@@ -18,7 +18,7 @@ from ntkdemo.kernels.mirror import mirrored
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy_ridge.py"
 CONV_SCRIPT = SCRIPT.with_name("accuracy_conv.py")
-LAYERS_SCRIPT = SCRIPT.with_name("bench_layers.py")
+BENCH_CONV_SCRIPT = SCRIPT.with_name("bench_conv.py")
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_a_cache_of_another_run_is_refused(fashion_mnist, tmp_path):
         (CONV_SCRIPT, ["--test", "0"], "argument --test: must be >= 1, got 0"),
         (CONV_SCRIPT, ["--architectures", "fc-1,nope"], "unknown architecture 'nope'"),
         (CONV_SCRIPT, ["--kernels", "ntk,ntx"], "'ntx' is not one of ntk, nngp"),
-        (LAYERS_SCRIPT, ["--nt-python", "x", "--images", "0"], "--images: must be >= 1, got 0"),
+        (BENCH_CONV_SCRIPT, ["--nt-python", "x", "--images", "0"], "--images: must be >= 1, got 0"),
     ],
 )
 def test_benchmark_scripts_refuse_nonsense_in_one_line(script, arguments, message, tmp_path):
@@ -115,7 +115,7 @@ def test_benchmark_scripts_refuse_nonsense_in_one_line(script, arguments, messag
     assert refused.stderr.count("\n") == 1 and message in refused.stderr
 
 
-@pytest.mark.parametrize("script", [SCRIPT, CONV_SCRIPT, LAYERS_SCRIPT])
+@pytest.mark.parametrize("script", [SCRIPT, CONV_SCRIPT, BENCH_CONV_SCRIPT])
 def test_benchmark_help_is_whole_and_shows_defaults(script, tmp_path):
     shown = run_script(script, "--help", cwd=tmp_path)
     assert shown.returncode == 0

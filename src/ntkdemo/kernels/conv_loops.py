@@ -672,7 +672,7 @@ def fold_one_pair_diagonal(
     height, width, channels = a.shape
     size = height * width
     row = width + 2
-    nngp, ntk, spare, products = workspace[0], workspace[1], workspace[2], workspace[3]
+    nngp, ntk, spare = workspace[0], workspace[1], workspace[2]
     kept_nngp, kept_ntk, total_nngp, total_ntk = nngp, ntk, nngp, ntk  # set by FAN_OUT
     branches = 0
     first, last = _run(height, width)
@@ -711,40 +711,21 @@ def fold_one_pair_diagonal(
                 if record:
                     map_a[first:last] = scale * nngp[first:last] + bias
                     _clear_border(map_a, height, width)
-                if codes[act] == RELU:  # the product of the variances once, for every ReLU
-                    for m in range(len(products)):
-                        products[m] = map_a[m] * map_b[m]
-                    _activation_plane(
-                        RELU,
-                        params[act],
-                        nngp,
-                        ntk,
-                        scale,
-                        bias,
-                        tangent,
-                        1.0,
-                        products,
-                        products,
-                        False,
-                        height,
-                        width,
-                    )
-                else:
-                    _activation_plane(
-                        codes[act],
-                        params[act],
-                        nngp,
-                        ntk,
-                        scale,
-                        bias,
-                        tangent,
-                        1.0,
-                        map_a,
-                        map_b,
-                        True,
-                        height,
-                        width,
-                    )
+                _activation_plane(
+                    codes[act],
+                    params[act],
+                    nngp,
+                    ntk,
+                    scale,
+                    bias,
+                    tangent,
+                    1.0,
+                    map_a,
+                    map_b,
+                    True,
+                    height,
+                    width,
+                )
                 activation += 1
                 step += code == CONV  # the conv's activation is done too
             else:  # a conv that no activation follows
