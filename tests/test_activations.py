@@ -27,6 +27,7 @@ from ntkdemo.kernels import (
     Relu,
     conv_kernels,
 )
+from ntkdemo.kernels.architecture import network_layers
 from ntkdemo.kernels.conv import _encode
 from ntkdemo.kernels.conv_arrays import pair_kernels
 from ntkdemo.kernels.layers import check_layers
@@ -171,6 +172,31 @@ def test_compiled_loops_equal_the_array_fold(case):
         errors = np.abs(compiled - expected) / np.abs(expected).max()
         assert errors[~parallel].max() <= 1e-13
         assert errors[parallel].max() <= 1e-9
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "conv+(relu+conv|gelu+conv|)+relu+gap+dense+erf+dense",
+        "conv+(abs+conv|)+layernorm+relu+pool+conv+(erf:1.3:0.7:0.2+conv|identity+conv)+gelu+gap+dense",
+        "conv+(relu+conv|erf+conv)+leaky-relu+flatten+dense+gelu+dense",
+        "conv:1.2:0.3+erf:1:2:0.5+conv+(|erf+conv)+abs+flatten+dense",
+    ],
+)
+def test_compiled_branches_and_read_out_activations_equal_the_array_fold(written):
+    """Parallel blocks of several non-empty branches, activations after the read-out,
+    biases, both read-outs (the pooling fold and the diagonal fold): the compiled loops
+    against the array fold, on images with a black patch and a duplicate."""
+    rng = np.random.default_rng(5)
+    images = rng.random((5, 6, 6, 2))
+    images[0, :3] = 0.0
+    images[4] = images[1]
+    layers = check_layers(network_layers(written, 1.1, 0.0))
+    assert _encode(layers, (6, 6)) is not None
+    reference = pair_kernels(np, layers, images, memory_bytes=10**9)
+    for compiled, expected in zip(conv_kernels(images, architecture=layers), reference):
+        errors = np.abs(compiled - expected) / np.abs(expected).max()
+        assert errors.max() <= 1e-13
 
 
 def test_an_activation_needs_gaussian_inputs():
