@@ -220,7 +220,7 @@ def _keeps_zero(code, params):  # pragma: no cover - compiled
 def _angle(sine, cosine):  # pragma: no cover - compiled
     r"""``arctan2(sine, cosine)`` for ``sine >= 0``, in straight-line code with one division.
 
-    libm's ``atan2`` is a call per entry, which keeps the ReLU step from vectorising
+    libm's ``atan2`` is a call per entry, which keeps an activation's step from vectorising
     (19 ns against 1.9 ns per entry here). This is fdlibm's ``atan`` (Sun, 1993; the
     polynomial and the split :math:`\pi/4, \arctan\frac12` constants are its own) on
     :math:`t = s/c \in [0, 1]` for :math:`s = \min(|\sin|, |\cos|)`,
@@ -449,7 +449,7 @@ def _planes(buffer, height, width):  # pragma: no cover - compiled
 
 @jit(error_model="numpy")
 def _affine_planes(nngp, ntk, scale, bias, height, width):  # pragma: no cover - compiled
-    """A conv whose output is not rectified: :math:`K = s K + b`, :math:`\\Theta = K +
+    """A conv that no activation follows: :math:`K = s K + b`, :math:`\\Theta = K +
     s \\Theta` inside each plane (the border stays zero)."""
     row = width + 2
     for i in range(nngp.shape[0]):
