@@ -153,11 +153,10 @@ def test_the_relu_reference_rule_equals_its_fused_and_compiled_paths():
 @pytest.mark.parametrize("case", CASES)
 def test_compiled_loops_equal_the_array_fold(case):
     """Every reference network the compiled loops can run (3 x 3 convolutions, 2 x 2
-    pools, residual blocks, every activation with a compiled rule) gives the array fold's
-    kernels within
-    1e-13 of the largest entry (other arithmetic: each angle by one ``atan2``), 1e-9
-    between parallel images, where an angle within rounding of 0 takes a rounding's
-    square root; the strided ones must stay in the array fold."""
+    pools, residual blocks, every activation with a compiled rule) gives the array
+    fold's kernels within 1e-13 of the largest entry (other arithmetic: each angle by
+    one ``atan2``), 1e-9 between parallel images, where an angle within rounding of 0
+    takes a rounding's square root; the strided ones must stay in the array fold."""
     inputs, form, activation, w_std, b_std = (str(value) for value in REFERENCE[case])
     layers = check_layers(network(form, activation, float(w_std), float(b_std)))
     images = REFERENCE[inputs]
