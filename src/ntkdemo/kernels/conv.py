@@ -266,7 +266,7 @@ def _compiled_kernels(
     threads = max(1, min(os.cpu_count() or 1, len(images_X) * len(images_Y)))
     stored = conv_loops.workspace_entries(images_X.shape[1], images_X.shape[2], full)
     rows = conv_loops.workspace_rows(encoded[1])
-    _check_workspace(threads * rows * 8 * stored, images_X.shape[1:3])
+    _check_workspace(threads * rows * 8 * stored, rows, images_X.shape[1:3])
     workspaces = np.empty((threads, rows, stored))
     per_task = max(1, ENTRIES_PER_TASK // stored)
     n_pairs = _pair_count(len(images_X), len(images_Y), symmetric)
@@ -354,7 +354,7 @@ def _array_kernels(
     return pair_kernels(np, layers, images_X, images_Y, memory_bytes=budget, progress=progress)
 
 
-def _check_workspace(needed: int, shape: tuple[int, ...]) -> None:
+def _check_workspace(needed: int, rows: int, shape: tuple[int, ...]) -> None:
     """Refuse workspaces beyond the free memory (pooling read-outs hold
     ``(H W)(H+2)(W+2)`` entries per covariance: 140 GB per thread at 256 x 256)."""
     import psutil
@@ -365,7 +365,7 @@ def _check_workspace(needed: int, shape: tuple[int, ...]) -> None:
     if needed > 0.9 * free:
         raise InvalidParameterError(
             f"images of {shape[0]} x {shape[1]} need {format_bytes(needed)} of workspace for a "
-            f"pooling read-out (4 or 8 covariances of (H W)(H+2)(W+2) entries per thread), more "
+            f"pooling read-out ({rows} covariances of (H W)(H+2)(W+2) entries per thread), more "
             f"than the {format_bytes(free)} free; use smaller images or a Flatten read-out "
             "(cnn-flatten-L)"
         )

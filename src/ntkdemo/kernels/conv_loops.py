@@ -614,21 +614,15 @@ def fold_one_pair(
                 ntk_zero = False
             kept_nngp = _planes(workspace[4], height, width)
             kept_ntk = _planes(workspace[5], height, width)
+            total_nngp = _planes(workspace[6], height, width)
+            total_ntk = _planes(workspace[7], height, width)
             kept_nngp[...] = nngp
             kept_ntk[...] = ntk
             branches = 0
         elif code == BRANCH:
-            if branches == 0:
-                total_nngp = _planes(workspace[6], height, width)
-                total_ntk = _planes(workspace[7], height, width)
-                total_nngp[...] = nngp
-                total_ntk[...] = ntk
-            else:
-                total_nngp += nngp
-                total_ntk += ntk
+            _end_branch(nngp, kept_nngp, total_nngp, branches)
+            _end_branch(ntk, kept_ntk, total_ntk, branches)
             branches += 1
-            nngp[...] = kept_nngp
-            ntk[...] = kept_ntk
         elif code == FAN_IN:
             _fan_in(nngp, kept_nngp, total_nngp, params[step, 0], branches)
             _fan_in(ntk, kept_ntk, total_ntk, params[step, 0], branches)
@@ -650,6 +644,18 @@ def fold_one_pair(
     return _read_out(
         nngp_out, ntk_out, step, codes, params, var_a, var_b, offsets, activation, record
     )
+
+
+@jit(inline="always", error_model="numpy")
+def _end_branch(state, kept, total, branches):  # pragma: no cover - compiled
+    """The end of a ``Parallel``'s branch: its output ``state`` into the ``total`` of
+    the branches (the first of them when ``branches`` is 0), then ``state`` back to the
+    ``kept`` input for the next branch."""
+    if branches == 0:
+        total[...] = state
+    else:
+        total += state
+    state[...] = kept
 
 
 @jit(inline="always", error_model="numpy")
@@ -736,21 +742,15 @@ def fold_one_pair_diagonal(
             ntk_zero = False
         elif code == FAN_OUT:
             kept_nngp, kept_ntk = workspace[4], workspace[5]
+            total_nngp, total_ntk = workspace[6], workspace[7]
             kept_nngp[:] = nngp
             kept_ntk[:] = ntk
             ntk_zero = False
             branches = 0
         elif code == BRANCH:
-            if branches == 0:
-                total_nngp, total_ntk = workspace[6], workspace[7]
-                total_nngp[:] = nngp
-                total_ntk[:] = ntk
-            else:
-                total_nngp += nngp
-                total_ntk += ntk
+            _end_branch(nngp, kept_nngp, total_nngp, branches)
+            _end_branch(ntk, kept_ntk, total_ntk, branches)
             branches += 1
-            nngp[:] = kept_nngp
-            ntk[:] = kept_ntk
         elif code == FAN_IN:
             _fan_in(nngp, kept_nngp, total_nngp, params[step, 0], branches)
             _fan_in(ntk, kept_ntk, total_ntk, params[step, 0], branches)
