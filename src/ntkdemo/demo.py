@@ -19,6 +19,7 @@ from .kernels import unit_rows
 from .kernels.matrix import PairTally
 from .plan import MemoryPlan, plan_memory
 from .solvers.base import KernelSolution, Progress, Stopwatch, one_hot
+from .solvers.features import ApproximationError, FittedFeatures, approximation_error
 from .spec import KernelSpec
 from .validation import check_matrix
 
@@ -45,7 +46,12 @@ class DemoResult:
         elsewhere (a Dask cluster's workers, a GPU).
     timings : dict of str to float
         Seconds spent in each stage (``spectrum``, ``kernel``, ``solve``, ``predict``;
-        ``clusters`` on the ``cg`` path).
+        ``clusters`` on the ``cg`` path; ``features`` and ``error check`` with random
+        features).
+    approximation : ApproximationError or None
+        With random features (``spec.features``): their error against the exact kernel,
+        measured on a random sample; every number of the run is approximate. None for
+        an exact kernel.
     """
 
     test_scores: np.ndarray
@@ -58,6 +64,7 @@ class DemoResult:
     plan: MemoryPlan
     kernel_pairs: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    approximation: ApproximationError | None = None
 
     @property
     def test_predictions(self) -> np.ndarray:
@@ -125,6 +132,10 @@ def run_demo(
             eigenvalues = np.linalg.eigvalsh(spec.matrix(X_train[:shown]))
     with watch.stage("predict"):
         test_scores = fitted.predict(X_test, progress=progress)
+    approximation = None
+    if isinstance(fitted, FittedFeatures):
+        with watch.stage("error check"):
+            approximation = approximation_error(fitted, X_train, X_test, targets)
     return DemoResult(
         test_scores=test_scores,
         train_scores=fitted.train_scores,
@@ -136,6 +147,7 @@ def run_demo(
         plan=plan,
         kernel_pairs=tally.pairs if plan.strategy.in_process else None,
         timings={"spectrum": 0.0, **fitted.timings, **watch.timings},
+        approximation=approximation,
     )
 
 

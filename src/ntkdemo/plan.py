@@ -6,7 +6,9 @@ upper triangle with conjugate gradients (``cg``, half the memory), else that tri
 in float32 refined against the float64 kernel (``cg32``, a quarter); on a GPU the
 ``cuda`` strategy. A strategy is skipped when it does not serve the kernel asked for (only
 ``cholesky`` serves finite training times; ``cuda`` does not average over mirrors; every
-strategy serves every kernel at convergence). Each strategy estimates
+strategy serves every exact kernel at convergence). A kernel approximated by random
+features (``--features``) is served by the ``features`` strategy alone
+(:func:`feature_strategies`): the features kept, else computed twice. Each strategy estimates
 its own bytes (``estimate_bytes``); the plan adds what the process already holds, so
 that ``--max-memory`` bounds the whole process, and compares with the budget: 90% of
 the free memory, or the cap. If nothing fits it raises
@@ -25,6 +27,7 @@ import numpy as np
 from .errors import InvalidParameterError, MemoryPlanError
 from .solvers import CGOptions, CGSolver, CholeskySolver, CudaSolver
 from .solvers.base import Solver
+from .solvers.features import FeatureSolver
 from .spec import KernelSpec
 from .units import format_bytes
 
@@ -82,6 +85,14 @@ class MemoryPlan:
             f"peak about {format_bytes(self.total_bytes)} of {format_bytes(self.budget_bytes)} "
             "allowed"
         )
+
+
+def feature_strategies(spec: KernelSpec, device: str = "cpu") -> tuple[Solver, ...]:
+    """The strategies of a spec with random features (on the CPU): its features kept, or
+    computed twice so that they are never held whole (out of core); none otherwise."""
+    if spec.features is None or device != "cpu":
+        return ()
+    return (FeatureSolver(spec.feature_columns), FeatureSolver(spec.feature_columns, keep=False))
 
 
 def strategy_named(name: str, device: str = "cpu") -> Solver:
@@ -160,9 +171,10 @@ def plan_memory(
     if strategies is not None:
         candidates = [s for s in strategies if s.serves(spec)] or list(strategies[:1])
     elif solver == "auto":
-        candidates = [s for s in PREFERENCES[device] if s.serves(spec)] or list(
-            PREFERENCES[device][:1]
-        )
+        candidates = [
+            *feature_strategies(spec, device),
+            *(s for s in PREFERENCES[device] if s.serves(spec)),
+        ] or list(PREFERENCES[device][:1])
     else:
         candidates = [strategy_named(solver, device)]
     if not candidates or not candidates[0].serves(spec):

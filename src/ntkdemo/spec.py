@@ -19,6 +19,7 @@ import numpy as np
 from .dynamics import check_times
 from .errors import InvalidParameterError
 from .kernels.architecture import fully_connected_depth, network_layers
+from .kernels.features import RandomFeatures, check_feature_layers
 from .kernels.in_range import check_kernel_informative
 from .kernels.layers import Layer
 from .kernels.matrix import PairTally, is_default_kernel, kernel_of_unit_rows
@@ -58,6 +59,15 @@ class KernelSpec:
         (:mod:`ntkdemo.kernels.mirror`): on the original images, the network trained on
         them and their mirrors (whose ridge is twice this one). Needs a mirror-symmetric
         kernel (every ``AvgPool`` of the architecture sees an even width).
+    features : int or None, default=None
+        Approximate the kernel by random features (:mod:`ntkdemo.kernels.features`):
+        ``features`` NNGP columns (twice as many for the NTK) of one random network of
+        the architecture, solved in the primal; None: the exact kernel. Every run with
+        features measures its own error against the exact kernel.
+    feature_width : int, default=128
+        Channels of the random network's hidden layers but the last.
+    feature_seed : int, default=0
+        Seed of the random network and its sketch.
     tally : PairTally or None, default=None
         Counts the image pairs whose kernel this process computes for the spec
         (:meth:`matrix` and :meth:`count_pairs`); not part of the spec's identity.
@@ -78,6 +88,9 @@ class KernelSpec:
     architecture: str | tuple[Layer, ...] | None = None
     image_shape: tuple[int, ...] = ()
     flip: bool = False
+    features: int | None = None
+    feature_width: int = 128
+    feature_seed: int = 0
     tally: PairTally | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -120,12 +133,67 @@ class KernelSpec:
                     f"ridge={self.ridge:g} and time={self.time:g} cannot be combined: the "
                     "time is that of plain gradient descent; drop one of them"
                 )
+        if self.features is not None:
+            self._check_features()
         if self.flip and self.image_shape and not self.mirror_symmetric:
             raise InvalidParameterError(
                 f"the kernel of {self.architecture} on images of {self.image_shape} is not "
                 "mirror symmetric (an AvgPool sees an odd width), so it cannot be averaged "
                 "over mirrors; add the mirrored images instead (ntkdemo.preprocess.with_flips)"
             )
+
+    def _check_features(self) -> None:
+        """Refuse random features where they cannot serve: a finite time, the one-layer
+        formula (exact at 60,000 images), layers without a finite form.
+
+        Raises
+        ------
+        InvalidParameterError
+        """
+        check_positive_int("features", self.features)
+        check_positive_int("feature_width", self.feature_width)
+        if self.time is not None:
+            raise InvalidParameterError(
+                f"random features are solved at convergence only, got time={self.time:g}; "
+                "drop the time or the features"
+            )
+        if self.architecture is None and is_default_kernel(
+            self.kernel, self.depth, self.w_std, self.b_std
+        ):
+            raise InvalidParameterError(
+                "random features approximate deep and convolutional kernels; the one-layer "
+                "formula is exact on 60,000 images in minutes: drop the features or give an "
+                "architecture (e.g. myrtle5)"
+            )
+        check_feature_layers(network_layers(self.network))
+
+    @property
+    def network(self) -> str | tuple[Layer, ...]:
+        """The architecture, or ``fc-L`` for the fully connected network."""
+        return self.architecture if self.architecture is not None else f"fc-{self.depth}"
+
+    @property
+    def feature_columns(self) -> int:
+        """Columns of the random features of the kernel asked for (0 without features):
+        ``features`` for the NNGP, twice that for the NTK."""
+        if self.features is None:
+            return 0
+        return self.features * (2 if self.kernel == "ntk" else 1)
+
+    def feature_map(self, n_features: int) -> RandomFeatures:
+        """The random network of the features, for flat rows of ``n_features`` values
+        (of ``image_shape``, else one 1 x 1 image of that many channels)."""
+        if self.features is None:
+            raise InvalidParameterError("this spec has no features: set features=D")
+        return RandomFeatures(
+            self.network,
+            self.image_shape or (1, 1, n_features),
+            dimension=self.features,
+            width=self.feature_width,
+            w_std=self.w_std,
+            b_std=self.b_std,
+            seed=self.feature_seed,
+        )
 
     @property
     def mirror_symmetric(self) -> bool:
@@ -157,9 +225,14 @@ class KernelSpec:
             else self.architecture or f"fc-{self.depth}"
         )
         mirrors = ", averaged over mirrors" if self.flip else ""
+        approximated = (
+            f", approximated by {self.feature_columns} random features (width {self.feature_width})"
+            if self.features is not None
+            else ""
+        )
         return (
             f"{self.kernel.upper()} of {network} (w_std {self.w_std:g}, b_std {self.b_std:g})"
-            f"{mirrors}"
+            f"{mirrors}{approximated}"
         )
 
     def matrix(
@@ -169,7 +242,8 @@ class KernelSpec:
         *,
         progress: Callable[[Iterable], Iterable] | None = None,
     ) -> np.ndarray:
-        """The kernel of unit rows ``X_unit`` (against ``Y_unit``, default themselves).
+        """The exact kernel of unit rows ``X_unit`` (against ``Y_unit``, default
+        themselves); ``features``, if set, are the solver's approximation of it.
 
         A finite time fixes what a unit of time means, so then the kernel is in
         neural-tangents' scale (:func:`ntkdemo.kernels.fc_kernels`). A convolutional

@@ -86,6 +86,22 @@ class Activation(ABC):
         nngp, ntk : array
         """
 
+    def finite(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        r""":math:`\phi(z)` and :math:`\phi'(z)` on the pre-activations of a finite network
+        (the random features of :mod:`.features`), or None for a layer that does not act
+        entry by entry.
+
+        Parameters
+        ----------
+        z : ndarray
+            Pre-activations, float64, any shape.
+
+        Returns
+        -------
+        values, slopes : ndarray of the shape of ``z``, or None
+        """
+        return None
+
 
 def arc_cosine_angle(xp: Any, nngp: Any, variance_a: Any, variance_b: Any) -> tuple[Any, Any]:
     r"""The sine term and angle of the arc-cosine kernels.
@@ -127,6 +143,10 @@ class ABRelu(Activation):
         gap, total = (a - b) ** 2, a * a + b * b
         derivative = (total * math.pi - gap * angle) / (2 * math.pi)
         return (gap * sine) / (2 * math.pi) + derivative * nngp, ntk * derivative
+
+    def finite(self, z):
+        a, b = float(self.a), float(self.b)
+        return a * np.minimum(z, 0.0) + b * np.maximum(z, 0.0), np.where(z > 0, b, a)
 
 
 @dataclass(frozen=True)
@@ -193,6 +213,13 @@ class Erf(Activation):
         derivative = (2.0 * a * a * scale / math.pi) / xp.sqrt(remaining)
         return nngp_next, ntk * derivative
 
+    def finite(self, z):
+        from scipy.special import erf
+
+        a, b, c = float(self.a), float(self.b), float(self.c)
+        slopes = (2.0 * a * b / math.sqrt(math.pi)) * np.exp(-((b * z) ** 2))
+        return a * erf(b * z) + c, slopes
+
 
 @dataclass(frozen=True)
 class Gelu(Activation):
@@ -226,6 +253,12 @@ class Gelu(Activation):
         derivative = 0.25 + angle / (2 * math.pi) + nngp * slope / (2 * math.pi * delta)
         return nngp_next, ntk * derivative
 
+    def finite(self, z):
+        from scipy.special import ndtr
+
+        cdf = ndtr(z)
+        return z * cdf, cdf + z * np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
 
 @dataclass(frozen=True)
 class LayerNorm(Activation):
@@ -256,6 +289,9 @@ class Identity(Activation):
 
     def dual(self, xp, nngp, ntk, variance_a, variance_b):
         return nngp, ntk
+
+    def finite(self, z):
+        return z, np.ones_like(z)
 
 
 WORDS: dict[str, type[Activation]] = {

@@ -6,7 +6,9 @@
   (every kernel, finite training times too), and :func:`~.cholesky.solve`;
 * :mod:`.cg` -- ``cg``: the upper triangle in float64 (:mod:`.strips`), preconditioned
   conjugate gradients (:mod:`.preconditioners`);
-* :mod:`.cuda` -- ``cuda``: kernel and factor on a GPU through CuPy.
+* :mod:`.cuda` -- ``cuda``: kernel and factor on a GPU through CuPy;
+* :mod:`.features` -- ``features``: a kernel approximated by random features, solved in
+  the primal, and the measurement of its error against the exact kernel.
 
 :mod:`ntkdemo.plan` asks each for its memory estimate and picks the first that fits.
 This layer imports nothing from the data, the command line or the figures.

@@ -459,7 +459,7 @@ class CGSolver:
     gives_spectrum: bool = False  # the triangle is stored in clustered order
 
     def serves(self, spec: KernelSpec) -> bool:
-        return spec.time is None
+        return spec.time is None and spec.features is None
 
     def describe(self) -> str:
         if self.options.storage == np.float32:

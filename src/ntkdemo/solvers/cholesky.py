@@ -223,7 +223,7 @@ def _condition_number(lower_factor: np.ndarray, norm_1: float) -> float:
 class CholeskySolver:
     """Strategy: ``K(X, X)`` whole in float64, factorised in place by Cholesky.
 
-    Serves every kernel; for a finite training time the same matrix is decomposed once
+    Serves every exact kernel; for a finite training time the same matrix is decomposed once
     by ``eigh`` instead (:class:`~ntkdemo.dynamics.GradientDescentDynamics`).
 
     Parameters
@@ -236,7 +236,7 @@ class CholeskySolver:
     block_rows: int = 1024
 
     def serves(self, spec: KernelSpec) -> bool:
-        return True
+        return spec.features is None
 
     def describe(self) -> str:
         return "float64 kernel, Cholesky in place"

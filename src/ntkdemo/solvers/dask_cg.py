@@ -420,7 +420,7 @@ class DaskSolver:
     gives_spectrum: bool = False
 
     def serves(self, spec: KernelSpec) -> bool:
-        return spec.time is None
+        return spec.time is None and spec.features is None
 
     def _workers(self) -> dict:
         return self.client.scheduler_info()["workers"]

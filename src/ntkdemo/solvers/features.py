@@ -1,0 +1,284 @@
+r"""``features``: kernel regression with a kernel approximated by random features, solved
+in the primal, and the measurement of its own error.
+
+With features :math:`F` of shape (n_train, D) whose inner products approximate the
+kernel (:mod:`ntkdemo.kernels.features`), :math:`\hat K = F F^T`, and kernel regression
+with ridge :math:`\lambda` is, in the primal,
+
+.. math:: (F^T F + \lambda I)\,w = F^T Y, \qquad f(x) = \phi(x)^T w
+          = \hat K(x, X)\,(\hat K + \lambda I)^{-1} Y,
+
+a D x D system (Cholesky, :func:`~.cholesky.solve`, with its jitter fallback) whose
+cost grows with n only through :math:`F^T F`. The features are computed in batches;
+:math:`F` is kept for the training outputs where it fits the memory plan, else computed
+again (``keep=False``: the plan's second choice, out of core). With ``flip`` each
+image's features are averaged with its mirror's, whose inner products approximate the
+kernel averaged over mirrors.
+
+Every number from it is approximate: :func:`approximation_error` computes the exact
+kernel on a random sample of training and test images and reports the relative error of
+the kernel and of the outputs it gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..kernels.features import RandomFeatures
+from ..kernels.mirror import mirrored
+from ..kernels.ntk import fold_inputs
+from ..spec import KernelSpec
+from ..validation import check_finite_result, check_positive_int
+from .base import KernelSolution, Progress, Stopwatch, host_available_bytes, wrap
+from .cholesky import solve
+
+__all__ = ["ApproximationError", "FeatureSolver", "FittedFeatures", "approximation_error"]
+
+
+@dataclass
+class FittedFeatures:
+    """A model fitted on random features: predictions :math:`\\phi(x)^T w`.
+
+    ``solution.coef`` holds the primal weights :math:`w`, of shape (columns,
+    n_outputs), not dual coefficients.
+    """
+
+    feature_map: RandomFeatures
+    spec: KernelSpec
+    solution: KernelSolution
+    train_scores: np.ndarray
+    batch_rows: int
+    timings: dict[str, float] = field(default_factory=dict)
+    eigenvalues: np.ndarray | None = None
+
+    def features(
+        self, X_unit: np.ndarray, progress: Callable[[Iterable], Iterable] | None = None
+    ) -> Iterable[tuple[slice, np.ndarray]]:
+        """The features of unit rows, batch by batch: ``(rows, features)``."""
+        return _feature_batches(self.feature_map, self.spec, X_unit, self.batch_rows, progress)
+
+    def predict(self, X_unit: np.ndarray, *, progress: Progress | None = None) -> np.ndarray:
+        """Outputs :math:`\\phi(x)^T w` of shape (n_test, n_outputs) for unit rows."""
+        outputs = np.empty((len(X_unit), self.solution.coef.shape[1]))
+        for rows, batch in self.features(X_unit, wrap(progress, "feature batches")):
+            outputs[rows] = batch @ self.solution.coef
+        return check_finite_result("the outputs", outputs)
+
+
+@dataclass(frozen=True)
+class FeatureSolver:
+    """Strategy: the kernel approximated by ``columns`` random features, the D x D
+    primal system solved by Cholesky.
+
+    Parameters
+    ----------
+    columns : int
+        Feature columns (:attr:`~ntkdemo.spec.KernelSpec.feature_columns`).
+    keep : bool, default=True
+        Keep the training features for the training outputs (``False``: compute them
+        again, so that no n x D array is held).
+    batch_rows : int, default=1024
+        Images whose features are computed, and summed into :math:`F^T F`, at once.
+    """
+
+    columns: int
+    keep: bool = True
+    batch_rows: int = 1024
+
+    @property
+    def name(self) -> str:
+        return "features"
+
+    in_process: bool = True
+    gives_spectrum: bool = True
+
+    def serves(self, spec: KernelSpec) -> bool:
+        return spec.features is not None and spec.feature_columns == self.columns
+
+    def describe(self) -> str:
+        kept = "kept" if self.keep else "computed twice, never held whole"
+        return (
+            f"{self.columns} random features (an approximation; features {kept}), the "
+            f"{self.columns} x {self.columns} primal system by Cholesky"
+        )
+
+    def available_bytes(self) -> int:
+        return host_available_bytes()
+
+    def memory_label(self) -> str:
+        return "free memory or --max-memory"
+
+    def kernel_bytes(self, n_train: int) -> int:
+        """The training features where kept, and :math:`F^T F`."""
+        return 8 * (n_train * self.columns * self.keep + self.columns**2)
+
+    def kernel_label(self) -> str:
+        return "float64 random features"
+
+    def estimate_bytes(self, n_train: int, n_test: int, n_features: int, n_outputs: int) -> int:
+        """Features kept, the D x D system and its factor, inputs and their unit rows, a
+        batch of features, and the random network's weights (about 256 MB of work)."""
+        inputs = 2 * 8 * (n_train + n_test) * n_features
+        batch = 8 * self.batch_rows * (self.columns + n_features)
+        system = 8 * self.columns**2 + 8 * self.columns * n_outputs
+        return self.kernel_bytes(n_train) + system + inputs + batch + (512 << 20)
+
+    def fit(
+        self,
+        X_unit: np.ndarray,
+        Y: np.ndarray,
+        spec: KernelSpec,
+        *,
+        progress: Progress | None = None,
+        report: Callable[[str], None] | None = None,
+        spectrum_rows: int = 0,
+    ) -> FittedFeatures:
+        """Features, :math:`F^T F` and :math:`F^T Y` summed batch by batch, Cholesky;
+        training outputs :math:`F w`; the spectrum of :math:`\\hat K` on the leading
+        ``spectrum_rows`` images (from the features kept or computed)."""
+        check_positive_int("batch_rows", self.batch_rows)
+        watch = Stopwatch()
+        feature_map = spec.feature_map(X_unit.shape[1])
+        gram = np.zeros((self.columns, self.columns))
+        right = np.zeros((self.columns, Y.shape[1]))
+        kept = np.empty((len(X_unit), self.columns)) if self.keep else None
+        leading = None
+        with watch.stage("features"):
+            batches = _feature_batches(
+                feature_map, spec, X_unit, self.batch_rows, wrap(progress, "feature batches")
+            )
+            for rows, batch in batches:
+                gram += batch.T @ batch
+                right += batch.T @ Y[rows]
+                if kept is not None:
+                    kept[rows] = batch
+                if rows.start < spectrum_rows:
+                    part = batch[: spectrum_rows - rows.start]
+                    leading = part if leading is None else np.vstack([leading, part])
+        with watch.stage("solve"):
+            solution = solve(gram, right, ridge=spec.ridge, overwrite_k=True)
+            solution = replace(solution, method="Cholesky of the primal (random features)")
+        fitted = FittedFeatures(feature_map, spec, solution, np.empty(0), self.batch_rows)
+        with watch.stage("features"):
+            if kept is not None:
+                scores = check_finite_result("the outputs", kept @ solution.coef)
+            else:
+                scores = fitted.predict(X_unit, progress=progress)
+        fitted.train_scores = scores
+        if leading is not None:
+            with watch.stage("spectrum"):
+                fitted.eigenvalues = np.linalg.eigvalsh(leading @ leading.T)
+        fitted.timings = watch.timings
+        return fitted
+
+
+def _feature_batches(
+    feature_map: RandomFeatures,
+    spec: KernelSpec,
+    X_unit: np.ndarray,
+    batch_rows: int,
+    progress: Callable[[Iterable], Iterable] | None,
+) -> Iterable[tuple[slice, np.ndarray]]:
+    """``(rows, features)`` of the unit rows batch by batch: the rows rescaled to
+    ``x.x/d = 1`` (as the exact kernels see them), the NNGP or NTK columns, averaged
+    with the mirror's under ``flip``."""
+    column = 0 if spec.kernel == "nngp" else 1
+    starts = range(0, len(X_unit), batch_rows)
+    for start in progress(starts) if progress else starts:
+        rows = slice(start, min(start + batch_rows, len(X_unit)))
+        images = fold_inputs(X_unit[rows])
+        batch = feature_map.transform(images)[column]
+        if spec.flip:
+            mirror = feature_map.transform(mirrored(images, spec.image_shape))[column]
+            batch = 0.5 * (batch + mirror)
+        yield rows, batch
+
+
+@dataclass(frozen=True)
+class ApproximationError:
+    r"""How far random features are from the exact kernel, on a random sample.
+
+    Attributes
+    ----------
+    n_train, n_test : int
+        Training and test images sampled.
+    kernel_train, kernel_test : float
+        :math:`\|\hat K - K\|_F / \|K\|_F` on the sampled training pairs and on the
+        sampled test-training pairs.
+    outputs : float
+        :math:`\|\hat f - f\|_F / \|f\|_F` for the test images' outputs of kernel
+        regression on the sampled training images, with :math:`\hat K` and with
+        :math:`K` (the same ridge).
+    """
+
+    n_train: int
+    n_test: int
+    kernel_train: float
+    kernel_test: float
+    outputs: float
+
+    def describe(self) -> str:
+        """One line for the console."""
+        return (
+            f"approximation error against the exact kernel on {self.n_train} training and "
+            f"{self.n_test} test images drawn at random: kernel {self.kernel_train:.2%} "
+            f"(training pairs), {self.kernel_test:.2%} (test pairs); outputs "
+            f"{self.outputs:.2%}"
+        )
+
+
+def approximation_error(
+    fitted: FittedFeatures,
+    X_train_unit: np.ndarray,
+    X_test_unit: np.ndarray,
+    Y: np.ndarray,
+    *,
+    n_train: int = 100,
+    n_test: int = 100,
+    seed: int = 0,
+) -> ApproximationError:
+    """Measure a fitted model's features against the exact kernel on ``n_train``
+    training and ``n_test`` test images drawn at random (``n_train (n_train + 1) / 2 +
+    n_test n_train`` exact pairs, counted by the spec's tally).
+
+    Parameters
+    ----------
+    fitted : FittedFeatures
+    X_train_unit, X_test_unit : ndarray
+        Unit rows of the training and test images.
+    Y : ndarray of shape (n_train_total, n_outputs)
+        Training targets.
+    n_train, n_test : int, default=100
+        Images sampled (at most all of them).
+    seed : int, default=0
+
+    Returns
+    -------
+    ApproximationError
+    """
+    rng = np.random.default_rng(seed)
+    train = np.sort(rng.choice(len(X_train_unit), min(n_train, len(X_train_unit)), replace=False))
+    test = np.sort(rng.choice(len(X_test_unit), min(n_test, len(X_test_unit)), replace=False))
+    exact_spec = replace(fitted.spec, features=None)
+    exact = exact_spec.matrix(X_train_unit[train])
+    exact_test = exact_spec.matrix(X_test_unit[test], X_train_unit[train])
+    F = np.vstack([batch for _, batch in fitted.features(X_train_unit[train])])
+    F_test = np.vstack([batch for _, batch in fitted.features(X_test_unit[test])])
+    approximate, approximate_test = F @ F.T, F_test @ F.T
+    ridge = fitted.spec.ridge
+    outputs = exact_test @ solve(exact, Y[train], ridge=ridge).coef
+    approximate_outputs = approximate_test @ solve(approximate, Y[train], ridge=ridge).coef
+
+    def relative(estimate: np.ndarray, reference: np.ndarray) -> float:
+        return float(np.linalg.norm(estimate - reference) / np.linalg.norm(reference))
+
+    return ApproximationError(
+        n_train=len(train),
+        n_test=len(test),
+        kernel_train=relative(approximate, exact),
+        kernel_test=relative(approximate_test, exact_test),
+        outputs=relative(approximate_outputs, outputs),
+    )
