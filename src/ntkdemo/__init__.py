@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .data import Sample, load_sample
     from .demo import run_demo
     from .dynamics import gradient_descent_mean
-    from .estimators import NTKClassifier, NTKRegressor
+    from .estimators import ConvKernelFeatures, NTKClassifier, NTKRegressor
     from .kernels import fc_kernels, kernel_matrix, ntk
     from .solvers import one_hot, predict, solve
     from .spec import KernelSpec
@@ -30,6 +30,7 @@ except metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, not instal
     __version__ = "0+unknown"
 
 _HOMES = {
+    "ConvKernelFeatures": "estimators",
     "NTKClassifier": "estimators",
     "NTKRegressor": "estimators",
     "Sample": "data",
@@ -46,6 +47,7 @@ _HOMES = {
 }
 
 __all__ = [
+    "ConvKernelFeatures",
     "KernelSpec",
     "NTKClassifier",
     "NTKRegressor",

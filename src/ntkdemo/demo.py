@@ -135,7 +135,9 @@ def run_demo(
     approximation = None
     if isinstance(fitted, FittedFeatures):
         with watch.stage("error check"):
-            approximation = approximation_error(fitted, X_train, X_test, targets)
+            approximation = approximation_error(
+                fitted.spec, fitted.feature_map, X_train, X_test, targets
+            )
     return DemoResult(
         test_scores=test_scores,
         train_scores=fitted.train_scores,

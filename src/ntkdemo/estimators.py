@@ -7,8 +7,10 @@ Both are kernel regression with an infinitely wide ReLU network's kernel,
 (``time=None``), or the same network after gradient-descent time ``t``,
 :math:`f_t(x) = K(x, X) K^{-1}(I - e^{-t K/m}) Y` (:mod:`ntkdemo.dynamics`). They wrap
 the ``cholesky`` strategy (:class:`ntkdemo.solvers.CholeskySolver`: the kernel of a
-:class:`ntkdemo.spec.KernelSpec`, a Cholesky solve or, for a time, one ``eigh``);
-nothing is trained iteratively.
+:class:`ntkdemo.spec.KernelSpec`, a Cholesky solve or, for a time, one ``eigh``), or
+with ``features`` the ``features`` one (random features, the primal solved); nothing is
+trained iteratively. :class:`ConvKernelFeatures` is the random features themselves as a
+transformer, for any scikit-learn pipeline.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import math
 import warnings
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, TransformerMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -26,7 +28,22 @@ from .kernels import unit_rows
 from .kernels.mirror import mirrored
 from .preprocess import flip_kernel
 from .solvers import CholeskySolver, one_hot
+from .solvers.features import FeatureSolver
 from .spec import KernelSpec
+
+
+def _image_shape(image_shape, n_features: int, needs: str) -> tuple[int, ...]:
+    """``image_shape`` as given, else square grey images of ``n_features`` values (what
+    ``needs`` the shape names the parameter that does, for the message)."""
+    if image_shape is not None:
+        return tuple(image_shape)
+    side = math.isqrt(n_features)
+    if side * side != n_features:
+        raise InvalidParameterError(
+            f"{needs} needs image_shape=(H, W) or (H, W, C): {n_features} features are "
+            "no square grey image"
+        )
+    return (side, side)
 
 
 class NumericalFallbackWarning(UserWarning):
@@ -47,6 +64,9 @@ class _KernelModel(BaseEstimator):
         architecture=None,
         image_shape=None,
         flip=False,
+        features=None,
+        feature_width=128,
+        random_state=0,
     ):
         self.kernel = kernel
         self.depth = depth
@@ -57,22 +77,17 @@ class _KernelModel(BaseEstimator):
         self.architecture = architecture
         self.image_shape = image_shape
         self.flip = flip
+        self.features = features
+        self.feature_width = feature_width
+        self.random_state = random_state
 
     def _shape(self, n_features: int) -> tuple[int, ...]:
         """The images' shape where a convolutional architecture or ``flip`` needs it
         (without ``image_shape``: square grey images), else ``()``."""
-        if self.image_shape is not None:
-            return tuple(self.image_shape)
-        if self.architecture is None and not self.flip:
+        if self.image_shape is None and self.architecture is None and not self.flip:
             return ()
-        side = math.isqrt(n_features)
-        if side * side != n_features:
-            needs = f"architecture {self.architecture!r}" if self.architecture else "flip=True"
-            raise InvalidParameterError(
-                f"{needs} needs image_shape=(H, W) or (H, W, C): {n_features} features are "
-                "no square grey image"
-            )
-        return (side, side)
+        needs = f"architecture {self.architecture!r}" if self.architecture else "flip=True"
+        return _image_shape(self.image_shape, n_features, needs)
 
     def _spec(self, n_features: int) -> KernelSpec:
         """The estimator's parameters as a validated :class:`~ntkdemo.spec.KernelSpec`
@@ -86,6 +101,9 @@ class _KernelModel(BaseEstimator):
             time=self.time,
             architecture=self.architecture,
             image_shape=self._shape(n_features),
+            features=self.features,
+            feature_width=self.feature_width,
+            feature_seed=self.random_state,
         )
 
     def _fit_targets(self, X, targets):
@@ -96,12 +114,18 @@ class _KernelModel(BaseEstimator):
                 rows = np.vstack([rows, mirrored(rows, spec.image_shape)])
                 targets = np.vstack([targets, targets])
             spec = averaged or spec
-        fitted = CholeskySolver().fit(rows, targets, spec)
+        strategy = (
+            CholeskySolver() if spec.features is None else FeatureSolver(spec.feature_columns)
+        )
+        fitted = strategy.fit(rows, targets, spec)
         if fitted.solution.jitter:
             warnings.warn(fitted.solution.message, NumericalFallbackWarning, stacklevel=3)
         self.X_fit_ = X
         self.fitted_ = fitted
-        self.dual_coef_ = fitted.solution.coef
+        if spec.features is None:
+            self.dual_coef_ = fitted.solution.coef
+        else:
+            self.coef_ = fitted.solution.coef
         self.condition_number_ = fitted.solution.condition_number
         return self
 
@@ -140,6 +164,16 @@ class NTKClassifier(ClassifierMixin, _KernelModel):
         where it is mirror symmetric (the same network on the ``n`` images, ``ridge``
         being that of the ``2n``; :func:`ntkdemo.preprocess.flip_kernel`), else the
         mirrored images added (``dual_coef_`` then has ``2n`` rows).
+    features : int, optional
+        Approximate the kernel of ``architecture`` by this many random features (twice
+        as many for the NTK; :mod:`ntkdemo.kernels.features`), solved in the primal
+        (:class:`ntkdemo.solvers.features.FeatureSolver`): for training sets whose exact
+        kernel would take too long. An approximation: measure its error with
+        :func:`ntkdemo.solvers.features.approximation_error`; a ``ridge`` helps.
+    feature_width : int, default=128
+        Channels of the random network's hidden layers but the last.
+    random_state : int, default=0
+        Seed of the random network of ``features``.
 
     Attributes
     ----------
@@ -148,11 +182,14 @@ class NTKClassifier(ClassifierMixin, _KernelModel):
     X_fit_ : ndarray of shape (n_samples, n_features)
         Training inputs (the kernel needs them to predict).
     dual_coef_ : ndarray of shape (n_samples, n_classes)
-        :math:`A` with :math:`f(x) = K(x, X) A`.
+        :math:`A` with :math:`f(x) = K(x, X) A` (an exact kernel).
+    coef_ : ndarray of shape (n_columns, n_classes)
+        :math:`w` with :math:`f(x) = \\phi(x)^T w` (with ``features``).
     condition_number_ : float
         Condition estimate of the solved system.
-    fitted_ : FittedKernel
-        The fitted model of the ``cholesky`` strategy (unit training rows, solution).
+    fitted_ : FittedKernel or FittedFeatures
+        The fitted model of the ``cholesky`` strategy (unit training rows, solution), or
+        of the ``features`` one.
 
     Examples
     --------
@@ -244,3 +281,111 @@ class NTKRegressor(RegressorMixin, _KernelModel):
         """Predicted targets, shape (n_samples,) or (n_samples, n_targets)."""
         outputs = self._outputs(X)
         return outputs[:, 0] if self._single_target else outputs
+
+
+class ConvKernelFeatures(TransformerMixin, BaseEstimator):
+    """Random features whose inner products approximate a network's NNGP or NTK, as a
+    scikit-learn transformer (:func:`ntkdemo.kernels.conv_features`).
+
+    ``make_pipeline(ConvKernelFeatures(architecture="myrtle5"), RidgeClassifier())`` is
+    ridge regression on the approximate kernel. The features are an approximation: the
+    drawn network's kernel, calibrated on the first ``calibration`` training images
+    (:meth:`ntkdemo.kernels.features.RandomFeatures.calibrate`).
+
+    Parameters
+    ----------
+    architecture : str or sequence of layers, default="myrtle5"
+        A network with a ``GlobalAvgPool`` read-out, or ``Dense`` layers after a
+        ``Flatten``.
+    kernel : {"ntk", "nngp"}, default="ntk"
+    dimension : int, default=4096
+        NNGP columns; the NTK has twice as many.
+    width : int, default=128
+        Channels of the random network's hidden layers but the last.
+    w_std, b_std : float, default=1.0 and 0.0
+    image_shape : tuple of int, optional
+        ``(H, W)`` or ``(H, W, C)`` of one image (default: square grey images).
+    calibration : int, default=32
+        Training images whose exact kernel sets the features' scale (0: none).
+    random_state : int, default=0
+        Seed of the random network.
+
+    Attributes
+    ----------
+    feature_map_ : RandomFeatures
+        The drawn network.
+    n_features_in_ : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.linear_model import RidgeClassifier
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from ntkdemo import ConvKernelFeatures
+    >>> X = np.random.default_rng(0).random((20, 64))
+    >>> model = make_pipeline(
+    ...     ConvKernelFeatures(architecture="cnn-gap-1", dimension=256), RidgeClassifier()
+    ... )
+    >>> model.fit(X, [0, 1] * 10).predict(X[:4]).shape
+    (4,)
+    """
+
+    def __init__(
+        self,
+        architecture="myrtle5",
+        kernel="ntk",
+        dimension=4096,
+        width=128,
+        w_std=1.0,
+        b_std=0.0,
+        image_shape=None,
+        calibration=32,
+        random_state=0,
+    ):
+        self.architecture = architecture
+        self.kernel = kernel
+        self.dimension = dimension
+        self.width = width
+        self.w_std = w_std
+        self.b_std = b_std
+        self.image_shape = image_shape
+        self.calibration = calibration
+        self.random_state = random_state
+
+    def fit(self, X, y=None):
+        """Draw the random network for the images' shape and calibrate it on ``X``.
+
+        Returns
+        -------
+        self
+        """
+        from .kernels.features import RandomFeatures
+
+        X = validate_data(self, X)
+        if self.kernel not in ("ntk", "nngp"):
+            raise InvalidParameterError(f"kernel must be 'ntk' or 'nngp', got {self.kernel!r}")
+        shape = _image_shape(self.image_shape, X.shape[1], f"architecture {self.architecture!r}")
+        self.feature_map_ = RandomFeatures(
+            self.architecture,
+            shape,
+            dimension=self.dimension,
+            width=self.width,
+            w_std=self.w_std,
+            b_std=self.b_std,
+            seed=self.random_state,
+        )
+        if self.calibration:
+            self.feature_map_.calibrate(X, self.calibration)
+        return self
+
+    def transform(self, X):
+        """The features of ``X``.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, dimension), or (n_samples, 2 * dimension) for the NTK
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False)
+        nngp, ntk = self.feature_map_.transform(X)
+        return ntk if self.kernel == "ntk" else nngp

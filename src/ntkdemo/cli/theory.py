@@ -89,6 +89,22 @@ def add_commands(commands) -> list[str]:
         help="networks besides --depths, e.g. fc-1,cnn-flatten-6,myrtle5 (kernels with "
         "pooling cost milliseconds per image pair: see the time a run prints)",
     )
+    curve.add_argument(
+        "--features",
+        type=positive_int,
+        default=None,
+        metavar="D",
+        help="the --architectures' kernels approximated by D random features (2D for the "
+        "NTK), one set serving every size, solved in the primal; their error against "
+        "the exact kernel on 100 + 100 images is printed (as ntkdemo run --features)",
+    )
+    curve.add_argument(
+        "--feature-width",
+        type=positive_int,
+        default=128,
+        metavar="W",
+        help="channels of the random network's hidden layers but the last (default: 128)",
+    )
     curve.add_argument("--no-svc", action="store_true", help="skip the RBF SVC baseline")
     curve.add_argument(
         "--svc-max-images",
@@ -300,6 +316,8 @@ def command_curve(options) -> int:
         sizes,
         depths=options.depths,
         architectures=options.architectures,
+        features=options.features,
+        feature_width=options.feature_width,
         svc_baseline=not options.no_svc,
         whole_matrix_rows=options.whole_images,
         svc_max_rows=options.svc_max_images,

@@ -9,6 +9,9 @@
   :mod:`~ntkdemo.kernels.conv_loops`, its compiled loops, and
   :mod:`~ntkdemo.kernels.conv_arrays`, the fold over whole arrays that runs every
   composition);
+* :mod:`~ntkdemo.kernels.features` -- random features whose inner products
+  approximate those kernels (a random finite network of the architecture, its gradients
+  sketched): an approximation, for training sets the exact kernels cannot reach;
 * :mod:`~ntkdemo.kernels.activations` -- the layers acting position by position
   (``Relu``, ``ABRelu``, ``LeakyRelu``, ``Abs``, ``Erf``, ``Gelu``, ``Identity``,
   ``LayerNorm``), each with its kernel rule;
@@ -28,6 +31,7 @@ from .architecture import architecture_layers
 from .blocks import mirror_upper
 from .conv import conv_kernels
 from .deep import fc_kernels
+from .features import RandomFeatures, conv_features
 from .layers import AvgPool, Conv, Dense, Flatten, GlobalAvgPool, Parallel
 from .matrix import is_default_kernel, kernel_matrix
 from .ntk import ntk, ntk_of_cosine, ntk_times, scaled_unit_rows, unit_rows
@@ -39,7 +43,9 @@ __all__ = [
     "Flatten",
     "GlobalAvgPool",
     "Parallel",
+    "RandomFeatures",
     "architecture_layers",
+    "conv_features",
     "conv_kernels",
     "fc_kernels",
     "is_default_kernel",

@@ -30,8 +30,11 @@ derivative by the layer's pre-activations at position :math:`p` (back-propagated
 about :math:`\|g\|^2\|g'\|^2 / D`. The drawn network's kernels are unbiased for the
 exact ones when one random layer stands before the read-out (``cnn-gap-1``,
 ``fc-1``: its pre-activations are exactly Gaussian); deeper, they are consistent, with
-an error falling as :math:`\text{width}^{-1/2}`, and biased at finite width. Every run
-that uses them measures the error against the exact kernel
+an error falling as :math:`\text{width}^{-1/2}`, and biased at finite width. Most of
+that error is one factor over the whole kernel (the few channels' weights scale every
+image alike), so by default the features are *calibrated*: scaled to the exact kernels
+on a few images (:meth:`RandomFeatures.calibrate`), which leaves them consistent but
+not unbiased. Every run that uses them measures the error against the exact kernel
 (:func:`ntkdemo.solvers.features.approximation_error`).
 
 Supported: ``Conv`` (any filter, stride, padding), ``AvgPool``, ``GlobalAvgPool``,
@@ -154,7 +157,41 @@ class RandomFeatures:
         check_feature_layers(layers)
         rng = np.random.default_rng(seed)
         self.readout = rng.standard_normal(channels)
+        self.layers = layers
+        self.scales = (1.0, 1.0)
         self.steps = _draw(layers[:-1], self.image_shape, self.width, channels, self.dimension, rng)
+
+    def calibrate(self, X: object, count: int = 32) -> tuple[float, float]:
+        r"""Set the features' scales to the exact kernels' on the first ``count`` images
+        of ``X``: each kernel's features are multiplied by :math:`\sqrt{c}`, with
+        :math:`c = \langle \hat K, K \rangle / \langle \hat K, \hat K \rangle` on
+        those images' Gram matrices (``count (count + 1) / 2`` exact pairs).
+
+        A drawn network's kernels are off by a nearly global factor, from its few
+        channels' weights (about :math:`2.2 / \sqrt{\text{width}}` for a ReLU layer on
+        images that look alike), which the rest of their error is small beside; the
+        factor changes no prediction at ridge 0, but it is what a ridge is measured
+        against. Calibrated features are consistent but no longer unbiased.
+
+        Returns
+        -------
+        nngp_scale, ntk_scale : float
+            The multipliers now applied.
+        """
+        from .conv import conv_kernels
+
+        images = as_images(X, self.image_shape)[: check_positive_int("count", count)]
+        self.scales = (1.0, 1.0)
+        exact = conv_kernels(images, architecture=self.layers)
+        drawn = self.transform(images)
+        factors = []
+        for features, kernel in zip(drawn, exact, strict=True):
+            estimate = features @ features.T
+            factors.append(
+                math.sqrt(max(np.vdot(estimate, kernel), 0.0) / np.vdot(estimate, estimate))
+            )
+        self.scales = (factors[0], factors[1])
+        return self.scales
 
     def transform(
         self,
@@ -219,7 +256,8 @@ class RandomFeatures:
         for index in range(len(self.steps) - 1, -1, -1):
             first = index == 0
             delta = _backward(self.steps[index], delta, kept[index], sketch, need_input=not first)
-        return psi, np.concatenate([psi, sketch], axis=1)
+        nngp_scale, ntk_scale = self.scales
+        return nngp_scale * psi, ntk_scale * np.concatenate([psi, sketch], axis=1)
 
 
 def conv_features(
@@ -232,6 +270,7 @@ def conv_features(
     b_std: float = 0.0,
     seed: int = 0,
     image_shape: tuple[int, ...] | None = None,
+    calibration: int = 32,
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     r"""NNGP and NTK random features of images: approximations, whose inner products
@@ -249,6 +288,9 @@ def conv_features(
         As :class:`RandomFeatures`.
     image_shape : tuple of int, optional
         ``(H, W)`` or ``(H, W, C)``, for flat rows.
+    calibration : int, default=32
+        Images of ``X`` (the first) whose exact kernels set the features' scales
+        (:meth:`RandomFeatures.calibrate`); 0: none, the drawn network as it is.
     progress : callable, optional
         Wraps the iterator over batches of images.
 
@@ -277,6 +319,8 @@ def conv_features(
         b_std=b_std,
         seed=seed,
     )
+    if calibration:
+        features.calibrate(images, calibration)
     return features.transform(images, progress=progress)
 
 

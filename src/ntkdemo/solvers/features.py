@@ -35,7 +35,13 @@ from ..validation import check_finite_result, check_positive_int
 from .base import KernelSolution, Progress, Stopwatch, host_available_bytes, wrap
 from .cholesky import solve
 
-__all__ = ["ApproximationError", "FeatureSolver", "FittedFeatures", "approximation_error"]
+__all__ = [
+    "ApproximationError",
+    "FeatureSolver",
+    "FittedFeatures",
+    "approximation_error",
+    "features_of",
+]
 
 
 @dataclass
@@ -82,11 +88,15 @@ class FeatureSolver:
         again, so that no n x D array is held).
     batch_rows : int, default=1024
         Images whose features are computed, and summed into :math:`F^T F`, at once.
+    calibration : int, default=32
+        Training images (the first) whose exact kernel sets the features' scale
+        (:meth:`~ntkdemo.kernels.features.RandomFeatures.calibrate`).
     """
 
     columns: int
     keep: bool = True
     batch_rows: int = 1024
+    calibration: int = 32
 
     @property
     def name(self) -> str:
@@ -142,6 +152,8 @@ class FeatureSolver:
         check_positive_int("batch_rows", self.batch_rows)
         watch = Stopwatch()
         feature_map = spec.feature_map(X_unit.shape[1])
+        with watch.stage("features"):
+            feature_map.calibrate(fold_inputs(X_unit[: self.calibration]))
         gram = np.zeros((self.columns, self.columns))
         right = np.zeros((self.columns, Y.shape[1]))
         kept = np.empty((len(X_unit), self.columns)) if self.keep else None
@@ -173,6 +185,18 @@ class FeatureSolver:
                 fitted.eigenvalues = np.linalg.eigvalsh(leading @ leading.T)
         fitted.timings = watch.timings
         return fitted
+
+
+def features_of(
+    spec: KernelSpec,
+    feature_map: RandomFeatures,
+    X_unit: np.ndarray,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> np.ndarray:
+    """The features of the kernel ``spec`` asks for (NNGP or NTK, averaged over mirrors
+    under ``flip``) of unit rows, all at once: ndarray of shape (n, columns)."""
+    batches = _feature_batches(feature_map, spec, X_unit, 1024, progress)
+    return np.vstack([batch for _, batch in batches])
 
 
 def _feature_batches(
@@ -231,7 +255,8 @@ class ApproximationError:
 
 
 def approximation_error(
-    fitted: FittedFeatures,
+    spec: KernelSpec,
+    feature_map: RandomFeatures,
     X_train_unit: np.ndarray,
     X_test_unit: np.ndarray,
     Y: np.ndarray,
@@ -240,13 +265,17 @@ def approximation_error(
     n_test: int = 100,
     seed: int = 0,
 ) -> ApproximationError:
-    """Measure a fitted model's features against the exact kernel on ``n_train``
-    training and ``n_test`` test images drawn at random (``n_train (n_train + 1) / 2 +
-    n_test n_train`` exact pairs, counted by the spec's tally).
+    """Measure random features against the exact kernel on ``n_train`` training and
+    ``n_test`` test images drawn at random (``n_train (n_train + 1) / 2 + n_test
+    n_train`` exact pairs, counted by the spec's tally).
 
     Parameters
     ----------
-    fitted : FittedFeatures
+    spec : KernelSpec
+        With ``features``: which kernel (NNGP or NTK, averaged over mirrors or not), its
+        ridge.
+    feature_map : RandomFeatures
+        The drawn network (calibrated as the fit calibrated it).
     X_train_unit, X_test_unit : ndarray
         Unit rows of the training and test images.
     Y : ndarray of shape (n_train_total, n_outputs)
@@ -262,13 +291,13 @@ def approximation_error(
     rng = np.random.default_rng(seed)
     train = np.sort(rng.choice(len(X_train_unit), min(n_train, len(X_train_unit)), replace=False))
     test = np.sort(rng.choice(len(X_test_unit), min(n_test, len(X_test_unit)), replace=False))
-    exact_spec = replace(fitted.spec, features=None)
+    exact_spec = replace(spec, features=None)
     exact = exact_spec.matrix(X_train_unit[train])
     exact_test = exact_spec.matrix(X_test_unit[test], X_train_unit[train])
-    F = np.vstack([batch for _, batch in fitted.features(X_train_unit[train])])
-    F_test = np.vstack([batch for _, batch in fitted.features(X_test_unit[test])])
+    F = features_of(spec, feature_map, X_train_unit[train])
+    F_test = features_of(spec, feature_map, X_test_unit[test])
     approximate, approximate_test = F @ F.T, F_test @ F.T
-    ridge = fitted.spec.ridge
+    ridge = spec.ridge
     outputs = exact_test @ solve(exact, Y[train], ridge=ridge).coef
     approximate_outputs = approximate_test @ solve(approximate, Y[train], ridge=ridge).coef
 
