@@ -389,3 +389,21 @@ def test_forced_solver_with_features_is_one_clear_line(tmp_path, tiny_dataset):
     )
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "does not serve" in done.stderr
+
+
+def test_every_finite_form_has_its_derivative():
+    # each activation's slopes are the derivative of its values (central differences),
+    # and LayerNorm, which mixes the channels, has none
+    from ntkdemo.kernels.activations import WORDS, LayerNorm
+
+    z = np.linspace(-3.0, 3.0, 61) + 0.013  # off the kinks at 0
+    made = {"abrelu": (0.3, 1.5), "erf": (1.2, 0.7, 0.1)}
+    for name, kind in WORDS.items():
+        layer = kind(*made.get(name, ()))
+        finite = layer.finite(z)
+        if kind is LayerNorm:
+            assert finite is None
+            continue
+        values, slopes = finite
+        up, down = layer.finite(z + 1e-6)[0], layer.finite(z - 1e-6)[0]
+        np.testing.assert_allclose(slopes, (up - down) / 2e-6, rtol=1e-6, atol=1e-8, err_msg=name)
