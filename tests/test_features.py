@@ -367,7 +367,8 @@ def test_run_with_features_end_to_end(tmp_path, fashion_mnist):
     error = metrics["approximation"]
     assert (error["n_train"], error["n_test"]) == (80, 30)
     assert 0 < error["kernel_train"] < 0.2 and 0 < error["kernel_test"] < 0.2
-    assert metrics["kernel_pairs"] == 80 * 81 // 2 + 30 * 80  # the error check's alone
+    # the calibration's Gram matrix of 32 images and the error check's pairs, no other
+    assert metrics["kernel_pairs"] == 32 * 33 // 2 + 80 * 81 // 2 + 30 * 80
     assert metrics["test_accuracy"] >= 0.3  # the exact kernel: 0.433 (13/30); chance 0.1
 
 

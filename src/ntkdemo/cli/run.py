@@ -378,7 +378,7 @@ def _engine(options) -> Iterator[tuple | None]:
 
 def _feature_estimate(spec, sample) -> str:
     """How long the random features will take here, from the time of a few images'
-    measured now, and the exact pairs of the error check."""
+    measured now, and the exact pairs of their calibration and error check."""
     from dataclasses import replace
 
     from ..kernels.conv import seconds_per_pair
@@ -391,14 +391,16 @@ def _feature_estimate(spec, sample) -> str:
     per_image = (time.perf_counter() - started) / len(probe) * (2 if spec.flip else 1)
     images = len(sample.y_train) + len(sample.y_test)
     train, test = min(100, len(sample.y_train)), min(100, len(sample.y_test))
-    pairs = train * (train + 1) // 2 + test * train
+    calibration = min(32, len(sample.y_train))
+    pairs = train * (train + 1) // 2 + test * train + calibration * (calibration + 1) // 2
     per_pair = seconds_per_pair(
         spec.network, sample.image_shape, w_std=spec.w_std, b_std=spec.b_std
     )
     return (
         f"features: about {format_duration(images * per_image)} here ({images:,} images at "
-        f"{per_image * 1e3:.1f} ms each, measured now); error check against the exact "
-        f"kernel: about {format_duration(pairs * per_pair)} ({pairs:,} pairs)"
+        f"{per_image * 1e3:.1f} ms each, measured now); calibration and error check "
+        f"against the exact kernel: about {format_duration(pairs * per_pair)} ({pairs:,} "
+        "pairs)"
     )
 
 

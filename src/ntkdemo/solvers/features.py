@@ -153,7 +153,9 @@ class FeatureSolver:
         watch = Stopwatch()
         feature_map = spec.feature_map(X_unit.shape[1])
         with watch.stage("features"):
-            feature_map.calibrate(fold_inputs(X_unit[: self.calibration]))
+            calibration = fold_inputs(X_unit[: self.calibration])
+            feature_map.calibrate(calibration, len(calibration))
+            spec.count_pairs(len(calibration), None)  # its exact Gram matrix
         gram = np.zeros((self.columns, self.columns))
         right = np.zeros((self.columns, Y.shape[1]))
         kept = np.empty((len(X_unit), self.columns)) if self.keep else None
