@@ -209,6 +209,7 @@ def test_calibration_scales_to_the_exact_kernel():
         ("cnn-flatten-2", "read-out fed by the last hidden layer"),
         ("conv+layernorm+gap+dense", "entry by entry"),
         ("conv+(|relu+conv)+relu+gap+dense", "Parallel"),
+        ("flatten+dense", "hidden Conv or Dense"),
     ],
 )
 def test_features_refuse_what_they_cannot_draw(architecture, match):

@@ -343,8 +343,13 @@ def check_feature_layers(layers: Sequence[Layer]) -> None:
                 f"random features need activations acting entry by entry; {layer} does not "
                 "(use the exact kernel)"
             )
-    last = max(i for i, layer in enumerate(layers[:-1]) if isinstance(layer, Conv | Dense))
-    if any(isinstance(layer, Flatten) for layer in layers[last + 1 : -1]):
+    hidden = [i for i, layer in enumerate(layers[:-1]) if isinstance(layer, Conv | Dense)]
+    if not hidden:
+        raise InvalidParameterError(
+            "random features need a hidden Conv or Dense layer before the read-out; a "
+            "network without one is linear: use its exact kernel (conv_kernels)"
+        )
+    if any(isinstance(layer, Flatten) for layer in layers[hidden[-1] + 1 : -1]):
         raise InvalidParameterError(
             "random features need a read-out fed by the last hidden layer's channels: a "
             "GlobalAvgPool after the last Conv, or Dense layers after a Flatten "
