@@ -178,6 +178,33 @@ def read_cache(path: str | None, key: str) -> dict[str, np.ndarray]:
     return cached
 
 
+def balanced_sample(dataset: str, per_class: int, test: int):
+    """``per_class`` training images per class (seed 0) and the first ``test`` images of
+    the balanced test order: the sample of every run of this script (and of
+    ``bench_features.py``).
+
+    Raises
+    ------
+    InvalidParameterError
+        If ``test`` is more than the balanced test images.
+    """
+    from ntkdemo import load_sample
+    from ntkdemo.errors import InvalidParameterError
+
+    sample = load_sample(dataset, per_class, None, seed=0)
+    if test > len(sample.y_test):
+        raise InvalidParameterError(
+            f"--test {test} asks for more than the {len(sample.y_test)} balanced test "
+            f"images of {dataset}; use at most {len(sample.y_test)}"
+        )
+    return replace(
+        sample,
+        X_test=sample.X_test[:test],
+        y_test=sample.y_test[:test],
+        test_indices=sample.test_indices[:test],
+    )
+
+
 def main() -> int:
     from ntkdemo.cli.options import architecture_name, positive_int, script_parser
 
@@ -198,24 +225,12 @@ def main() -> int:
     options = parser.parse_args()
     from tqdm import tqdm
 
-    from ntkdemo import load_sample
     from ntkdemo.errors import InvalidParameterError
     from ntkdemo.kernels import scaled_unit_rows
     from ntkdemo.kernels.mirror import is_mirror_symmetric
     from ntkdemo.solvers import one_hot, solve
 
-    sample = load_sample(options.dataset, options.per_class, None, seed=0)
-    if options.test > len(sample.y_test):
-        raise InvalidParameterError(
-            f"--test {options.test} asks for more than the {len(sample.y_test)} balanced "
-            f"test images of {options.dataset}; use at most {len(sample.y_test)}"
-        )
-    sample = replace(
-        sample,
-        X_test=sample.X_test[: options.test],
-        y_test=sample.y_test[: options.test],
-        test_indices=sample.test_indices[: options.test],
-    )
+    sample = balanced_sample(options.dataset, options.per_class, options.test)
     X, X_test = scaled_unit_rows(sample.X_train), scaled_unit_rows(sample.X_test)
     network = {  # w_std sqrt(2), as every run behind the README's rows (b_std 0: a scale)
         "architecture": options.architecture,

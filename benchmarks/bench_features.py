@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import replace
 
 import numpy as np
 from accuracy_ridge import (
     RELATIVE_RIDGES,
+    balanced_sample,
     cache_key,
     leave_one_out_outputs,
     plain_kernels,
@@ -92,18 +92,11 @@ def main() -> int:
     options = parser.parse_args()
     from tqdm import tqdm
 
-    from ntkdemo import load_sample
     from ntkdemo.kernels import RandomFeatures, scaled_unit_rows
     from ntkdemo.kernels.conv import seconds_per_pair
     from ntkdemo.solvers import one_hot
 
-    sample = load_sample(options.dataset, options.per_class, None, seed=0)
-    sample = replace(
-        sample,
-        X_test=sample.X_test[: options.test],
-        y_test=sample.y_test[: options.test],
-        test_indices=sample.test_indices[: options.test],
-    )
+    sample = balanced_sample(options.dataset, options.per_class, options.test)
     X, X_test = scaled_unit_rows(sample.X_train), scaled_unit_rows(sample.X_test)
     network = {
         "architecture": options.architecture,
