@@ -273,3 +273,22 @@ def test_zca_zero_is_refused_before_loading(capsys):
 def test_negative_values_reach_their_check(tiny_dataset, tmp_path, value, expected):
     done = run_ntkdemo("--dataset", str(tiny_dataset), "--classes", value, "--out", str(tmp_path))
     assert done.returncode == 2 and expected in done.stderr
+
+
+def test_progress_off_a_terminal_is_a_line_a_minute_with_the_time_left(capsys):
+    from ntkdemo.cli.options import progress_lines
+
+    ticks = iter([0.0, 10.0, 70.0, 80.0, 150.0, 200.0])  # the clock at start and per block
+    items = list(progress_lines(range(5), "kernel strips", "block", clock=lambda: next(ticks)))
+    assert items == [0, 1, 2, 3, 4]
+    lines = capsys.readouterr().err.splitlines()
+    # a line at 70 s (2 done: 35 s each, 3 left) and at 150 s (4 done), none at 10, 80, 200
+    assert lines == [
+        "kernel strips: 2 of 5 blocks (40%), 70 s so far, about 105 s left",
+        "kernel strips: 4 of 5 blocks (80%), 2 min so far, about 38 s left",
+    ]
+    unsized = progress_lines(
+        iter("ab"), "iterations", "iteration", clock=iter([0, 61, 62]).__next__
+    )
+    assert "".join(unsized) == "ab"
+    assert capsys.readouterr().err == "iterations: 1 iterations, 61 s so far\n"

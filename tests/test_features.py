@@ -302,8 +302,42 @@ def test_approximation_error_against_an_independent_computation():
     approximate = F_test @ F.T @ np.linalg.solve(F @ F.T + 0.1 * np.eye(15), Y[train])
     outputs = np.linalg.norm(approximate - exact_outputs) / np.linalg.norm(exact_outputs)
     assert report.outputs == pytest.approx(outputs, rel=1e-6)
+    agree = np.mean(approximate.argmax(axis=1) == exact_outputs.argmax(axis=1))
+    assert report.classes_agree == agree
     assert (report.n_train, report.n_test) == (15, 5) and 0 < report.kernel_train < 1
     assert "approximation error" in report.describe()
+
+
+def test_feature_curve_equals_a_fit_at_each_size():
+    from ntkdemo.data import Sample
+    from ntkdemo.theory.experiments import feature_curve
+
+    rng = np.random.default_rng(11)
+    X, X_test = rng.random((40, 64)), rng.random((12, 64))
+    y, y_test = np.arange(40) % 3, np.arange(12) % 3
+    sample = Sample(
+        X,
+        y,
+        X_test,
+        y_test,
+        ("a", "b", "c"),
+        (0, 1, 2),
+        np.arange(40),
+        np.arange(12),
+        "here",
+        (8, 8),
+    )
+    spec = KernelSpec(
+        architecture="cnn-gap-2", features=32, feature_width=4, ridge=0.01, image_shape=(8, 8)
+    )
+    lines: list[str] = []
+    scores = feature_curve(sample, spec, np.array([32, 40]), progress=lines.append)
+    for n, score in zip([32, 40], scores, strict=True):
+        # a run's fit on the first n images: calibrated on the same first 32
+        fitted = FeatureSolver(spec.feature_columns).fit(unit_rows(X[:n]), one_hot(y[:n], 3), spec)
+        assert score == np.mean(fitted.predict(unit_rows(X_test)).argmax(axis=1) == y_test)
+    assert len(lines) == 1 and "APPROXIMATE, approximation error" in lines[0]
+    assert "on 40 training and 12 test images" in lines[0]
 
 
 def test_estimators_and_the_transformer_in_a_pipeline():
@@ -368,8 +402,12 @@ def test_run_with_features_end_to_end(tmp_path, fashion_mnist):
     error = metrics["approximation"]
     assert (error["n_train"], error["n_test"]) == (80, 30)
     assert 0 < error["kernel_train"] < 0.2 and 0 < error["kernel_test"] < 0.2
-    # the calibration's Gram matrix of 32 images and the error check's pairs, no other
-    assert metrics["kernel_pairs"] == 32 * 33 // 2 + 80 * 81 // 2 + 30 * 80
+    assert 0.5 <= error["classes_agree"] <= 1
+    # the calibration's Gram matrix of 32 images and the error check's pairs, no other,
+    # as the estimate printed first counted them
+    exact_pairs = 32 * 33 // 2 + 80 * 81 // 2 + 30 * 80
+    assert metrics["kernel_pairs"] == exact_pairs
+    assert "against the exact kernel: about" in text and f"({exact_pairs:,} pairs)" in text
     assert metrics["test_accuracy"] >= 0.3  # the exact kernel: 0.433 (13/30); chance 0.1
 
 

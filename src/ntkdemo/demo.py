@@ -19,7 +19,7 @@ from .kernels import unit_rows
 from .kernels.matrix import PairTally
 from .plan import MemoryPlan, plan_memory
 from .solvers.base import KernelSolution, Progress, Stopwatch, one_hot
-from .solvers.features import ApproximationError, FittedFeatures, approximation_error
+from .solvers.features import ApproximationError, FittedFeatures
 from .spec import KernelSpec
 from .validation import check_matrix
 
@@ -135,9 +135,7 @@ def run_demo(
     approximation = None
     if isinstance(fitted, FittedFeatures):
         with watch.stage("error check"):
-            approximation = approximation_error(
-                fitted.spec, fitted.feature_map, X_train, X_test, targets
-            )
+            approximation = fitted.approximation_error(X_train, X_test, targets)
     return DemoResult(
         test_scores=test_scores,
         train_scores=fitted.train_scores,

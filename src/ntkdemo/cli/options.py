@@ -317,13 +317,52 @@ class Console:
             ) from None
 
     def progress(self, description: str):
-        """A tqdm factory for block loops, or None when quiet or not on a terminal."""
-        if self.quiet or not sys.stderr.isatty():
+        """A progress factory for block loops, None when quiet: a tqdm bar on a terminal,
+        else (a log file, a pipe) :func:`progress_lines` on standard error."""
+        if self.quiet:
             return None
+        unit = "iteration" if "iteration" in description else "block"
+        if not sys.stderr.isatty():
+            return lambda iterable: progress_lines(iterable, description, unit)
         from tqdm import tqdm
 
-        unit = "iteration" if "iteration" in description else "block"
         return lambda iterable: tqdm(iterable, desc=description, leave=False, unit=unit)
+
+
+PROGRESS_LINE_SECONDS = 60.0
+"""Off a terminal, a block loop writes a progress line at most this often."""
+
+
+def progress_lines(
+    iterable,
+    description: str,
+    unit: str,
+    *,
+    interval: float = PROGRESS_LINE_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator:
+    """Yield the items of ``iterable``, writing to standard error, at most every
+    ``interval`` seconds, a line with the items done, the time so far and, where the
+    iterable has a length, the time left at the mean rate so far: the progress of a run
+    whose output goes to a log file (a loop shorter than ``interval`` writes none)."""
+    from ..units import format_duration
+
+    total = len(iterable) if hasattr(iterable, "__len__") else None
+    started = last = clock()
+    for done, item in enumerate(iterable, start=1):
+        yield item
+        now = clock()
+        if now - last < interval:
+            continue
+        last, elapsed = now, now - started
+        line = f"{description}: {done:,}"
+        if total:
+            left = elapsed / done * (total - done)
+            line += f" of {total:,} {unit}s ({done / total:.0%}), {format_duration(elapsed)}"
+            line += f" so far, about {format_duration(left)} left"
+        else:
+            line += f" {unit}s, {format_duration(elapsed)} so far"
+        print(line, file=sys.stderr, flush=True)
 
 
 def draw_from_options(options, say: Console, **overrides):

@@ -194,7 +194,7 @@ def command_run(options) -> int:
             sample = zca_whitened(sample, options.zca, with_mirrors=spec.flip)
 
         if spec.features is not None:
-            say(_feature_estimate(spec, sample))
+            say(_feature_estimate(spec, sample, plan.strategy))
         elif spec.architecture is not None:
             per_class = len(draw.y_train) // draw.n_classes
             spectrum_apart = not plan.strategy.gives_spectrum
@@ -376,9 +376,10 @@ def _engine(options) -> Iterator[tuple | None]:
         yield (DaskSolver(client),)
 
 
-def _feature_estimate(spec, sample) -> str:
+def _feature_estimate(spec, sample, strategy) -> str:
     """How long the random features will take here, from the time of a few images'
-    measured now, and the exact pairs of their calibration and error check."""
+    measured now, and the exact pairs of their calibration and error check
+    (:meth:`~ntkdemo.solvers.features.FeatureSolver.exact_pairs`)."""
     from dataclasses import replace
 
     from ..kernels.conv import seconds_per_pair
@@ -390,9 +391,7 @@ def _feature_estimate(spec, sample) -> str:
     feature_map.transform(probe)
     per_image = (time.perf_counter() - started) / len(probe) * (2 if spec.flip else 1)
     images = len(sample.y_train) + len(sample.y_test)
-    train, test = min(100, len(sample.y_train)), min(100, len(sample.y_test))
-    calibration = min(32, len(sample.y_train))
-    pairs = train * (train + 1) // 2 + test * train + calibration * (calibration + 1) // 2
+    pairs = strategy.exact_pairs(len(sample.y_train), len(sample.y_test))
     per_pair = seconds_per_pair(
         spec.network, sample.image_shape, w_std=spec.w_std, b_std=spec.b_std
     )

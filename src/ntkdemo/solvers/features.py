@@ -41,6 +41,7 @@ __all__ = [
     "FittedFeatures",
     "approximation_error",
     "features_of",
+    "primal_solve",
 ]
 
 
@@ -57,21 +58,31 @@ class FittedFeatures:
     solution: KernelSolution
     train_scores: np.ndarray
     batch_rows: int
+    error_images: int
     timings: dict[str, float] = field(default_factory=dict)
     eigenvalues: np.ndarray | None = None
 
-    def features(
-        self, X_unit: np.ndarray, progress: Callable[[Iterable], Iterable] | None = None
-    ) -> Iterable[tuple[slice, np.ndarray]]:
-        """The features of unit rows, batch by batch: ``(rows, features)``."""
-        return _feature_batches(self.feature_map, self.spec, X_unit, self.batch_rows, progress)
-
     def predict(self, X_unit: np.ndarray, *, progress: Progress | None = None) -> np.ndarray:
         """Outputs :math:`\\phi(x)^T w` of shape (n_test, n_outputs) for unit rows."""
-        outputs = np.empty((len(X_unit), self.solution.coef.shape[1]))
-        for rows, batch in self.features(X_unit, wrap(progress, "feature batches")):
-            outputs[rows] = batch @ self.solution.coef
-        return check_finite_result("the outputs", outputs)
+        batches = _feature_batches(
+            self.feature_map, self.spec, X_unit, self.batch_rows, wrap(progress, "feature batches")
+        )
+        return _outputs(batches, self.solution.coef, len(X_unit))
+
+    def approximation_error(
+        self, X_train_unit: np.ndarray, X_test_unit: np.ndarray, Y: np.ndarray
+    ) -> ApproximationError:
+        """:func:`approximation_error` on ``error_images`` training and as many test
+        images, as the solver that fitted it decided."""
+        return approximation_error(
+            self.spec,
+            self.feature_map,
+            X_train_unit,
+            X_test_unit,
+            Y,
+            n_train=self.error_images,
+            n_test=self.error_images,
+        )
 
 
 @dataclass(frozen=True)
@@ -91,12 +102,16 @@ class FeatureSolver:
     calibration : int, default=32
         Training images (the first) whose exact kernel sets the features' scale
         (:meth:`~ntkdemo.kernels.features.RandomFeatures.calibrate`).
+    error_images : int, default=100
+        Training images, and as many test images, drawn at random for the error check
+        against the exact kernel (:func:`approximation_error`).
     """
 
     columns: int
     keep: bool = True
     batch_rows: int = 1024
     calibration: int = 32
+    error_images: int = 100
 
     @property
     def name(self) -> str:
@@ -151,11 +166,8 @@ class FeatureSolver:
         ``spectrum_rows`` images (from the features kept or computed)."""
         check_positive_int("batch_rows", self.batch_rows)
         watch = Stopwatch()
-        feature_map = spec.feature_map(X_unit.shape[1])
         with watch.stage("features"):
-            calibration = fold_inputs(X_unit[: self.calibration])
-            feature_map.calibrate(calibration, len(calibration))
-            spec.count_pairs(len(calibration), None)  # its exact Gram matrix
+            feature_map = self.calibrated_map(X_unit, spec)
         gram = np.zeros((self.columns, self.columns))
         right = np.zeros((self.columns, Y.shape[1]))
         kept = np.empty((len(X_unit), self.columns)) if self.keep else None
@@ -173,20 +185,64 @@ class FeatureSolver:
                     part = batch[: spectrum_rows - rows.start]
                     leading = part if leading is None else np.vstack([leading, part])
         with watch.stage("solve"):
-            solution = solve(gram, right, ridge=spec.ridge, overwrite_k=True)
-            solution = replace(solution, method="Cholesky of the primal (random features)")
-        fitted = FittedFeatures(feature_map, spec, solution, np.empty(0), self.batch_rows)
+            solution = primal_solve(gram, right, spec.ridge)
         with watch.stage("features"):
             if kept is not None:
                 scores = check_finite_result("the outputs", kept @ solution.coef)
             else:
-                scores = fitted.predict(X_unit, progress=progress)
-        fitted.train_scores = scores
+                again = _feature_batches(
+                    feature_map, spec, X_unit, self.batch_rows, wrap(progress, "feature batches")
+                )
+                scores = _outputs(again, solution.coef, len(X_unit))
+        eigenvalues = None
         if leading is not None:
             with watch.stage("spectrum"):
-                fitted.eigenvalues = np.linalg.eigvalsh(leading @ leading.T)
-        fitted.timings = watch.timings
-        return fitted
+                eigenvalues = np.linalg.eigvalsh(leading @ leading.T)
+        return FittedFeatures(
+            feature_map,
+            spec,
+            solution,
+            scores,
+            self.batch_rows,
+            self.error_images,
+            watch.timings,
+            eigenvalues,
+        )
+
+    def calibrated_map(self, X_unit: np.ndarray, spec: KernelSpec) -> RandomFeatures:
+        """The spec's random network, scaled to the exact kernel of the first
+        ``calibration`` unit rows (whose pairs the spec's tally counts)."""
+        feature_map = spec.feature_map(X_unit.shape[1])
+        images = fold_inputs(X_unit[: self.calibration])
+        feature_map.calibrate(images, len(images))
+        spec.count_pairs(len(images), None)  # its exact Gram matrix
+        return feature_map
+
+    def exact_pairs(self, n_train: int, n_test: int) -> int:
+        """Exact kernel pairs a fit on ``n_train`` images and its error check on
+        ``n_test`` test images compute: the calibration's Gram matrix, the error
+        check's training Gram matrix and its test rows."""
+        calibration = min(self.calibration, n_train)
+        train, test = min(self.error_images, n_train), min(self.error_images, n_test)
+        return (calibration * (calibration + 1) + train * (train + 1)) // 2 + test * train
+
+
+def primal_solve(gram: np.ndarray, right: np.ndarray, ridge: float) -> KernelSolution:
+    r"""Solve the primal system :math:`(F^T F + \lambda I)\,w = F^T Y` by Cholesky
+    (:func:`~.cholesky.solve`, its jitter fallback included), given ``gram`` :math:`=
+    F^T F` (overwritten) and ``right`` :math:`= F^T Y`; ``coef`` holds :math:`w`."""
+    solution = solve(gram, right, ridge=ridge, overwrite_k=True)
+    return replace(solution, method="Cholesky of the primal (random features)")
+
+
+def _outputs(
+    batches: Iterable[tuple[slice, np.ndarray]], coef: np.ndarray, n_rows: int
+) -> np.ndarray:
+    """Outputs :math:`\\phi(x)^T w` of shape (n_rows, n_outputs), batch by batch."""
+    outputs = np.empty((n_rows, coef.shape[1]))
+    for rows, batch in batches:
+        outputs[rows] = batch @ coef
+    return check_finite_result("the outputs", outputs)
 
 
 def features_of(
@@ -237,7 +293,11 @@ class ApproximationError:
     outputs : float
         :math:`\|\hat f - f\|_F / \|f\|_F` for the test images' outputs of kernel
         regression on the sampled training images, with :math:`\hat K` and with
-        :math:`K` (the same ridge).
+        :math:`K` (the same ridge). At ridge 0 the solve amplifies the kernel's error
+        by up to the condition number of :math:`K`: this is the strictest measure.
+    classes_agree : float
+        Fraction of the sampled test images given the same class (the largest output)
+        by :math:`\hat f` and by :math:`f`: what the accuracy sees of ``outputs``.
     """
 
     n_train: int
@@ -245,6 +305,7 @@ class ApproximationError:
     kernel_train: float
     kernel_test: float
     outputs: float
+    classes_agree: float
 
     def describe(self) -> str:
         """One line for the console."""
@@ -252,7 +313,8 @@ class ApproximationError:
             f"approximation error against the exact kernel on {self.n_train} training and "
             f"{self.n_test} test images drawn at random: kernel {self.kernel_train:.2%} "
             f"(training pairs), {self.kernel_test:.2%} (test pairs); outputs "
-            f"{self.outputs:.2%}"
+            f"{self.outputs:.2%}, the same class for {self.classes_agree:.0%} of the test "
+            "images"
         )
 
 
@@ -312,4 +374,5 @@ def approximation_error(
         kernel_train=relative(approximate, exact),
         kernel_test=relative(approximate_test, exact_test),
         outputs=relative(approximate_outputs, outputs),
+        classes_agree=float(np.mean(approximate_outputs.argmax(axis=1) == outputs.argmax(axis=1))),
     )

@@ -219,24 +219,30 @@ def feature_curve(
     """Test accuracy of kernel regression on random features (``spec.features``) on
     the first ``images[i]`` training images of the sample, for each ``i``: one set of
     features serves every size, each solved in the primal
-    (:class:`~ntkdemo.solvers.features.FeatureSolver`); the features' error against the
-    exact kernel on 100 + 100 images drawn at random goes to ``progress``. The features
-    are calibrated on the first 32 training images, as a run's."""
-    from ..kernels.ntk import fold_inputs
-    from ..solvers.features import approximation_error, features_of
+    (:class:`~ntkdemo.solvers.features.FeatureSolver`: its calibration, primal solve
+    and error check against the exact kernel, which goes to ``progress``)."""
+    from ..solvers.features import (
+        FeatureSolver,
+        approximation_error,
+        features_of,
+        primal_solve,
+    )
 
     X_train = unit_rows(sample.X_train[: images.max()])
     X_test = unit_rows(sample.X_test)
     targets = one_hot(sample.y_train[: images.max()], sample.n_classes)
-    feature_map = spec.feature_map(X_train.shape[1])
-    feature_map.calibrate(fold_inputs(X_train[:32]))
+    solver = FeatureSolver(spec.feature_columns)
+    feature_map = solver.calibrated_map(X_train, spec)
     F, F_test = features_of(spec, feature_map, X_train), features_of(spec, feature_map, X_test)
     scores = np.full(len(images), np.nan)
     for index, n in enumerate(images):
-        weights = solve(F[:n].T @ F[:n], F[:n].T @ targets[:n], ridge=spec.ridge).coef
+        weights = primal_solve(F[:n].T @ F[:n], F[:n].T @ targets[:n], spec.ridge).coef
         scores[index] = np.mean((F_test @ weights).argmax(axis=1) == sample.y_test)
     if progress:
-        error = approximation_error(spec, feature_map, X_train, X_test, targets)
+        checked = solver.error_images
+        error = approximation_error(
+            spec, feature_map, X_train, X_test, targets, n_train=checked, n_test=checked
+        )
         progress(f"{spec.describe()}: APPROXIMATE, {error.describe()}")
     return scores
 
