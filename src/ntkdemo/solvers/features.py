@@ -64,10 +64,9 @@ class FittedFeatures:
 
     def predict(self, X_unit: np.ndarray, *, progress: Progress | None = None) -> np.ndarray:
         """Outputs :math:`\\phi(x)^T w` of shape (n_test, n_outputs) for unit rows."""
-        batches = _feature_batches(
-            self.feature_map, self.spec, X_unit, self.batch_rows, wrap(progress, "feature batches")
+        return _outputs(
+            self.feature_map, self.spec, X_unit, self.batch_rows, self.solution.coef, progress
         )
-        return _outputs(batches, self.solution.coef, len(X_unit))
 
     def approximation_error(
         self, X_train_unit: np.ndarray, X_test_unit: np.ndarray, Y: np.ndarray
@@ -190,10 +189,9 @@ class FeatureSolver:
             if kept is not None:
                 scores = check_finite_result("the outputs", kept @ solution.coef)
             else:
-                again = _feature_batches(
-                    feature_map, spec, X_unit, self.batch_rows, wrap(progress, "feature batches")
+                scores = _outputs(
+                    feature_map, spec, X_unit, self.batch_rows, solution.coef, progress
                 )
-                scores = _outputs(again, solution.coef, len(X_unit))
         eigenvalues = None
         if leading is not None:
             with watch.stage("spectrum"):
@@ -236,10 +234,19 @@ def primal_solve(gram: np.ndarray, right: np.ndarray, ridge: float) -> KernelSol
 
 
 def _outputs(
-    batches: Iterable[tuple[slice, np.ndarray]], coef: np.ndarray, n_rows: int
+    feature_map: RandomFeatures,
+    spec: KernelSpec,
+    X_unit: np.ndarray,
+    batch_rows: int,
+    coef: np.ndarray,
+    progress: Progress | None,
 ) -> np.ndarray:
-    """Outputs :math:`\\phi(x)^T w` of shape (n_rows, n_outputs), batch by batch."""
-    outputs = np.empty((n_rows, coef.shape[1]))
+    """Outputs :math:`\\phi(x)^T w` of shape (n_rows, n_outputs) of unit rows, their
+    features computed batch by batch."""
+    outputs = np.empty((len(X_unit), coef.shape[1]))
+    batches = _feature_batches(
+        feature_map, spec, X_unit, batch_rows, wrap(progress, "feature batches")
+    )
     for rows, batch in batches:
         outputs[rows] = batch @ coef
     return check_finite_result("the outputs", outputs)
