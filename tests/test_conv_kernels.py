@@ -288,14 +288,20 @@ def test_every_long_stage_of_a_conv_run_shows_progress(flip):
     assert seen.count("kernel blocks") == (1 + 10 if flip else 1)
 
 
-@pytest.mark.parametrize("flip", [False, True])
-def test_a_runs_pairs_are_counted_before_it_starts(flip, monkeypatch):
+@pytest.mark.parametrize(
+    "flip, solver", [(False, "cholesky"), (True, "cholesky"), (False, "cg"), (True, "cg")]
+)
+def test_a_runs_pairs_are_counted_before_it_starts(flip, solver, monkeypatch):
     """kernel_pairs, which the time estimates multiply by a per-pair cost, counts the
     pairs run_demo has the convolutional fold compute, and so does the run's own tally:
     exactly, and averaged over mirrors within the strips' diagonal squares (about
-    n^2 / 32). The spectrum and the training outputs cost no pair of their own."""
+    n^2 / 32). The Cholesky strategy's spectrum and training outputs cost no pair of
+    their own; the cg strategy's strips (here of 16 rows, the last one short) compute
+    their diagonal tiles' triangles alone, and its spectrum apart."""
     from ntkdemo.demo import kernel_pairs, run_demo
     from ntkdemo.kernels import matrix
+    from ntkdemo.plan import plan_memory
+    from ntkdemo.solvers import CGOptions, CGSolver
     from ntkdemo.spec import KernelSpec
 
     computed = []
@@ -319,13 +325,19 @@ def test_a_runs_pairs_are_counted_before_it_starts(flip, monkeypatch):
         image_shape=(8, 8),
     )
     spec = KernelSpec(architecture="cnn-gap-1", image_shape=(8, 8), flip=flip)
-    result = run_demo(sample, spec, spectrum_rows=10)
-    counted = kernel_pairs(spec, 40, 7, spectrum_rows=10)
+    strategies = (CGSolver(options=CGOptions(strip_rows=16, cluster_size=20, min_rank=5)),)
+    plan = plan_memory(
+        40, 7, 64, 2, spec=spec, solver=solver, strategies=strategies if solver == "cg" else None
+    )
+    assert plan.strategy.name == solver
+    result = run_demo(sample, spec, plan=plan, spectrum_rows=10)
+    apart = solver == "cg"
+    counted = kernel_pairs(spec, 40, 7, spectrum_rows=10, spectrum_apart=apart)
     assert result.kernel_pairs == sum(computed)  # the run's own tally
     if flip:
-        assert counted < sum(computed) < 1.05 * counted
-    else:  # no pair twice: the Gram's triangle and the test rows, nothing more
-        assert sum(computed) == counted == 40 * 41 // 2 + 7 * 40
+        assert counted <= sum(computed) < 1.05 * counted
+    else:  # no pair twice: the Gram's triangle and the test rows, and the cg spectrum's
+        assert sum(computed) == counted == 40 * 41 // 2 + 7 * 40 + apart * 10 * 11 // 2
 
 
 @pytest.mark.parametrize("n", [1, 2, 23])

@@ -239,9 +239,8 @@ def kernel_strips_of_unit_rows(
     """The upper triangle of ``spec``'s kernel (or the ``strips`` of it, a part).
 
     The one-layer formula by :func:`ntk_strips_of_unit_rows` (its compiled map); any
-    other kernel strip by strip, strip ``[a:b]`` being ``spec.matrix(X[a:b], X[a:])`` in
-    float64 (rounded into float32 storage where asked), its diagonal tile mirrored from
-    its upper half so the stored matrix is exactly symmetric.
+    other kernel strip by strip (:func:`_kernel_strip`), in float64, rounded into float32
+    storage where asked.
     """
     if spec.is_one_layer_formula:
         spec.count_pairs(len(X_unit), None)
@@ -252,10 +251,24 @@ def kernel_strips_of_unit_rows(
     numbers = K.strip_numbers
     for number in progress(numbers) if progress else numbers:
         rows = K.rows_of(number)
-        strip = K.strip(number)
-        strip[...] = spec.matrix(X_unit[rows], X_unit[rows.start :])
-        mirror_upper(strip[:, : rows.stop - rows.start])
+        _kernel_strip(spec, X_unit, rows, out=K.strip(number))
     return K
+
+
+def _kernel_strip(
+    spec: KernelSpec, X_unit: np.ndarray, rows: slice, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Strip ``[a:b]`` of the upper triangle of ``spec``'s kernel: rows ``a .. b - 1``
+    against the rows from ``a`` on, with no pair computed twice: its diagonal tile is the
+    Gram matrix of ``X[a:b]`` (its triangle, mirrored, so the stored matrix is exactly
+    symmetric), the rest ``spec.matrix(X[a:b], X[b:])``. Written into ``out`` if given
+    (float32 storage rounds there)."""
+    width = rows.stop - rows.start
+    strip = np.empty((width, len(X_unit) - rows.start)) if out is None else out
+    strip[:, :width] = spec.matrix(X_unit[rows])
+    if rows.stop < len(X_unit):
+        strip[:, width:] = spec.matrix(X_unit[rows], X_unit[rows.stop :])
+    return strip
 
 
 def kernel_times_of_unit_rows(
@@ -280,8 +293,7 @@ def kernel_times_of_unit_rows(
     for start in progress(starts) if progress else starts:
         rows = slice(start, min(start + block_rows, n))
         width = rows.stop - rows.start
-        strip = spec.matrix(X_unit[rows], X_unit[start:])
-        mirror_upper(strip[:, :width])
+        strip = _kernel_strip(spec, X_unit, rows)
         result[rows] += strip @ V[start:]
         result[rows.stop :] += strip[:, width:].T @ V[rows]
     return result
