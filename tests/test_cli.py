@@ -291,4 +291,4 @@ def test_progress_off_a_terminal_is_a_line_a_minute_with_the_time_left(capsys):
         iter("ab"), "iterations", "iteration", clock=iter([0, 61, 62]).__next__
     )
     assert "".join(unsized) == "ab"
-    assert capsys.readouterr().err == "iterations: 1 iterations, 61 s so far\n"
+    assert capsys.readouterr().err == "iterations: 1 iteration, 61 s so far\n"

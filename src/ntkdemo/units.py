@@ -97,3 +97,8 @@ def format_bytes(count: float) -> str:
         if count >= size:
             return f"{count / size:.2f} {unit}"
     return f"{int(count)} B"
+
+
+def format_count(count: int, unit: str) -> str:
+    """``count`` with ``unit``, plural but for one: ``1 strip``, ``1,024 strips``."""
+    return f"{count:,} {unit}" + ("" if count == 1 else "s")

@@ -345,7 +345,7 @@ def progress_lines(
     ``interval`` seconds, a line with the items done, the time so far and, where the
     iterable has a length, the time left at the mean rate so far: the progress of a run
     whose output goes to a log file (a loop shorter than ``interval`` writes none)."""
-    from ..units import format_duration
+    from ..units import format_count, format_duration
 
     total = len(iterable) if hasattr(iterable, "__len__") else None
     started = last = clock()
@@ -355,13 +355,12 @@ def progress_lines(
         if now - last < interval:
             continue
         last, elapsed = now, now - started
-        line = f"{description}: {done:,}"
         if total:
             left = elapsed / done * (total - done)
-            line += f" of {total:,} {unit}s ({done / total:.0%}), {format_duration(elapsed)}"
-            line += f" so far, about {format_duration(left)} left"
+            line = f"{description}: {done:,} of {format_count(total, unit)} ({done / total:.0%}), "
+            line += f"{format_duration(elapsed)} so far, about {format_duration(left)} left"
         else:
-            line += f" {unit}s, {format_duration(elapsed)} so far"
+            line = f"{description}: {format_count(done, unit)}, {format_duration(elapsed)} so far"
         print(line, file=sys.stderr, flush=True)
 
 

@@ -50,37 +50,36 @@ class FittedFeatures:
     """A model fitted on random features: predictions :math:`\\phi(x)^T w`.
 
     ``solution.coef`` holds the primal weights :math:`w`, of shape (columns,
-    n_outputs), not dual coefficients.
+    n_outputs), not dual coefficients; ``solver`` is the strategy that fitted it (its
+    feature batches and its error check serve the predictions and the check).
     """
 
     feature_map: RandomFeatures
     spec: KernelSpec
     solution: KernelSolution
     train_scores: np.ndarray
-    batch_rows: int
-    error_images: int
+    solver: FeatureSolver
     timings: dict[str, float] = field(default_factory=dict)
     eigenvalues: np.ndarray | None = None
 
     def predict(self, X_unit: np.ndarray, *, progress: Progress | None = None) -> np.ndarray:
         """Outputs :math:`\\phi(x)^T w` of shape (n_test, n_outputs) for unit rows."""
         return _outputs(
-            self.feature_map, self.spec, X_unit, self.batch_rows, self.solution.coef, progress
+            self.feature_map,
+            self.spec,
+            X_unit,
+            self.solver.batch_rows,
+            self.solution.coef,
+            progress,
         )
 
     def approximation_error(
         self, X_train_unit: np.ndarray, X_test_unit: np.ndarray, Y: np.ndarray
     ) -> ApproximationError:
-        """:func:`approximation_error` on ``error_images`` training and as many test
-        images, as the solver that fitted it decided."""
-        return approximation_error(
-            self.spec,
-            self.feature_map,
-            X_train_unit,
-            X_test_unit,
-            Y,
-            n_train=self.error_images,
-            n_test=self.error_images,
+        """The fitting solver's error check (:meth:`FeatureSolver.approximation_error`)
+        of this model's features."""
+        return self.solver.approximation_error(
+            self.spec, self.feature_map, X_train_unit, X_test_unit, Y
         )
 
 
@@ -196,16 +195,7 @@ class FeatureSolver:
         if leading is not None:
             with watch.stage("spectrum"):
                 eigenvalues = np.linalg.eigvalsh(leading @ leading.T)
-        return FittedFeatures(
-            feature_map,
-            spec,
-            solution,
-            scores,
-            self.batch_rows,
-            self.error_images,
-            watch.timings,
-            eigenvalues,
-        )
+        return FittedFeatures(feature_map, spec, solution, scores, self, watch.timings, eigenvalues)
 
     def calibrated_map(self, X_unit: np.ndarray, spec: KernelSpec) -> RandomFeatures:
         """The spec's random network, scaled to the exact kernel of the first
@@ -215,6 +205,26 @@ class FeatureSolver:
         feature_map.calibrate(images, len(images))
         spec.count_pairs(len(images), None)  # its exact Gram matrix
         return feature_map
+
+    def approximation_error(
+        self,
+        spec: KernelSpec,
+        feature_map: RandomFeatures,
+        X_train_unit: np.ndarray,
+        X_test_unit: np.ndarray,
+        Y: np.ndarray,
+    ) -> ApproximationError:
+        """:func:`approximation_error` of ``feature_map`` on ``error_images`` training
+        and as many test images: the check every fit and curve of this solver reports."""
+        return approximation_error(
+            spec,
+            feature_map,
+            X_train_unit,
+            X_test_unit,
+            Y,
+            n_train=self.error_images,
+            n_test=self.error_images,
+        )
 
     def exact_pairs(self, n_train: int, n_test: int) -> int:
         """Exact kernel pairs a fit on ``n_train`` images and its error check on

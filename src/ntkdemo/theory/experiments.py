@@ -221,12 +221,7 @@ def feature_curve(
     features serves every size, each solved in the primal
     (:class:`~ntkdemo.solvers.features.FeatureSolver`: its calibration, primal solve
     and error check against the exact kernel, which goes to ``progress``)."""
-    from ..solvers.features import (
-        FeatureSolver,
-        approximation_error,
-        features_of,
-        primal_solve,
-    )
+    from ..solvers.features import FeatureSolver, features_of, primal_solve
 
     X_train = unit_rows(sample.X_train[: images.max()])
     X_test = unit_rows(sample.X_test)
@@ -239,10 +234,7 @@ def feature_curve(
         weights = primal_solve(F[:n].T @ F[:n], F[:n].T @ targets[:n], spec.ridge).coef
         scores[index] = np.mean((F_test @ weights).argmax(axis=1) == sample.y_test)
     if progress:
-        checked = solver.error_images
-        error = approximation_error(
-            spec, feature_map, X_train, X_test, targets, n_train=checked, n_test=checked
-        )
+        error = solver.approximation_error(spec, feature_map, X_train, X_test, targets)
         progress(f"{spec.describe()}: APPROXIMATE, {error.describe()}")
     return scores
 
