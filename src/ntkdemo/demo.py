@@ -108,7 +108,7 @@ def run_demo(
     tally = PairTally()
     spec = replace(spec or KernelSpec(), tally=tally)
     _check_sample(sample)
-    if (spec.architecture is not None or spec.flip) and not spec.image_shape:
+    if spec.sees_images and not spec.image_shape:
         spec = replace(spec, image_shape=tuple(sample.image_shape))
     n_train, n_features = sample.X_train.shape
     plan = plan or plan_memory(
@@ -164,13 +164,14 @@ def kernel_pairs(
     Cholesky strategy takes its spectrum from a block of it and its training outputs
     from the factorised matrix), and the test rows, ``n_test n``; with
     ``spectrum_apart`` (a strategy that does not hold the Gram matrix whole) the
-    spectrum's Gram matrix too. A kernel averaged over mirrors computes about twice as
-    many (its pairs with the mirrors too). The cost of a convolutional run is this times
-    a measured per-pair cost."""
+    spectrum's Gram matrix too. A kernel averaged over mirrors or shifts computes
+    about as many for each of its terms
+    (:attr:`~ntkdemo.kernels.averaged.InputAverage.terms`). The cost of a convolutional
+    run is this times a measured per-pair cost."""
     shown = min(n_train, spectrum_rows or spectrum_rows_for(spec))
     pairs = n_train * (n_train + 1) // 2 + n_test * n_train
     pairs += shown * (shown + 1) // 2 if spectrum_apart else 0
-    return 2 * pairs if spec.flip else pairs
+    return spec.average.terms * pairs
 
 
 def spectrum_rows_for(spec: KernelSpec) -> int:

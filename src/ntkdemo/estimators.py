@@ -64,6 +64,7 @@ class _KernelModel(BaseEstimator):
         architecture=None,
         image_shape=None,
         flip=False,
+        shifts=0,
         features=None,
         feature_width=128,
         random_state=0,
@@ -77,16 +78,24 @@ class _KernelModel(BaseEstimator):
         self.architecture = architecture
         self.image_shape = image_shape
         self.flip = flip
+        self.shifts = shifts
         self.features = features
         self.feature_width = feature_width
         self.random_state = random_state
 
     def _shape(self, n_features: int) -> tuple[int, ...]:
-        """The images' shape where a convolutional architecture or ``flip`` needs it
-        (without ``image_shape``: square grey images), else ``()``."""
-        if self.image_shape is None and self.architecture is None and not self.flip:
-            return ()
-        needs = f"architecture {self.architecture!r}" if self.architecture else "flip=True"
+        """The images' shape where a convolutional architecture, ``flip`` or ``shifts``
+        needs it (without ``image_shape``: square grey images), else ``()``."""
+        if self.image_shape is None and self.architecture is None:
+            if not (self.flip or self.shifts):
+                return ()
+        needs = (
+            f"architecture {self.architecture!r}"
+            if self.architecture
+            else "flip=True"
+            if self.flip
+            else f"shifts={self.shifts}"
+        )
         return _image_shape(self.image_shape, n_features, needs)
 
     def _spec(self, n_features: int) -> KernelSpec:
@@ -101,6 +110,7 @@ class _KernelModel(BaseEstimator):
             time=self.time,
             architecture=self.architecture,
             image_shape=self._shape(n_features),
+            shifts=self.shifts,
             features=self.features,
             feature_width=self.feature_width,
             feature_seed=self.random_state,
@@ -164,6 +174,10 @@ class NTKClassifier(ClassifierMixin, _KernelModel):
         where it is mirror symmetric (the same network on the ``n`` images, ``ridge``
         being that of the ``2n``; :func:`ntkdemo.preprocess.flip_kernel`), else the
         mirrored images added (``dual_coef_`` then has ``2n`` rows).
+    shifts : int, default=0
+        The fully connected network averaged over its input cyclically shifted by
+        ``0 .. shifts`` pixels down and right (and mirrored, with ``flip``):
+        :attr:`ntkdemo.spec.KernelSpec.shifts`.
     features : int, optional
         Approximate the kernel of ``architecture`` by this many random features (twice
         as many for the NTK; :mod:`ntkdemo.kernels.features`), solved in the primal

@@ -117,7 +117,9 @@ def flip_kernel(
     spec : KernelSpec or None
         ``spec`` averaged over mirrors with half its ridge (the ridge of the ``2 n``
         images' system, :mod:`ntkdemo.kernels.mirror`), or None where the mirrored
-        images are to be added.
+        images are to be added. With ``spec.shifts`` the mirrors join the copies the
+        network averages over (:mod:`ntkdemo.kernels.averaged`), its ridge kept: that
+        network is fitted on the ``n`` images, not on ``2 n``.
     how : str
         One line for the console.
     """
@@ -127,6 +129,11 @@ def flip_kernel(
         return None, (
             f"flips: the mirrored training images added (the kernel of {spec.architecture} is "
             f"not mirror symmetric on images of {tuple(image_shape)}: an AvgPool sees an odd width)"
+        )
+    if spec.shifts:  # the mirrors join the copies the network averages over
+        return replace(spec, flip=True, image_shape=tuple(image_shape)), (
+            "flips: the mirrored copies join the shifted ones the network averages over "
+            "(kernels.averaged; the ridge is that of the n images)"
         )
     averaged = replace(spec, flip=True, image_shape=tuple(image_shape), ridge=spec.ridge / 2)
     halved = f"; ridge {spec.ridge:g} of 2n images is {averaged.ridge:g} here" if spec.ridge else ""

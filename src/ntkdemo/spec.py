@@ -19,12 +19,13 @@ import numpy as np
 from .dynamics import check_times
 from .errors import InvalidParameterError
 from .kernels.architecture import fully_connected_depth, network_layers
+from .kernels.averaged import InputAverage
 from .kernels.features import RandomFeatures, check_feature_layers
 from .kernels.in_range import check_kernel_informative
 from .kernels.layers import Layer
 from .kernels.matrix import PairTally, is_default_kernel, kernel_of_unit_rows
 from .kernels.mirror import is_mirror_symmetric
-from .validation import check_nonnegative_float, check_positive_int
+from .validation import check_nonnegative_float, check_nonnegative_int, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,12 @@ class KernelSpec:
         (:mod:`ntkdemo.kernels.mirror`): on the original images, the network trained on
         them and their mirrors (whose ridge is twice this one). Needs a mirror-symmetric
         kernel (every ``AvgPool`` of the architecture sees an even width).
+    shifts : int, default=0
+        The network averaged over its input cyclically shifted by ``0 .. shifts``
+        pixels down and right (and mirrored, with ``flip``): the kernel
+        :math:`K(ax, by)` averaged over all pairs of copies :math:`a, b`
+        (:mod:`ntkdemo.kernels.averaged`), ``(2 shifts + 1)^2`` times the plain kernel's
+        cost. Fully connected kernels only (they are invariant under the shifts).
     features : int or None, default=None
         Approximate the kernel by random features (:mod:`ntkdemo.kernels.features`):
         ``features`` NNGP columns (twice as many for the NTK) of one random network of
@@ -76,7 +83,8 @@ class KernelSpec:
     ------
     InvalidParameterError
         If a value is out of range, a ridge is combined with a time, or ``flip`` with a
-        kernel that is not mirror symmetric on ``image_shape``.
+        kernel that is not mirror symmetric on ``image_shape``, or ``shifts`` with a
+        convolutional kernel or random features.
     """
 
     kernel: str = "ntk"
@@ -88,6 +96,7 @@ class KernelSpec:
     architecture: str | tuple[Layer, ...] | None = None
     image_shape: tuple[int, ...] = ()
     flip: bool = False
+    shifts: int = 0
     features: int | None = None
     feature_width: int = 128
     feature_seed: int = 0
@@ -135,6 +144,16 @@ class KernelSpec:
                 )
         if self.features is not None:
             self._check_features()
+        check_nonnegative_int("shifts", self.shifts)
+        if self.shifts and (self.architecture is not None or self.features is not None):
+            raise InvalidParameterError(
+                f"shifts={self.shifts} averages a fully connected network over shifted "
+                "copies of its input (exact where the kernel sees only inner products); a "
+                "convolutional kernel pads with zeros, not cyclically, and random features "
+                "do not average: drop shifts, or the architecture and features"
+            )
+        if self.image_shape:
+            self.average.check_image_shape(self.image_shape)
         if self.flip and self.image_shape and not self.mirror_symmetric:
             raise InvalidParameterError(
                 f"the kernel of {self.architecture} on images of {self.image_shape} is not "
@@ -196,6 +215,17 @@ class KernelSpec:
         )
 
     @property
+    def average(self) -> InputAverage:
+        """The copies of each input the network averages over (``flip``, ``shifts``)."""
+        return InputAverage(self.shifts, self.flip)
+
+    @property
+    def sees_images(self) -> bool:
+        """Whether the kernel reads the rows as images (``image_shape`` needed): a
+        convolutional architecture, or an average over mirrors or shifts."""
+        return self.architecture is not None or self.average.terms > 1
+
+    @property
     def mirror_symmetric(self) -> bool:
         """Whether :math:`K(Fx, Fy) = K(x, y)` for left-right mirrors ``F`` of images of
         ``image_shape`` (:func:`~ntkdemo.kernels.mirror.is_mirror_symmetric`)."""
@@ -207,7 +237,7 @@ class KernelSpec:
         return (
             self.time is None
             and self.architecture is None
-            and not self.flip
+            and self.average.terms == 1
             and is_default_kernel(self.kernel, self.depth, self.w_std, self.b_std)
         )
 
@@ -224,7 +254,7 @@ class KernelSpec:
             if isinstance(self.architecture, tuple)
             else self.architecture or f"fc-{self.depth}"
         )
-        mirrors = ", averaged over mirrors" if self.flip else ""
+        mirrors = f", averaged over {self.average.describe()}" if self.average.terms > 1 else ""
         approximated = (
             f", approximated by {self.feature_columns} random features (width {self.feature_width})"
             if self.features is not None
@@ -253,8 +283,14 @@ class KernelSpec:
         that is constant to rounding while its rows differ is refused
         (:func:`~ntkdemo.kernels.in_range.check_kernel_informative`).
         """
-        if (self.architecture is not None or self.flip) and not self.image_shape:
-            needs = f"architecture {self.architecture!r}" if self.architecture else "flip"
+        if self.sees_images and not self.image_shape:
+            needs = (
+                f"architecture {self.architecture!r}"
+                if self.architecture
+                else f"shifts={self.shifts}"
+                if self.shifts
+                else "flip"
+            )
             raise InvalidParameterError(
                 f"{needs} needs the images' shape: pass image_shape=(H, W) or (H, W, C)"
             )
@@ -269,7 +305,7 @@ class KernelSpec:
             architecture=self.architecture,
             image_shape=self.image_shape,
             reference_scale=self.time is not None,
-            flip=self.flip,
+            average=self.average,
             progress=progress,
         )
         if Y_unit is None:  # a Gram matrix, to be solved: it must tell the images apart

@@ -19,12 +19,30 @@ def check_positive_int(name: str, value: object) -> int:
     InvalidParameterError
         If ``value`` is not an integer or is < 1.
     """
+    return _check_whole_number(name, value, 1)
+
+
+def check_nonnegative_int(name: str, value: object) -> int:
+    """Return ``value`` as an int if it is a whole number >= 0.
+
+    Raises
+    ------
+    InvalidParameterError
+        If ``value`` is not an integer or is negative.
+    """
+    return _check_whole_number(name, value, 0)
+
+
+def _check_whole_number(name: str, value: object, minimum: int) -> int:
+    """``value`` as an int if it is a whole number >= ``minimum`` (booleans refused)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise InvalidParameterError(
-            f"{name} must be a whole number >= 1, got {value!r}; pass e.g. {name}=10"
+            f"{name} must be a whole number >= {minimum}, got {value!r}; pass e.g. {name}=10"
         )
-    if value < 1:
-        raise InvalidParameterError(f"{name} must be >= 1, got {value}; pass a positive count")
+    if value < minimum:
+        if minimum == 1:
+            raise InvalidParameterError(f"{name} must be >= 1, got {value}; pass a positive count")
+        raise InvalidParameterError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 
 

@@ -220,6 +220,15 @@ def add_kernel_options(parser: argparse.ArgumentParser) -> None:
         "mirrored images added (2n rows)",
     )
     group.add_argument(
+        "--shifts",
+        type=nonnegative_int,
+        default=0,
+        metavar="R",
+        help="the fully connected network averaged over its input cyclically shifted by "
+        "0..R pixels down and right (and mirrored, with --flip): (2R+1)^2 times the plain "
+        "kernel's cost, twice with --flip (default: 0, none)",
+    )
+    group.add_argument(
         "--ridge",
         type=nonnegative_float,
         default=0.0,

@@ -152,6 +152,7 @@ def command_run(options) -> int:
         ridge=options.ridge,
         time=options.time,
         architecture=options.architecture,
+        shifts=options.shifts,
         features=options.features,
         feature_width=options.feature_width,
         feature_seed=options.seed,
@@ -203,6 +204,12 @@ def command_run(options) -> int:
             advice = estimate.bound(options.max_time)
             if advice:
                 say(advice)
+        elif spec.average.terms > 1:
+            say(
+                f"the kernel averaged over {spec.average.describe()}: {spec.average.terms} "
+                "kernels of the plain network for each pair of images (about "
+                f"{spec.average.terms} times its time)"
+            )
         result = run_demo(sample, spec, plan=plan, progress=say.progress, report=say)
     result.timings = {"load": load_seconds, **result.timings}
     record("write")

@@ -19,8 +19,9 @@
 * :mod:`~ntkdemo.kernels.blocks` -- block assembly and mirroring;
 * :mod:`~ntkdemo.kernels.in_range` -- the check every fold's output passes (no overflow,
   no underflow to a kernel without information);
-* :mod:`~ntkdemo.kernels.mirror` -- left-right mirrors of images, and kernels averaged
-  over them (``--flip``).
+* :mod:`~ntkdemo.kernels.mirror` -- left-right mirrors of images (``--flip``);
+  :mod:`~ntkdemo.kernels.averaged` -- kernels of a network averaged over mirrored and
+  shifted copies of its input (``--flip``, ``--shifts``).
 
 This layer imports nothing from the solvers, the plan or the command line.
 """

@@ -10,10 +10,10 @@ from functools import partial
 import numpy as np
 
 from ..errors import InvalidParameterError
+from .averaged import InputAverage, input_averaged
 from .conv import conv_kernels
 from .deep import fc_kernels
 from .layers import Layer
-from .mirror import mirror_averaged
 from .ntk import fold_inputs, ntk, ntk_of_unit_rows, unit_rows
 
 
@@ -101,18 +101,18 @@ def kernel_of_unit_rows(
     architecture: str | Sequence[Layer] | None = None,
     image_shape: tuple[int, ...] = (),
     reference_scale: bool = False,
-    flip: bool = False,
+    average: InputAverage | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
     tally: PairTally | None = None,
 ) -> np.ndarray:
     """:func:`kernel_matrix` (float64) of rows already normalised by :func:`unit_rows`;
     with an ``architecture``, :func:`conv_kernels` of the rows rescaled to ``x.x/d = 1``
-    seen as images of ``image_shape``; with ``flip``, that kernel averaged over the
-    mirrors of its second argument (:func:`~ntkdemo.kernels.mirror.mirror_averaged`, the
-    network trained on the images and their mirrors; the kernel must be mirror
-    symmetric on ``image_shape``). ``tally`` counts the pairs each fold computes (the
-    mirrors' too)."""
-    if flip:
+    seen as images of ``image_shape``; with an ``average`` (mirrors, shifts), the
+    kernel of that network averaged over those copies of its input
+    (:func:`~ntkdemo.kernels.averaged.input_averaged`; the kernel must be invariant
+    under them on ``image_shape``). ``tally`` counts the pairs each fold computes (the
+    copies' too)."""
+    if average is not None and average.terms > 1:
         plain = partial(
             kernel_of_unit_rows,
             kernel=kernel,
@@ -124,7 +124,7 @@ def kernel_of_unit_rows(
             reference_scale=reference_scale,
             tally=tally,
         )
-        return mirror_averaged(plain, X_unit, Y_unit, image_shape, progress)
+        return input_averaged(plain, X_unit, Y_unit, image_shape, average, progress)
     if tally is not None:
         tally.add(len(X_unit), None if Y_unit is None else len(Y_unit))
     formula = architecture is None and is_default_kernel(kernel, depth, w_std, b_std)

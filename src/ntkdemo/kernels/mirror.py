@@ -1,4 +1,5 @@
-r"""Left-right mirrors of images, and kernels averaged over them.
+r"""Left-right mirrors of images, and why a kernel averaged over them is the network
+trained on them (the averaging itself: :mod:`.averaged`).
 
 Let :math:`F` mirror an image left to right and let the kernel be mirror symmetric,
 :math:`K(Fx, Fy) = K(x, y)`. Training on the images :math:`X` and their mirrors
@@ -25,20 +26,12 @@ sees an even width (a 'VALID' pool of odd width drops the last column, not the f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import InvalidParameterError
 from .architecture import network_layers
-from .blocks import assemble
 from .layers import Layer, spatial_windows
-
-KernelFunction = Callable[..., np.ndarray]
-"""``kernel(X, Y=None, progress=None)``: the matrix of the rows of X against those of Y."""
-
-STRIP_ENTRIES = 2**24
-"""Entries of one strip of :math:`K(X, FX)` in a symmetric matrix (128 MB of float64)."""
 
 
 def mirrored(X: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
@@ -75,52 +68,3 @@ def is_mirror_symmetric(
             return False
         width = windows[1].count
     return True
-
-
-def mirror_averaged(
-    kernel: KernelFunction,
-    X: np.ndarray,
-    Y: np.ndarray | None,
-    image_shape: tuple[int, ...],
-    progress: Callable[[Iterable], Iterable] | None = None,
-) -> np.ndarray:
-    r""":math:`\bar K(X, Y) = (K(X, Y) + K(X, FY)) / 2` of a mirror-symmetric ``kernel``.
-
-    Without ``Y`` the matrix is symmetric: :math:`K(X, FX)` is symmetric too, so only
-    its upper triangle is computed, in strips of rows against the rows from theirs on
-    (about :math:`n^2 / 2` pairs, not :math:`n^2`), and the sum is mirrored, exactly
-    symmetric.
-
-    Parameters
-    ----------
-    kernel : callable
-        ``kernel(X, Y=None, progress=None)``, mirror symmetric (not checked here).
-    X, Y : ndarray of shape (n, H * W * C)
-        Flat rows of images.
-    image_shape : tuple of int
-    progress : callable, optional
-        Wraps the iterators of ``kernel``'s blocks, and of the strips.
-
-    Returns
-    -------
-    ndarray of shape (len(X), len(Y))
-    """
-    if not image_shape:
-        raise InvalidParameterError(
-            "a kernel averaged over mirrors needs the images' shape: pass image_shape=(H, W) "
-            "or (H, W, C)"
-        )
-    K = kernel(X, Y, progress=progress)
-    if Y is not None:
-        K += kernel(X, mirrored(Y, image_shape), progress=progress)
-        K *= 0.5
-        return K
-    mirrors = mirrored(X, image_shape)
-    n = len(X)
-
-    def add_mirrors(upper: np.ndarray, rows: slice, cols: slice, diagonal: bool) -> None:
-        upper += kernel(X[rows], mirrors[cols])
-        upper *= 0.5
-
-    rows_per_strip = max(1, min(-(-n // 16), STRIP_ENTRIES // max(n, 1)))
-    return assemble(add_mirrors, n, None, K, np.float64, rows_per_strip, progress)
