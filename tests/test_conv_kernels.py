@@ -19,6 +19,7 @@ from ntkdemo.kernels import (
     architecture_layers,
     conv_kernels,
     fc_kernels,
+    unit_rows,
 )
 
 REFERENCE = np.load(Path(__file__).parent / "data" / "conv_reference.npz")
@@ -295,9 +296,10 @@ def test_a_runs_pairs_are_counted_before_it_starts(flip, solver, monkeypatch):
     """kernel_pairs, which the time estimates multiply by a per-pair cost, counts the
     pairs run_demo has the convolutional fold compute, and so does the run's own tally:
     exactly, and averaged over mirrors within the strips' diagonal squares (about
-    n^2 / 32). The Cholesky strategy's spectrum and training outputs cost no pair of
-    their own; the cg strategy's strips (here of 16 rows, the last one short) compute
-    their diagonal tiles' triangles alone, and its spectrum apart."""
+    n^2 / 32). The spectrum and the training outputs cost no pair of their own (the
+    Cholesky strategy's from its matrix, the cg strategy's from its stored triangle),
+    and the cg strategy's strips (here of 16 rows, the last one short) compute their
+    diagonal tiles' triangles alone."""
     from ntkdemo.demo import kernel_pairs, run_demo
     from ntkdemo.kernels import matrix
     from ntkdemo.plan import plan_memory
@@ -331,13 +333,16 @@ def test_a_runs_pairs_are_counted_before_it_starts(flip, solver, monkeypatch):
     )
     assert plan.strategy.name == solver
     result = run_demo(sample, spec, plan=plan, spectrum_rows=10)
-    apart = solver == "cg"
-    counted = kernel_pairs(spec, 40, 7, spectrum_rows=10, spectrum_apart=apart)
+    counted = kernel_pairs(spec, 40, 7, spectrum_rows=10)
     assert result.kernel_pairs == sum(computed)  # the run's own tally
     if flip:
         assert counted <= sum(computed) < 1.05 * counted
-    else:  # no pair twice: the Gram's triangle and the test rows, and the cg spectrum's
-        assert sum(computed) == counted == 40 * 41 // 2 + 7 * 40 + apart * 10 * 11 // 2
+    else:  # no pair twice: the Gram's triangle and the test rows, nothing more
+        assert sum(computed) == counted == 40 * 41 // 2 + 7 * 40
+    leading = KernelSpec(architecture="cnn-gap-1", image_shape=(8, 8), flip=flip).matrix(
+        unit_rows(sample.X_train[:10])
+    )
+    np.testing.assert_allclose(result.eigenvalues, np.linalg.eigvalsh(leading), atol=1e-12)
 
 
 @pytest.mark.parametrize("n", [1, 2, 23])

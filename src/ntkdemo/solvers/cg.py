@@ -456,7 +456,13 @@ class CGSolver:
     name: str = "cg"
     options: CGOptions = DEFAULT_OPTIONS
     in_process: bool = True
-    gives_spectrum: bool = False  # the triangle is stored in clustered order
+
+    @property
+    def gives_spectrum(self) -> bool:
+        """The leading block is read from the float64 triangle (in clustered order, by
+        :meth:`~.strips.SymmetricStrips.take`); a float32 one would give the
+        spectrum of its rounded entries, so then the block is computed apart."""
+        return self.options.storage == np.float64
 
     def serves(self, spec: KernelSpec) -> bool:
         return spec.time is None and spec.features is None
@@ -523,7 +529,8 @@ class CGSolver:
         spectrum_rows: int = 0,
     ) -> FittedKernel:
         """Cluster, build the strips of the reordered rows, solve; results in the
-        original order."""
+        original order. The eigenvalues of the leading ``spectrum_rows`` block (of the
+        original order) are read from the stored float64 triangle."""
         watch = Stopwatch()
         with watch.stage("clusters"):
             order, blocks = cluster_order(X_unit, self.options.cluster_size)
@@ -564,9 +571,16 @@ class CGSolver:
             progress=progress,
             solve=refine,
         )
+        eigenvalues = None
+        if spectrum_rows and self.gives_spectrum:
+            with watch.stage("spectrum"):
+                leading = np.argsort(order)[:spectrum_rows]  # where rows 0, 1, ... are stored
+                eigenvalues = np.linalg.eigvalsh(K.take(leading, leading))
         coef = in_original_order(order, solution.coef)
         train_scores = in_original_order(order, fitted)
-        return FittedKernel(X_unit, spec, replace(solution, coef=coef), train_scores, watch.timings)
+        return FittedKernel(
+            X_unit, spec, replace(solution, coef=coef), train_scores, watch.timings, eigenvalues
+        )
 
 
 def _refined(
