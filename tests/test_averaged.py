@@ -53,6 +53,7 @@ def test_the_averaged_kernel_is_the_double_sum_over_copies(shifts, flip, kernel)
     np.testing.assert_array_equal(gram, gram.T)
     assert np.linalg.eigvalsh(gram).min() > -1e-12 * np.abs(gram).max()
     assert spec.average.terms == (2 * shifts + 1) ** 2 * (2 if flip else 1)
+    assert len(spec.average.weighted_permutations(SHAPE)) == spec.average.terms
 
 
 def test_the_weights_are_the_triangle_of_the_shifts():

@@ -292,3 +292,28 @@ def test_progress_off_a_terminal_is_a_line_a_minute_with_the_time_left(capsys):
     )
     assert "".join(unsized) == "ab"
     assert capsys.readouterr().err == "iterations: 1 iteration, 61 s so far\n"
+
+
+def test_progress_of_a_triangle_counts_its_work_not_its_blocks(capsys):
+    """The row blocks of an upper triangle shrink: the time left is read from the entries
+    done (the first of four 10-row blocks of a 40 x 40 triangle is 400 of 1,000 entries)."""
+    from ntkdemo.cli.options import _bar, progress_lines
+    from ntkdemo.solvers.strips import SymmetricStrips
+    from ntkdemo.work import upper_row_blocks
+
+    blocks = upper_row_blocks(40, 10)
+    assert list(blocks) == [0, 10, 20, 30] and blocks.weights.tolist() == [400, 300, 200, 100]
+    strips = SymmetricStrips(1000, 64)
+    assert strips.strip_numbers.weights.sum() == strips.data.size
+    ticks = iter([0.0, 80.0, 90.0, 95.0, 100.0])
+    assert list(progress_lines(blocks, "kernel strips", "block", clock=lambda: next(ticks))) == [
+        0,
+        10,
+        20,
+        30,
+    ]
+    assert capsys.readouterr().err == (
+        "kernel strips: 1 of 4 blocks (40% of the work), 80 s so far, about 2 min left\n"
+    )
+    assert list(_bar(blocks, "kernel strips", "block")) == [0, 10, 20, 30]  # a terminal's
+    assert "/1.00k" in capsys.readouterr().err  # the bar counts the 1,000 entries

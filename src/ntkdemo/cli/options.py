@@ -333,9 +333,25 @@ class Console:
         unit = "iteration" if "iteration" in description else "block"
         if not sys.stderr.isatty():
             return lambda iterable: progress_lines(iterable, description, unit)
-        from tqdm import tqdm
+        return lambda iterable: _bar(iterable, description, unit)
 
-        return lambda iterable: tqdm(iterable, desc=description, leave=False, unit=unit)
+
+def _bar(iterable, description: str, unit: str) -> Iterator:
+    """A tqdm bar over ``iterable``: by items, or by their work where the iterable
+    carries it (:class:`~ntkdemo.work.WeightedItems`: the blocks of a triangle), so
+    that its time left is right from the start."""
+    from tqdm import tqdm
+
+    weights = getattr(iterable, "weights", None)
+    if weights is None or not weights.sum() > 0:
+        yield from tqdm(iterable, desc=description, leave=False, unit=unit)
+        return
+    with tqdm(
+        total=float(weights.sum()), desc=description, leave=False, unit="entry", unit_scale=True
+    ) as bar:
+        for item, weight in zip(iterable, weights):
+            yield item
+            bar.update(float(weight))
 
 
 PROGRESS_LINE_SECONDS = 60.0
@@ -352,11 +368,17 @@ def progress_lines(
 ) -> Iterator:
     """Yield the items of ``iterable``, writing to standard error, at most every
     ``interval`` seconds, a line with the items done, the time so far and, where the
-    iterable has a length, the time left at the mean rate so far: the progress of a run
-    whose output goes to a log file (a loop shorter than ``interval`` writes none)."""
+    iterable has a length, the time left at the mean rate so far (of the work, where
+    the iterable carries each item's, :class:`~ntkdemo.work.WeightedItems`; else of the
+    items): the progress of a run whose output goes to a log file (a loop shorter than
+    ``interval`` writes none)."""
     from ..units import format_count, format_duration
 
     total = len(iterable) if hasattr(iterable, "__len__") else None
+    weights = getattr(iterable, "weights", None)
+    work_done = None
+    if weights is not None and weights.sum() > 0:
+        work_done = np.cumsum(weights)
     started = last = clock()
     for done, item in enumerate(iterable, start=1):
         yield item
@@ -365,9 +387,13 @@ def progress_lines(
             continue
         last, elapsed = now, now - started
         if total:
-            left = elapsed / done * (total - done)
-            line = f"{description}: {done:,} of {format_count(total, unit)} ({done / total:.0%}), "
-            line += f"{format_duration(elapsed)} so far, about {format_duration(left)} left"
+            so_far, whole = (
+                (done, total) if work_done is None else (work_done[done - 1], work_done[-1])
+            )
+            left = elapsed / so_far * (whole - so_far)
+            line = f"{description}: {done:,} of {format_count(total, unit)} ({so_far / whole:.0%}"
+            line += " of the work" if work_done is not None else ""
+            line += f"), {format_duration(elapsed)} so far, about {format_duration(left)} left"
         else:
             line = f"{description}: {format_count(done, unit)}, {format_duration(elapsed)} so far"
         print(line, file=sys.stderr, flush=True)

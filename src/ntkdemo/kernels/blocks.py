@@ -13,6 +13,7 @@ import numpy as np
 from ..compiled import balanced_order, jit
 from ..errors import InvalidParameterError
 from ..validation import check_positive_int
+from ..work import upper_row_blocks
 
 
 @jit(parallel=True)
@@ -52,7 +53,7 @@ def assemble(fill, n_rows, Y, out, dtype, block_rows, progress, *, mirror=True):
             f"out must have shape {(n_rows, n_cols)} and dtype {np.dtype(dtype)}, "
             f"got {out.shape} {out.dtype}"
         )
-    starts = range(0, n_rows, block_rows)
+    starts = upper_row_blocks(n_rows, block_rows) if symmetric else range(0, n_rows, block_rows)
     for start in progress(starts) if progress else starts:
         rows = slice(start, min(start + block_rows, n_rows))
         cols = slice(start, n_cols) if symmetric else slice(0, n_cols)

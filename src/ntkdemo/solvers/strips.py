@@ -29,6 +29,7 @@ from ..compiled import jit
 from ..kernels import mirror_upper, unit_rows
 from ..kernels.ntk import cosines_to_ntk, ntk_times_of_unit_rows
 from ..validation import check_positive_int
+from ..work import WeightedItems, upper_row_blocks
 
 if TYPE_CHECKING:
     from ..spec import KernelSpec
@@ -101,9 +102,9 @@ class SymmetricStrips:
         return len(self.offsets) - 1
 
     @property
-    def strip_numbers(self) -> range:
-        """The numbers of the strips held."""
-        return range(self.first, self.first + self.n_strips)
+    def strip_numbers(self) -> WeightedItems[int]:
+        """The numbers of the strips held, weighted by their entries (for progress)."""
+        return WeightedItems(range(self.first, self.first + self.n_strips), np.diff(self.offsets))
 
     def rows_of(self, strip: int) -> slice:
         """The rows that strip number ``strip`` covers."""
@@ -289,7 +290,7 @@ def kernel_times_of_unit_rows(
         return ntk_times_of_unit_rows(X_unit, None, V, block_rows=block_rows, progress=progress)
     n = len(X_unit)
     result = np.zeros((n, V.shape[1]))
-    starts = range(0, n, block_rows)
+    starts = upper_row_blocks(n, block_rows)
     for start in progress(starts) if progress else starts:
         rows = slice(start, min(start + block_rows, n))
         width = rows.stop - rows.start
@@ -301,8 +302,7 @@ def kernel_times_of_unit_rows(
 
 def strip_sizes(n: int, strip_rows: int) -> np.ndarray:
     """Entries of each strip: its rows times its columns (from its first row on)."""
-    starts = np.arange(0, n, strip_rows, dtype=np.int64)
-    return np.minimum(strip_rows, n - starts) * (n - starts)
+    return upper_row_blocks(n, strip_rows).weights
 
 
 @numba.njit(inline="always")
