@@ -173,3 +173,13 @@ def test_flips_join_the_shifts_with_the_ridge_of_the_n_images():
     assert alone is not None and alone.ridge == 0.1
     assert shifted is not None and shifted.ridge == 0.2 and shifted.flip and shifted.shifts == 1
     assert "join the shifted ones" in how
+
+
+def test_shifts_larger_than_the_images_are_refused_before_decoding(fashion_mnist, tmp_path, capsys):
+    from ntkdemo.cli.main import main
+
+    arguments = ["--dataset", str(fashion_mnist), "--shifts", "14", "--out", str(tmp_path)]
+    assert main(arguments) == 2
+    captured = capsys.readouterr()
+    assert "shifts=14 needs images of at least 29 pixels a side, got (28, 28)" in captured.err
+    assert "memory plan" not in captured.out and not (tmp_path / "metrics.json").exists()

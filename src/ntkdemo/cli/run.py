@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -162,6 +162,8 @@ def command_run(options) -> int:
     with _engine(options) as strategies:
         started = time.perf_counter()
         draw = draw_from_options(options, say)
+        if spec.sees_images:  # checked against the images' shape before any is decoded
+            spec = replace(spec, image_shape=tuple(draw.image_shape))
         averaged, flips = (
             flip_kernel(spec, draw.image_shape, options.device) if options.flip else (None, "")
         )
@@ -326,7 +328,6 @@ def _conv_estimate(
     training Gram once and the test rows, with the spectrum's on the CPU.
     ``per_class``: training images drawn per class (before any mirrors are added);
     ``spectrum_apart``: whether the strategy computes the spectrum's block apart."""
-    from dataclasses import replace
 
     from ..demo import kernel_pairs, spectrum_rows_for
     from ..kernels.conv import seconds_per_pair
@@ -387,7 +388,6 @@ def _feature_estimate(spec, sample, strategy) -> str:
     """How long the random features will take here, from the time of a few images'
     measured now, and the exact pairs of their calibration and error check
     (:meth:`~ntkdemo.solvers.features.FeatureSolver.exact_pairs`)."""
-    from dataclasses import replace
 
     from ..kernels.conv import seconds_per_pair
 
