@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
+from ntkdemo.data import Sample
+
 # Property tests draw the same examples on every run, so CI cannot turn red by chance;
 # HYPOTHESIS_PROFILE=explore searches afresh (and longer) on a developer machine.
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=50)
@@ -44,6 +46,26 @@ def write_image_dataset(
         )
         table.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
     return folder
+
+
+def random_sample(
+    rng: np.random.Generator, n_train: int, n_test: int, shape: tuple[int, ...], n_classes: int
+) -> Sample:
+    """A Sample of uniform random images of ``shape`` (training rows drawn first), with
+    labels cycling through ``n_classes`` classes."""
+    size = int(np.prod(shape))
+    return Sample(
+        X_train=rng.random((n_train, size)),
+        y_train=np.arange(n_train) % n_classes,
+        X_test=rng.random((n_test, size)),
+        y_test=np.arange(n_test) % n_classes,
+        class_names=tuple("abcdefghij"[:n_classes]),
+        classes=tuple(range(n_classes)),
+        train_indices=np.arange(n_train),
+        test_indices=np.arange(n_test),
+        dataset="made here",
+        image_shape=shape,
+    )
 
 
 def random_images(rng: np.random.Generator, labels: np.ndarray, shape=(8, 8)) -> np.ndarray:

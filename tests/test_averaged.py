@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from ntkdemo.data import Sample
+from conftest import random_sample
 from ntkdemo.demo import kernel_pairs, run_demo
 from ntkdemo.errors import InvalidParameterError
 from ntkdemo.kernels import kernel_matrix, unit_rows
@@ -78,26 +78,11 @@ def test_the_weights_are_the_triangle_of_the_shifts():
     assert by_shift[(0, 1)] == by_shift[(0, -1)] == 2 / 16
 
 
-def sample_of(rng: np.random.Generator, n_train: int = 40) -> Sample:
-    return Sample(
-        X_train=rng.random((n_train, 42)),
-        y_train=np.arange(n_train) % 3,
-        X_test=rng.random((8, 42)),
-        y_test=np.arange(8) % 3,
-        class_names=("a", "b", "c"),
-        classes=(0, 1, 2),
-        train_indices=np.arange(n_train),
-        test_indices=np.arange(8),
-        dataset="made here",
-        image_shape=SHAPE,
-    )
-
-
 def test_cholesky_and_cg_solve_the_averaged_kernel_alike():
     """The strips of the cg strategy (diagonal tiles as Gram matrices) and the whole
     matrix of the Cholesky one give the same outputs; the pairs are counted as the
     estimate counts them, 18 kernels a pair with shifts 0-1 and mirrors."""
-    sample = sample_of(np.random.default_rng(5))
+    sample = random_sample(np.random.default_rng(5), 40, 8, SHAPE, 3)
     spec = KernelSpec(shifts=1, flip=True)
     whole = run_demo(sample, spec, spectrum_rows=10)
     strategies = (CGSolver(options=CGOptions(strip_rows=16, cluster_size=20, min_rank=5)),)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ntkdemo.data import Sample
+from conftest import random_sample
 from ntkdemo.errors import InvalidParameterError
 from ntkdemo.kernels import (
     AvgPool,
@@ -314,18 +314,7 @@ def test_a_runs_pairs_are_counted_before_it_starts(flip, solver, monkeypatch):
 
     monkeypatch.setattr(matrix, "conv_kernels", counting)
     rng = np.random.default_rng(10)
-    sample = Sample(
-        X_train=rng.random((40, 64)),
-        y_train=np.arange(40) % 2,
-        X_test=rng.random((7, 64)),
-        y_test=np.arange(7) % 2,
-        class_names=("a", "b"),
-        classes=(0, 1),
-        train_indices=np.arange(40),
-        test_indices=np.arange(7),
-        dataset="made here",
-        image_shape=(8, 8),
-    )
+    sample = random_sample(rng, 40, 7, (8, 8), 2)
     spec = KernelSpec(architecture="cnn-gap-1", image_shape=(8, 8), flip=flip)
     strategies = (CGSolver(options=CGOptions(strip_rows=16, cluster_size=20, min_rank=5)),)
     plan = plan_memory(

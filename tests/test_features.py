@@ -309,24 +309,11 @@ def test_approximation_error_against_an_independent_computation():
 
 
 def test_feature_curve_equals_a_fit_at_each_size():
-    from ntkdemo.data import Sample
+    from conftest import random_sample
     from ntkdemo.theory.experiments import feature_curve
 
-    rng = np.random.default_rng(11)
-    X, X_test = rng.random((40, 64)), rng.random((12, 64))
-    y, y_test = np.arange(40) % 3, np.arange(12) % 3
-    sample = Sample(
-        X,
-        y,
-        X_test,
-        y_test,
-        ("a", "b", "c"),
-        (0, 1, 2),
-        np.arange(40),
-        np.arange(12),
-        "here",
-        (8, 8),
-    )
+    sample = random_sample(np.random.default_rng(11), 40, 12, (8, 8), 3)
+    X, y, X_test, y_test = sample.X_train, sample.y_train, sample.X_test, sample.y_test
     spec = KernelSpec(
         architecture="cnn-gap-2", features=32, feature_width=4, ridge=0.01, image_shape=(8, 8)
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import random_sample
 from ntkdemo.data import Sample
 from ntkdemo.demo import run_demo
 from ntkdemo.errors import InvalidParameterError
@@ -18,19 +19,7 @@ SHAPE = (8, 8)
 
 
 def sample_of(rng: np.random.Generator, n_train: int = 30, shape=SHAPE) -> Sample:
-    size = int(np.prod(shape))
-    return Sample(
-        X_train=rng.random((n_train, size)),
-        y_train=np.arange(n_train) % 3,
-        X_test=rng.random((12, size)),
-        y_test=np.arange(12) % 3,
-        class_names=("a", "b", "c"),
-        classes=(0, 1, 2),
-        train_indices=np.arange(n_train),
-        test_indices=np.arange(12),
-        dataset="made here",
-        image_shape=shape,
-    )
+    return random_sample(rng, n_train, 12, shape, 3)
 
 
 def test_mirrored_reverses_each_row_of_pixels():
