@@ -86,9 +86,9 @@ class _KernelModel(BaseEstimator):
     def _shape(self, n_features: int) -> tuple[int, ...]:
         """The images' shape where a convolutional architecture, ``flip`` or ``shifts``
         needs it (without ``image_shape``: square grey images), else ``()``."""
-        if self.image_shape is None and self.architecture is None:
-            if not (self.flip or self.shifts):
-                return ()
+        sees_images = self.architecture is not None or self.flip or self.shifts
+        if self.image_shape is None and not sees_images:
+            return ()
         needs = (
             f"architecture {self.architecture!r}"
             if self.architecture
