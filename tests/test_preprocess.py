@@ -5,25 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import random_sample
 from ntkdemo.data import Sample
 from ntkdemo.errors import InvalidParameterError
 from ntkdemo.preprocess import with_flips, zca_whitened
 
 
 def sample_of(rng: np.random.Generator, n_train: int = 40, shape=(4, 5)) -> Sample:
-    size = int(np.prod(shape))
-    return Sample(
-        X_train=rng.random((n_train, size)),
-        y_train=rng.integers(0, 2, n_train),
-        X_test=rng.random((7, size)),
-        y_test=rng.integers(0, 2, 7),
-        class_names=("a", "b"),
-        classes=(0, 1),
-        train_indices=np.arange(n_train),
-        test_indices=np.arange(7),
-        dataset="made here",
-        image_shape=shape,
-    )
+    return random_sample(rng, n_train, 7, shape, 2)
 
 
 def test_zca_is_its_definition_fitted_on_the_training_images():
