@@ -159,3 +159,6 @@ def test_the_decision_and_its_refusals():
     assert "averaged over mirrors" in KernelSpec(flip=True).describe()
     ridge, how = flip_kernel(KernelSpec(ridge=0.5), (8, 8))
     assert ridge is not None and ridge.ridge == 0.25 and "ridge 0.5 of 2n images is 0.25" in how
+    features, how = flip_kernel(KernelSpec(architecture="myrtle5", features=64), (8, 8))
+    assert features is not None and features.flip and "random features averaged" in how
+    assert "an approximation of the kernel averaged over mirrors" in how

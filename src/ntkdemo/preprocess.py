@@ -103,7 +103,9 @@ def flip_kernel(
 
     The kernel averaged over mirrors on the ``n`` originals, where the kernel is mirror
     symmetric on ``image_shape`` and the device is the CPU (the GPU's kernels do not
-    average); else the ``2 n`` images of :func:`with_flips`. Both are the same network.
+    average); else the ``2 n`` images of :func:`with_flips`. Both are the same network
+    (for random features the average is of each image's features with its mirror's,
+    an approximation of the averaged kernel).
 
     Parameters
     ----------
@@ -137,6 +139,12 @@ def flip_kernel(
         )
     averaged = replace(spec, flip=True, image_shape=tuple(image_shape), ridge=spec.ridge / 2)
     halved = f"; ridge {spec.ridge:g} of 2n images is {averaged.ridge:g} here" if spec.ridge else ""
+    if spec.features is not None:  # the equality holds for the exact kernel only
+        return averaged, (
+            "flips: each image's random features averaged with its mirror's, an approximation "
+            "of the kernel averaged over mirrors (K(x,y) + K(x,Fy))/2 (the exact kernel's "
+            f"network trained on 2n images), solved on n{halved}"
+        )
     return averaged, (
         "flips: the kernel averaged over each training image and its mirror, "
         f"(K(x,y) + K(x,Fy))/2: the network trained on 2n images, solved on n{halved}"
