@@ -153,7 +153,7 @@ def test_the_decision_and_its_refusals():
     assert odd is None and "not mirror symmetric on images of (6, 6)" in how
     with pytest.raises(InvalidParameterError, match="not mirror symmetric"):
         KernelSpec(architecture="myrtle5", flip=True, image_shape=(6, 6))
-    with pytest.raises(InvalidParameterError, match="flip needs the images' shape"):
+    with pytest.raises(InvalidParameterError, match="flip=True needs the images' shape"):
         KernelSpec(flip=True).matrix(np.eye(4))
     assert not KernelSpec(flip=True).is_one_layer_formula
     assert "averaged over mirrors" in KernelSpec(flip=True).describe()

@@ -29,7 +29,7 @@ from .kernels.mirror import mirrored
 from .preprocess import flip_kernel
 from .solvers import CholeskySolver, one_hot
 from .solvers.features import FeatureSolver
-from .spec import KernelSpec
+from .spec import KernelSpec, image_reader
 
 
 def _image_shape(image_shape, n_features: int, needs: str) -> tuple[int, ...]:
@@ -86,17 +86,10 @@ class _KernelModel(BaseEstimator):
     def _shape(self, n_features: int) -> tuple[int, ...]:
         """The images' shape where a convolutional architecture, ``flip`` or ``shifts``
         needs it (without ``image_shape``: square grey images), else ``()``."""
-        sees_images = self.architecture is not None or self.flip or self.shifts
-        if self.image_shape is None and not sees_images:
-            return ()
-        needs = (
-            f"architecture {self.architecture!r}"
-            if self.architecture
-            else "flip=True"
-            if self.flip
-            else f"shifts={self.shifts}"
-        )
-        return _image_shape(self.image_shape, n_features, needs)
+        if self.image_shape is not None:
+            return tuple(self.image_shape)
+        needs = image_reader(self.architecture, self.flip, self.shifts)
+        return () if needs is None else _image_shape(None, n_features, needs)
 
     def _spec(self, n_features: int) -> KernelSpec:
         """The estimator's parameters as a validated :class:`~ntkdemo.spec.KernelSpec`

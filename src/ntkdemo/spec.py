@@ -28,6 +28,18 @@ from .kernels.mirror import is_mirror_symmetric
 from .validation import check_nonnegative_float, check_nonnegative_int, check_positive_int
 
 
+def image_reader(architecture: object, flip: bool, shifts: int) -> str | None:
+    """The parameter that makes a kernel read its rows as images (so that it needs their
+    shape), in its own words for a message: a convolutional ``architecture``, an average
+    over ``shifts`` or mirrors (``flip``); None for a fully connected kernel of the
+    rows as they are."""
+    if architecture is not None:
+        return f"architecture {architecture!r}"
+    if shifts:
+        return f"shifts={shifts}"
+    return "flip=True" if flip else None
+
+
 @dataclass(frozen=True)
 class KernelSpec:
     """The kernel of a run and how its network is read out.
@@ -221,9 +233,9 @@ class KernelSpec:
 
     @property
     def sees_images(self) -> bool:
-        """Whether the kernel reads the rows as images (``image_shape`` needed): a
-        convolutional architecture, or an average over mirrors or shifts."""
-        return self.architecture is not None or self.average.terms > 1
+        """Whether the kernel reads the rows as images (``image_shape`` needed):
+        :func:`image_reader` names a parameter."""
+        return image_reader(self.architecture, self.flip, self.shifts) is not None
 
     @property
     def mirror_symmetric(self) -> bool:
@@ -283,14 +295,8 @@ class KernelSpec:
         that is constant to rounding while its rows differ is refused
         (:func:`~ntkdemo.kernels.in_range.check_kernel_informative`).
         """
-        if self.sees_images and not self.image_shape:
-            needs = (
-                f"architecture {self.architecture!r}"
-                if self.architecture
-                else f"shifts={self.shifts}"
-                if self.shifts
-                else "flip"
-            )
+        needs = image_reader(self.architecture, self.flip, self.shifts)
+        if needs and not self.image_shape:
             raise InvalidParameterError(
                 f"{needs} needs the images' shape: pass image_shape=(H, W) or (H, W, C)"
             )
