@@ -94,20 +94,23 @@ def test_dataset_without_label_column(tmp_path, capsys):
 
 
 def test_no_network_fails_fast_with_advice(tmp_path):
-    """The hub id path, pointed at a closed local port: one line, exit 2, well under 10 s."""
+    """The hub id path, pointed at a closed local port: one line, exit 2, and no wait on
+    the network: its time beyond that of importing what it imports (measured in the same
+    test, so that a busy machine slows both) is well under 10 s."""
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "NTKDEMO_DATASET": ""}
     env.pop("HF_HUB_OFFLINE", None)
-    start = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "ntkdemo", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-    elapsed = time.perf_counter() - start
+
+    def seconds(*arguments: str) -> tuple[float, subprocess.CompletedProcess]:
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, *arguments], capture_output=True, text=True, env=env, timeout=120
+        )
+        return time.perf_counter() - start, done
+
+    imports, _ = seconds("-c", "import datasets, ntkdemo.cli.main, ntkdemo.data")
+    elapsed, done = seconds("-m", "ntkdemo", "--out", str(tmp_path))
     assert done.returncode == 2
-    assert elapsed < 10
+    assert elapsed - imports < 10
     assert "cannot reach the Hugging Face hub" in done.stderr
     assert "--dataset PATH" in done.stderr and "HF_HUB_OFFLINE=1" in done.stderr
     assert "Traceback" not in done.stderr
