@@ -49,6 +49,13 @@ class WeightedItems(Sequence[Item], Generic[Item]):
         return iter(self.items)
 
 
+def work_weights(iterable: object) -> np.ndarray | None:
+    """The work of each item of ``iterable`` where it carries some
+    (:class:`WeightedItems` with a positive total), else None: count its items."""
+    weights = getattr(iterable, "weights", None)
+    return weights if weights is not None and weights.sum() > 0 else None
+
+
 def upper_row_blocks(n: int, block_rows: int) -> WeightedItems[int]:
     """The first rows ``0, b, 2b, ...`` of the row blocks of an ``n x n`` upper triangle
     (each block its rows against the columns from its first row on), weighted by their

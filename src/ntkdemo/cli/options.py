@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ..work import work_weights
+
 
 class UsageError(Exception):
     """A command-line argument could not be parsed."""
@@ -342,8 +344,8 @@ def _bar(iterable, description: str, unit: str) -> Iterator:
     that its time left is right from the start."""
     from tqdm import tqdm
 
-    weights = getattr(iterable, "weights", None)
-    if weights is None or not weights.sum() > 0:
+    weights = work_weights(iterable)
+    if weights is None:
         yield from tqdm(iterable, desc=description, leave=False, unit=unit)
         return
     with tqdm(
@@ -375,10 +377,8 @@ def progress_lines(
     from ..units import format_count, format_duration
 
     total = len(iterable) if hasattr(iterable, "__len__") else None
-    weights = getattr(iterable, "weights", None)
-    work_done = None
-    if weights is not None and weights.sum() > 0:
-        work_done = np.cumsum(weights)
+    weights = work_weights(iterable)
+    work_done = None if weights is None else np.cumsum(weights)
     started = last = clock()
     for done, item in enumerate(iterable, start=1):
         yield item
