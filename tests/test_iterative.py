@@ -191,9 +191,11 @@ def test_solve_cg_matches_cholesky(near_duplicates):
 def test_cg_strategy_reports_progress_of_every_long_stage(near_duplicates):
     X, labels, _ = near_duplicates
     counts: dict[str, int] = {}
+    sized: dict[str, bool] = {}
 
     def progress(description):
         def count(iterable):
+            sized[description] = hasattr(iterable, "__len__")
             for item in iterable:
                 counts[description] = counts.get(description, 0) + 1
                 yield item
@@ -208,6 +210,13 @@ def test_cg_strategy_reports_progress_of_every_long_stage(near_duplicates):
     assert counts["preconditioner blocks"] == len(blocks) > 1
     assert counts["CG iterations"] == fitted.solution.iterations
     assert counts["prediction blocks"] == 1
+    # a bar sized to the iteration limit would show a time left many times the truth
+    assert sized == {
+        "kernel strips": True,
+        "preconditioner blocks": True,
+        "CG iterations": False,
+        "prediction blocks": True,
+    }
 
 
 @pytest.mark.parametrize(

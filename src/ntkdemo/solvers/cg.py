@@ -65,7 +65,9 @@ def conjugate_gradients(
     start : ndarray of shape (n, k), optional
         Initial guess (default zero).
     progress : callable, optional
-        Wraps the iteration counter (a progress bar).
+        Wraps the iteration counter (a progress bar). The counter has no length: the
+        iterations CG needs are not known in advance, and ``max_iter`` is a limit, not
+        an estimate (a bar sized to it would give a time left many times the truth).
 
     Returns
     -------
@@ -83,7 +85,7 @@ def conjugate_gradients(
     if relative < tol:
         return solution, 0, relative
     directions = _orthonormal_basis(precondition(residual))
-    counter = range(1, max_iter + 1)
+    counter = iter(range(1, max_iter + 1))  # unsized: progress shows no false total
     for iteration in progress(counter) if progress else counter:
         product = times(directions)
         gram = directions.T @ product  # P^T M P, symmetric positive definite
