@@ -244,6 +244,36 @@ def test_closed_stderr_and_full_stdout(tiny_dataset, tmp_path):
     )
 
 
+def test_a_ctrl_c_landing_inside_the_hook_still_ends_the_run(monkeypatch):
+    """The terminal's SIGINT and the supervisor's arrive together: the first is lost in a
+    callback, the second is raised inside the hook that re-sends the first (a fresh-clone
+    CI run under load: the run went on and exited 0). The hook catches it and still
+    re-sends, so the run stops."""
+    import threading
+    from types import SimpleNamespace
+
+    from ntkdemo.cli.main import Interrupts
+
+    started = []
+
+    class FirstOneInterrupted:  # threading.Timer, with a SIGINT landing in the first
+        def __init__(self, delay, function, args):
+            if not started and not landed:
+                landed.append(True)
+                interrupts.on_signal(signal.SIGINT, None)  # raises KeyboardInterrupt
+            self.call = (function, args)
+
+        def start(self):
+            started.append(self.call)
+
+    landed: list[bool] = []
+    monkeypatch.setattr(threading, "Timer", FirstOneInterrupted)
+    interrupts = Interrupts(lambda unraisable: None)
+    interrupts.unraisable(SimpleNamespace(exc_type=KeyboardInterrupt))
+    assert landed and started == [(os.kill, (os.getpid(), signal.SIGINT))]
+    assert interrupts.raised_at is None  # so the re-sent SIGINT is raised
+
+
 def test_a_swallowed_ctrl_c_is_sent_again_and_repeats_are_ignored():
     """A KeyboardInterrupt raised inside a callback (distributed's gc hook, seen under load)
     is 'ignored' by Python; the command's hook sends SIGINT again instead of printing it.

@@ -45,7 +45,8 @@ class Interrupts:
     hook, say) cannot propagate: Python prints it as "Exception ignored" and goes on, so
     the run would neither stop nor stay quiet. :meth:`unraisable` (the unraisable-
     exception hook) sends SIGINT again instead, which interrupts the run at its next
-    step. :meth:`on_signal` raises once per interrupt: a second SIGINT within
+    step; a SIGINT that lands inside the hook itself is caught there and the re-send
+    made again. :meth:`on_signal` raises once per interrupt: a second SIGINT within
     :attr:`REPEAT_SECONDS` of one it raised (the terminal's and a re-sent one arriving
     together) is ignored, so nothing interrupts the one line that ends the run.
     """
@@ -64,13 +65,18 @@ class Interrupts:
             raise KeyboardInterrupt
 
     def unraisable(self, unraisable) -> None:
-        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
-            self.raised_at = None  # that one was lost: the next is raised
-            # from another thread, a moment later: sent from here, it would be raised
-            # inside this hook, where it would be lost again
-            threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT)).start()
-        else:
+        if unraisable.exc_type is None or not issubclass(unraisable.exc_type, KeyboardInterrupt):
             self.previous_hook(unraisable)
+            return
+        while True:  # until a re-send is under way
+            try:
+                self.raised_at = None  # that one was lost: the next is raised
+                # from another thread, a moment later: sent from here, it would be raised
+                # inside this hook, where it would be lost again
+                threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT)).start()
+                return
+            except KeyboardInterrupt:  # a repeat (the supervisor's) raised in this hook:
+                continue  # lost too, and the timer may not have started; send again
 
 
 def attach_negative_values(arguments: list[str]) -> list[str]:
