@@ -258,7 +258,7 @@ def test_a_ctrl_c_landing_inside_the_hook_still_ends_the_run(monkeypatch):
 
     class FirstOneInterrupted:  # threading.Timer, with a SIGINT landing in the first
         def __init__(self, delay, function, args):
-            if not started and not landed:
+            if not landed:
                 landed.append(True)
                 interrupts.on_signal(signal.SIGINT, None)  # raises KeyboardInterrupt
             self.call = (function, args)
