@@ -18,8 +18,8 @@ from .evaluate import ClassificationReport, evaluate
 from .kernels import unit_rows
 from .kernels.matrix import PairTally
 from .plan import MemoryPlan, plan_memory
-from .solvers.base import KernelSolution, Progress, Stopwatch, one_hot
-from .solvers.features import ApproximationError, FittedFeatures
+from .solvers.base import KernelSolution, Progress, Stopwatch, one_hot, wrap
+from .solvers.features import AddedFeatures, ApproximationError, FittedFeatures
 from .spec import KernelSpec
 from .validation import check_matrix
 
@@ -108,14 +108,24 @@ def run_demo(
     tally = PairTally()
     spec = replace(spec or KernelSpec(), tally=tally)
     _check_sample(sample)
-    if spec.sees_images and not spec.image_shape:
-        spec = replace(spec, image_shape=tuple(sample.image_shape))
+    spec = spec.for_images(tuple(sample.image_shape))
     n_train, n_features = sample.X_train.shape
     plan = plan or plan_memory(
-        n_train, len(sample.y_test), n_features, sample.n_classes, spec=spec, device=device
+        n_train,
+        len(sample.y_test),
+        spec.row_width(n_features),
+        sample.n_classes,
+        spec=spec,
+        device=device,
     )
     X_train, X_test = unit_rows(sample.X_train, "X_train"), unit_rows(sample.X_test, "X_test")
     watch = Stopwatch()
+    added = None
+    if spec.added is not None:  # the rows carry the added kernel's features
+        with watch.stage("added features"):
+            added = AddedFeatures.calibrated(spec, X_train)
+            X_train = added.rows(X_train, wrap(progress, "added features (training)"))
+            X_test = added.rows(X_test, wrap(progress, "added features (test)"))
     shown = min(spectrum_rows or spectrum_rows_for(spec), n_train)
     targets = one_hot(sample.y_train, sample.n_classes)
     fitted = plan.strategy.fit(
@@ -136,6 +146,9 @@ def run_demo(
     if isinstance(fitted, FittedFeatures):
         with watch.stage("error check"):
             approximation = fitted.approximation_error(X_train, X_test, targets)
+    elif added is not None:
+        with watch.stage("error check"):
+            approximation = added.approximation_error(X_train, X_test, targets)
     return DemoResult(
         test_scores=test_scores,
         train_scores=fitted.train_scores,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -42,7 +42,7 @@ def image_reader(architecture: object, flip: bool, shifts: int) -> str | None:
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """The kernel of a run and how its network is read out.
+    r"""The kernel of a run and how its network is read out.
 
     Parameters
     ----------
@@ -87,6 +87,17 @@ class KernelSpec:
         Channels of the random network's hidden layers but the last.
     feature_seed : int, default=0
         Seed of the random network and its sketch.
+    added : KernelSpec or None, default=None
+        A second network's kernel added to this one, approximated by its random
+        features (``added.features`` set): the kernel of the sum of the two networks'
+        outputs, :math:`K(x, y) + c\,\phi(x)^T \phi(y)` with ``c = added_weight``
+        (an exact kernel plus, say, Myrtle-5's features). The rows the solvers see carry
+        each image's features after its values (:meth:`row_width`,
+        :class:`ntkdemo.solvers.features.AddedFeatures`); the exact part is this spec's
+        kernel of the values. Not with ``features`` or a finite ``time``.
+    added_weight : float, default=1.0
+        ``c``, the weight of the added kernel (> 0); choose it on held-out training
+        images, never on the test images.
     tally : PairTally or None, default=None
         Counts the image pairs whose kernel this process computes for the spec
         (:meth:`matrix` and :meth:`count_pairs`); not part of the spec's identity.
@@ -112,6 +123,8 @@ class KernelSpec:
     features: int | None = None
     feature_width: int = 128
     feature_seed: int = 0
+    added: KernelSpec | None = None
+    added_weight: float = 1.0
     tally: PairTally | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -164,6 +177,8 @@ class KernelSpec:
                 "convolutional kernel pads with zeros, not cyclically, and random features "
                 "do not average: drop shifts, or the architecture and features"
             )
+        if self.added is not None:
+            self._check_added()
         if self.image_shape:
             self.average.check_image_shape(self.image_shape)
         if self.flip and self.image_shape and not self.mirror_symmetric:
@@ -197,6 +212,43 @@ class KernelSpec:
                 "architecture (e.g. myrtle5)"
             )
         check_feature_layers(network_layers(self.network))
+
+    def _check_added(self) -> None:
+        """Refuse an added kernel that is not random features, or a sum the solvers cannot
+        serve; share this spec's tally with it.
+
+        Raises
+        ------
+        InvalidParameterError
+        """
+        added = self.added
+        if not isinstance(added, KernelSpec) or added.features is None:
+            raise InvalidParameterError(
+                "added must be a KernelSpec with features (the added network's random "
+                f"features, e.g. KernelSpec(architecture='myrtle5', features=2048)), got {added!r}"
+            )
+        if self.features is not None or self.time is not None:
+            raise InvalidParameterError(
+                "added features join an exact kernel at convergence: drop features or time"
+            )
+        if check_nonnegative_float("added_weight", self.added_weight) == 0:
+            raise InvalidParameterError(
+                "added_weight must be > 0 (with 0 the added kernel is nothing: drop added)"
+            )
+        if added.tally is not self.tally:
+            object.__setattr__(self, "added", replace(added, tally=self.tally))
+
+    def for_images(self, image_shape: tuple[int, ...]) -> KernelSpec:
+        """This spec told the images' shape where its kernel, or its added one, reads
+        rows as images (:attr:`sees_images`) and was not told yet."""
+        added = self.added.for_images(image_shape) if self.added is not None else None
+        shape = image_shape if self.sees_images and not self.image_shape else self.image_shape
+        return replace(self, image_shape=tuple(shape), added=added)
+
+    def row_width(self, n_values: int) -> int:
+        """Values of each row a solver sees for images of ``n_values`` values: those, then
+        the added kernel's feature columns (if any)."""
+        return n_values + (self.added.feature_columns if self.added is not None else 0)
 
     @property
     def network(self) -> str | tuple[Layer, ...]:
@@ -250,6 +302,7 @@ class KernelSpec:
             self.time is None
             and self.architecture is None
             and self.average.terms == 1
+            and self.added is None
             and is_default_kernel(self.kernel, self.depth, self.w_std, self.b_std)
         )
 
@@ -272,9 +325,14 @@ class KernelSpec:
             if self.features is not None
             else ""
         )
+        added = (
+            f" + {self.added_weight:g} x the {self.added.describe()}"
+            if self.added is not None
+            else ""
+        )
         return (
             f"{self.kernel.upper()} of {network} (w_std {self.w_std:g}, b_std {self.b_std:g})"
-            f"{mirrors}{approximated}"
+            f"{mirrors}{approximated}{added}"
         )
 
     def matrix(
@@ -287,6 +345,10 @@ class KernelSpec:
         """The exact kernel of unit rows ``X_unit`` (against ``Y_unit``, default
         themselves); ``features``, if set, are the solver's approximation of it.
 
+        With an ``added`` kernel the rows carry their features after their values
+        (:meth:`row_width`): the exact kernel of the values plus ``added_weight`` times
+        the features' inner products.
+
         A finite time fixes what a unit of time means, so then the kernel is in
         neural-tangents' scale (:func:`ntkdemo.kernels.fc_kernels`). A convolutional
         architecture sees the rows rescaled to ``x.x/d = 1`` as images of
@@ -295,6 +357,8 @@ class KernelSpec:
         that is constant to rounding while its rows differ is refused
         (:func:`~ntkdemo.kernels.in_range.check_kernel_informative`).
         """
+        if self.added is not None:
+            return self._sum_matrix(X_unit, Y_unit, progress)
         needs = image_reader(self.architecture, self.flip, self.shifts)
         if needs and not self.image_shape:
             raise InvalidParameterError(
@@ -316,4 +380,24 @@ class KernelSpec:
         )
         if Y_unit is None:  # a Gram matrix, to be solved: it must tell the images apart
             check_kernel_informative(kernel, X_unit, self.describe())
+        return kernel
+
+    def _sum_matrix(
+        self,
+        X_rows: np.ndarray,
+        Y_rows: np.ndarray | None,
+        progress: Callable[[Iterable], Iterable] | None,
+    ) -> np.ndarray:
+        """:meth:`matrix` of rows that carry the added kernel's features: the exact kernel
+        of their values plus ``added_weight`` times the features' inner products."""
+        assert self.added is not None
+        values = X_rows.shape[1] - self.added.feature_columns
+        exact = replace(self, added=None)
+        if Y_rows is None:
+            kernel = exact.matrix(X_rows[:, :values], progress=progress)
+            features = X_rows[:, values:]
+            kernel += self.added_weight * (features @ features.T)
+            return kernel
+        kernel = exact.matrix(X_rows[:, :values], Y_rows[:, :values], progress=progress)
+        kernel += self.added_weight * (X_rows[:, values:] @ Y_rows[:, values:].T)
         return kernel

@@ -19,10 +19,12 @@ from .options import (
     add_data_options,
     add_kernel_options,
     add_output_options,
+    architecture_name,
     decode_draw,
     draw_from_options,
     duration,
     memory_size,
+    positive_float,
     positive_int,
     time_value,
     versions,
@@ -116,6 +118,35 @@ def add_command(commands) -> str:
         metavar="N",
         help="worker processes of the local cluster (default: one per core)",
     )
+    added = run.add_argument_group(
+        "added features",
+        "the kernel of the sum of two networks' outputs: the exact kernel above plus C "
+        "times a second network's random-feature kernel (each image's features computed "
+        "once; the numbers labelled approximate)",
+    )
+    added.add_argument(
+        "--add-features",
+        type=positive_int,
+        default=None,
+        metavar="D",
+        help="add D random features (2D for the NTK) of --add-architecture's network, "
+        "of the same --kernel (default: none)",
+    )
+    added.add_argument(
+        "--add-architecture",
+        type=architecture_name,
+        default="myrtle5",
+        metavar="NAME",
+        help="the added network (default: myrtle5)",
+    )
+    added.add_argument(
+        "--add-weight",
+        type=positive_float,
+        default=1.0,
+        metavar="C",
+        help="weight C of the added kernel; choose it on held-out training images, never "
+        "on the test images (default: 1)",
+    )
     run.add_argument(
         "--time",
         type=time_value,
@@ -156,14 +187,16 @@ def command_run(options) -> int:
         features=options.features,
         feature_width=options.feature_width,
         feature_seed=options.seed,
+        added=_added(options),
+        added_weight=options.add_weight,
     )
     say = Console(options.quiet)
     out = prepare_out_dir(options.out, options.command)
     with _engine(options) as strategies:
         started = time.perf_counter()
         draw = draw_from_options(options, say)
-        if spec.sees_images:  # checked against the images' shape before any is decoded
-            spec = replace(spec, image_shape=tuple(draw.image_shape))
+        # checked against the images' shape before any is decoded
+        spec = spec.for_images(tuple(draw.image_shape))
         averaged, flips = (
             flip_kernel(spec, draw.image_shape, options.device) if options.flip else (None, "")
         )
@@ -174,7 +207,7 @@ def command_run(options) -> int:
         plan = plan_memory(
             len(draw.y_train) * (2 if mirrors_added else 1),
             len(draw.y_test),
-            draw.n_values,
+            spec.row_width(draw.n_values),
             draw.n_classes,
             spec=spec,
             device=options.device,
@@ -196,6 +229,11 @@ def command_run(options) -> int:
         if options.zca is not None:
             sample = zca_whitened(sample, options.zca, with_mirrors=spec.flip)
 
+        if spec.added is not None:
+            from ..solvers.features import FeatureSolver
+
+            added = spec.added
+            say(_feature_estimate(added, sample, FeatureSolver(added.feature_columns)))
         if spec.features is not None:
             say(_feature_estimate(spec, sample, plan.strategy))
         elif spec.architecture is not None:
@@ -223,6 +261,24 @@ def command_run(options) -> int:
     logged = f", log.txt ({lines} lines)" if lines else ""
     say(f"wrote metrics.json, predictions.png, confusion.png, spectrum.png{logged} to {out}/")
     return 0
+
+
+def _added(options):
+    """The added network's spec of ``--add-features`` (random features of
+    ``--add-architecture``, the run's kernel, width and seed), or None."""
+    from ..spec import KernelSpec
+
+    if options.add_features is None:
+        if options.add_weight != 1.0 or options.add_architecture != "myrtle5":
+            raise UsageError("--add-weight and --add-architecture need --add-features D")
+        return None
+    return KernelSpec(
+        kernel=options.kernel,
+        architecture=options.add_architecture,
+        features=options.add_features,
+        feature_width=options.feature_width,
+        feature_seed=options.seed,
+    )
 
 
 def _depth(options) -> int:

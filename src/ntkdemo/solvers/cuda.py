@@ -186,7 +186,12 @@ class CudaSolver:
     gives_spectrum: bool = False
 
     def serves(self, spec: KernelSpec) -> bool:
-        return spec.time is None and spec.average.terms == 1 and spec.features is None
+        return (
+            spec.time is None
+            and spec.average.terms == 1
+            and spec.features is None
+            and spec.added is None
+        )
 
     def describe(self) -> str:
         return "float64 kernel and Cholesky factor on the GPU"

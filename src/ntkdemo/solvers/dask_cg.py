@@ -420,7 +420,8 @@ class DaskSolver:
     gives_spectrum: bool = False
 
     def serves(self, spec: KernelSpec) -> bool:
-        return spec.time is None and spec.features is None
+        # added features: rows of thousands of values each, not shipped to workers
+        return spec.time is None and spec.features is None and spec.added is None
 
     def _workers(self) -> dict:
         return self.client.scheduler_info()["workers"]

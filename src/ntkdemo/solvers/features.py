@@ -18,6 +18,11 @@ kernel averaged over mirrors.
 Every number from it is approximate: :func:`approximation_error` computes the exact
 kernel on a random sample of training and test images and reports the relative error of
 the kernel and of the outputs it gives.
+
+:class:`AddedFeatures` serves a kernel added to an exact one
+(:attr:`~ntkdemo.spec.KernelSpec.added`): the sum :math:`K + c\,F F^T` is solved in
+the dual like any exact kernel, from rows that carry each image's features after its
+values, and its approximate part measured the same way.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from .base import KernelSolution, Progress, Stopwatch, host_available_bytes, wra
 from .cholesky import solve
 
 __all__ = [
+    "AddedFeatures",
     "ApproximationError",
     "FeatureSolver",
     "FittedFeatures",
@@ -323,14 +329,17 @@ class ApproximationError:
     kernel_test: float
     outputs: float
     classes_agree: float
+    part: str = ""
+    """What was approximated, where it is a part of the kernel (``" of the added
+    kernel"``); empty for the whole kernel."""
 
     def describe(self) -> str:
         """One line for the console."""
         return (
-            f"approximation error against the exact kernel on {self.n_train} training and "
-            f"{self.n_test} test images drawn at random: kernel {self.kernel_train:.2%} "
-            f"(training pairs), {self.kernel_test:.2%} (test pairs); outputs "
-            f"{self.outputs:.2%}, the same class for {self.classes_agree:.0%} of the test "
+            f"approximation error{self.part} against the exact kernel on {self.n_train} "
+            f"training and {self.n_test} test images drawn at random: kernel "
+            f"{self.kernel_train:.2%} (training pairs), {self.kernel_test:.2%} (test pairs); "
+            f"outputs {self.outputs:.2%}, the same class for {self.classes_agree:.0%} of the test "
             "images"
         )
 
@@ -393,3 +402,70 @@ def approximation_error(
         outputs=relative(approximate_outputs, outputs),
         classes_agree=float(np.mean(approximate_outputs.argmax(axis=1) == outputs.argmax(axis=1))),
     )
+
+
+@dataclass(frozen=True)
+class AddedFeatures:
+    r"""The random features of a kernel added to an exact one, carried by the rows.
+
+    For a spec with an ``added`` kernel, :meth:`rows` gives each unit row its added
+    network's features after its values, :math:`z = (x, \phi(x))`, so that every
+    strategy solves the sum :math:`K(x, y) + c\,\phi(x)^T \phi(y)` from
+    :meth:`~ntkdemo.spec.KernelSpec.matrix` of such rows as it solves an exact kernel
+    (the features computed once per image, never per pair).
+
+    Parameters
+    ----------
+    spec : KernelSpec
+        The sum's spec (``added`` set).
+    feature_map : RandomFeatures
+        The added network, calibrated on the training images (:meth:`calibrated`).
+    solver : FeatureSolver
+        Its feature batches, calibration and error check.
+    """
+
+    spec: KernelSpec
+    feature_map: RandomFeatures
+    solver: FeatureSolver
+
+    @classmethod
+    def calibrated(cls, spec: KernelSpec, X_train_unit: np.ndarray) -> AddedFeatures:
+        """The added network of ``spec``, calibrated on the first training unit rows
+        (:meth:`FeatureSolver.calibrated_map`)."""
+        if spec.added is None:
+            raise ValueError("this spec has no added kernel")
+        solver = FeatureSolver(spec.added.feature_columns)
+        return cls(spec, solver.calibrated_map(X_train_unit, spec.added), solver)
+
+    def rows(
+        self, X_unit: np.ndarray, progress: Callable[[Iterable], Iterable] | None = None
+    ) -> np.ndarray:
+        """The unit rows followed by their added features: ndarray of shape
+        (n, :meth:`~ntkdemo.spec.KernelSpec.row_width`), float64."""
+        assert self.spec.added is not None
+        values = X_unit.shape[1]
+        carried = np.empty((len(X_unit), self.spec.row_width(values)))
+        carried[:, :values] = X_unit
+        batches = _feature_batches(
+            self.feature_map, self.spec.added, X_unit, self.solver.batch_rows, progress
+        )
+        for rows, batch in batches:
+            carried[rows, values:] = batch
+        return check_finite_result("the added features", carried)
+
+    def approximation_error(
+        self, X_train_rows: np.ndarray, X_test_rows: np.ndarray, Y: np.ndarray
+    ) -> ApproximationError:
+        """The error check of the added features against the added network's exact
+        kernel (:meth:`FeatureSolver.approximation_error`), from rows that carry them
+        (their values are read)."""
+        assert self.spec.added is not None
+        values = X_train_rows.shape[1] - self.spec.added.feature_columns
+        error = self.solver.approximation_error(
+            self.spec.added,
+            self.feature_map,
+            X_train_rows[:, :values],
+            X_test_rows[:, :values],
+            Y,
+        )
+        return replace(error, part=f" of the added {self.spec.added.network} features")

@@ -1,0 +1,129 @@
+"""A kernel added as random features to an exact one (KernelSpec.added): the sum against
+its two parts computed apart, the strategies against each other, the pairs counted, the
+refusals, and a run from the command line on the real images."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from conftest import random_sample
+from ntkdemo.demo import run_demo
+from ntkdemo.errors import InvalidParameterError
+from ntkdemo.kernels import unit_rows
+from ntkdemo.plan import plan_memory
+from ntkdemo.solvers.features import AddedFeatures, features_of
+from ntkdemo.spec import KernelSpec
+
+ADDED = KernelSpec(architecture="cnn-gap-1", features=16, feature_width=4, image_shape=(8, 8))
+
+
+def _sum_spec(**changes) -> KernelSpec:
+    spec = KernelSpec(flip=True, image_shape=(8, 8), added=ADDED, added_weight=2.5)
+    return replace(spec, **changes)
+
+
+def test_the_sum_is_the_exact_kernel_plus_the_weighted_features():
+    rng = np.random.default_rng(3)
+    X, Y = unit_rows(rng.random((30, 64))), unit_rows(rng.random((7, 64)))
+    spec = _sum_spec()
+    added = AddedFeatures.calibrated(spec, X)
+    rows, rows_y = added.rows(X), added.rows(Y)
+    assert rows.shape == (30, 64 + 32) and np.array_equal(rows[:, :64], X)
+    F = features_of(spec.added, added.feature_map, X)  # the NTK's 32 columns, apart
+    F_y = features_of(spec.added, added.feature_map, Y)
+    np.testing.assert_array_equal(rows[:, 64:], F)
+    exact = replace(spec, added=None)
+    gram = spec.matrix(rows)
+    np.testing.assert_allclose(gram, exact.matrix(X) + 2.5 * F @ F.T, rtol=1e-13, atol=1e-14)
+    np.testing.assert_array_equal(gram, gram.T)  # a Gram matrix, exactly symmetric
+    np.testing.assert_allclose(
+        spec.matrix(rows_y, rows), exact.matrix(Y, X) + 2.5 * F_y @ F.T, rtol=1e-13, atol=1e-14
+    )
+    # the features part is a real part of it: the sum differs from the exact kernel
+    assert np.abs(gram - exact.matrix(X)).max() > 0.1
+
+
+def test_cholesky_and_cg_solve_the_same_sum_and_count_every_pair():
+    sample = random_sample(np.random.default_rng(5), 60, 14, (8, 8), 3)
+    spec = _sum_spec(image_shape=())
+    results = {}
+    for solver in ("cholesky", "cg"):
+        shaped = spec.for_images((8, 8))
+        plan = plan_memory(60, 14, shaped.row_width(64), 3, spec=shaped, solver=solver)
+        results[solver] = run_demo(sample, spec, plan=plan)
+    direct, iterative = results["cholesky"], results["cg"]
+    np.testing.assert_allclose(iterative.test_scores, direct.test_scores, rtol=1e-6, atol=1e-7)
+    assert direct.approximation is not None and " of the added cnn-gap-1" in (
+        direct.approximation.describe()
+    )
+    assert direct.approximation.n_train == 60 and direct.approximation.n_test == 14
+    # the exact part's pairs as a run of it alone counts them; the added network's
+    # calibration (32 images) and its error check, no other pair
+    exact = run_demo(sample, replace(spec, added=None)).kernel_pairs
+    assert exact >= 2 * (60 * 61 // 2 + 14 * 60)  # mirrors: twice the plain kernel's
+    added = 32 * 33 // 2 + 60 * 61 // 2 + 14 * 60
+    assert direct.kernel_pairs == exact + added
+    assert "added features" in direct.timings
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"added": KernelSpec(architecture="cnn-gap-1")}, "KernelSpec with features"),
+        ({"added_weight": 0.0}, "added_weight must be > 0"),
+        ({"time": 2.0}, "drop features or time"),
+        ({"features": 8, "architecture": "cnn-gap-1"}, "drop features or time"),
+    ],
+)
+def test_spec_refuses_an_added_kernel_it_cannot_serve(changes, match):
+    with pytest.raises(InvalidParameterError, match=match):
+        _sum_spec(**changes)
+
+
+def test_only_the_in_process_strategies_serve_the_sum():
+    from ntkdemo.solvers import CudaSolver
+
+    spec = _sum_spec(image_shape=(28, 28), added=replace(ADDED, features=2048, image_shape=()))
+    assert not CudaSolver().serves(spec) and not CudaSolver().serves(_sum_spec(flip=False))
+    assert spec.row_width(784) == 784 + 4096
+    plan = plan_memory(60000, 3000, spec.row_width(784), 10, spec=spec, available=30 << 30)
+    assert plan.solver == "cg"  # the float64 triangle; the rows carry 4880 values each
+    plain = plan_memory(60000, 3000, 784, 10, spec=replace(spec, added=None), available=30 << 30)
+    assert plan.total_bytes - plain.total_bytes >= 2 * 8 * 60000 * 4096
+
+
+def test_run_with_added_features_end_to_end(tmp_path, fashion_mnist):
+    from conftest import run_ntkdemo
+
+    out = tmp_path / "out"
+    arguments = ["run", "--dataset", str(fashion_mnist), "--train-per-class", "6"]
+    arguments += ["--test-per-class", "3", "--flip", "--out", str(out)]
+    done = run_ntkdemo(
+        *arguments,
+        "--add-features",
+        "64",
+        "--add-architecture",
+        "cnn-gap-1",
+        "--feature-width",
+        "8",
+        "--add-weight",
+        "3",
+    )
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text
+    assert "APPROXIMATE (random features): approximation error of the added cnn-gap-1" in text
+    assert "test accuracy (approximate kernel):" in text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "+ 3 x the NTK of cnn-gap-1" in metrics["network"]
+    assert metrics["memory_plan"]["solver"] == "cholesky"
+    error = metrics["approximation"]
+    assert (error["n_train"], error["n_test"]) == (60, 30)
+    assert 0 < error["kernel_train"] < 0.3 and 0 < error["kernel_test"] < 0.3
+    assert metrics["test_accuracy"] >= 0.4  # chance 0.1
+    lonely = run_ntkdemo(*arguments, "--add-weight", "3")
+    assert lonely.returncode != 0 and "Traceback" not in lonely.stderr
+    assert "--add-weight and --add-architecture need --add-features D" in lonely.stderr
