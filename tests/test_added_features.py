@@ -33,8 +33,8 @@ def test_the_sum_is_the_exact_kernel_plus_the_weighted_features():
     added = AddedFeatures.calibrated(spec, X)
     rows, rows_y = added.rows(X), added.rows(Y)
     assert rows.shape == (30, 64 + 32) and np.array_equal(rows[:, :64], X)
-    F = features_of(spec.added, added.feature_map, X)  # the NTK's 32 columns, apart
-    F_y = features_of(spec.added, added.feature_map, Y)
+    F = features_of(added.added, added.feature_map, X)  # the NTK's 32 columns, apart
+    F_y = features_of(added.added, added.feature_map, Y)
     np.testing.assert_array_equal(rows[:, 64:], F)
     exact = replace(spec, added=None)
     gram = spec.matrix(rows)

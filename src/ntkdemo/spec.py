@@ -393,11 +393,9 @@ class KernelSpec:
         assert self.added is not None
         values = X_rows.shape[1] - self.added.feature_columns
         exact = replace(self, added=None)
-        if Y_rows is None:
-            kernel = exact.matrix(X_rows[:, :values], progress=progress)
-            features = X_rows[:, values:]
-            kernel += self.added_weight * (features @ features.T)
-            return kernel
-        kernel = exact.matrix(X_rows[:, :values], Y_rows[:, :values], progress=progress)
-        kernel += self.added_weight * (X_rows[:, values:] @ Y_rows[:, values:].T)
+        Y_values = None if Y_rows is None else Y_rows[:, :values]
+        kernel = exact.matrix(X_rows[:, :values], Y_values, progress=progress)
+        features = X_rows[:, values:]
+        Y_features = features if Y_rows is None else Y_rows[:, values:]
+        kernel += self.added_weight * (features @ Y_features.T)
         return kernel

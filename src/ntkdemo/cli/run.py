@@ -135,14 +135,14 @@ def add_command(commands) -> str:
     added.add_argument(
         "--add-architecture",
         type=architecture_name,
-        default="myrtle5",
+        default=None,
         metavar="NAME",
         help="the added network (default: myrtle5)",
     )
     added.add_argument(
         "--add-weight",
         type=positive_float,
-        default=1.0,
+        default=None,
         metavar="C",
         help="weight C of the added kernel; choose it on held-out training images, never "
         "on the test images (default: 1)",
@@ -188,7 +188,7 @@ def command_run(options) -> int:
         feature_width=options.feature_width,
         feature_seed=options.seed,
         added=_added(options),
-        added_weight=options.add_weight,
+        added_weight=1.0 if options.add_weight is None else options.add_weight,
     )
     say = Console(options.quiet)
     out = prepare_out_dir(options.out, options.command)
@@ -269,12 +269,12 @@ def _added(options):
     from ..spec import KernelSpec
 
     if options.add_features is None:
-        if options.add_weight != 1.0 or options.add_architecture != "myrtle5":
+        if options.add_weight is not None or options.add_architecture is not None:
             raise UsageError("--add-weight and --add-architecture need --add-features D")
         return None
     return KernelSpec(
         kernel=options.kernel,
-        architecture=options.add_architecture,
+        architecture=options.add_architecture or "myrtle5",
         features=options.add_features,
         feature_width=options.feature_width,
         feature_seed=options.seed,

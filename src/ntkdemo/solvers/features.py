@@ -416,15 +416,15 @@ class AddedFeatures:
 
     Parameters
     ----------
-    spec : KernelSpec
-        The sum's spec (``added`` set).
+    added : KernelSpec
+        The added network's spec (the sum's ``added``, with ``features``).
     feature_map : RandomFeatures
         The added network, calibrated on the training images (:meth:`calibrated`).
     solver : FeatureSolver
         Its feature batches, calibration and error check.
     """
 
-    spec: KernelSpec
+    added: KernelSpec
     feature_map: RandomFeatures
     solver: FeatureSolver
 
@@ -435,19 +435,18 @@ class AddedFeatures:
         if spec.added is None:
             raise ValueError("this spec has no added kernel")
         solver = FeatureSolver(spec.added.feature_columns)
-        return cls(spec, solver.calibrated_map(X_train_unit, spec.added), solver)
+        return cls(spec.added, solver.calibrated_map(X_train_unit, spec.added), solver)
 
     def rows(
         self, X_unit: np.ndarray, progress: Callable[[Iterable], Iterable] | None = None
     ) -> np.ndarray:
         """The unit rows followed by their added features: ndarray of shape
         (n, :meth:`~ntkdemo.spec.KernelSpec.row_width`), float64."""
-        assert self.spec.added is not None
         values = X_unit.shape[1]
-        carried = np.empty((len(X_unit), self.spec.row_width(values)))
+        carried = np.empty((len(X_unit), values + self.solver.columns))
         carried[:, :values] = X_unit
         batches = _feature_batches(
-            self.feature_map, self.spec.added, X_unit, self.solver.batch_rows, progress
+            self.feature_map, self.added, X_unit, self.solver.batch_rows, progress
         )
         for rows, batch in batches:
             carried[rows, values:] = batch
@@ -459,13 +458,12 @@ class AddedFeatures:
         """The error check of the added features against the added network's exact
         kernel (:meth:`FeatureSolver.approximation_error`), from rows that carry them
         (their values are read)."""
-        assert self.spec.added is not None
-        values = X_train_rows.shape[1] - self.spec.added.feature_columns
+        values = X_train_rows.shape[1] - self.solver.columns
         error = self.solver.approximation_error(
-            self.spec.added,
+            self.added,
             self.feature_map,
             X_train_rows[:, :values],
             X_test_rows[:, :values],
             Y,
         )
-        return replace(error, part=f" of the added {self.spec.added.network} features")
+        return replace(error, part=f" of the added {self.added.network} features")
