@@ -177,6 +177,20 @@ def test_one_layer_features_are_unbiased():
         assert np.all(error < 0.05 * exact[kernel])  # the test has the power to see a bias
 
 
+@pytest.mark.parametrize("architecture", ["myrtle5", STRIDED, "fc-2"])
+def test_features_do_not_depend_on_the_batch(architecture):
+    # each image's features are its own: one image a batch, three (batches that end
+    # short) and all at once agree within rounding (the batched products' order differs)
+    shape = (8, 8) if architecture != STRIDED else (11, 9)
+    X = _images(7, shape, seed=8)
+    feature_map = RandomFeatures(architecture, shape, dimension=64, width=6, b_std=0.3, seed=4)
+    alone = feature_map.transform(X, batch_size=1)
+    for batch_size in (3, 7):
+        for single, batched in zip(alone, feature_map.transform(X, batch_size=batch_size)):
+            np.testing.assert_allclose(batched, single, rtol=0, atol=1e-13 * abs(single).max())
+    assert not np.allclose(alone[1][0], alone[1][1])  # images that differ, features too
+
+
 @pytest.mark.parametrize("architecture", ["cnn-gap-2", "myrtle5", STRIDED, "fc-2"])
 def test_wide_features_approach_the_exact_kernels(architecture):
     # width 256, 8,000 columns: within 4% of the exact kernels (Frobenius), calibrated;

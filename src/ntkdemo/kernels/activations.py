@@ -146,7 +146,8 @@ class ABRelu(Activation):
 
     def finite(self, z):
         a, b = float(self.a), float(self.b)
-        return a * np.minimum(z, 0.0) + b * np.maximum(z, 0.0), np.where(z > 0, b, a)
+        slopes = np.where(z > 0, b, a)
+        return slopes * z, slopes
 
 
 @dataclass(frozen=True)

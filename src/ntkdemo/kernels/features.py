@@ -223,8 +223,13 @@ class RandomFeatures:
         return nngp, ntk
 
     def _batch_rows(self) -> int:
-        """Images per batch: a layer's patches and sketch workspace about 256 MB at most
-        (patches, plus the formed gradient or the two sketches and their spectra)."""
+        """Images per batch: each array a layer makes (its patches, the formed gradient
+        or the two sketches and their spectra) about 32 MB at most.
+
+        Small batches keep the arrays below glibc's largest mmap threshold (32 MB), so
+        the allocator reuses memory from one batch to the next; a larger array is
+        mapped afresh each time, and faulting its pages in cost more than the
+        arithmetic on the machines measured (docs/benchmarks.md, session 26)."""
         largest = 0
         for step in self.steps:
             if isinstance(step, _Linear):
@@ -235,8 +240,8 @@ class RandomFeatures:
                     if step.count is not None
                     else 4 * positions * self.dimension
                 )
-                largest = max(largest, 8 * (positions * patch + work))
-        return max(1, min(256, (256 << 20) // largest))
+                largest = max(largest, 8 * max(positions * patch, work))
+        return max(1, min(256, (32 << 20) // largest))
 
     def _batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Forward through the drawn network keeping what the backward pass needs, then
@@ -438,15 +443,15 @@ def _patches(step: _Linear, x: np.ndarray) -> np.ndarray:
     rows, columns = step.windows
     padded = _padded(x, step.windows)
     channels = x.shape[3]
-    patches = np.empty(
-        (len(x), rows.count * columns.count, rows.size * columns.size * channels + 1)
-    )
+    patch = rows.size * columns.size * channels + 1
+    patches = np.empty((len(x), rows.count * columns.count, patch))
+    grid = patches.reshape(len(x), rows.count, columns.count, patch)
     for index, (i, j) in enumerate(np.ndindex(rows.size, columns.size)):
-        window = padded[:, _window_slice(rows, i), _window_slice(columns, j), :]
-        patches[:, :, index * channels : (index + 1) * channels] = window.reshape(
-            len(x), -1, channels
+        np.multiply(
+            padded[:, _window_slice(rows, i), _window_slice(columns, j), :],
+            step.weight_scale,
+            out=grid[..., index * channels : (index + 1) * channels],
         )
-    patches[:, :, :-1] *= step.weight_scale
     patches[:, :, -1] = step.bias_scale
     return patches
 
@@ -493,8 +498,6 @@ def _backward(
             sketch += _tensor_sketch(step, patches, flat_delta, sketch.shape[1])
         if not need_input:
             return delta
-        weights = step.weights.reshape(-1, outputs) * step.weight_scale
-        into_patches = flat_delta @ weights.T  # (batch, positions, filter * C_in)
         padded_shape = (
             batch,
             (rows.count - 1) * rows.stride + rows.size,
@@ -509,8 +512,9 @@ def _backward(
                 shape[3],
             )
         )
-        for index, (i, j) in enumerate(np.ndindex(rows.size, columns.size)):
-            part = into_patches[:, :, index * shape[3] : (index + 1) * shape[3]]
+        rows_delta = flat_delta.reshape(-1, outputs)
+        for i, j in np.ndindex(rows.size, columns.size):
+            part = rows_delta @ (step.weight_scale * step.weights[i, j].T)
             into[:, _window_slice(rows, i), _window_slice(columns, j), :] += part.reshape(
                 batch, rows.count, columns.count, shape[3]
             )
