@@ -70,6 +70,35 @@ def test_cholesky_and_cg_solve_the_same_sum_and_count_every_pair():
     assert "added features" in direct.timings
 
 
+def test_estimators_fit_the_sum_and_predict_with_the_test_images_features():
+    # NTKRegressor(added_features=...) is kernel regression on the sum: its predictions
+    # are those of the sum's matrices (the features of the training and test images,
+    # calibrated as AddedFeatures does) solved apart; the classifier picks their argmax
+    from sklearn.base import clone
+
+    from ntkdemo import NTKClassifier, NTKRegressor
+
+    rng = np.random.default_rng(11)
+    X, X_test = rng.random((40, 64)), rng.random((9, 64))
+    labels = np.arange(40) % 3
+    targets = np.eye(3)[labels]
+    parameters = dict(shifts=1, added_features=16, added_architecture="cnn-gap-1", feature_width=4)
+    regressor = NTKRegressor(added_weight=2.5, **parameters).fit(X, targets)
+    spec = KernelSpec(shifts=1, image_shape=(8, 8), added=ADDED, added_weight=2.5)
+    added = AddedFeatures.calibrated(spec, unit_rows(X))
+    rows, rows_test = added.rows(unit_rows(X)), added.rows(unit_rows(X_test))
+    expected = spec.matrix(rows_test, rows) @ np.linalg.solve(spec.matrix(rows), targets)
+    np.testing.assert_allclose(regressor.predict(X_test), expected, rtol=1e-9, atol=1e-9)
+    assert regressor.added_features_.solver.columns == 32  # the NTK's 2 x 16
+    classifier = NTKClassifier(added_weight=2.5, **parameters).fit(X, labels)
+    np.testing.assert_array_equal(classifier.predict(X_test), expected.argmax(1))
+    # the weight is a parameter like any other (a grid search clones and sets it)
+    heavier = clone(classifier).set_params(added_weight=50.0).fit(X, labels)
+    assert not np.allclose(heavier.dual_coef_, classifier.dual_coef_)
+    with pytest.raises(InvalidParameterError, match="drop features or time"):
+        NTKClassifier(time=3.0, **parameters).fit(X, labels)
+
+
 @pytest.mark.parametrize(
     ("changes", "match"),
     [

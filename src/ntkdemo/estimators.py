@@ -9,8 +9,10 @@ Both are kernel regression with an infinitely wide ReLU network's kernel,
 the ``cholesky`` strategy (:class:`ntkdemo.solvers.CholeskySolver`: the kernel of a
 :class:`ntkdemo.spec.KernelSpec`, a Cholesky solve or, for a time, one ``eigh``), or
 with ``features`` the ``features`` one (random features, the primal solved); nothing is
-trained iteratively. :class:`ConvKernelFeatures` is the random features themselves as a
-transformer, for any scikit-learn pipeline.
+trained iteratively. With ``added_features`` the kernel is an exact one plus a second
+network's random-features kernel (:attr:`ntkdemo.spec.KernelSpec.added`).
+:class:`ConvKernelFeatures` is the random features themselves as a transformer, for
+any scikit-learn pipeline.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from .kernels import unit_rows
 from .kernels.mirror import mirrored
 from .preprocess import flip_kernel
 from .solvers import CholeskySolver, one_hot
-from .solvers.features import FeatureSolver
+from .solvers.features import AddedFeatures, FeatureSolver
 from .spec import KernelSpec, image_reader
 
 
@@ -67,6 +69,9 @@ class _KernelModel(BaseEstimator):
         shifts=0,
         features=None,
         feature_width=128,
+        added_features=None,
+        added_architecture="myrtle5",
+        added_weight=1.0,
         random_state=0,
     ):
         self.kernel = kernel
@@ -81,20 +86,26 @@ class _KernelModel(BaseEstimator):
         self.shifts = shifts
         self.features = features
         self.feature_width = feature_width
+        self.added_features = added_features
+        self.added_architecture = added_architecture
+        self.added_weight = added_weight
         self.random_state = random_state
 
     def _shape(self, n_features: int) -> tuple[int, ...]:
-        """The images' shape where a convolutional architecture, ``flip`` or ``shifts``
-        needs it (without ``image_shape``: square grey images), else ``()``."""
+        """The images' shape where a convolutional architecture, ``flip``, ``shifts`` or
+        ``added_features`` needs it (without ``image_shape``: square grey images), else
+        ``()``."""
         if self.image_shape is not None:
             return tuple(self.image_shape)
         needs = image_reader(self.architecture, self.flip, self.shifts)
+        if needs is None and self.added_features is not None:
+            needs = f"added_features={self.added_features}"
         return () if needs is None else _image_shape(None, n_features, needs)
 
     def _spec(self, n_features: int) -> KernelSpec:
         """The estimator's parameters as a validated :class:`~ntkdemo.spec.KernelSpec`
         (for the images alone: ``flip`` is applied in :meth:`_fit_targets`)."""
-        return KernelSpec(
+        spec = KernelSpec(
             kernel=self.kernel,
             depth=self.depth,
             w_std=self.w_std,
@@ -108,6 +119,11 @@ class _KernelModel(BaseEstimator):
             feature_width=self.feature_width,
             feature_seed=self.random_state,
         )
+        if self.added_features is None:
+            return spec
+        return spec.with_added_features(
+            self.added_features, self.added_architecture, self.added_weight
+        ).for_images(self._shape(n_features))
 
     def _fit_targets(self, X, targets):
         spec, rows = self._spec(X.shape[1]), unit_rows(X, "X")
@@ -117,6 +133,9 @@ class _KernelModel(BaseEstimator):
                 rows = np.vstack([rows, mirrored(rows, spec.image_shape)])
                 targets = np.vstack([targets, targets])
             spec = averaged or spec
+        self.added_features_ = None if spec.added is None else AddedFeatures.calibrated(spec, rows)
+        if self.added_features_ is not None:
+            rows = self.added_features_.rows(rows)
         strategy = (
             CholeskySolver() if spec.features is None else FeatureSolver(spec.feature_columns)
         )
@@ -135,7 +154,10 @@ class _KernelModel(BaseEstimator):
     def _outputs(self, X):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False)
-        return self.fitted_.predict(unit_rows(X, "X"))
+        rows = unit_rows(X, "X")
+        if self.added_features_ is not None:
+            rows = self.added_features_.rows(rows)
+        return self.fitted_.predict(rows)
 
 
 class NTKClassifier(ClassifierMixin, _KernelModel):
@@ -179,8 +201,19 @@ class NTKClassifier(ClassifierMixin, _KernelModel):
         :func:`ntkdemo.solvers.features.approximation_error`; a ``ridge`` helps.
     feature_width : int, default=128
         Channels of the random network's hidden layers but the last.
+    added_features : int, optional
+        Add to the exact kernel ``added_weight`` times the kernel of this many random
+        features of ``added_architecture`` (their kernel, width and seed those above):
+        :math:`K(x, y) + c\\,\\phi(x)^T \\phi(y)`, the kernel of the two networks'
+        outputs added (:meth:`ntkdemo.spec.KernelSpec.with_added_features`). An
+        approximation in its added part: measure its error with
+        ``added_features_.approximation_error``.
+    added_architecture : str, default="myrtle5"
+        The added network.
+    added_weight : float, default=1.0
+        ``c``; choose it on held-out training images (e.g. ``GridSearchCV``).
     random_state : int, default=0
-        Seed of the random network of ``features``.
+        Seed of the random network of ``features`` or ``added_features``.
 
     Attributes
     ----------
@@ -194,6 +227,8 @@ class NTKClassifier(ClassifierMixin, _KernelModel):
         :math:`w` with :math:`f(x) = \\phi(x)^T w` (with ``features``).
     condition_number_ : float
         Condition estimate of the solved system.
+    added_features_ : AddedFeatures or None
+        The added network, calibrated on the training images (with ``added_features``).
     fitted_ : FittedKernel or FittedFeatures
         The fitted model of the ``cholesky`` strategy (unit training rows, solution), or
         of the ``features`` one.

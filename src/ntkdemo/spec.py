@@ -238,6 +238,28 @@ class KernelSpec:
         if added.tally is not self.tally:
             object.__setattr__(self, "added", replace(added, tally=self.tally))
 
+    def with_added_features(
+        self, dimension: int, architecture: str | None = None, weight: float = 1.0
+    ) -> KernelSpec:
+        """This kernel plus ``weight`` times the kernel of ``dimension`` random features of
+        ``architecture`` (default ``"myrtle5"``): the added network has this spec's
+        ``kernel`` (NTK or NNGP), ``feature_width`` and ``feature_seed``.
+
+        Raises
+        ------
+        InvalidParameterError
+            As the constructor, for the added spec or the sum.
+        """
+        added = KernelSpec(
+            kernel=self.kernel,
+            architecture=architecture or "myrtle5",
+            features=dimension,
+            feature_width=self.feature_width,
+            feature_seed=self.feature_seed,
+            image_shape=self.image_shape,
+        )
+        return replace(self, added=added, added_weight=weight)
+
     def for_images(self, image_shape: tuple[int, ...]) -> KernelSpec:
         """This spec told the images' shape where its kernel, or its added one, reads
         rows as images (:attr:`sees_images`) and was not told yet."""

@@ -187,9 +187,8 @@ def command_run(options) -> int:
         features=options.features,
         feature_width=options.feature_width,
         feature_seed=options.seed,
-        added=_added(options),
-        added_weight=1.0 if options.add_weight is None else options.add_weight,
     )
+    spec = _with_added(spec, options)
     say = Console(options.quiet)
     out = prepare_out_dir(options.out, options.command)
     with _engine(options) as strategies:
@@ -263,22 +262,15 @@ def command_run(options) -> int:
     return 0
 
 
-def _added(options):
-    """The added network's spec of ``--add-features`` (random features of
-    ``--add-architecture``, the run's kernel, width and seed), or None."""
-    from ..spec import KernelSpec
-
+def _with_added(spec, options):
+    """``spec`` plus the random features of ``--add-features`` (``--add-architecture``,
+    ``--add-weight``), or ``spec`` without them."""
     if options.add_features is None:
         if options.add_weight is not None or options.add_architecture is not None:
             raise UsageError("--add-weight and --add-architecture need --add-features D")
-        return None
-    return KernelSpec(
-        kernel=options.kernel,
-        architecture=options.add_architecture or "myrtle5",
-        features=options.add_features,
-        feature_width=options.feature_width,
-        feature_seed=options.seed,
-    )
+        return spec
+    weight = 1.0 if options.add_weight is None else options.add_weight
+    return spec.with_added_features(options.add_features, options.add_architecture, weight)
 
 
 def _depth(options) -> int:
