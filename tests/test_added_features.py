@@ -14,7 +14,9 @@ from conftest import random_sample
 from ntkdemo.demo import run_demo
 from ntkdemo.errors import InvalidParameterError
 from ntkdemo.kernels import unit_rows
+from ntkdemo.kernels.mirror import mirrored
 from ntkdemo.plan import plan_memory
+from ntkdemo.preprocess import flip_kernel
 from ntkdemo.solvers.features import AddedFeatures, features_of
 from ntkdemo.spec import KernelSpec
 
@@ -97,6 +99,27 @@ def test_estimators_fit_the_sum_and_predict_with_the_test_images_features():
     assert not np.allclose(heavier.dual_coef_, classifier.dual_coef_)
     with pytest.raises(InvalidParameterError, match="drop features or time"):
         NTKClassifier(time=3.0, **parameters).fit(X, labels)
+
+
+def test_flips_average_the_added_network_too_where_it_is_mirror_symmetric():
+    # under --flip the whole sum is averaged over mirrors: each image's added features
+    # are the mean of its own and its mirror's (computed apart here); an added network
+    # whose kernel is not mirror symmetric on the images is left as it is, and says so
+    spec = KernelSpec(shifts=1, image_shape=(8, 8), added=ADDED, added_weight=2.5)
+    averaged, how = flip_kernel(spec, (8, 8))
+    assert averaged is not None and averaged.added.flip
+    assert "the added cnn-gap-1 features averaged with the mirror's too" in how
+    X = unit_rows(np.random.default_rng(4).random((12, 64)))
+    added = AddedFeatures.calibrated(averaged, X)
+    plain = replace(averaged.added, flip=False)
+    own = features_of(plain, added.feature_map, X)
+    mirror = features_of(plain, added.feature_map, mirrored(X, (8, 8)))
+    np.testing.assert_allclose(added.rows(X)[:, 64:], 0.5 * (own + mirror), rtol=1e-13)
+    assert np.abs(own - mirror).max() > 1e-3  # the mirror's features are other features
+    odd = KernelSpec(shifts=1, added=replace(ADDED, architecture="myrtle5", image_shape=()))
+    kept, how = flip_kernel(odd, (10, 10))  # Myrtle-5 pools a width of 5
+    assert kept is not None and kept.flip and not kept.added.flip
+    assert "features are not averaged" in how
 
 
 @pytest.mark.parametrize(
