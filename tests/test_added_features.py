@@ -16,7 +16,6 @@ from ntkdemo.errors import InvalidParameterError
 from ntkdemo.kernels import unit_rows
 from ntkdemo.kernels.mirror import mirrored
 from ntkdemo.plan import plan_memory
-from ntkdemo.preprocess import flip_kernel
 from ntkdemo.solvers.features import AddedFeatures, features_of
 from ntkdemo.spec import KernelSpec
 
@@ -101,25 +100,24 @@ def test_estimators_fit_the_sum_and_predict_with_the_test_images_features():
         NTKClassifier(time=3.0, **parameters).fit(X, labels)
 
 
-def test_flips_average_the_added_network_too_where_it_is_mirror_symmetric():
-    # under --flip the whole sum is averaged over mirrors: each image's added features
-    # are the mean of its own and its mirror's (computed apart here); an added network
-    # whose kernel is not mirror symmetric on the images is left as it is, and says so
-    spec = KernelSpec(shifts=1, image_shape=(8, 8), added=ADDED, added_weight=2.5)
-    averaged, how = flip_kernel(spec, (8, 8))
-    assert averaged is not None and averaged.added.flip
-    assert "the added cnn-gap-1 features averaged with the mirror's too" in how
+def test_the_added_network_averaged_over_mirrors():
+    # add_flip: each image's added features are the mean of its own and its mirror's
+    # (computed apart here); a network whose kernel is not mirror symmetric on the
+    # images is refused as soon as their shape is known
+    base = KernelSpec(shifts=1, image_shape=(8, 8))
+    spec = base.with_added_features(16, "cnn-gap-1", 2.5, flip=True)
+    spec = replace(spec, added=replace(spec.added, feature_width=4)).for_images((8, 8))
+    assert spec.added.flip and spec.added.image_shape == (8, 8)
     X = unit_rows(np.random.default_rng(4).random((12, 64)))
-    added = AddedFeatures.calibrated(averaged, X)
-    plain = replace(averaged.added, flip=False)
+    added = AddedFeatures.calibrated(spec, X)
+    plain = replace(spec.added, flip=False)
     own = features_of(plain, added.feature_map, X)
     mirror = features_of(plain, added.feature_map, mirrored(X, (8, 8)))
     np.testing.assert_allclose(added.rows(X)[:, 64:], 0.5 * (own + mirror), rtol=1e-13)
     assert np.abs(own - mirror).max() > 1e-3  # the mirror's features are other features
-    odd = KernelSpec(shifts=1, added=replace(ADDED, architecture="myrtle5", image_shape=()))
-    kept, how = flip_kernel(odd, (10, 10))  # Myrtle-5 pools a width of 5
-    assert kept is not None and kept.flip and not kept.added.flip
-    assert "features are not averaged" in how
+    odd = KernelSpec(shifts=1).with_added_features(16, "myrtle5", flip=True)
+    with pytest.raises(InvalidParameterError, match="not mirror symmetric"):
+        odd.for_images((10, 10))  # Myrtle-5 pools a width of 5
 
 
 @pytest.mark.parametrize(
@@ -164,18 +162,21 @@ def test_run_with_added_features_end_to_end(tmp_path, fashion_mnist):
         "8",
         "--add-weight",
         "3",
+        "--add-flip",
     )
     text = done.stdout + done.stderr
     assert done.returncode == 0, text
     assert "APPROXIMATE (random features): approximation error of the added cnn-gap-1" in text
     assert "test accuracy (approximate kernel):" in text
     metrics = json.loads((out / "metrics.json").read_text())
-    assert "+ 3 x the NTK of cnn-gap-1" in metrics["network"]
+    added = metrics["network"].split("+ 3 x the ")[1]
+    assert added.startswith("NTK of cnn-gap-1") and "averaged over mirrors" in added
     assert metrics["memory_plan"]["solver"] == "cholesky"
     error = metrics["approximation"]
     assert (error["n_train"], error["n_test"]) == (60, 30)
     assert 0 < error["kernel_train"] < 0.3 and 0 < error["kernel_test"] < 0.3
     assert metrics["test_accuracy"] >= 0.4  # chance 0.1
-    lonely = run_ntkdemo(*arguments, "--add-weight", "3")
-    assert lonely.returncode != 0 and "Traceback" not in lonely.stderr
-    assert "--add-weight and --add-architecture need --add-features D" in lonely.stderr
+    for lonely_option in (["--add-weight", "3"], ["--add-flip"]):
+        lonely = run_ntkdemo(*arguments, *lonely_option)
+        assert lonely.returncode != 0 and "Traceback" not in lonely.stderr
+        assert "--add-architecture and --add-flip need --add-features D" in lonely.stderr

@@ -72,6 +72,7 @@ class _KernelModel(BaseEstimator):
         added_features=None,
         added_architecture="myrtle5",
         added_weight=1.0,
+        added_flip=False,
         random_state=0,
     ):
         self.kernel = kernel
@@ -89,6 +90,7 @@ class _KernelModel(BaseEstimator):
         self.added_features = added_features
         self.added_architecture = added_architecture
         self.added_weight = added_weight
+        self.added_flip = added_flip
         self.random_state = random_state
 
     def _shape(self, n_features: int) -> tuple[int, ...]:
@@ -122,7 +124,7 @@ class _KernelModel(BaseEstimator):
         if self.added_features is None:
             return spec
         return spec.with_added_features(
-            self.added_features, self.added_architecture, self.added_weight
+            self.added_features, self.added_architecture, self.added_weight, flip=self.added_flip
         ).for_images(self._shape(n_features))
 
     def _fit_targets(self, X, targets):
@@ -212,6 +214,9 @@ class NTKClassifier(ClassifierMixin, _KernelModel):
         The added network.
     added_weight : float, default=1.0
         ``c``; choose it on held-out training images (e.g. ``GridSearchCV``).
+    added_flip : bool, default=False
+        Average the added network over mirrors (each image's features the mean of its
+        own and its mirror's; twice their time), as ``flip`` averages the exact kernel.
     random_state : int, default=0
         Seed of the random network of ``features`` or ``added_features``.
 

@@ -121,9 +121,7 @@ def flip_kernel(
         images' system, :mod:`ntkdemo.kernels.mirror`), or None where the mirrored
         images are to be added. With ``spec.shifts`` the mirrors join the copies the
         network averages over (:mod:`ntkdemo.kernels.averaged`), its ridge kept: that
-        network is fitted on the ``n`` images, not on ``2 n``. An ``added`` network is
-        averaged over mirrors too (its features averaged with the mirror's), so that the
-        whole sum is, where its kernel is mirror symmetric.
+        network is fitted on the ``n`` images, not on ``2 n``.
     how : str
         One line for the console.
     """
@@ -134,15 +132,12 @@ def flip_kernel(
             f"flips: the mirrored training images added (the kernel of {spec.architecture} is "
             f"not mirror symmetric on images of {tuple(image_shape)}: an AvgPool sees an odd width)"
         )
-    added, added_how = _added_averaged(spec.added, tuple(image_shape))
     if spec.shifts:  # the mirrors join the copies the network averages over
-        return replace(spec, flip=True, image_shape=tuple(image_shape), added=added), (
+        return replace(spec, flip=True, image_shape=tuple(image_shape)), (
             "flips: the mirrored copies join the shifted ones the network averages over "
-            f"(kernels.averaged; the ridge is that of the n images){added_how}"
+            "(kernels.averaged; the ridge is that of the n images)"
         )
-    averaged = replace(
-        spec, flip=True, image_shape=tuple(image_shape), ridge=spec.ridge / 2, added=added
-    )
+    averaged = replace(spec, flip=True, image_shape=tuple(image_shape), ridge=spec.ridge / 2)
     halved = f"; ridge {spec.ridge:g} of 2n images is {averaged.ridge:g} here" if spec.ridge else ""
     if spec.features is not None:  # the equality holds for the exact kernel only
         return averaged, (
@@ -153,25 +148,6 @@ def flip_kernel(
     return averaged, (
         "flips: the kernel averaged over each training image and its mirror, "
         f"(K(x,y) + K(x,Fy))/2: the network trained on 2n images, solved on n{halved}"
-        f"{added_how}"
-    )
-
-
-def _added_averaged(
-    added: KernelSpec | None, image_shape: tuple[int, ...]
-) -> tuple[KernelSpec | None, str]:
-    """The added network of a sum averaged over mirrors (its features averaged with the
-    mirror's: twice their time), where its kernel is mirror symmetric; else as it is,
-    said in the console's words."""
-    if added is None:
-        return None, ""
-    if not is_mirror_symmetric(added.architecture, image_shape):
-        return added, (
-            f"; the added {added.network} features are not averaged (its kernel is not "
-            "mirror symmetric on these images)"
-        )
-    return replace(added, flip=True, image_shape=image_shape), (
-        f"; the added {added.network} features averaged with the mirror's too"
     )
 
 

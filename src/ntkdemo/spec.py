@@ -239,11 +239,18 @@ class KernelSpec:
             object.__setattr__(self, "added", replace(added, tally=self.tally))
 
     def with_added_features(
-        self, dimension: int, architecture: str | None = None, weight: float = 1.0
+        self,
+        dimension: int,
+        architecture: str | None = None,
+        weight: float = 1.0,
+        *,
+        flip: bool = False,
     ) -> KernelSpec:
         """This kernel plus ``weight`` times the kernel of ``dimension`` random features of
         ``architecture`` (default ``"myrtle5"``): the added network has this spec's
-        ``kernel`` (NTK or NNGP), ``feature_width`` and ``feature_seed``.
+        ``kernel`` (NTK or NNGP), ``feature_width`` and ``feature_seed``; with ``flip``
+        it is averaged over mirrors (each image's features the mean of its own and its
+        mirror's: twice their time), as ``flip`` averages this spec's kernel.
 
         Raises
         ------
@@ -257,6 +264,7 @@ class KernelSpec:
             feature_width=self.feature_width,
             feature_seed=self.feature_seed,
             image_shape=self.image_shape,
+            flip=flip,
         )
         return replace(self, added=added, added_weight=weight)
 

@@ -147,6 +147,12 @@ def add_command(commands) -> str:
         help="weight C of the added kernel; choose it on held-out training images, never "
         "on the test images (default: 1)",
     )
+    added.add_argument(
+        "--add-flip",
+        action="store_true",
+        help="average the added network over mirrors: each image's features the mean of "
+        "its own and its mirror's (twice their time), as --flip averages the exact kernel",
+    )
     run.add_argument(
         "--time",
         type=time_value,
@@ -266,11 +272,15 @@ def _with_added(spec, options):
     """``spec`` plus the random features of ``--add-features`` (``--add-architecture``,
     ``--add-weight``), or ``spec`` without them."""
     if options.add_features is None:
-        if options.add_weight is not None or options.add_architecture is not None:
-            raise UsageError("--add-weight and --add-architecture need --add-features D")
+        if options.add_weight is not None or options.add_architecture or options.add_flip:
+            raise UsageError(
+                "--add-weight, --add-architecture and --add-flip need --add-features D"
+            )
         return spec
     weight = 1.0 if options.add_weight is None else options.add_weight
-    return spec.with_added_features(options.add_features, options.add_architecture, weight)
+    return spec.with_added_features(
+        options.add_features, options.add_architecture, weight, flip=options.add_flip
+    )
 
 
 def _depth(options) -> int:
