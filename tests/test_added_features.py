@@ -163,6 +163,8 @@ def test_run_with_added_features_end_to_end(tmp_path, fashion_mnist):
         "--add-weight",
         "3",
         "--add-flip",
+        "--feature-dtype",
+        "float32",
     )
     text = done.stdout + done.stderr
     assert done.returncode == 0, text
@@ -171,6 +173,7 @@ def test_run_with_added_features_end_to_end(tmp_path, fashion_mnist):
     metrics = json.loads((out / "metrics.json").read_text())
     added = metrics["network"].split("+ 3 x the ")[1]
     assert added.startswith("NTK of cnn-gap-1") and "averaged over mirrors" in added
+    assert "(width 8, float32)" in added
     assert metrics["memory_plan"]["solver"] == "cholesky"
     error = metrics["approximation"]
     assert (error["n_train"], error["n_test"]) == (60, 30)

@@ -191,6 +191,26 @@ def test_features_do_not_depend_on_the_batch(architecture):
     assert not np.allclose(alone[1][0], alone[1][1])  # images that differ, features too
 
 
+@pytest.mark.parametrize("architecture", ["myrtle5", STRIDED])
+def test_float32_runs_the_same_network_to_rounding(architecture):
+    # the same drawn network in single precision: both kernels' Gram matrices within
+    # 1e-5 of float64's (rounding, not another network: those differ by percents), and
+    # not equal to them (the arithmetic did run in float32); float64 arrays come out
+    shape = (8, 8) if architecture != STRIDED else (11, 9)
+    X = _images(6, shape, seed=9)
+    options = dict(architecture=architecture, dimension=256, width=16, b_std=0.2, seed=2)
+    double = conv_features(X, **options)
+    single = conv_features(X, **options, dtype=np.float32)
+    for a, b in zip(double, single, strict=True):
+        assert b.dtype == np.float64
+        error = np.linalg.norm(a @ a.T - b @ b.T) / np.linalg.norm(a @ a.T)
+        assert 1e-10 < error < 1e-5
+    spec = KernelSpec(architecture="myrtle5", features=8, feature_dtype="float32")
+    assert "(width 128, float32)" in spec.describe()
+    with pytest.raises(InvalidParameterError, match="feature_dtype must be"):
+        replace(spec, feature_dtype="float16")
+
+
 @pytest.mark.parametrize("architecture", ["cnn-gap-2", "myrtle5", STRIDED, "fc-2"])
 def test_wide_features_approach_the_exact_kernels(architecture):
     # width 256, 8,000 columns: within 4% of the exact kernels (Frobenius), calibrated;

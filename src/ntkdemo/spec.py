@@ -87,6 +87,9 @@ class KernelSpec:
         Channels of the random network's hidden layers but the last.
     feature_seed : int, default=0
         Seed of the random network and its sketch.
+    feature_dtype : {"float64", "float32"}, default="float64"
+        Precision the random network runs in: ``"float32"`` about twice as fast, its
+        rounding far below the features' own error (:mod:`ntkdemo.kernels.features`).
     added : KernelSpec or None, default=None
         A second network's kernel added to this one, approximated by its random
         features (``added.features`` set): the kernel of the sum of the two networks'
@@ -123,6 +126,7 @@ class KernelSpec:
     features: int | None = None
     feature_width: int = 128
     feature_seed: int = 0
+    feature_dtype: str = "float64"
     added: KernelSpec | None = None
     added_weight: float = 1.0
     tally: PairTally | None = field(default=None, compare=False, repr=False)
@@ -198,6 +202,10 @@ class KernelSpec:
         """
         check_positive_int("features", self.features)
         check_positive_int("feature_width", self.feature_width)
+        if self.feature_dtype not in ("float64", "float32"):
+            raise InvalidParameterError(
+                f"feature_dtype must be 'float64' or 'float32', got {self.feature_dtype!r}"
+            )
         if self.time is not None:
             raise InvalidParameterError(
                 f"random features are solved at convergence only, got time={self.time:g}; "
@@ -248,7 +256,8 @@ class KernelSpec:
     ) -> KernelSpec:
         """This kernel plus ``weight`` times the kernel of ``dimension`` random features of
         ``architecture`` (default ``"myrtle5"``): the added network has this spec's
-        ``kernel`` (NTK or NNGP), ``feature_width`` and ``feature_seed``; with ``flip``
+        ``kernel`` (NTK or NNGP), ``feature_width``, ``feature_seed`` and
+        ``feature_dtype``; with ``flip``
         it is averaged over mirrors (each image's features the mean of its own and its
         mirror's: twice their time), as ``flip`` averages this spec's kernel.
 
@@ -263,6 +272,7 @@ class KernelSpec:
             features=dimension,
             feature_width=self.feature_width,
             feature_seed=self.feature_seed,
+            feature_dtype=self.feature_dtype,
             image_shape=self.image_shape,
             flip=flip,
         )
@@ -306,6 +316,7 @@ class KernelSpec:
             w_std=self.w_std,
             b_std=self.b_std,
             seed=self.feature_seed,
+            dtype=getattr(np, self.feature_dtype),
         )
 
     @property
@@ -351,7 +362,8 @@ class KernelSpec:
         )
         mirrors = f", averaged over {self.average.describe()}" if self.average.terms > 1 else ""
         approximated = (
-            f", approximated by {self.feature_columns} random features (width {self.feature_width})"
+            f", approximated by {self.feature_columns} random features (width "
+            f"{self.feature_width}{', float32' if self.feature_dtype == 'float32' else ''})"
             if self.features is not None
             else ""
         )

@@ -193,6 +193,7 @@ def command_run(options) -> int:
         features=options.features,
         feature_width=options.feature_width,
         feature_seed=options.seed,
+        feature_dtype=options.feature_dtype,
     )
     spec = _with_added(spec, options)
     say = Console(options.quiet)

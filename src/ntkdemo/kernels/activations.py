@@ -146,7 +146,7 @@ class ABRelu(Activation):
 
     def finite(self, z):
         a, b = float(self.a), float(self.b)
-        slopes = np.where(z > 0, b, a)
+        slopes = np.where(z > 0, z.dtype.type(b), z.dtype.type(a))
         return slopes * z, slopes
 
 
