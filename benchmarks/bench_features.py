@@ -4,8 +4,8 @@ The sample is ``accuracy_ridge.py``'s: ``--per-class`` training images per class
 (``load_sample(..., seed=0)``), the first ``--test`` images of the balanced test order,
 rows rescaled as every strategy rescales them, w_std sqrt(2). The exact NNGP and NTK are
 computed, or read from ``accuracy_ridge.py``'s ``--cache`` file of the same sample. Then,
-for each D of ``--dimensions``, one random network of the architecture (width
-``--width``, seed 0, calibrated on the first 32 training images:
+for each D of ``--dimensions`` and each precision of ``--dtypes``, one random network of
+the architecture (width ``--width``, seed 0, calibrated on the first 32 training images:
 ``ntkdemo.kernels.features``) gives the features of every image, and the table holds
 
 * ``ms/image``: the features' time per image (training and test images, this run, every
@@ -21,11 +21,13 @@ for each D of ``--dimensions``, one random network of the architecture (width
 The exact kernel's rows come first. Every features row is an approximation.
 
 Usage: ``python benchmarks/bench_features.py [--architecture myrtle5] [--per-class 100]
-[--test 1000] [--dimensions 512,1024,2048,4096] [--width 128] [--cache kernels.npz]``
+[--test 1000] [--dimensions 512,1024,2048,4096] [--dtypes float64,float32] [--width 128]
+[--cache kernels.npz]``
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 
@@ -66,6 +68,15 @@ def accuracies(
     return test(0.0), best[1], test(best[1] * scale)
 
 
+def _precision(text: str) -> str:
+    """A ``--dtypes`` entry: float64 or float32."""
+    import argparse
+
+    if text not in ("float64", "float32"):
+        raise argparse.ArgumentTypeError(f"expected float64 or float32, got {text!r}")
+    return text
+
+
 def main() -> int:
     from ntkdemo.cli.options import (
         architecture_name,
@@ -86,6 +97,12 @@ def main() -> int:
         type=comma_list(positive_int),
         default=[512, 1024, 2048, 4096],
         help="D of the features (NNGP columns; the NTK has 2D)",
+    )
+    parser.add_argument(
+        "--dtypes",
+        type=comma_list(_precision),
+        default=["float64"],
+        help="precisions the random network runs in (float64, float32)",
     )
     parser.add_argument("--width", type=positive_int, default=128, help="hidden channels")
     parser.add_argument("--cache", default=None, help="accuracy_ridge.py's npz of the kernels")
@@ -121,7 +138,7 @@ def main() -> int:
         f"width {options.width}; exact kernel {per_pair * 1e3:.2f} ms per pair (this run)"
     )
     header = (
-        f"{'kernel':<6} {'D':>6} {'ms/image':>9} {'x pair':>7} {'K err train':>12} "
+        f"{'kernel':<6} {'D':>6} {'dtype':>8} {'ms/image':>9} {'x pair':>7} {'K err train':>12} "
         f"{'K err test':>11} {'acc r=0':>8} {'loo ridge':>10} {'acc loo':>8}"
     )
     print(header)
@@ -129,10 +146,10 @@ def main() -> int:
         K, K_test = exact[f"{name}_train"], exact[f"{name}_test"]
         at_zero, ridge, at_loo = accuracies(K, K_test, targets, *labels)
         print(
-            f"{name:<6} {'exact':>6} {'':>9} {'':>7} {'':>12} {'':>11} {at_zero:>8.4f} "
+            f"{name:<6} {'exact':>6} {'':>8} {'':>9} {'':>7} {'':>12} {'':>11} {at_zero:>8.4f} "
             f"{ridge:>10.0e} {at_loo:>8.4f}"
         )
-    for dimension in options.dimensions:
+    for dimension, dtype in itertools.product(options.dimensions, options.dtypes):
         start = time.perf_counter()
         features = RandomFeatures(
             options.architecture,
@@ -140,6 +157,7 @@ def main() -> int:
             dimension=dimension,
             width=options.width,
             w_std=2**0.5,
+            dtype=getattr(np, dtype),
         )
         features.calibrate(X[:32])
         train, test = features.transform(X), features.transform(X_test)
@@ -154,7 +172,7 @@ def main() -> int:
             ]
             at_zero, ridge, at_loo = accuracies(estimate, estimate_test, targets, *labels)
             print(
-                f"{name:<6} {F.shape[1]:>6} {per_image * 1e3:>9.1f} "
+                f"{name:<6} {F.shape[1]:>6} {dtype:>8} {per_image * 1e3:>9.1f} "
                 f"{per_image / per_pair:>7.1f} {errors[0]:>12.4f} {errors[1]:>11.4f} "
                 f"{at_zero:>8.4f} {ridge:>10.0e} {at_loo:>8.4f}",
                 flush=True,

@@ -498,7 +498,7 @@ def architecture_name(text: str) -> str:
 
 def comma_list(item: Callable[[str], object]) -> Callable[[str], list]:
     """An argument type for ``a,b,c``: each part parsed by ``item`` (an argument type
-    that raises ``ArgumentTypeError``, or a tuple of the words allowed)."""
+    that raises ``ArgumentTypeError``)."""
 
     def parse(text: str) -> list:
         parts = [part.strip() for part in text.split(",")]
