@@ -207,7 +207,7 @@ class NTKClassifier(ClassifierMixin, _KernelModel):
     feature_width : int, default=128
         Channels of the random network's hidden layers but the last.
     feature_dtype : {"float64", "float32"}, default="float64"
-        Precision the random network runs in (``"float32"``: about twice as fast).
+        Precision the random network runs in (``"float32"``: about 1.5 times as fast).
     added_features : int, optional
         Add to the exact kernel ``added_weight`` times the kernel of this many random
         features of ``added_architecture`` (their kernel, width and seed those above):

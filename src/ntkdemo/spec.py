@@ -88,7 +88,7 @@ class KernelSpec:
     feature_seed : int, default=0
         Seed of the random network and its sketch.
     feature_dtype : {"float64", "float32"}, default="float64"
-        Precision the random network runs in: ``"float32"`` about twice as fast, its
+        Precision the random network runs in: ``"float32"`` about 1.5 times as fast, its
         rounding far below the features' own error (:mod:`ntkdemo.kernels.features`).
     added : KernelSpec or None, default=None
         A second network's kernel added to this one, approximated by its random

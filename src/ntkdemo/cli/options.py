@@ -260,7 +260,7 @@ def add_kernel_options(parser: argparse.ArgumentParser) -> None:
         choices=("float64", "float32"),
         default="float64",
         help="precision the random network runs in (of --features and --add-features): "
-        "float32 about twice as fast, its rounding far below the features' own error "
+        "float32 about 1.5 times as fast, its rounding far below the features' own error "
         "(default: float64)",
     )
 

@@ -38,7 +38,7 @@ not unbiased. Every run that uses them measures the error against the exact kern
 (:func:`ntkdemo.solvers.features.approximation_error`).
 
 **Precision.** The network runs in float64, or in float32 where asked (``dtype``):
-about twice as fast, with the features' Gram matrix within about 1e-5 of float64's,
+about 1.5 times as fast, with the features' Gram matrix within about 1e-5 of float64's,
 far below their approximation error; the features are returned as float64 either way.
 
 Supported: ``Conv`` (any filter, stride, padding), ``AvgPool``, ``GlobalAvgPool``,
