@@ -359,6 +359,9 @@ def test_feature_curve_equals_a_fit_at_each_size():
         assert score == np.mean(fitted.predict(unit_rows(X_test)).argmax(axis=1) == y_test)
     assert len(lines) == 1 and "APPROXIMATE, approximation error" in lines[0]
     assert "on 40 training and 12 test images" in lines[0]
+    # in float32 the same network: the same features to rounding, so the same scores
+    single = feature_curve(sample, replace(spec, feature_dtype="float32"), np.array([32, 40]))
+    np.testing.assert_array_equal(single, scores)
 
 
 def test_estimators_and_the_transformer_in_a_pipeline():
@@ -385,6 +388,11 @@ def test_estimators_and_the_transformer_in_a_pipeline():
     exact = conv_kernels(X, architecture="cnn-gap-1", image_shape=(6, 6))[0]
     assert np.linalg.norm(features @ features.T - exact) < 0.1 * np.linalg.norm(exact)
     assert pipeline.score(X, y) > 0.5
+    single = clone(transformer).set_params(dtype="float32").fit(X).transform(X)
+    double = transformer.transform(X)
+    assert single.dtype == np.float64 and 0 < np.abs(single - double).max() < 1e-4
+    with pytest.raises(InvalidParameterError, match="dtype must be float64 or float32"):
+        clone(transformer).set_params(dtype="float16").fit(X)
     with pytest.raises(InvalidParameterError, match="no square grey image"):
         ConvKernelFeatures(architecture="cnn-gap-1").fit(rng.random((4, 10)))
 
@@ -450,6 +458,18 @@ def test_forced_solver_with_features_is_one_clear_line(tmp_path, tiny_dataset):
     )
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "does not serve" in done.stderr
+
+
+def test_curve_with_float32_features_from_the_command_line(tmp_path, tiny_dataset):
+    from conftest import run_ntkdemo, tiny
+
+    arguments = ["--architectures", "cnn-gap-1", "--features", "32", "--depths", "1"]
+    arguments += ["--sizes", "2,4", "--no-svc", "--feature-dtype", "float32"]
+    done = run_ntkdemo("curve", *tiny(tiny_dataset, tmp_path / "o", *arguments))
+    assert done.returncode == 0, done.stderr
+    assert "float32)" in done.stdout + done.stderr  # the error line names the precision
+    accuracy = json.loads((tmp_path / "o" / "curve.json").read_text())["accuracy"]
+    assert all(0 <= v <= 1 for v in accuracy["NTK cnn-gap-1, 64 features"])
 
 
 def test_every_finite_form_has_its_derivative():

@@ -105,6 +105,12 @@ def add_commands(commands) -> list[str]:
         metavar="W",
         help="channels of the random network's hidden layers but the last (default: 128)",
     )
+    curve.add_argument(
+        "--feature-dtype",
+        choices=("float64", "float32"),
+        default="float64",
+        help="precision the random network runs in (as ntkdemo run --feature-dtype)",
+    )
     curve.add_argument("--no-svc", action="store_true", help="skip the RBF SVC baseline")
     curve.add_argument(
         "--svc-max-images",
@@ -318,6 +324,7 @@ def command_curve(options) -> int:
         architectures=options.architectures,
         features=options.features,
         feature_width=options.feature_width,
+        feature_dtype=options.feature_dtype,
         svc_baseline=not options.no_svc,
         whole_matrix_rows=options.whole_images,
         svc_max_rows=options.svc_max_images,

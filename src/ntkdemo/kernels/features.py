@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 from scipy import sparse
 
 from ..errors import InvalidParameterError
@@ -147,12 +148,15 @@ class RandomFeatures:
         w_std: float = 1.0,
         b_std: float = 0.0,
         seed: int = 0,
-        dtype: type = np.float64,
+        dtype: DTypeLike = np.float64,
     ) -> None:
         layers = network_layers(architecture, w_std, b_std)
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
-            raise InvalidParameterError(f"dtype must be float64 or float32, got {self.dtype}")
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            self.dtype = np.dtype(object)  # refused below, in the same words
+        if self.dtype.name not in ("float64", "float32"):
+            raise InvalidParameterError(f"dtype must be float64 or float32, got {dtype!r}")
         self.dimension = check_positive_int("dimension", dimension)
         self.width = check_positive_int("width", width)
         shape = tuple(int(value) for value in image_shape)
@@ -291,7 +295,7 @@ def conv_features(
     image_shape: tuple[int, ...] | None = None,
     calibration: int = 32,
     progress: Callable[[Iterable], Iterable] | None = None,
-    dtype: type = np.float64,
+    dtype: DTypeLike = np.float64,
 ) -> tuple[np.ndarray, np.ndarray]:
     r"""NNGP and NTK random features of images: approximations, whose inner products
     estimate :func:`~ntkdemo.kernels.conv_kernels` (``nngp @ nngp.T`` and

@@ -70,6 +70,7 @@ def learning_curve(
     architectures: Sequence[str] = (),
     features: int | None = None,
     feature_width: int = 128,
+    feature_dtype: str = "float64",
     svc_baseline: bool = True,
     whole_matrix_rows: int = 8000,
     svc_max_rows: int | None = None,
@@ -104,6 +105,8 @@ def learning_curve(
         100 + 100 images and sent to ``progress``.
     feature_width : int, default=128
         The random network's hidden channels.
+    feature_dtype : {"float64", "float32"}, default="float64"
+        Precision the random network runs in (:attr:`ntkdemo.spec.KernelSpec.feature_dtype`).
     svc_baseline : bool, default=True
         Also fit ``sklearn.svm.SVC(kernel="rbf", gamma="scale")`` on the same samples.
     whole_matrix_rows : int, default=8000
@@ -137,7 +140,9 @@ def learning_curve(
     n_test = len(sample.y_test)
     for label, spec in networks:
         if features is not None and spec.architecture is not None:
-            shaped = replace(spec, features=features, feature_width=feature_width)
+            shaped = replace(
+                spec, features=features, feature_width=feature_width, feature_dtype=feature_dtype
+            )
             for name in ("NNGP", "NTK"):
                 one = replace(shaped, kernel=name.lower())
                 accuracy[f"{name} {label}, {one.feature_columns} features"] = feature_curve(
