@@ -69,11 +69,13 @@ def accuracies(
 
 
 def _precision(text: str) -> str:
-    """A ``--dtypes`` entry: float64 or float32."""
+    """A ``--dtypes`` entry: one of ``FEATURE_DTYPES``."""
     import argparse
 
-    if text not in ("float64", "float32"):
-        raise argparse.ArgumentTypeError(f"expected float64 or float32, got {text!r}")
+    from ntkdemo.kernels.features import FEATURE_DTYPES
+
+    if text not in FEATURE_DTYPES:
+        raise argparse.ArgumentTypeError(f"expected one of {FEATURE_DTYPES}, got {text!r}")
     return text
 
 
@@ -157,7 +159,7 @@ def main() -> int:
             dimension=dimension,
             width=options.width,
             w_std=2**0.5,
-            dtype=getattr(np, dtype),
+            dtype=dtype,
         )
         features.calibrate(X[:32])
         train, test = features.transform(X), features.transform(X_test)

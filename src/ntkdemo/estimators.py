@@ -109,6 +109,7 @@ class _KernelModel(BaseEstimator):
     def _spec(self, n_features: int) -> KernelSpec:
         """The estimator's parameters as a validated :class:`~ntkdemo.spec.KernelSpec`
         (for the images alone: ``flip`` is applied in :meth:`_fit_targets`)."""
+        shape = self._shape(n_features)
         spec = KernelSpec(
             kernel=self.kernel,
             depth=self.depth,
@@ -117,7 +118,7 @@ class _KernelModel(BaseEstimator):
             ridge=self.ridge,
             time=self.time,
             architecture=self.architecture,
-            image_shape=self._shape(n_features),
+            image_shape=shape,
             shifts=self.shifts,
             features=self.features,
             feature_width=self.feature_width,
@@ -128,7 +129,7 @@ class _KernelModel(BaseEstimator):
             return spec
         return spec.with_added_features(
             self.added_features, self.added_architecture, self.added_weight, flip=self.added_flip
-        ).for_images(self._shape(n_features))
+        ).for_images(shape)
 
     def _fit_targets(self, X, targets):
         spec, rows = self._spec(X.shape[1]), unit_rows(X, "X")

@@ -20,7 +20,7 @@ from .dynamics import check_times
 from .errors import InvalidParameterError
 from .kernels.architecture import fully_connected_depth, network_layers
 from .kernels.averaged import InputAverage
-from .kernels.features import RandomFeatures, check_feature_layers
+from .kernels.features import RandomFeatures, check_feature_dtype, check_feature_layers
 from .kernels.in_range import check_kernel_informative
 from .kernels.layers import Layer
 from .kernels.matrix import PairTally, is_default_kernel, kernel_of_unit_rows
@@ -202,10 +202,7 @@ class KernelSpec:
         """
         check_positive_int("features", self.features)
         check_positive_int("feature_width", self.feature_width)
-        if self.feature_dtype not in ("float64", "float32"):
-            raise InvalidParameterError(
-                f"feature_dtype must be 'float64' or 'float32', got {self.feature_dtype!r}"
-            )
+        check_feature_dtype("feature_dtype", self.feature_dtype)
         if self.time is not None:
             raise InvalidParameterError(
                 f"random features are solved at convergence only, got time={self.time:g}; "
@@ -257,9 +254,9 @@ class KernelSpec:
         """This kernel plus ``weight`` times the kernel of ``dimension`` random features of
         ``architecture`` (default ``"myrtle5"``): the added network has this spec's
         ``kernel`` (NTK or NNGP), ``feature_width``, ``feature_seed`` and
-        ``feature_dtype``; with ``flip``
-        it is averaged over mirrors (each image's features the mean of its own and its
-        mirror's: twice their time), as ``flip`` averages this spec's kernel.
+        ``feature_dtype``; with ``flip`` it is averaged over mirrors (each image's features
+        the mean of its own and its mirror's: twice their time), as ``flip`` averages this
+        spec's kernel.
 
         Raises
         ------
@@ -316,7 +313,7 @@ class KernelSpec:
             w_std=self.w_std,
             b_std=self.b_std,
             seed=self.feature_seed,
-            dtype=getattr(np, self.feature_dtype),
+            dtype=self.feature_dtype,
         )
 
     @property

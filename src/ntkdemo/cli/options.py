@@ -255,13 +255,19 @@ def add_kernel_options(parser: argparse.ArgumentParser) -> None:
         metavar="W",
         help="channels of the random network's hidden layers but the last (default: 128)",
     )
-    group.add_argument(
+    add_feature_dtype_option(group, "of --features and --add-features")
+
+
+def add_feature_dtype_option(parser, of: str) -> None:
+    """``--feature-dtype`` on ``parser`` (a parser or group); ``of`` names the features
+    it sets. The choices are ``ntkdemo.kernels.features.FEATURE_DTYPES``, written out so
+    that parsing imports no kernel module (KernelSpec checks them again)."""
+    parser.add_argument(
         "--feature-dtype",
         choices=("float64", "float32"),
         default="float64",
-        help="precision the random network runs in (of --features and --add-features): "
-        "float32 about 1.5 times as fast, its rounding far below the features' own error "
-        "(default: float64)",
+        help=f"precision the random network runs in ({of}): float32 about 1.5 times as "
+        "fast, its rounding far below the features' own error (default: float64)",
     )
 
 

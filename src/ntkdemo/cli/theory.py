@@ -17,6 +17,7 @@ from ..theory.cost import check_gram, check_networks, check_whole_kernels
 from .options import (
     Console,
     add_data_options,
+    add_feature_dtype_option,
     add_output_options,
     class_list,
     load_from_options,
@@ -105,12 +106,7 @@ def add_commands(commands) -> list[str]:
         metavar="W",
         help="channels of the random network's hidden layers but the last (default: 128)",
     )
-    curve.add_argument(
-        "--feature-dtype",
-        choices=("float64", "float32"),
-        default="float64",
-        help="precision the random network runs in (as ntkdemo run --feature-dtype)",
-    )
+    add_feature_dtype_option(curve, "of --features")
     curve.add_argument("--no-svc", action="store_true", help="skip the RBF SVC baseline")
     curve.add_argument(
         "--svc-max-images",

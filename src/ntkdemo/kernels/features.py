@@ -65,7 +65,16 @@ from .architecture import network_layers
 from .conv import as_images
 from .layers import AvgPool, Conv, Dense, Flatten, GlobalAvgPool, Layer, Parallel, Window
 
-__all__ = ["RandomFeatures", "check_feature_layers", "conv_features"]
+__all__ = [
+    "FEATURE_DTYPES",
+    "RandomFeatures",
+    "check_feature_dtype",
+    "check_feature_layers",
+    "conv_features",
+]
+
+FEATURE_DTYPES = ("float64", "float32")
+"""The precisions a random network runs in (module docstring, "Precision")."""
 
 
 @dataclass(frozen=True)
@@ -151,12 +160,7 @@ class RandomFeatures:
         dtype: DTypeLike = np.float64,
     ) -> None:
         layers = network_layers(architecture, w_std, b_std)
-        try:
-            self.dtype = np.dtype(dtype)
-        except TypeError:
-            self.dtype = np.dtype(object)  # refused below, in the same words
-        if self.dtype.name not in ("float64", "float32"):
-            raise InvalidParameterError(f"dtype must be float64 or float32, got {dtype!r}")
+        self.dtype = check_feature_dtype("dtype", dtype)
         self.dimension = check_positive_int("dimension", dimension)
         self.width = check_positive_int("width", width)
         shape = tuple(int(value) for value in image_shape)
@@ -349,6 +353,23 @@ def conv_features(
     if calibration:
         features.calibrate(images, calibration)
     return features.transform(images, progress=progress)
+
+
+def check_feature_dtype(name: str, value: DTypeLike) -> np.dtype:
+    """``value`` as one of the :data:`FEATURE_DTYPES` (a name or a numpy type).
+
+    Raises
+    ------
+    InvalidParameterError
+        For any other precision, or what is no dtype at all.
+    """
+    try:
+        dtype = np.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.name not in FEATURE_DTYPES:
+        raise InvalidParameterError(f"{name} must be float64 or float32, got {value!r}")
+    return dtype
 
 
 def check_feature_layers(layers: Sequence[Layer]) -> None:
