@@ -155,11 +155,15 @@ def test_run_with_time_moves_from_zero_to_regression(fashion_mnist, tmp_path, ca
         ),
         (["curve", "--depths", "0"], "--depths: expected whole numbers >= 1"),
         (["curve", "--architectures", "myrtle6"], "--architectures: unknown architecture"),
+        (["curve", "--add-weight", "3"], "--add-flip need --add-features D"),
         (["dynamics", "--t-min", "10", "--t-max", "1"], r"--t-min \(10\) must be below --t-max"),
-        (["dynamics", "--t-max", "-3"], "--t-max: must be a finite number >= 0"),
+        (["dynamics", "--t-max", "-3"], "--t-max: must be a finite number > 0"),
         (["spectrum", "--bound-classes", "1"], "needs exactly two class ids"),
         (["verify", "--widths", "16,x"], "--widths: expected comma-separated whole numbers"),
-        (["compare-network", "--learning-rate", "0"], "--learning-rate: must be > 0"),
+        (
+            ["compare-network", "--learning-rate", "0"],
+            "--learning-rate: must be a finite number > 0",
+        ),
         (["run", "--time", "-1"], r"--time: must be >= 0 \(or inf\)"),
         (["run", "--time", "nan"], r"--time: must be >= 0 \(or inf\)"),
         (
@@ -207,6 +211,27 @@ def test_curve_whole_images_option(tiny_dataset, tmp_path, capsys, monkeypatch):
     assert err.rstrip().endswith("use at most 11"), err
 
 
+def test_curve_command_adds_features(tiny_dataset, tmp_path, capsys):
+    """``curve --add-features``: the sums join the table, curve.json and the figure's
+    legend, with the added features' measured error printed as approximate."""
+    out = tmp_path / "curve"
+    argv = ["curve", "--dataset", str(tiny_dataset), "--train-per-class", "4"]
+    argv += ["--test-per-class", "2", "--sizes", "2,4", "--depths", "1", "--no-svc"]
+    argv += ["--add-features", "16", "--add-architecture", "cnn-gap-1", "--add-weight", "0.5"]
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summed = "NTK depth 1 + 0.5 x cnn-gap-1 features"
+    assert summed in printed and "APPROXIMATE" in printed, printed
+    accuracy = json.loads((out / "curve.json").read_text())["accuracy"]
+    assert set(accuracy) == {
+        "NNGP depth 1",
+        "NTK depth 1",
+        "NNGP depth 1 + 0.5 x cnn-gap-1 features",
+        summed,
+    }
+    assert all(0 <= value <= 1 for value in accuracy[summed])
+
+
 def test_learning_curve_past_whole_matrices_runs_every_kernel(tiny_dataset):
     """Sizes above whole_matrix_rows are solved as a run solves them (the plan's strategy),
     for every network and kernel, with the same accuracy as the whole-matrix path; the
@@ -247,6 +272,43 @@ def test_learning_curve_past_whole_matrices_runs_every_kernel(tiny_dataset):
         np.testing.assert_array_equal(split.accuracy[model], whole.accuracy[model])
     assert np.isnan(split.accuracy["RBF SVC"][1])
     assert split.accuracy["RBF SVC"][0] == whole.accuracy["RBF SVC"][0]
+
+
+def test_learning_curve_adds_random_features_as_a_run_does(tiny_dataset):
+    """With ``added`` each exact network is also scored summed with an added network's
+    random features: from the kernels held whole (``K + c F F^T``, the features computed
+    once) with the accuracy of a run of the sum's spec, and past ``whole_matrix_rows``
+    as such a run; the added features' error is reported, labelled approximate."""
+    from ntkdemo.spec import KernelSpec
+
+    sample = load_sample(str(tiny_dataset), 9, 5)
+
+    def added(spec):
+        return spec.with_added_features(16, "cnn-gap-1", 3.0)
+
+    lines: list[str] = []
+    whole = learning_curve(
+        sample, [3, 9], depths=[1], added=added, svc_baseline=False, progress=lines.append
+    )
+    summed = "NTK depth 1 + 3 x cnn-gap-1 features"
+    assert set(whole.accuracy) == {
+        "NNGP depth 1",
+        "NTK depth 1",
+        "NNGP depth 1 + 3 x cnn-gap-1 features",
+        summed,
+    }
+    assert sum(": APPROXIMATE, " in line for line in lines) == 2, lines  # NNGP and NTK
+    split = learning_curve(
+        sample, [3, 9], depths=[1], added=added, svc_baseline=False, whole_matrix_rows=9
+    )
+    # 27 images: both calibrate the added network on the same images
+    assert split.accuracy[summed][1] == whole.accuracy[summed][1]
+    spec = added(KernelSpec()).for_images(tuple(sample.image_shape))
+    run = run_demo(sample, spec, spectrum_rows=10)
+    assert run.test_report.accuracy == whole.accuracy[summed][1]
+    # the sum is another kernel: its outputs are not the exact one's
+    plain = run_demo(sample, KernelSpec(), spectrum_rows=10)
+    assert not np.allclose(run.test_scores, plain.test_scores)
 
 
 @pytest.mark.parametrize(
@@ -299,3 +361,8 @@ def test_whole_kernels_cost_model():
     check_whole_kernels(1000, 300, available=available, option="--whole-images")
     with pytest.raises(InvalidParameterError, match=r"--whole-images 1001: .* use at most 1000$"):
         check_whole_kernels(1001, 300, available=available, option="--whole-images")
+    # with 64 added feature columns: their (n + m) rows and the sum's n (n + m) more
+    available = 8 * (1000 + 300) * (5 * 1000 + 64)
+    check_whole_kernels(1000, 300, available=available, option="-w", added_columns=64)
+    with pytest.raises(InvalidParameterError, match=r"-w 1001: .* use at most 1000$"):
+        check_whole_kernels(1001, 300, available=available, option="-w", added_columns=64)

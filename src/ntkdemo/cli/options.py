@@ -271,6 +271,74 @@ def add_feature_dtype_option(parser, of: str) -> None:
     )
 
 
+def add_added_features_options(parser: argparse.ArgumentParser) -> None:
+    """The ``added features`` group: ``--add-features``, ``--add-architecture``,
+    ``--add-weight`` and ``--add-flip``, read by :func:`added_features_from`."""
+    added = parser.add_argument_group(
+        "added features",
+        "the kernel of the sum of two networks' outputs: the exact kernel plus C times a "
+        "second network's random-feature kernel (each image's features computed once; "
+        "the numbers labelled approximate)",
+    )
+    added.add_argument(
+        "--add-features",
+        type=positive_int,
+        default=None,
+        metavar="D",
+        help="add D random features (2D for the NTK) of --add-architecture's network, "
+        "of the same kernel, NTK or NNGP (default: none)",
+    )
+    added.add_argument(
+        "--add-architecture",
+        type=architecture_name,
+        default=None,
+        metavar="NAME",
+        help="the added network (default: myrtle5)",
+    )
+    added.add_argument(
+        "--add-weight",
+        type=positive_float,
+        default=None,
+        metavar="C",
+        help="weight C of the added kernel; choose it on held-out training images, never "
+        "on the test images (default: 1)",
+    )
+    added.add_argument(
+        "--add-flip",
+        action="store_true",
+        help="average the added network over mirrors: each image's features the mean of "
+        "its own and its mirror's (twice their time), as --flip averages the exact kernel",
+    )
+
+
+def added_features_from(options) -> Callable[[Any], Any] | None:
+    """The options of :func:`add_added_features_options` as the function that turns a
+    :class:`~ntkdemo.spec.KernelSpec` into that of the sum
+    (:meth:`~ntkdemo.spec.KernelSpec.with_added_features`), or None without
+    ``--add-features``.
+
+    Raises
+    ------
+    UsageError
+        ``--add-weight``, ``--add-architecture`` or ``--add-flip`` without
+        ``--add-features``.
+    """
+    if options.add_features is None:
+        if options.add_weight is not None or options.add_architecture or options.add_flip:
+            raise UsageError(
+                "--add-weight, --add-architecture and --add-flip need --add-features D"
+            )
+        return None
+    weight = 1.0 if options.add_weight is None else options.add_weight
+
+    def with_added(spec):
+        return spec.with_added_features(
+            options.add_features, options.add_architecture, weight, flip=options.add_flip
+        )
+
+    return with_added
+
+
 def add_output_options(parser: argparse.ArgumentParser) -> None:
     """``--out`` and ``--quiet``."""
     parser.add_argument(

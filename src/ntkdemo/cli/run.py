@@ -16,15 +16,15 @@ from ..units import format_duration, format_pair_cost
 from .options import (
     Console,
     UsageError,
+    add_added_features_options,
     add_data_options,
     add_kernel_options,
     add_output_options,
-    architecture_name,
+    added_features_from,
     decode_draw,
     draw_from_options,
     duration,
     memory_size,
-    positive_float,
     positive_int,
     time_value,
     versions,
@@ -118,41 +118,7 @@ def add_command(commands) -> str:
         metavar="N",
         help="worker processes of the local cluster (default: one per core)",
     )
-    added = run.add_argument_group(
-        "added features",
-        "the kernel of the sum of two networks' outputs: the exact kernel above plus C "
-        "times a second network's random-feature kernel (each image's features computed "
-        "once; the numbers labelled approximate)",
-    )
-    added.add_argument(
-        "--add-features",
-        type=positive_int,
-        default=None,
-        metavar="D",
-        help="add D random features (2D for the NTK) of --add-architecture's network, "
-        "of the same --kernel (default: none)",
-    )
-    added.add_argument(
-        "--add-architecture",
-        type=architecture_name,
-        default=None,
-        metavar="NAME",
-        help="the added network (default: myrtle5)",
-    )
-    added.add_argument(
-        "--add-weight",
-        type=positive_float,
-        default=None,
-        metavar="C",
-        help="weight C of the added kernel; choose it on held-out training images, never "
-        "on the test images (default: 1)",
-    )
-    added.add_argument(
-        "--add-flip",
-        action="store_true",
-        help="average the added network over mirrors: each image's features the mean of "
-        "its own and its mirror's (twice their time), as --flip averages the exact kernel",
-    )
+    add_added_features_options(run)
     run.add_argument(
         "--time",
         type=time_value,
@@ -195,7 +161,8 @@ def command_run(options) -> int:
         feature_seed=options.seed,
         feature_dtype=options.feature_dtype,
     )
-    spec = _with_added(spec, options)
+    with_added = added_features_from(options)
+    spec = with_added(spec) if with_added else spec
     say = Console(options.quiet)
     out = prepare_out_dir(options.out, options.command)
     with _engine(options) as strategies:
@@ -267,21 +234,6 @@ def command_run(options) -> int:
     logged = f", log.txt ({lines} lines)" if lines else ""
     say(f"wrote metrics.json, predictions.png, confusion.png, spectrum.png{logged} to {out}/")
     return 0
-
-
-def _with_added(spec, options):
-    """``spec`` plus the random features of ``--add-features`` (``--add-architecture``,
-    ``--add-weight``), or ``spec`` without them."""
-    if options.add_features is None:
-        if options.add_weight is not None or options.add_architecture or options.add_flip:
-            raise UsageError(
-                "--add-weight, --add-architecture and --add-flip need --add-features D"
-            )
-        return spec
-    weight = 1.0 if options.add_weight is None else options.add_weight
-    return spec.with_added_features(
-        options.add_features, options.add_architecture, weight, flip=options.add_flip
-    )
 
 
 def _depth(options) -> int:

@@ -16,12 +16,14 @@ from ..errors import InvalidParameterError
 from ..theory.cost import check_gram, check_networks, check_whole_kernels
 from .options import (
     Console,
+    add_added_features_options,
     add_data_options,
     add_feature_dtype_option,
     add_output_options,
+    added_features_from,
     class_list,
     load_from_options,
-    nonnegative_float,
+    positive_float,
     positive_int,
     print_table,
     write_outputs,
@@ -53,14 +55,6 @@ def int_list(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected whole numbers >= 1, got {text!r}")
     return values
-
-
-def positive_float(text: str) -> float:
-    """Parse a finite number > 0."""
-    value = nonnegative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
 
 
 def add_commands(commands) -> list[str]:
@@ -106,7 +100,8 @@ def add_commands(commands) -> list[str]:
         metavar="W",
         help="channels of the random network's hidden layers but the last (default: 128)",
     )
-    add_feature_dtype_option(curve, "of --features")
+    add_feature_dtype_option(curve, "of --features and --add-features")
+    add_added_features_options(curve)
     curve.add_argument("--no-svc", action="store_true", help="skip the RBF SVC baseline")
     curve.add_argument(
         "--svc-max-images",
@@ -294,6 +289,7 @@ def command_curve(options) -> int:
     from ..outputs import prepare_out_dir
     from ..theory.experiments import held_images, learning_curve
 
+    added = added_features_from(options)  # a usage error before any image is read
     say = Console(options.quiet)
     out = prepare_out_dir(options.out, options.command)
     sample, _ = load_from_options(options, say)
@@ -309,7 +305,11 @@ def command_curve(options) -> int:
     held = held_images(sizes, sample.n_classes, options.whole_images)
     if held:
         check_whole_kernels(
-            held, len(sample.y_test), available=free_bytes(), option="--whole-images"
+            held,
+            len(sample.y_test),
+            available=free_bytes(),
+            option="--whole-images",
+            added_columns=2 * options.add_features if added else 0,
         )
     networks = ", ".join([f"depths {options.depths}", *options.architectures])
     say(f"kernels of {networks}, sizes per class {sizes} ...")
@@ -321,6 +321,7 @@ def command_curve(options) -> int:
         features=options.features,
         feature_width=options.feature_width,
         feature_dtype=options.feature_dtype,
+        added=added,
         svc_baseline=not options.no_svc,
         whole_matrix_rows=options.whole_images,
         svc_max_rows=options.svc_max_images,

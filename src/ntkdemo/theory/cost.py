@@ -85,18 +85,27 @@ def check_gram(points: int, *, available: int, option: str) -> None:
         )
 
 
-def check_whole_kernels(images: int, test_images: int, *, available: int, option: str) -> None:
-    """Refuse holding a network's kernels of ``images`` training and ``test_images`` test
-    images whole (:math:`4 n (n + m)` floats, module docstring) past ``available`` bytes.
+def check_whole_kernels(
+    images: int, test_images: int, *, available: int, option: str, added_columns: int = 0
+) -> None:
+    r"""Refuse holding a network's kernels of ``images`` training and ``test_images`` test
+    images whole past ``available`` bytes: :math:`4 n (n + m)` floats (module docstring),
+    and with ``added_columns`` random features of an added network, also the features
+    of every image and the sum's matrices, :math:`(n + m)(n + c)` floats more.
 
     Raises
     ------
     InvalidParameterError
         Naming the number of images that fits.
     """
-    needed = 4 * 8 * images * (images + test_images)
+    matrices = 5 if added_columns else 4
+    rows = images + test_images
+    needed = 8 * rows * (matrices * images + added_columns)
     if needed > available:
-        fits = int((-test_images + (test_images**2 + available / 8) ** 0.5) / 2)
+        # the positive root of 8 (n + m)(a n + c) = available, a = matrices
+        linear = matrices * test_images + added_columns
+        constant = added_columns * test_images - available / 8
+        fits = int((-linear + (linear**2 - 4 * matrices * constant) ** 0.5) / (2 * matrices))
         raise InvalidParameterError(
             f"{option} {images}: the kernels of {images} training images held whole need "
             f"about {format_bytes(needed)}, more than the {format_bytes(available)} free; "

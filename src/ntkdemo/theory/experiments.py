@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,12 @@ from ..solvers import one_hot, predict, solve
 from ..solvers.base import Progress, wrap
 from ..validation import check_positive_int
 from .network import OneHiddenLayerNet, train_network, train_network_sgd
+
+if TYPE_CHECKING:
+    from ..spec import KernelSpec
+
+KERNEL_NAMES = ("NNGP", "NTK")
+"""The two kernels of each network, as the curves' labels name them."""
 
 
 def sample_kernels(sample: Sample, depth: int = 1) -> tuple[tuple, tuple]:
@@ -71,13 +78,14 @@ def learning_curve(
     features: int | None = None,
     feature_width: int = 128,
     feature_dtype: str = "float64",
+    added: Callable[[KernelSpec], KernelSpec] | None = None,
     svc_baseline: bool = True,
     whole_matrix_rows: int = 8000,
     svc_max_rows: int | None = None,
     progress: Callable[[str], None] | None = None,
     bars: Progress | None = None,
 ) -> LearningCurve:
-    """Test accuracy of kernel regression (NTK and NNGP) and an RBF SVC against size.
+    r"""Test accuracy of kernel regression (NTK and NNGP) and an RBF SVC against size.
 
     The sample's training rows are interleaved class by class (see
     :func:`ntkdemo.data.balanced_indices`), so its first ``k * n_classes`` rows hold ``k``
@@ -107,6 +115,13 @@ def learning_curve(
         The random network's hidden channels.
     feature_dtype : {"float64", "float32"}, default="float64"
         Precision the random network runs in (:attr:`ntkdemo.spec.KernelSpec.feature_dtype`).
+    added : callable, optional
+        Turns a network's spec into that of a sum with random features
+        (:meth:`~ntkdemo.spec.KernelSpec.with_added_features`, its arguments bound): each
+        exact network's NNGP and NTK are then also scored summed, :math:`K + c\,F F^T`
+        (labels ``"NTK depth 1 + 70 x myrtle5 features"``), the added features of each
+        image computed once for every network and size, their error against the added
+        network's exact kernel sent to ``progress``.
     svc_baseline : bool, default=True
         Also fit ``sklearn.svm.SVC(kernel="rbf", gamma="scale")`` on the same samples.
     whole_matrix_rows : int, default=8000
@@ -138,6 +153,8 @@ def learning_curve(
         for name in architectures
     ]
     n_test = len(sample.y_test)
+    shape = tuple(sample.image_shape)
+    added_features: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # by kernel
     for label, spec in networks:
         if features is not None and spec.architecture is not None:
             shaped = replace(
@@ -153,8 +170,11 @@ def learning_curve(
         test_kernels: tuple[np.ndarray, ...] = ()
         per_pair = _seconds_per_pair(spec) if progress else 0.0
 
-        if whole.any() and spec.architecture is None:
-            train_kernels, test_kernels = sample_kernels(held, spec.depth)
+        if whole.any() and spec.architecture is None:  # in a run's scale, as a sum adds to
+            X_train, X_test = unit_rows(held.X_train), unit_rows(held.X_test)
+            kinds = [replace(spec, kernel=name.lower()) for name in KERNEL_NAMES]
+            train_kernels = tuple(one.matrix(X_train) for one in kinds)
+            test_kernels = tuple(one.matrix(X_test, X_train) for one in kinds)
         elif whole.any() and spec.architecture is not None:
             if progress:
                 n_held = len(held.X_train)
@@ -162,20 +182,24 @@ def learning_curve(
                 cost = _cost(pairs, per_pair)
                 progress(f"{spec.architecture} kernels of {n_held} training images{cost}")
             X_train, X_test = scaled_unit_rows(held.X_train), scaled_unit_rows(held.X_test)
-            shape = sample.image_shape
             network = partial(
                 conv_kernels, architecture=spec.architecture, w_std=spec.w_std, image_shape=shape
             )
             train_kernels = network(X_train, progress=wrap(bars, "training pairs"))
             test_kernels = network(X_test, X_train, progress=wrap(bars, "test pairs"))
-        for name, K, K_test in zip(("NNGP", "NTK"), train_kernels, test_kernels):
-            scores = np.full(len(sizes), np.nan)
-            for index in np.flatnonzero(whole):
-                n = images[index]
-                solution = solve(K[:n, :n], targets[:n])
-                predicted = predict(K_test[:, :n], solution).argmax(axis=1)
-                scores[index] = np.mean(predicted == sample.y_test)
-            accuracy[f"{name} {label}"] = scores
+        for name, K, K_test in zip(KERNEL_NAMES, train_kernels, test_kernels):
+            accuracy[f"{name} {label}"] = _nested_scores(K, K_test, targets, sample, images, whole)
+            if added is not None:
+                summed = added(replace(spec, kernel=name.lower())).for_images(shape)
+                if name not in added_features:  # the added network is the same for every network
+                    added_features[name] = _added_features(summed, held, targets, progress)
+                F, F_test = added_features[name]
+                K_sum = K + summed.added_weight * (F @ F.T)
+                K_test_sum = K_test + summed.added_weight * (F_test @ F.T)
+                accuracy[_sum_label(name, label, summed)] = _nested_scores(
+                    K_sum, K_test_sum, targets, sample, images, whole
+                )
+                del K_sum, K_test_sum
         for index in np.flatnonzero(~whole):
             n = images[index]
             part = replace(
@@ -184,18 +208,24 @@ def learning_curve(
                 y_train=sample.y_train[:n],
                 train_indices=sample.train_indices[:n],
             )
-            for name in ("NNGP", "NTK"):
+            for name in KERNEL_NAMES:
                 one = replace(spec, kernel=name.lower())
-                if progress:
-                    progress(
-                        f"{sizes[index]} per class ({n} images): {name} {label}, as a run"
-                        + _cost(kernel_pairs(one, n, n_test, spectrum_rows=10), per_pair)
-                    )
-                scores = accuracy.setdefault(f"{name} {label}", np.full(len(sizes), np.nan))
-                run = run_demo(part, one, spectrum_rows=10, progress=bars)
-                scores[index] = run.test_report.accuracy
-                if progress:
-                    progress(f"  {name} {label} at {n} images: test accuracy {scores[index]:.4f}")
+                runs = [(f"{name} {label}", one)]
+                if added is not None:
+                    summed = added(one).for_images(shape)
+                    runs.append((_sum_label(name, label, summed), summed))
+                for model, model_spec in runs:
+                    if progress:
+                        pairs = kernel_pairs(model_spec, n, n_test, spectrum_rows=10)
+                        progress(
+                            f"{sizes[index]} per class ({n} images): {model}, as a run"
+                            + _cost(pairs, per_pair)
+                        )
+                    scores = accuracy.setdefault(model, np.full(len(sizes), np.nan))
+                    run = run_demo(part, model_spec, spectrum_rows=10, progress=bars)
+                    scores[index] = run.test_report.accuracy
+                    if progress:
+                        progress(f"  {model} at {n} images: test accuracy {scores[index]:.4f}")
     if svc_baseline:
         from sklearn.svm import SVC
 
@@ -213,6 +243,53 @@ def learning_curve(
                 progress(f"  RBF SVC at {n} images: test accuracy {scores[index]:.4f}")
         accuracy["RBF SVC"] = scores
     return LearningCurve(sizes, accuracy)
+
+
+def _nested_scores(
+    K: np.ndarray,
+    K_test: np.ndarray,
+    targets: np.ndarray,
+    sample: Sample,
+    images: np.ndarray,
+    whole: np.ndarray,
+) -> np.ndarray:
+    """Test accuracy of kernel regression on the first ``images[i]`` training images,
+    each a leading block of ``K``, for each ``i`` where ``whole`` (NaN elsewhere)."""
+    scores = np.full(len(images), np.nan)
+    for index in np.flatnonzero(whole):
+        n = images[index]
+        solution = solve(K[:n, :n], targets[:n])
+        predicted = predict(K_test[:, :n], solution).argmax(axis=1)
+        scores[index] = np.mean(predicted == sample.y_test)
+    return scores
+
+
+def _sum_label(name: str, label: str, summed: KernelSpec) -> str:
+    """``"NTK depth 1 + 70 x myrtle5 features"``: a sum's label in the curve."""
+    assert summed.added is not None
+    flipped = " flipped" if summed.added.flip else ""
+    return f"{name} {label} + {summed.added_weight:g} x {summed.added.network}{flipped} features"
+
+
+def _added_features(
+    summed: KernelSpec,
+    held: Sample,
+    targets: np.ndarray,
+    progress: Callable[[str], None] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The added network's features of the held training and the test images
+    (:class:`~ntkdemo.solvers.features.AddedFeatures`, calibrated on the training
+    ones); their error against its exact kernel goes to ``progress``."""
+    from ..solvers.features import AddedFeatures
+
+    X_train, X_test = unit_rows(held.X_train), unit_rows(held.X_test)
+    features = AddedFeatures.calibrated(summed, X_train)
+    train_rows, test_rows = features.rows(X_train), features.rows(X_test)
+    if progress:
+        error = features.approximation_error(train_rows, test_rows, targets[: len(X_train)])
+        progress(f"{summed.describe()}: APPROXIMATE, {error.describe()}")
+    values = X_train.shape[1]
+    return train_rows[:, values:], test_rows[:, values:]
 
 
 def feature_curve(
