@@ -156,6 +156,11 @@ def test_run_with_time_moves_from_zero_to_regression(fashion_mnist, tmp_path, ca
         (["curve", "--depths", "0"], "--depths: expected whole numbers >= 1"),
         (["curve", "--architectures", "myrtle6"], "--architectures: unknown architecture"),
         (["curve", "--add-weight", "3"], "--add-flip need --add-features D"),
+        (
+            ["curve", "--times", "1,inf", "--add-features", "8"],
+            "--add-features are for curves by size",
+        ),
+        (["curve", "--widths", "8", "--architectures", "myrtle5"], "for curves by size"),
         (["dynamics", "--t-min", "10", "--t-max", "1"], r"--t-min \(10\) must be below --t-max"),
         (["dynamics", "--t-max", "-3"], "--t-max: must be a finite number > 0"),
         (["spectrum", "--bound-classes", "1"], "needs exactly two class ids"),

@@ -16,6 +16,7 @@ from ..errors import InvalidParameterError
 from ..theory.cost import check_gram, check_networks, check_whole_kernels
 from .options import (
     Console,
+    UsageError,
     add_added_features_options,
     add_data_options,
     add_feature_dtype_option,
@@ -289,12 +290,18 @@ def command_curve(options) -> int:
     from ..outputs import prepare_out_dir
     from ..theory.experiments import held_images, learning_curve
 
-    added = added_features_from(options)  # a usage error before any image is read
+    added = added_features_from(options)  # usage errors before any image is read
+    by_time = options.times is not None or options.widths is not None
+    if by_time and (options.architectures or options.features or added):
+        raise UsageError(
+            "--times and --widths draw the one-layer network by time and width; "
+            "--architectures, --features and --add-features are for curves by size"
+        )
     say = Console(options.quiet)
     out = prepare_out_dir(options.out, options.command)
     sample, _ = load_from_options(options, say)
     largest = len(sample.y_train) // sample.n_classes
-    if options.times is not None or options.widths is not None:
+    if by_time:
         return _curve_by_time_and_width(options, say, out, sample, largest)
     sizes = options.sizes or sorted({int(s) for s in np.geomspace(1, largest, 10).round()})
     if max(sizes) > largest:
