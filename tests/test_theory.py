@@ -316,6 +316,31 @@ def test_learning_curve_adds_random_features_as_a_run_does(tiny_dataset):
     assert not np.allclose(run.test_scores, plain.test_scores)
 
 
+def test_learning_curve_added_network_takes_the_curves_feature_options(tiny_dataset, monkeypatch):
+    """The added network runs at the curve's ``feature_width`` and ``feature_dtype``."""
+    from ntkdemo.solvers.features import AddedFeatures
+
+    calibrated = AddedFeatures.calibrated.__func__
+    seen = []
+
+    def spy(cls, spec, X_train_unit):
+        seen.append((spec.added.kernel, spec.added.feature_width, spec.added.feature_dtype))
+        return calibrated(cls, spec, X_train_unit)
+
+    monkeypatch.setattr(AddedFeatures, "calibrated", classmethod(spy))
+    sample = load_sample(str(tiny_dataset), 3, 2)
+    learning_curve(
+        sample,
+        [3],
+        depths=[1, 2],
+        feature_width=8,
+        feature_dtype="float32",
+        added=lambda spec: spec.with_added_features(16, "cnn-gap-1", 3.0),
+        svc_baseline=False,
+    )
+    assert seen == [("nngp", 8, "float32"), ("ntk", 8, "float32")]  # once for both depths
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [

@@ -316,7 +316,7 @@ def command_curve(options) -> int:
             len(sample.y_test),
             available=free_bytes(),
             option="--whole-images",
-            added_columns=2 * options.add_features if added else 0,
+            added_columns=_added_columns(added),
         )
     networks = ", ".join([f"depths {options.depths}", *options.architectures])
     say(f"kernels of {networks}, sizes per class {sizes} ...")
@@ -365,6 +365,17 @@ def command_curve(options) -> int:
     )
     say(f"wrote curve.json and curve.png to {out}/")
     return 0
+
+
+def _added_columns(added) -> int:
+    """Feature columns the curve keeps for every image with ``added`` (its NNGP's and
+    its NTK's, both held for every network), 0 without."""
+    if added is None:
+        return 0
+    from ..spec import KernelSpec
+
+    summed = (added(KernelSpec(kernel=kernel)).added for kernel in ("nngp", "ntk"))
+    return sum(spec.feature_columns for spec in summed if spec is not None)
 
 
 def _curve_by_time_and_width(options, say: Console, out, sample, largest: int) -> int:

@@ -90,8 +90,9 @@ def check_whole_kernels(
 ) -> None:
     r"""Refuse holding a network's kernels of ``images`` training and ``test_images`` test
     images whole past ``available`` bytes: :math:`4 n (n + m)` floats (module docstring),
-    and with ``added_columns`` random features of an added network, also the features
-    of every image and the sum's matrices, :math:`(n + m)(n + c)` floats more.
+    and with ``added_columns`` random features of an added network (every image's, both
+    kernels' together), also those features and the sum's matrices, :math:`(n + m)(n +
+    c)` floats more.
 
     Raises
     ------

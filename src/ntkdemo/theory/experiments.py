@@ -112,9 +112,9 @@ def learning_curve(
         features, solved in the primal, the error against the exact kernel measured on
         100 + 100 images and sent to ``progress``.
     feature_width : int, default=128
-        The random network's hidden channels.
+        The random networks' hidden channels (of ``features`` and of ``added``).
     feature_dtype : {"float64", "float32"}, default="float64"
-        Precision the random network runs in (:attr:`ntkdemo.spec.KernelSpec.feature_dtype`).
+        Precision the random networks run in (:attr:`ntkdemo.spec.KernelSpec.feature_dtype`).
     added : callable, optional
         Turns a network's spec into that of a sum with random features
         (:meth:`~ntkdemo.spec.KernelSpec.with_added_features`, its arguments bound): each
@@ -148,20 +148,20 @@ def learning_curve(
     held = replace(
         sample, X_train=sample.X_train[: held_images(sizes, sample.n_classes, whole_matrix_rows)]
     )
-    networks = [(f"depth {depth}", KernelSpec(depth=depth)) for depth in depths] + [
-        (name, KernelSpec(architecture=name, image_shape=sample.image_shape))
+    # the random networks of --features and of the added network, if any
+    network_spec = partial(KernelSpec, feature_width=feature_width, feature_dtype=feature_dtype)
+    networks = [(f"depth {depth}", network_spec(depth=depth)) for depth in depths] + [
+        (name, network_spec(architecture=name, image_shape=sample.image_shape))
         for name in architectures
     ]
     n_test = len(sample.y_test)
     shape = tuple(sample.image_shape)
+    held_unit = unit_rows(held.X_train), unit_rows(held.X_test)  # fully connected, added
     added_features: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # by kernel
     for label, spec in networks:
         if features is not None and spec.architecture is not None:
-            shaped = replace(
-                spec, features=features, feature_width=feature_width, feature_dtype=feature_dtype
-            )
-            for name in ("NNGP", "NTK"):
-                one = replace(shaped, kernel=name.lower())
+            for name in KERNEL_NAMES:
+                one = replace(spec, features=features, kernel=name.lower())
                 accuracy[f"{name} {label}, {one.feature_columns} features"] = feature_curve(
                     sample, one, images, progress
                 )
@@ -171,7 +171,7 @@ def learning_curve(
         per_pair = _seconds_per_pair(spec) if progress else 0.0
 
         if whole.any() and spec.architecture is None:  # in a run's scale, as a sum adds to
-            X_train, X_test = unit_rows(held.X_train), unit_rows(held.X_test)
+            X_train, X_test = held_unit
             kinds = [replace(spec, kernel=name.lower()) for name in KERNEL_NAMES]
             train_kernels = tuple(one.matrix(X_train) for one in kinds)
             test_kernels = tuple(one.matrix(X_test, X_train) for one in kinds)
@@ -192,7 +192,7 @@ def learning_curve(
             if added is not None:
                 summed = added(replace(spec, kernel=name.lower())).for_images(shape)
                 if name not in added_features:  # the added network is the same for every network
-                    added_features[name] = _added_features(summed, held, targets, progress)
+                    added_features[name] = _added_features(summed, *held_unit, targets, progress)
                 F, F_test = added_features[name]
                 K_sum = K + summed.added_weight * (F @ F.T)
                 K_test_sum = K_test + summed.added_weight * (F_test @ F.T)
@@ -273,23 +273,24 @@ def _sum_label(name: str, label: str, summed: KernelSpec) -> str:
 
 def _added_features(
     summed: KernelSpec,
-    held: Sample,
+    X_train: np.ndarray,
+    X_test: np.ndarray,
     targets: np.ndarray,
     progress: Callable[[str], None] | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The added network's features of the held training and the test images
+    """The added network's features of the training and test unit rows
     (:class:`~ntkdemo.solvers.features.AddedFeatures`, calibrated on the training
-    ones); their error against its exact kernel goes to ``progress``."""
+    ones), without the rows' values; their error against its exact kernel goes to
+    ``progress``."""
     from ..solvers.features import AddedFeatures
 
-    X_train, X_test = unit_rows(held.X_train), unit_rows(held.X_test)
     features = AddedFeatures.calibrated(summed, X_train)
     train_rows, test_rows = features.rows(X_train), features.rows(X_test)
     if progress:
         error = features.approximation_error(train_rows, test_rows, targets[: len(X_train)])
         progress(f"{summed.describe()}: APPROXIMATE, {error.describe()}")
     values = X_train.shape[1]
-    return train_rows[:, values:], test_rows[:, values:]
+    return train_rows[:, values:].copy(), test_rows[:, values:].copy()  # the rows freed
 
 
 def feature_curve(
