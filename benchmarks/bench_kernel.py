@@ -8,6 +8,10 @@ Prints one table of times and ratios measured in this run:
   (``out=``): a virtual machine whose host backs memory only when first touched makes
   the first write to fresh memory cost as much as the product, and it falls unevenly
   on the two sides (pages freed a moment before are cheap again);
+* the kernel averaged over shifts 0-2 and mirrors (50 terms) of one ``cg`` strip, 256
+  rows against 30,000, in blocks of ``BLOCK_ENTRIES`` against one block a term (each
+  output above 32 MB, mapped anew), and against its 50 bare products alone (into memory
+  written before);
 * ``load_sample`` vs iterating and decoding the whole split once per label.
 
 Usage: ``python benchmarks/bench_kernel.py [--dataset PATH] [--sizes 2000,5000,10000]``
@@ -69,6 +73,40 @@ def naive_sampling(source: str, per_class: int) -> np.ndarray:
     return np.stack(chosen)
 
 
+def averaged_strip_rows(rng: np.random.Generator) -> list[tuple[str, float, float, float]]:
+    """One strip of the averaged kernel in one block a term against ``BLOCK_ENTRIES``
+    blocks, and the blocks against the bare products of the 50 permuted strips."""
+    from ntkdemo.kernels import averaged, unit_rows
+    from ntkdemo.spec import KernelSpec
+
+    X = unit_rows(rng.random((30_256, 784)))
+    strip, rest = X[:256], X[256:]
+    spec = KernelSpec(shifts=2, flip=True, image_shape=(28, 28))
+    permutations = [r for r, _ in spec.average.weighted_permutations((28, 28))]
+    blocks = averaged.BLOCK_ENTRIES
+
+    def one_block_a_term() -> None:
+        averaged.BLOCK_ENTRIES = len(strip) * len(rest)
+        try:
+            spec.matrix(strip, rest)
+        finally:
+            averaged.BLOCK_ENTRIES = blocks
+
+    written = np.ones((len(strip), len(rest)))
+
+    def bare_products() -> None:
+        for r in permutations:
+            np.matmul(strip if r is None else strip[:, r], rest.T, out=written)
+
+    whole, blocked, products = best_times(
+        [one_block_a_term, lambda: spec.matrix(strip, rest), bare_products], repeats=2
+    )
+    return [
+        ("averaged strip: one block / blocks", whole, blocked, whole / blocked),
+        ("averaged strip: blocks / products", blocked, products, blocked / products),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="../shared/fashion_mnist")
@@ -97,6 +135,7 @@ def main() -> None:
             repeats=5,
         )
         rows.append(("  the same into written memory", kernel, product, kernel / product))
+    rows += averaged_strip_rows(rng)
     (slow,) = best_times([lambda: naive_sampling(options.dataset, 100)], repeats=1)
     (fast,) = best_times([lambda: load_sample(options.dataset, 100, 50)])
     rows.append(("sampling: iterate+decode vs ours", slow, fast, slow / fast))

@@ -56,6 +56,50 @@ def test_the_averaged_kernel_is_the_double_sum_over_copies(shifts, flip, kernel)
     assert len(spec.average.weighted_permutations(SHAPE)) == spec.average.terms
 
 
+def test_the_averaged_kernel_in_small_blocks_is_the_double_sum(monkeypatch):
+    """Blocks of 3 rows and 12 entries and a Gram matrix in strips of 4 rows (every
+    term's block cut in rows and columns, each strip's square of 4 x 4 by pairs of terms
+    and by rows) change no digit that matters."""
+    from ntkdemo.kernels import averaged
+
+    monkeypatch.setattr(averaged, "BLOCK_ROWS", 3)
+    monkeypatch.setattr(averaged, "BLOCK_ENTRIES", 12)
+    monkeypatch.setattr(averaged, "STRIP_ENTRIES", 200)  # 4 rows a strip of 50
+    rng = np.random.default_rng(8)
+    X, Y = rng.random((50, 42)), rng.random((11, 42))
+    spec = KernelSpec(shifts=1, flip=True, image_shape=SHAPE)
+    np.testing.assert_allclose(spec.matrix(unit_rows(X)), double_sum(X, X, 1, True), rtol=1e-12)
+    cross = spec.matrix(unit_rows(Y), unit_rows(X))
+    np.testing.assert_allclose(cross, double_sum(Y, X, 1, True), rtol=1e-12)
+
+
+@pytest.mark.parametrize("shifts, flip", [(0, True), (1, False), (1, True), (2, True)])
+@pytest.mark.parametrize("shape", [SHAPE, (5, 9)])
+def test_the_terms_pair_with_their_inverses(shifts, flip, shape):
+    """symmetric_terms: every term but the identity once, with its inverse where that is
+    another term (of the same weight), the involutions counted as
+    InputAverage.involutions says; gram_pairs counts n(n+1)/2 an involution and n^2 a
+    pair, checked against the permutations themselves."""
+    average = InputAverage(shifts=shifts, flip=flip)
+    weighted = average.weighted_permutations(shape)
+    weights = {r.tobytes(): w for r, w in weighted[1:]}
+    terms = average.symmetric_terms(shape)
+    covered = [t.permutation.tobytes() for t in terms]
+    covered += [t.inverse.tobytes() for t in terms if t.inverse is not None]
+    assert sorted(covered) == sorted(weights)
+    for term in terms:
+        twice = term.permutation[term.permutation]  # r applied twice
+        is_involution = np.array_equal(twice, np.arange(twice.size))
+        assert (term.inverse is None) == is_involution
+        if term.inverse is not None:
+            assert np.array_equal(term.permutation[term.inverse], np.arange(twice.size))
+            assert weights[term.inverse.tobytes()] == term.weight
+    involutions = 1 + sum(term.inverse is None for term in terms)
+    assert involutions == average.involutions
+    pairs = len(terms) + 1 - involutions
+    assert average.gram_pairs(10) == involutions * 55 + pairs * 100
+
+
 def test_the_weights_are_the_triangle_of_the_shifts():
     """Shifts 0..1 in both directions: differences -1..1 weighted (1, 2, 1) x (1, 2, 1) / 16;
     each permutation's inverse carries its weight."""
@@ -80,8 +124,10 @@ def test_the_weights_are_the_triangle_of_the_shifts():
 
 def test_cholesky_and_cg_solve_the_averaged_kernel_alike():
     """The strips of the cg strategy (diagonal tiles as Gram matrices) and the whole
-    matrix of the Cholesky one give the same outputs; the pairs are counted as the
-    estimate counts them, 18 kernels a pair with shifts 0-1 and mirrors."""
+    matrix of the Cholesky one give the same outputs, and compute the same pairs as the
+    estimate counts them, none twice: with shifts 0-1 and mirrors 18 terms, of which 4
+    are involutions (the identity, and the mirror shifted along the rows by -1, 0, 1:
+    a triangle each) and 14 pair with their inverses (one square a pair)."""
     sample = random_sample(np.random.default_rng(5), 40, 8, SHAPE, 3)
     spec = KernelSpec(shifts=1, flip=True)
     whole = run_demo(sample, spec, spectrum_rows=10)
@@ -89,8 +135,8 @@ def test_cholesky_and_cg_solve_the_averaged_kernel_alike():
     plan = plan_memory(40, 8, 42, 3, spec=spec, solver="cg", strategies=strategies)
     strips = run_demo(sample, spec, plan=plan, spectrum_rows=10)
     np.testing.assert_allclose(strips.test_scores, whole.test_scores, rtol=1e-5, atol=1e-6)
-    assert 18 * (40 * 41 // 2 + 8 * 40) == kernel_pairs(spec, 40, 8, spectrum_rows=10)
-    assert kernel_pairs(spec, 40, 8) <= whole.kernel_pairs < 1.1 * kernel_pairs(spec, 40, 8)
+    expected = 4 * (40 * 41 // 2) + 7 * 40 * 40 + 18 * 8 * 40
+    assert whole.kernel_pairs == strips.kernel_pairs == kernel_pairs(spec, 40, 8) == expected
 
 
 def test_shifts_refused_where_they_cannot_serve():
@@ -123,7 +169,7 @@ def test_run_with_shifts_on_real_images(fashion_mnist, tmp_path):
         accuracy[name] = metrics["test_accuracy"]
     assert metrics["arguments"]["shifts"] == 1 and metrics["flips"] == "kernel averaged"
     assert "shifts 0-1 and mirrors" in metrics["network"]
-    assert metrics["kernel_pairs"] >= 18 * (300 * 301 // 2 + 300 * 300)
+    assert metrics["kernel_pairs"] == 4 * (300 * 301 // 2) + 7 * 300**2 + 18 * 300 * 300
     assert accuracy["shifted"] > accuracy["plain"]
 
 

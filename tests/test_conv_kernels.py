@@ -295,11 +295,11 @@ def test_every_long_stage_of_a_conv_run_shows_progress(flip):
 def test_a_runs_pairs_are_counted_before_it_starts(flip, solver, monkeypatch):
     """kernel_pairs, which the time estimates multiply by a per-pair cost, counts the
     pairs run_demo has the convolutional fold compute, and so does the run's own tally:
-    exactly, and averaged over mirrors within the strips' diagonal squares (about
-    n^2 / 32). The spectrum and the training outputs cost no pair of their own (the
-    Cholesky strategy's from its matrix, the cg strategy's from its stored triangle),
-    and the cg strategy's strips (here of 16 rows, the last one short) compute their
-    diagonal tiles' triangles alone."""
+    exactly, and averaged over mirrors with the mirror's term (an involution: its matrix
+    is symmetric) a triangle too, no pair twice. The spectrum and the training outputs
+    cost no pair of their own (the Cholesky strategy's from its matrix, the cg
+    strategy's from its stored triangle), and the cg strategy's strips (here of 16 rows,
+    the last one short) compute their diagonal tiles' triangles alone."""
     from ntkdemo.demo import kernel_pairs, run_demo
     from ntkdemo.kernels import matrix
     from ntkdemo.plan import plan_memory
@@ -324,10 +324,8 @@ def test_a_runs_pairs_are_counted_before_it_starts(flip, solver, monkeypatch):
     result = run_demo(sample, spec, plan=plan, spectrum_rows=10)
     counted = kernel_pairs(spec, 40, 7, spectrum_rows=10)
     assert result.kernel_pairs == sum(computed)  # the run's own tally
-    if flip:
-        assert counted <= sum(computed) < 1.05 * counted
-    else:  # no pair twice: the Gram's triangle and the test rows, nothing more
-        assert sum(computed) == counted == 40 * 41 // 2 + 7 * 40
+    # no pair twice: the Gram's triangle and the test rows, nothing more (twice with flips)
+    assert sum(computed) == counted == (2 if flip else 1) * (40 * 41 // 2 + 7 * 40)
     leading = KernelSpec(architecture="cnn-gap-1", image_shape=(8, 8), flip=flip).matrix(
         unit_rows(sample.X_train[:10])
     )

@@ -142,8 +142,8 @@ def test_tensor_sketch_is_unbiased_for_the_gradients_inner_product():
             1.0,
             0.0,
             None,
-            features_module._count_sketch(7, 16, draws),
-            features_module._count_sketch(5, 16, draws),
+            features_module._count_sketch(7, 16, draws, np.float64),
+            features_module._count_sketch(5, 16, draws, np.float64),
         )
         sketched = features_module._tensor_sketch(step, patches, deltas, 16)
         estimates.append(sketched[0] @ sketched[1])

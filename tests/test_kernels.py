@@ -81,6 +81,17 @@ def test_range_minimum():
     assert values.max() == 2.0
 
 
+def test_small_blocks_mapped_on_one_thread_alike():
+    """Blocks under THREADED_MAP_ENTRIES are mapped on the calling thread, larger ones on
+    every core: the same arithmetic per row, so the same bits."""
+    from ntkdemo.kernels.ntk import THREADED_MAP_ENTRIES
+
+    k = np.random.default_rng(2).uniform(-1, 1, (4, THREADED_MAP_ENTRIES // 4))
+    whole = ntk_of_cosine(k)
+    rows = np.vstack([ntk_of_cosine(k[i : i + 1, :100]) for i in range(4)])
+    np.testing.assert_array_equal(rows, whole[:, :100])
+
+
 def test_known_values():
     np.testing.assert_array_equal(ntk_of_cosine(np.array([1.0, -1.0])), [2.0, 0.0])
     assert ntk_of_cosine(np.array([0.0]))[0] == pytest.approx(1 / math.pi, abs=1e-16)

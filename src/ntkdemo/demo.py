@@ -177,14 +177,13 @@ def kernel_pairs(
     Cholesky strategy takes its spectrum from a block of it and its training outputs
     from the factorised matrix), and the test rows, ``n_test n``; with
     ``spectrum_apart`` (a strategy that does not hold the Gram matrix whole) the
-    spectrum's Gram matrix too. A kernel averaged over mirrors or shifts computes
-    about as many for each of its terms
-    (:attr:`~ntkdemo.kernels.averaged.InputAverage.terms`). The cost of a convolutional
-    run is this times a measured per-pair cost."""
+    spectrum's Gram matrix too. A kernel averaged over mirrors or shifts computes those
+    of each of its terms, a term and its inverse together in a Gram matrix
+    (:meth:`~ntkdemo.kernels.averaged.InputAverage.gram_pairs`). The cost of a
+    convolutional run is this times a measured per-pair cost."""
     shown = min(n_train, spectrum_rows or spectrum_rows_for(spec))
-    pairs = n_train * (n_train + 1) // 2 + n_test * n_train
-    pairs += shown * (shown + 1) // 2 if spectrum_apart else 0
-    return spec.average.terms * pairs
+    pairs = spec.average.gram_pairs(n_train) + spec.average.terms * n_test * n_train
+    return pairs + (spec.average.gram_pairs(shown) if spectrum_apart else 0)
 
 
 def spectrum_rows_for(spec: KernelSpec) -> int:

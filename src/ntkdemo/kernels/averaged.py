@@ -16,10 +16,17 @@ double sum is a weighted sum over the distinct :math:`r = b^{-1} a`:
           w_r = \#\{(a, b) : b^{-1} a = r\} / |S|^2,
 
 with :math:`w_r = w_{r^{-1}}`, so :math:`\bar K(X, X)` is symmetric and its upper
-triangle is all that is computed. Every fully connected kernel is invariant under any
-pixel permutation (it sees inner products and norms); a convolutional one only under
-mirrors where :func:`~.mirror.is_mirror_symmetric` says so ('SAME' padding is not
-cyclic, so shifts are for fully connected kernels alone).
+triangle is all that is needed. No pair :math:`(r x_i, x_j)` is computed twice for it:
+the term of :math:`r^{-1}` is the transpose of that of :math:`r`, :math:`K(r^{-1} x_i,
+x_j) = K(x_i, r x_j)`, so a pair of such terms costs the :math:`n^2` pairs of one
+matrix, and the term of an involution (:math:`r = r^{-1}`: the identity, and a mirror
+combined with a shift along the rows alone) is symmetric and costs its upper triangle,
+:math:`n (n + 1) / 2` (:meth:`InputAverage.gram_pairs`).
+
+Every fully connected kernel is invariant under any pixel permutation (it sees inner
+products and norms); a convolutional one only under mirrors where
+:func:`~.mirror.is_mirror_symmetric` says so ('SAME' padding is not cyclic, so shifts
+are for fully connected kernels alone).
 
 Mirrors alone (:math:`S = \{I, F\}`) give :math:`\bar K = (K(x, y) + K(Fx, y)) / 2`,
 which is also the network trained on the images and their mirrors (:mod:`.mirror`).
@@ -33,7 +40,7 @@ borders are nearly black, so a wrapped column is nearly a blank one.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +53,36 @@ KernelFunction = Callable[..., np.ndarray]
 
 STRIP_ENTRIES = 2**24
 """Entries of one strip of the transformed terms of a symmetric matrix (128 MB of float64)."""
+
+BLOCK_ROWS = 256
+"""Rows of one term's block: each is permuted once a block row."""
+
+BLOCK_ENTRIES = 2**20
+"""Entries of one term's block (8 MB of float64): the kernel's output is then reused
+from the heap, where an array above 32 MB is mapped anew each time and faulting its
+pages in cost a fifth of a term's time (256 rows against 30,000, one-layer NTK)."""
+
+
+@dataclass(frozen=True)
+class SymmetricTerm:
+    """A term :math:`w_r K(r x, y)` of :math:`\bar K(X, X)` (module docstring) with that
+    of :math:`r^{-1}` if it is another one: :math:`w_r (M + M^T)` of the square
+    :math:`M_{ij} = K(r x_i, x_j)`.
+
+    Attributes
+    ----------
+    permutation : ndarray
+        :math:`r`, as the gather of flat pixel values (``x[:, permutation]`` is
+        :math:`r x`).
+    inverse : ndarray or None
+        :math:`r^{-1}`, or None where :math:`r` is an involution (:math:`M` symmetric).
+    weight : float
+        :math:`w_r`, which is also :math:`w_{r^{-1}}`.
+    """
+
+    permutation: np.ndarray
+    inverse: np.ndarray | None
+    weight: float
 
 
 @dataclass(frozen=True)
@@ -70,6 +107,20 @@ class InputAverage:
         network it costs): :math:`(2 s + 1)^2`, twice that with mirrors."""
         return (2 * self.shifts + 1) ** 2 * (2 if self.flip else 1)
 
+    @property
+    def involutions(self) -> int:
+        """Terms :math:`r` of :math:`\bar K` that are their own inverse: the identity,
+        and with mirrors the mirror combined with each horizontal shift by ``-s .. s``
+        (a reflection about another column); the other terms pair with their inverses."""
+        return 1 + (2 * self.shifts + 1 if self.flip else 0)
+
+    def gram_pairs(self, n: int) -> int:
+        """Pairs :math:`(r x_i, x_j)` whose kernel :math:`\bar K(X, X)` of ``n`` rows
+        costs (module docstring): :math:`n (n + 1) / 2` for each involution and
+        :math:`n^2` for each pair of a term and its inverse."""
+        paired = (self.terms - self.involutions) // 2
+        return self.involutions * (n * (n + 1) // 2) + paired * n * n
+
     def describe(self) -> str:
         """In a few words, for the console ("" for no averaging)."""
         parts = [f"shifts 0-{self.shifts}"] if self.shifts else []
@@ -89,6 +140,24 @@ class InputAverage:
                 f"shifts={self.shifts} needs images of at least {2 * self.shifts + 1} pixels a "
                 f"side, got {tuple(image_shape)}; use at most {(min(image_shape[:2]) - 1) // 2}"
             )
+
+    def symmetric_terms(self, image_shape: tuple[int, ...]) -> list[SymmetricTerm]:
+        """The terms of :math:`\bar K` but the identity, each paired with its inverse
+        where that is another term (:class:`SymmetricTerm`), for a symmetric matrix."""
+        (_, _), *others = self.weighted_permutations(image_shape)
+        terms: list[SymmetricTerm] = []
+        paired: set[bytes] = set()
+        for permutation, weight in others:
+            assert permutation is not None
+            inverse = np.argsort(permutation)
+            if permutation.tobytes() in paired:
+                continue
+            if np.array_equal(inverse, permutation):
+                terms.append(SymmetricTerm(permutation, None, weight))
+            else:
+                paired.add(inverse.tobytes())
+                terms.append(SymmetricTerm(permutation, inverse, weight))
+        return terms
 
     def weighted_permutations(
         self, image_shape: tuple[int, ...]
@@ -131,9 +200,12 @@ def input_averaged(
     invariant under the permutations of ``average`` (not checked here).
 
     Without ``Y`` the matrix is symmetric: the plain term's Gram matrix is computed as
-    one, each other term's upper triangle in strips of rows against the rows from theirs
-    on (about :math:`n^2 / 2` pairs a term, not :math:`n^2`), and the sum is mirrored,
-    exactly symmetric. Only the rows of ``X`` are permuted, a strip at a time.
+    one, the other terms' upper triangle in strips of rows against the rows from theirs
+    on, and the sum is mirrored, exactly symmetric. In a strip's diagonal square a term
+    and its inverse come from one product, :math:`w_r (M + M^T)`, and an involution's
+    symmetric square row by row from the diagonal on, so that no pair is computed twice
+    (:meth:`InputAverage.gram_pairs` counts them). Only the rows of ``X`` are permuted,
+    a strip at a time.
 
     Parameters
     ----------
@@ -156,17 +228,55 @@ def input_averaged(
             "image_shape=(H, W) or (H, W, C)"
         )
     (_, plain_weight), *others = average.weighted_permutations(tuple(image_shape))
-    K = kernel(X, Y, progress=progress)
-    K *= plain_weight
     if Y is not None:
-        for permutation, weight in others:
-            K += weight * kernel(X[:, permutation], Y, progress=progress)
+        K = np.zeros((len(X), len(Y)))
+        _accumulate(K, X, Y, [(None, plain_weight), *others], kernel, progress)
         return K
     n = len(X)
+    K = kernel(X, None, progress=progress)
+    K *= plain_weight
+    terms = average.symmetric_terms(tuple(image_shape))
+    beyond_terms = [(term.permutation, term.weight) for term in terms]
+    beyond_terms += [(term.inverse, term.weight) for term in terms if term.inverse is not None]
 
     def add_terms(upper: np.ndarray, rows: slice, cols: slice, diagonal: bool) -> None:
-        for permutation, weight in others:
-            upper += weight * kernel(X[rows][:, permutation], X[cols])
+        width = rows.stop - rows.start
+        square, strip = upper[:, :width], X[rows]
+        for term in terms:
+            moved = strip[:, term.permutation]
+            if term.inverse is None:  # M symmetric: its upper triangle, row by row
+                for i in range(width):
+                    square[i, i:] += term.weight * kernel(moved[i : i + 1], strip[i:])[0]
+            else:  # the terms of r and of r^-1 on the square: w (M + M^T)
+                product = kernel(moved, strip)
+                square += term.weight * (product + product.T)
+        _accumulate(upper[:, width:], strip, X[rows.stop : cols.stop], beyond_terms, kernel)
 
     rows_per_strip = max(1, min(-(-n // 16), STRIP_ENTRIES // max(n, 1)))
     return assemble(add_terms, n, None, K, np.float64, rows_per_strip, progress)
+
+
+def _accumulate(
+    out: np.ndarray,
+    X: np.ndarray,
+    Y: np.ndarray,
+    weighted: Sequence[tuple[np.ndarray | None, float]],
+    kernel: KernelFunction,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> None:
+    """``out += sum_r w_r kernel(X[:, r], Y)`` over the ``(r, w_r)`` of ``weighted``
+    (``r`` None: the identity), in blocks of :data:`BLOCK_ROWS` rows and
+    :data:`BLOCK_ENTRIES` entries (each row block permuted once a term)."""
+    if not out.size:
+        return
+    block_cols = max(1, BLOCK_ENTRIES // min(len(X), BLOCK_ROWS))
+    starts = range(0, len(X), BLOCK_ROWS)
+    for start in progress(starts) if progress else starts:
+        rows = slice(start, start + BLOCK_ROWS)
+        for permutation, weight in weighted:
+            moved = X[rows] if permutation is None else X[rows][:, permutation]
+            for first in range(0, len(Y), block_cols):
+                cols = slice(first, first + block_cols)
+                term = kernel(moved, Y[cols])
+                term *= weight
+                out[rows, cols] += term

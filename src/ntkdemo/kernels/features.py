@@ -460,7 +460,7 @@ def _draw(
 
 
 def _count_sketch(
-    entries: int, dimension: int, rng: np.random.Generator, dtype: type | np.dtype = np.float64
+    entries: int, dimension: int, rng: np.random.Generator, dtype: type | np.dtype
 ) -> sparse.csr_matrix:
     """A CountSketch of ``entries`` values into ``dimension`` buckets: a sparse matrix
     with one random sign in a random row of each column."""
