@@ -65,7 +65,7 @@ pages in cost a fifth of a term's time (256 rows against 30,000, one-layer NTK).
 
 @dataclass(frozen=True)
 class SymmetricTerm:
-    """A term :math:`w_r K(r x, y)` of :math:`\bar K(X, X)` (module docstring) with that
+    """A term :math:`w_r K(r x, y)` of :math:`\\bar K(X, X)` (module docstring) with that
     of :math:`r^{-1}` if it is another one: :math:`w_r (M + M^T)` of the square
     :math:`M_{ij} = K(r x_i, x_j)`.
 
@@ -109,13 +109,13 @@ class InputAverage:
 
     @property
     def involutions(self) -> int:
-        """Terms :math:`r` of :math:`\bar K` that are their own inverse: the identity,
+        """Terms :math:`r` of :math:`\\bar K` that are their own inverse: the identity,
         and with mirrors the mirror combined with each horizontal shift by ``-s .. s``
         (a reflection about another column); the other terms pair with their inverses."""
         return 1 + (2 * self.shifts + 1 if self.flip else 0)
 
     def gram_pairs(self, n: int) -> int:
-        """Pairs :math:`(r x_i, x_j)` whose kernel :math:`\bar K(X, X)` of ``n`` rows
+        """Pairs :math:`(r x_i, x_j)` whose kernel :math:`\\bar K(X, X)` of ``n`` rows
         costs (module docstring): :math:`n (n + 1) / 2` for each involution and
         :math:`n^2` for each pair of a term and its inverse."""
         paired = (self.terms - self.involutions) // 2
@@ -142,7 +142,7 @@ class InputAverage:
             )
 
     def symmetric_terms(self, image_shape: tuple[int, ...]) -> list[SymmetricTerm]:
-        """The terms of :math:`\bar K` but the identity, each paired with its inverse
+        """The terms of :math:`\\bar K` but the identity, each paired with its inverse
         where that is another term (:class:`SymmetricTerm`), for a symmetric matrix."""
         (_, _), *others = self.weighted_permutations(image_shape)
         terms: list[SymmetricTerm] = []
