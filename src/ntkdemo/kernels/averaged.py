@@ -141,24 +141,6 @@ class InputAverage:
                 f"side, got {tuple(image_shape)}; use at most {(min(image_shape[:2]) - 1) // 2}"
             )
 
-    def symmetric_terms(self, image_shape: tuple[int, ...]) -> list[SymmetricTerm]:
-        """The terms of :math:`\\bar K` but the identity, each paired with its inverse
-        where that is another term (:class:`SymmetricTerm`), for a symmetric matrix."""
-        (_, _), *others = self.weighted_permutations(image_shape)
-        terms: list[SymmetricTerm] = []
-        paired: set[bytes] = set()
-        for permutation, weight in others:
-            assert permutation is not None
-            inverse = np.argsort(permutation)
-            if permutation.tobytes() in paired:
-                continue
-            if np.array_equal(inverse, permutation):
-                terms.append(SymmetricTerm(permutation, None, weight))
-            else:
-                paired.add(inverse.tobytes())
-                terms.append(SymmetricTerm(permutation, inverse, weight))
-        return terms
-
     def weighted_permutations(
         self, image_shape: tuple[int, ...]
     ) -> list[tuple[np.ndarray | None, float]]:
@@ -227,15 +209,15 @@ def input_averaged(
             "a kernel averaged over mirrors or shifts needs the images' shape: pass "
             "image_shape=(H, W) or (H, W, C)"
         )
-    (_, plain_weight), *others = average.weighted_permutations(tuple(image_shape))
+    weighted = average.weighted_permutations(tuple(image_shape))
     if Y is not None:
         K = np.zeros((len(X), len(Y)))
-        _accumulate(K, X, Y, [(None, plain_weight), *others], kernel, progress)
+        _accumulate(K, X, Y, weighted, kernel, progress)
         return K
     n = len(X)
     K = kernel(X, None, progress=progress)
-    K *= plain_weight
-    terms = average.symmetric_terms(tuple(image_shape))
+    K *= weighted[0][1]  # the identity's weight
+    terms = symmetric_terms(weighted)
     beyond_terms = [(term.permutation, term.weight) for term in terms]
     beyond_terms += [(term.inverse, term.weight) for term in terms if term.inverse is not None]
 
@@ -254,6 +236,27 @@ def input_averaged(
 
     rows_per_strip = max(1, min(-(-n // 16), STRIP_ENTRIES // max(n, 1)))
     return assemble(add_terms, n, None, K, np.float64, rows_per_strip, progress)
+
+
+def symmetric_terms(
+    weighted: Sequence[tuple[np.ndarray | None, float]],
+) -> list[SymmetricTerm]:
+    """The terms ``(r, w_r)`` of :meth:`InputAverage.weighted_permutations` but the
+    identity (its first), each paired with its inverse where that is another term
+    (:class:`SymmetricTerm`), for a symmetric matrix."""
+    terms: list[SymmetricTerm] = []
+    paired: set[bytes] = set()
+    for permutation, weight in weighted[1:]:
+        assert permutation is not None
+        if permutation.tobytes() in paired:
+            continue
+        inverse = np.argsort(permutation)
+        if np.array_equal(inverse, permutation):
+            terms.append(SymmetricTerm(permutation, None, weight))
+        else:
+            paired.add(inverse.tobytes())
+            terms.append(SymmetricTerm(permutation, inverse, weight))
+    return terms
 
 
 def _accumulate(
